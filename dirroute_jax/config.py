@@ -1,0 +1,143 @@
+"""Shared configuration defaults and validation.
+
+Every `configs/*.py` starts from `default_config()` and overrides sizes. Keys that users, tests
+and scripts rely on are stable: `model.routing`, `model.pooling`, `model.num_directions`,
+`model.router_temperature`, `seed`, `steps`, `batch_size`, `seq_len`, `log_every`,
+`eval_every`, `checkpoint_every`, `data.source`, `mesh.preset`.
+
+Choices the paper leaves open are marked [reconstructed] (see SPEC.md) and stay configurable.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+POOLINGS = ("causal_mean", "sequence_mean")
+ROUTER_INPUTS = ("normed", "residual")
+ROUTER_ACTIVATIONS = ("gelu", "relu", "silu", "tanh")
+DTYPES = ("float32", "bfloat16")
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+  m = ml_collections.ConfigDict()
+  m.vocab_size = 50257
+  # Rows added to the embedding so the vocab is a multiple of this (MXU/tensor-core friendly).
+  # Padded logits are masked to -inf, so the model's distribution is over `vocab_size` only.
+  m.vocab_pad_multiple = 1
+  m.d_model = 256
+  m.num_layers = 4
+  m.num_heads = 4
+  m.head_dim = 64
+  m.d_ff = 688
+  m.rope_theta = 10_000.0
+  m.norm_eps = 1e-6
+  m.init_std = 0.02
+  m.dtype = "float32"  # compute dtype; params are always float32 (master weights)
+
+  # Directional routing (SPEC §1). `routing=False` is the baseline: same module, no router.
+  m.routing = True
+  m.num_directions = 4  # K
+  m.router_hidden = 512
+  m.router_depth = 3  # hidden layers: D -> 512 -> 512 -> 512 -> H*K
+  m.router_activation = "gelu"  # [reconstructed]
+  m.router_temperature = 5.0
+  # "sequence_mean" is the paper's router: it pools the whole sequence and so sees the future
+  # (non-causal). "causal_mean" pools the prefix up to and including each position.
+  m.pooling = "causal_mean"
+  m.router_input = "normed"  # [reconstructed] pool the RMS-normalised input that attention sees
+  return m
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.model = default_model_config()
+
+  c.seed = 42
+  c.steps = 1000
+  c.batch_size = 32  # global, in sequences
+  c.grad_accum_steps = 1  # micro-batches per step (batch_size is split into this many)
+  c.seq_len = 256
+  c.log_every = 10
+  c.eval_every = 200
+  c.eval_batches = 8
+  c.checkpoint_every = 200
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.peak_lr = 3e-4
+  c.optim.final_lr = 3e-5
+  c.optim.warmup_steps = 100
+  c.optim.weight_decay = 0.1
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.95
+  c.optim.eps = 1e-8
+  c.optim.grad_clip = 1.0
+  c.optim.routing_lr_scale = 0.5  # routers + directions train at 0.5x the base LR (paper)
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "embedded"  # embedded | tfds | files | synthetic
+  c.data.tokenizer = "bpe"  # gpt2 | bpe | bytes
+  c.data.bpe_vocab_size = 4096
+  c.data.tfds_name = ""
+  c.data.tfds_data_dir = ""
+  c.data.tfds_text_key = "text"
+  c.data.files = ""  # glob of .txt / .jsonl / .parquet
+  c.data.text_key = "text"
+  c.data.cache_dir = ""  # default: ~/.cache/dirroute_jax
+  c.data.eval_fraction = 0.05
+  c.data.worker_count = 0
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.preset = "dp"  # dp | fsdp | fsdp_tp
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.keep = 3
+  c.checkpoint.permanent_every = 0  # 0: none kept permanently
+
+  return c
+
+
+class ConfigError(ValueError):
+  """A configuration value is invalid; the message says which and how to fix it."""
+
+
+def validate_model_config(m: ml_collections.ConfigDict) -> None:
+  def need(ok: bool, msg: str) -> None:
+    if not ok:
+      raise ConfigError(msg)
+
+  for key in ("vocab_size", "d_model", "num_layers", "num_heads", "head_dim", "d_ff",
+              "vocab_pad_multiple"):
+    need(int(m[key]) >= 1, f"model.{key} must be a positive integer, got {m[key]!r}.")
+  need(m.pooling in POOLINGS,
+       f"model.pooling={m.pooling!r} is unknown; use one of {POOLINGS}.")
+  need(m.router_input in ROUTER_INPUTS,
+       f"model.router_input={m.router_input!r} is unknown; use one of {ROUTER_INPUTS}.")
+  need(m.router_activation in ROUTER_ACTIVATIONS,
+       f"model.router_activation={m.router_activation!r} is unknown; "
+       f"use one of {ROUTER_ACTIVATIONS}.")
+  need(m.dtype in DTYPES, f"model.dtype={m.dtype!r} is unknown; use one of {DTYPES}.")
+  need(m.head_dim % 2 == 0, f"model.head_dim={m.head_dim} must be even for RoPE.")
+  if m.routing:
+    need(m.num_directions >= 1,
+         f"model.num_directions={m.num_directions} must be >= 1 when model.routing=True.")
+    need(m.router_depth >= 0 and m.router_hidden >= 1,
+         "model.router_depth must be >= 0 and model.router_hidden >= 1.")
+    need(m.router_temperature > 0,
+         f"model.router_temperature={m.router_temperature} must be > 0.")
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """Loads `get_config()` from a `configs/*.py` file (as absl's config_flags does)."""
+  import importlib.util
+  import os
+
+  if not os.path.exists(path):
+    raise ConfigError(f"config file {path!r} does not exist; pass e.g. configs/tiny.py.")
+  spec = importlib.util.spec_from_file_location(
+      "_dirroute_config_" + os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
