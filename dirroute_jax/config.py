@@ -22,7 +22,7 @@ def default_model_config() -> ml_collections.ConfigDict:
   m = ml_collections.ConfigDict()
   m.vocab_size = 50257
   # Rows added to the embedding so the vocab is a multiple of this (MXU/tensor-core friendly).
-  # Padded logits are masked to -inf, so the model's distribution is over `vocab_size` only.
+  # Padded logits are masked to -1e9, so the model's distribution is over `vocab_size` only.
   m.vocab_pad_multiple = 1
   m.d_model = 256
   m.num_layers = 4

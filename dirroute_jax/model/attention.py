@@ -1,0 +1,148 @@
+"""Causal multi-head self-attention with RoPE and the directional-routing hook.
+
+The routing hook sits between the attention-weighted sum of values (o, per head) and W_O, as in
+the paper. With `routing=False` the same module is the baseline's attention: no router, no
+directions, nothing else different.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dirroute_jax.model import routing
+from dirroute_jax.model.interventions import LayerInterventions, wants
+
+Array = jax.Array
+
+
+def rope(x_BxTxHxDh: Array, theta: float) -> Array:
+  """Rotary position embedding (rotate-half form): <rope(q)_i, rope(k)_j> depends on i - j."""
+  T, Dh = x_BxTxHxDh.shape[1], x_BxTxHxDh.shape[-1]
+  inv_freq = theta ** (-jnp.arange(0, Dh, 2, dtype=jnp.float32) / Dh)
+  angle_TxF = jnp.arange(T, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+  sin, cos = jnp.sin(angle_TxF)[None, :, None, :], jnp.cos(angle_TxF)[None, :, None, :]
+  x = x_BxTxHxDh.astype(jnp.float32)
+  x1, x2 = x[..., : Dh // 2], x[..., Dh // 2:]
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BxTxHxDh.dtype)
+
+
+def causal_attention_with_pattern(q_BxTxHxDh, k_BxTxHxDh, v_BxTxHxDh):
+  """Explicit softmax attention that also returns the pattern (for capture and analysis).
+
+  Scores and softmax in float32, like jax.nn.dot_product_attention's XLA path, so both paths
+  give the same numbers.
+  """
+  Dh = q_BxTxHxDh.shape[-1]
+  scores_BxHxTxT = jnp.einsum("bqhd,bkhd->bhqk", q_BxTxHxDh, k_BxTxHxDh,
+                              preferred_element_type=jnp.float32) / jnp.sqrt(Dh).astype(
+                                  jnp.float32)
+  T = q_BxTxHxDh.shape[1]
+  causal_TxT = jnp.tril(jnp.ones((T, T), bool))
+  scores_BxHxTxT = jnp.where(causal_TxT, scores_BxHxTxT, jnp.finfo(jnp.float32).min)
+  pattern_BxHxTxT = jax.nn.softmax(scores_BxHxTxT, axis=-1)
+  o = jnp.einsum("bhqk,bkhd->bqhd", pattern_BxHxTxT.astype(v_BxTxHxDh.dtype), v_BxTxHxDh)
+  return o, pattern_BxHxTxT
+
+
+class Projection(nn.Module):
+  """`einsum(equation, x, kernel)` with a logically named kernel.
+
+  Linen's DenseGeneral initialises a flattened 2-D kernel and applies the N-D logical
+  constraint to it, which fails under a mesh; an explicit einsum keeps one shape throughout.
+  """
+
+  equation: str
+  shape: tuple[int, ...]
+  axes: tuple[str, ...]
+  init_std: float
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param("kernel", nn.with_logical_partitioning(
+        nn.initializers.normal(self.init_std), self.axes), self.shape, jnp.float32)
+    return jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
+
+
+class Attention(nn.Module):
+  """Pre-normed input x_BxTxD -> attention output B x T x D (after W_O)."""
+
+  num_heads: int
+  head_dim: int
+  d_model: int
+  rope_theta: float
+  init_std: float
+  out_init_std: float
+  routing: bool = False
+  num_directions: int = 4
+  router_hidden: int = 512
+  router_depth: int = 3
+  router_activation: str = "gelu"
+  router_temperature: float = 5.0
+  pooling: str = "causal_mean"
+  dtype: jnp.dtype = jnp.float32
+  prefix: str = "blocks.0.attn"
+
+  def _sow(self, capture: Sequence[str], name: str, value: Array) -> None:
+    full = f"{self.prefix}.{name}"
+    if wants(capture, full):
+      self.sow("intermediates", full, value)
+
+  @nn.compact
+  def __call__(self, x_BxTxD: Array, router_x_BxTxD: Array, iv: LayerInterventions,
+               capture: Sequence[str] = ()) -> Array:
+    H, Dh = self.num_heads, self.head_dim
+
+    def proj(name):
+      return Projection("btd,dhk->bthk", (self.d_model, H, Dh), ("embed", "heads", "head_dim"),
+                        self.init_std, self.dtype, name=name)
+
+    q_BxTxHxDh = rope(proj("query")(x_BxTxD), self.rope_theta)
+    k_BxTxHxDh = rope(proj("key")(x_BxTxD), self.rope_theta)
+    v_BxTxHxDh = proj("value")(x_BxTxD)
+    activation_axes = ("activation_batch", "activation_length", "activation_heads",
+                       "activation_head_dim")
+    q_BxTxHxDh = nn.with_logical_constraint(q_BxTxHxDh, activation_axes)
+    k_BxTxHxDh = nn.with_logical_constraint(k_BxTxHxDh, activation_axes)
+    v_BxTxHxDh = nn.with_logical_constraint(v_BxTxHxDh, activation_axes)
+
+    if wants(capture, f"{self.prefix}.pattern"):
+      z_BxTxHxDh, pattern_BxHxTxT = causal_attention_with_pattern(
+          q_BxTxHxDh, k_BxTxHxDh, v_BxTxHxDh)
+      self._sow(capture, "pattern", pattern_BxHxTxT)
+    else:
+      # The platform's fused attention where it exists (cuDNN on GPU), XLA elsewhere.
+      z_BxTxHxDh = jax.nn.dot_product_attention(q_BxTxHxDh, k_BxTxHxDh, v_BxTxHxDh,
+                                                is_causal=True)
+    self._sow(capture, "z", z_BxTxHxDh)
+
+    if self.routing:
+      dirs_HxKxDh = self.param(
+          "directions",
+          nn.with_logical_partitioning(nn.initializers.normal(1.0),
+                                       ("heads", "directions", "head_dim")),
+          (H, self.num_directions, Dh), jnp.float32)
+      u_BxSxD = routing.pool(router_x_BxTxD, self.pooling)
+      self._sow(capture, "router_in", u_BxSxD)
+      r_BxSxHxK = routing.Router(
+          num_heads=H, num_directions=self.num_directions, hidden=self.router_hidden,
+          depth=self.router_depth, activation=self.router_activation,
+          temperature=self.router_temperature, dtype=self.dtype, name="router")(u_BxSxD)
+      r_BxSxHxK = iv.apply_routing(r_BxSxHxK)
+      T = z_BxTxHxDh.shape[1]
+      self._sow(capture, "r",
+                jnp.broadcast_to(r_BxSxHxK, (r_BxSxHxK.shape[0], T) + r_BxSxHxK.shape[2:]))
+      z_BxTxHxDh = routing.suppress(z_BxTxHxDh, r_BxSxHxK, dirs_HxKxDh)
+
+    z_BxTxHxDh = iv.apply_heads(z_BxTxHxDh)
+    self._sow(capture, "z_routed", z_BxTxHxDh)
+    out_BxTxD = Projection("bthk,hkd->btd", (H, Dh, self.d_model),
+                           ("heads", "head_dim", "embed"), self.out_init_std, self.dtype,
+                           name="out")(z_BxTxHxDh)
+    self._sow(capture, "out", out_BxTxD)
+    return out_BxTxD

@@ -1,0 +1,81 @@
+"""Parameter accounting from `jax.eval_shape`: nothing is allocated, so 433M counts on a laptop."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import flax.linen as nn
+import flax.traverse_util
+import jax
+import numpy as np
+
+from dirroute_jax.model.transformer import abstract_params, build_model, padded_vocab_size
+
+COMPONENTS = ("embedding", "attention", "mlp", "norms", "routers", "directions")
+
+
+def component_of(path: tuple[str, ...]) -> str:
+  """Which row of the accounting table a parameter path belongs to."""
+  if path[0] == "embed":
+    return "embedding"
+  if "router" in path:
+    return "routers"
+  if path[-1] == "directions":
+    return "directions"
+  if "attn" in path:
+    return "attention"
+  if "mlp" in path:
+    return "mlp"
+  if path[-1] == "scale":
+    return "norms"
+  raise ValueError(f"unaccounted parameter {'/'.join(path)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamCount:
+  by_component: dict[str, int]  # with the vocab padded as the model allocates it
+  padded_vocab_rows: int  # embedding rows that exist only for padding
+
+  @property
+  def total(self) -> int:
+    return sum(self.by_component.values())
+
+  @property
+  def total_unpadded(self) -> int:
+    """The count a paper reports: the padding rows are not model capacity."""
+    return self.total - self.padded_vocab_rows
+
+  @property
+  def routing(self) -> int:
+    return self.by_component["routers"] + self.by_component["directions"]
+
+
+def count_params(model_cfg) -> ParamCount:
+  shapes = nn.meta.unbox(abstract_params(build_model(model_cfg)))
+  by_component = dict.fromkeys(COMPONENTS, 0)
+  for path, leaf in flax.traverse_util.flatten_dict(shapes).items():
+    by_component[component_of(path)] += int(np.prod(leaf.shape))
+  pad_rows = padded_vocab_size(model_cfg) - model_cfg.vocab_size
+  return ParamCount(by_component, pad_rows * model_cfg.d_model)
+
+
+def count_pair(model_cfg) -> dict[str, ParamCount]:
+  """Counts for the routed model and its baseline (the same config with routing off)."""
+  routed_cfg, baseline_cfg = copy.deepcopy(model_cfg), copy.deepcopy(model_cfg)
+  routed_cfg.routing, baseline_cfg.routing = True, False
+  return {"routed": count_params(routed_cfg), "baseline": count_params(baseline_cfg)}
+
+
+def format_table(counts: dict[str, ParamCount]) -> str:
+  routed, baseline = counts["routed"], counts["baseline"]
+  rows = [f"{'component':<22}{'baseline':>16}{'routed':>16}"]
+  for comp in COMPONENTS:
+    rows.append(f"{comp:<22}{baseline.by_component[comp]:>16,}{routed.by_component[comp]:>16,}")
+  rows.append(f"{'total (padded vocab)':<22}{baseline.total:>16,}{routed.total:>16,}")
+  rows.append(f"{'total (vocab unpadded)':<22}{baseline.total_unpadded:>16,}"
+              f"{routed.total_unpadded:>16,}")
+  overhead = routed.routing / baseline.total_unpadded
+  rows.append(f"routing overhead: {routed.routing:,} params = {100 * overhead:.3f}% of the "
+              f"unpadded baseline ({100 * routed.routing / baseline.total:.3f}% of the padded)")
+  return "\n".join(rows)

@@ -1,0 +1,94 @@
+"""Directional routing (arXiv 2603.14923, SPEC §1): the router and the suppression equation.
+
+For each head h with output o_{t,h} (before W_O) and K unit directions d_{h,k}:
+
+    o'_{t,h} = o_{t,h} - sum_k r_{h,k} <o_{t,h}, d_{h,k}> d_{h,k}                      (1)
+    r        = sigmoid(temperature * Router(pool(x)))                                  (2)
+
+`pool` is the paper's mean over the whole sequence ("sequence_mean", non-causal: position t
+sees tokens after t) or the prefix mean up to and including t ("causal_mean").
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+_ACTIVATIONS = {"gelu": nn.gelu, "relu": nn.relu, "silu": nn.silu, "tanh": jnp.tanh}
+
+
+def unit_directions(dirs_HxKxDh: Array, eps: float = 1e-8) -> Array:
+  """The directions are free parameters; eq. (1) uses them renormalised to unit length."""
+  dirs = dirs_HxKxDh.astype(jnp.float32)
+  return dirs / jnp.sqrt(jnp.sum(dirs * dirs, axis=-1, keepdims=True) + eps)
+
+
+def suppress(o_BxTxHxDh: Array, r_BxTxHxK: Array, dirs_HxKxDh: Array) -> Array:
+  """Eq. (1): removes from every head output its r-weighted components along its directions.
+
+  r may be B x 1 x H x K (one weight per sequence) and broadcasts over T.
+
+  The directions are not orthogonalised, so with K > 1 this is a sum of rank-one projections,
+  not a projection onto a subspace, exactly as the paper writes it.
+  """
+  d_HxKxDh = unit_directions(dirs_HxKxDh)
+  o = o_BxTxHxDh.astype(jnp.float32)
+  coef_BxTxHxK = jnp.einsum("bthd,hkd->bthk", o, d_HxKxDh) * r_BxTxHxK.astype(jnp.float32)
+  return (o - jnp.einsum("bthk,hkd->bthd", coef_BxTxHxK, d_HxKxDh)).astype(o_BxTxHxDh.dtype)
+
+
+def pool(x_BxTxD: Array, pooling: str) -> Array:
+  """Router input u_BxSxD: S = 1 for "sequence_mean", S = T for "causal_mean".
+
+  "sequence_mean" is the whole-sequence mean (the paper; every position sees the future);
+  "causal_mean" is the running mean over positions <= t, an O(T) cumulative sum. Keeping S = 1
+  for the paper's router runs its MLP once per sequence rather than once per token.
+  """
+  x = x_BxTxD.astype(jnp.float32)
+  if pooling == "sequence_mean":
+    return jnp.mean(x, axis=1, keepdims=True)
+  if pooling == "causal_mean":
+    count_T = jnp.arange(1, x.shape[1] + 1, dtype=jnp.float32)
+    return jnp.cumsum(x, axis=1) / count_T[None, :, None]
+  raise ValueError(f"unknown pooling {pooling!r}; use 'sequence_mean' or 'causal_mean'.")
+
+
+class Router(nn.Module):
+  """Per-layer router: D -> hidden x depth -> H*K logits, shared by the heads of its layer."""
+
+  num_heads: int
+  num_directions: int
+  hidden: int = 512
+  depth: int = 3
+  activation: str = "gelu"
+  temperature: float = 5.0
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, u_BxSxD: Array) -> Array:
+    """Returns routing weights r_BxSxHxK in [0, 1]."""
+    h = u_BxSxD.astype(self.dtype)
+    act = _ACTIVATIONS[self.activation]
+    in_axis = "embed"
+    for i in range(self.depth):
+      h = act(_dense(self.hidden, (in_axis, "router_hidden"), self.dtype, f"hidden_{i}")(h))
+      in_axis = "router_hidden_in"  # a kernel's two axes need distinct names to be shardable
+    z = _dense(self.num_heads * self.num_directions, (in_axis, "router_out"), self.dtype,
+               "out")(h)
+    z_BxSxHxK = z.reshape(z.shape[:-1] + (self.num_heads, self.num_directions))
+    # The temperature pushes weights toward 0/1; the sigmoid runs in float32 so that near-binary
+    # weights are not rounded in bf16.
+    return jax.nn.sigmoid(self.temperature * z_BxSxHxK.astype(jnp.float32))
+
+
+def _dense(features: int, axes: tuple[str, str], dtype, name: str) -> nn.Dense:
+  return nn.Dense(
+      features,
+      dtype=dtype,
+      kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)),
+      name=name,
+  )

@@ -1,0 +1,165 @@
+"""The decoder-only LM (RMSNorm pre-norm, RoPE, SwiGLU, tied embeddings) and its pure forward.
+
+One module serves both models of a pair: `model.routing` in the config switches directional
+routing on; with it off this is the baseline, parameter for parameter.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import flax.traverse_util
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from dirroute_jax.config import validate_model_config
+from dirroute_jax.model.attention import Attention
+from dirroute_jax.model.interventions import Interventions, wants
+
+Array = jax.Array
+
+_RESID_AXES = ("activation_batch", "activation_length", "activation_embed")
+
+
+def padded_vocab_size(model_cfg) -> int:
+  m = model_cfg.vocab_pad_multiple
+  return int(math.ceil(model_cfg.vocab_size / m) * m)
+
+
+class RMSNorm(nn.Module):
+  eps: float = 1e-6
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxTxD: Array) -> tuple[Array, Array]:
+    """Returns (normalised x, 1/rms(x) as B x T x 1); the second is what DLA needs."""
+    scale_D = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(),
+                                                               ("norm",)),
+                         (x_BxTxD.shape[-1],), jnp.float32)
+    x = x_BxTxD.astype(jnp.float32)
+    inv_rms_BxTx1 = jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+    return (x * inv_rms_BxTx1 * scale_D).astype(self.dtype), inv_rms_BxTx1
+
+
+class SwiGLU(nn.Module):
+  d_ff: int
+  d_model: int
+  init_std: float
+  out_init_std: float
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxTxD: Array) -> Array:
+    def dense(features, axes, std, name):
+      return nn.Dense(features, use_bias=False, dtype=self.dtype, name=name,
+                      kernel_init=nn.with_logical_partitioning(nn.initializers.normal(std),
+                                                               axes))
+
+    gate_BxTxF = dense(self.d_ff, ("embed", "mlp"), self.init_std, "wi_gate")(x_BxTxD)
+    up_BxTxF = dense(self.d_ff, ("embed", "mlp"), self.init_std, "wi_up")(x_BxTxD)
+    h_BxTxF = nn.with_logical_constraint(nn.silu(gate_BxTxF) * up_BxTxF,
+                                         ("activation_batch", "activation_length",
+                                          "activation_mlp"))
+    return dense(self.d_model, ("mlp", "embed"), self.out_init_std, "wo")(h_BxTxF)
+
+
+class Block(nn.Module):
+  cfg: ml_collections.ConfigDict
+  layer: int
+
+  @nn.compact
+  def __call__(self, x_BxTxD: Array, iv: Interventions, capture: Sequence[str]) -> Array:
+    m, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
+    prefix = f"blocks.{self.layer}"
+
+    def sow(name, value):
+      if wants(capture, f"{prefix}.{name}"):
+        self.sow("intermediates", f"{prefix}.{name}", value)
+
+    out_std = m.init_std / math.sqrt(2 * m.num_layers)  # GPT-2's residual-projection scaling
+    sow("resid_pre", x_BxTxD)
+    h_BxTxD, _ = RMSNorm(m.norm_eps, dtype, name="attn_norm")(x_BxTxD)
+    router_x_BxTxD = h_BxTxD if m.router_input == "normed" else x_BxTxD
+    x_BxTxD = x_BxTxD + Attention(
+        num_heads=m.num_heads, head_dim=m.head_dim, d_model=m.d_model,
+        rope_theta=m.rope_theta, init_std=m.init_std, out_init_std=out_std,
+        routing=m.routing, num_directions=m.num_directions, router_hidden=m.router_hidden,
+        router_depth=m.router_depth, router_activation=m.router_activation,
+        router_temperature=m.router_temperature, pooling=m.pooling, dtype=dtype,
+        prefix=f"{prefix}.attn", name="attn",
+    )(h_BxTxD, router_x_BxTxD, iv.layer(self.layer), capture)
+    x_BxTxD = nn.with_logical_constraint(x_BxTxD, _RESID_AXES)
+    sow("resid_mid", x_BxTxD)
+    h_BxTxD, _ = RMSNorm(m.norm_eps, dtype, name="mlp_norm")(x_BxTxD)
+    mlp_BxTxD = SwiGLU(m.d_ff, m.d_model, m.init_std, out_std, dtype, name="mlp")(h_BxTxD)
+    sow("mlp.out", mlp_BxTxD)
+    x_BxTxD = nn.with_logical_constraint(x_BxTxD + mlp_BxTxD, _RESID_AXES)
+    sow("resid_post", x_BxTxD)
+    return x_BxTxD
+
+
+class Transformer(nn.Module):
+  """tokens_BxT -> logits_BxTxV (float32; V = the padded vocab, padded entries at -1e9)."""
+
+  cfg: ml_collections.ConfigDict
+
+  @nn.compact
+  def __call__(self, tokens_BxT: Array, interventions: Interventions | None = None,
+               capture: Sequence[str] = ()) -> Array:
+    m, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
+    iv = interventions if interventions is not None else Interventions()
+    V = padded_vocab_size(m)
+    embed = nn.Embed(
+        V, m.d_model, dtype=dtype, name="embed",
+        embedding_init=nn.with_logical_partitioning(nn.initializers.normal(m.init_std),
+                                                    ("vocab", "embed")))
+    x_BxTxD = nn.with_logical_constraint(embed(tokens_BxT), _RESID_AXES)
+    for l in range(m.num_layers):
+      x_BxTxD = Block(m, l, name=f"blocks_{l}")(x_BxTxD, iv, tuple(capture))
+    h_BxTxD, inv_rms_BxTx1 = RMSNorm(m.norm_eps, dtype, name="final_norm")(x_BxTxD)
+    if wants(capture, "final_norm.scale"):
+      self.sow("intermediates", "final_norm.scale", inv_rms_BxTx1)
+    logits_BxTxV = embed.attend(h_BxTxD).astype(jnp.float32)  # tied input/output embedding
+    if V != m.vocab_size:
+      logits_BxTxV = jnp.where(jnp.arange(V) < m.vocab_size, logits_BxTxV, -1e9)
+    if wants(capture, "logits"):
+      self.sow("intermediates", "logits", logits_BxTxV)
+    return logits_BxTxV
+
+
+def build_model(model_cfg: ml_collections.ConfigDict) -> Transformer:
+  """Validates the model config and returns the Linen module (routed or baseline)."""
+  validate_model_config(model_cfg)
+  return Transformer(ml_collections.FrozenConfigDict(model_cfg))
+
+
+def forward(model: Transformer, params, tokens_BxT: Array, *,
+            interventions: Interventions | None = None,
+            capture: Sequence[str] = ()) -> tuple[Array, dict[str, Array]]:
+  """The pure forward pass: (logits_BxTxV, {activation name: array}).
+
+  `params` are unboxed Linen params (no `nn.Partitioned` wrappers needed, but they are accepted).
+  `capture` holds names or fnmatch patterns from `interventions.CAPTURE_NAMES`.
+  """
+  capture = tuple(capture)
+  if not capture:
+    return model.apply({"params": params}, tokens_BxT, interventions), {}
+  logits, state = model.apply({"params": params}, tokens_BxT, interventions, capture,
+                              mutable=["intermediates"])
+  flat = flax.traverse_util.flatten_dict(state["intermediates"])
+  return logits, {path[-1]: values[0] for path, values in flat.items()}
+
+
+def init_params(model: Transformer, rng: Array, seq_len: int = 8):
+  """Random params (unboxed) for `model`. Shapes do not depend on seq_len."""
+  variables = model.init(rng, jnp.zeros((1, seq_len), jnp.int32))
+  return nn.meta.unbox(variables["params"])
+
+
+def abstract_params(model: Transformer, seq_len: int = 8):
+  """Params as boxed ShapeDtypeStructs (logical axis names kept), nothing allocated."""
+  return jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                           jnp.zeros((1, seq_len), jnp.int32)))["params"]

@@ -1,0 +1,176 @@
+"""The joint train step: every model of the set (normally {routed, baseline}) on ONE batch, in
+ONE jitted executable, each with its own AdamW state.
+
+State layout (a plain dict, so Orbax and analysis tools read it without our classes):
+
+  {"step": int32[], "models": {name: {"params": ..., "opt_state": ...}}}
+
+Batches: {"inputs": int32[B, T], "targets": int32[B, T], "weights": float32[B, T]}.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from dirroute_jax.model.transformer import Transformer, abstract_params, build_model, forward
+from dirroute_jax.train import sharding
+from dirroute_jax.train.optimizer import learning_rate_schedule, make_optimizer
+
+BATCH_KEYS = ("inputs", "targets", "weights")
+
+
+def model_configs(cfg) -> dict[str, ml_collections.ConfigDict]:
+  """The set of models trained side by side: the routed model and its identical baseline."""
+  routed, baseline = copy.deepcopy(cfg.model), copy.deepcopy(cfg.model)
+  routed.routing, baseline.routing = True, False
+  return {"routed": routed, "baseline": baseline}
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+  """Everything the loop needs that is derived from the config and the mesh, built once."""
+
+  cfg: ml_collections.ConfigDict
+  mesh: jax.sharding.Mesh
+  models: dict[str, Transformer]
+  optimizers: dict[str, optax.GradientTransformation]
+  state_shardings: dict
+  batch_sharding: jax.sharding.NamedSharding
+  rules: tuple
+  init_state: Callable  # rng -> state (jitted, sharded)
+  train_step: Callable  # (state, batch) -> (state, metrics) (jitted, donates state)
+  eval_step: Callable  # (state, batch) -> {name: (loss_sum_B, tokens_B)}
+
+  def abstract_state(self):
+    """ShapeDtypeStructs with target shardings: what a checkpoint restores into."""
+    shapes = jax.eval_shape(self.init_state, jax.random.key(0))
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        shapes, self.state_shardings)
+
+
+def _cross_entropy_sums(logits_BxTxV, targets_BxT, weights_BxT):
+  ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
+  return (ce_BxT * weights_BxT).sum(axis=-1), weights_BxT.sum(axis=-1)
+
+
+ROUTER_STATS = ("router/mean", "router/frac_below_0.1", "router/frac_above_0.9")
+
+
+def _router_stats(captured: dict) -> dict:
+  r = jnp.stack([v for k, v in sorted(captured.items()) if k.endswith(".attn.r")])
+  return dict(zip(ROUTER_STATS, (r.mean(), (r < 0.1).mean(), (r > 0.9).mean())))
+
+
+def make_trainer(cfg, mesh: jax.sharding.Mesh) -> Trainer:
+  rules = sharding.rules_for(cfg.mesh.preset)
+  sharding.check_batch(cfg.batch_size, cfg.grad_accum_steps, mesh)
+  model_cfgs = model_configs(cfg)
+  models = {name: build_model(mc) for name, mc in model_cfgs.items()}
+  optimizers = {name: make_optimizer(cfg.optim, cfg.steps) for name in models}
+  schedule = learning_rate_schedule(cfg.optim, cfg.steps)
+  replicated = sharding.replicated(mesh)
+
+  # Shardings from abstract values: params by their logical names, optimizer moments like
+  # their params, counters replicated.
+  state_shardings = {"step": replicated, "models": {}}
+  for name, model in models.items():
+    boxed = abstract_params(model)
+    p_sh = sharding.logical_shardings(boxed, mesh, rules)
+    unboxed = nn.meta.unbox(boxed)
+    opt_sh = sharding.optimizer_shardings(
+        jax.eval_shape(optimizers[name].init, unboxed), unboxed, p_sh, replicated)
+    state_shardings["models"][name] = {"params": p_sh, "opt_state": opt_sh}
+  batch_sh = sharding.batch_sharding(mesh)
+
+  def init_state(rng):
+    state = {"step": jnp.zeros((), jnp.int32), "models": {}}
+    for name, model in models.items():
+      # Same key for every model: the shared weights of the pair start identical.
+      params = nn.meta.unbox(model.init(rng, jnp.zeros((1, 8), jnp.int32))["params"])
+      state["models"][name] = {"params": params, "opt_state": optimizers[name].init(params)}
+    return state
+
+  def loss_sums(name, params, micro):
+    capture = ("blocks.*.attn.r",) if model_cfgs[name].routing else ()
+    logits, captured = forward(models[name], params, micro["inputs"], capture=capture)
+    loss_sum_B, tokens_B = _cross_entropy_sums(logits, micro["targets"], micro["weights"])
+    return loss_sum_B.sum(), (tokens_B.sum(), _router_stats(captured) if capture else {})
+
+  def train_step(state, batch):
+    with nn.logical_axis_rules(rules):
+      A = cfg.grad_accum_steps
+      # Micro-batch a takes rows a, a+A, a+2A, ...: every device keeps its own rows in every
+      # micro-batch, so accumulation never moves data between devices.
+      micro_batches = jax.tree.map(
+          lambda x: jax.lax.with_sharding_constraint(
+              x.reshape((x.shape[0] // A, A) + x.shape[1:]).swapaxes(0, 1),
+              jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
+                  None, sharding.BATCH_AXES))), batch)
+      params = {n: s["params"] for n, s in state["models"].items()}
+      grad_fns = {n: jax.value_and_grad(lambda p, mb, n=n: loss_sums(n, p, mb), has_aux=True)
+                  for n in models}
+
+      def accumulate(carry, micro):
+        out = {}
+        for n in models:
+          (loss_sum, (tokens, stats)), grads = grad_fns[n](params[n], micro)
+          g, l, t, st = carry[n]
+          out[n] = (jax.tree.map(jnp.add, g, grads), l + loss_sum, t + tokens,
+                    jax.tree.map(lambda a, b: a + b / A, st, stats))
+        return out, None
+
+      zero = {n: (jax.tree.map(jnp.zeros_like, params[n]), jnp.zeros((), jnp.float32),
+                  jnp.zeros((), jnp.float32),
+                  {k: jnp.zeros((), jnp.float32) for k in ROUTER_STATS}
+                  if model_cfgs[n].routing else {})
+              for n in models}
+      sums, _ = jax.lax.scan(accumulate, zero, micro_batches)
+
+      new_state = {"step": state["step"] + 1, "models": {}}
+      metrics = {}
+      lr = schedule(state["step"])
+      for n in models:
+        grad_sum, loss_sum, tokens, stats = sums[n]
+        tokens = jnp.maximum(tokens, 1.0)
+        grads = jax.tree.map(lambda g: g / tokens, grad_sum)  # mean over all real tokens
+        updates, opt_state = optimizers[n].update(grads, state["models"][n]["opt_state"],
+                                                  params[n])
+        new_state["models"][n] = {"params": optax.apply_updates(params[n], updates),
+                                  "opt_state": opt_state}
+        loss = loss_sum / tokens
+        metrics.update({f"{n}/loss": loss, f"{n}/perplexity": jnp.exp(loss),
+                        f"{n}/grad_norm": optax.global_norm(grads), f"{n}/lr": lr,
+                        f"{n}/tokens": tokens})
+        metrics.update({f"{n}/{k}": v for k, v in stats.items()})
+      if "routed" in models and "baseline" in models:
+        metrics["delta/loss"] = metrics["routed/loss"] - metrics["baseline/loss"]
+        metrics["delta/perplexity"] = (metrics["routed/perplexity"]
+                                       - metrics["baseline/perplexity"])
+      return new_state, metrics
+
+  def eval_step(state, batch):
+    with nn.logical_axis_rules(rules):
+      out = {}
+      for n, model in models.items():
+        logits, _ = forward(model, state["models"][n]["params"], batch["inputs"])
+        out[n] = _cross_entropy_sums(logits, batch["targets"], batch["weights"])
+      return out
+
+  batch_shardings = {k: batch_sh for k in BATCH_KEYS}
+  return Trainer(
+      cfg=cfg, mesh=mesh, models=models, optimizers=optimizers,
+      state_shardings=state_shardings, batch_sharding=batch_sh, rules=rules,
+      init_state=jax.jit(init_state, out_shardings=state_shardings),
+      train_step=jax.jit(train_step, in_shardings=(state_shardings, batch_shardings),
+                         out_shardings=(state_shardings, replicated), donate_argnums=(0,)),
+      eval_step=jax.jit(eval_step, in_shardings=(state_shardings, batch_shardings),
+                        out_shardings=replicated),
+  )

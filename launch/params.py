@@ -1,0 +1,20 @@
+"""Prints the parameter accounting of a config's routed model and baseline (nothing allocated).
+
+  python launch/params.py --config=configs/433m.py
+"""
+
+from absl import app
+from ml_collections import config_flags
+
+from dirroute_jax.model import params
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py file.", lock_config=True)
+
+
+def main(argv):
+  del argv
+  print(params.format_table(params.count_pair(_CONFIG.value.model)))
+
+
+if __name__ == "__main__":
+  app.run(main)
