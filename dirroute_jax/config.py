@@ -52,6 +52,10 @@ def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.model = default_model_config()
 
+  # The set of models trained side by side on the same batches, comma-separated:
+  # "routed" is `model` with routing on, "baseline" the same config with routing off.
+  c.models = "routed,baseline"
+
   c.seed = 42
   c.steps = 1000
   c.batch_size = 32  # global, in sequences
@@ -84,7 +88,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.text_key = "text"
   c.data.cache_dir = ""  # default: ~/.cache/dirroute_jax
   c.data.eval_fraction = 0.05
-  c.data.worker_count = 0
+  c.data.worker_count = 0  # grain reader threads; 0 = default (4)
+  c.data.max_bytes_per_domain = 6_000_000  # embedded corpus: cap per domain
+  c.data.max_docs = 0  # tfds / files: documents read per split, 0 = all
+  c.data.synthetic_tokens = 1 << 20  # size of the synthetic train stream
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.preset = "dp"  # dp | fsdp | fsdp_tp
@@ -103,10 +110,35 @@ class ConfigError(ValueError):
   """A configuration value is invalid; the message says which and how to fix it."""
 
 
+def _need(ok: bool, msg: str) -> None:
+  if not ok:
+    raise ConfigError(msg)
+
+
+def validate_config(c: ml_collections.ConfigDict) -> None:
+  """Checks a whole experiment config; every message names the key and a valid value."""
+  validate_model_config(c.model)
+  for key in ("steps", "batch_size", "seq_len", "grad_accum_steps", "log_every"):
+    _need(int(c[key]) >= 1, f"{key} must be a positive integer, got {c[key]!r}.")
+  for key in ("eval_every", "checkpoint_every", "eval_batches"):
+    _need(int(c[key]) >= 0, f"{key} must be >= 0 (0 disables it), got {c[key]!r}.")
+  _need(c.batch_size % c.grad_accum_steps == 0,
+        f"batch_size={c.batch_size} must be divisible by grad_accum_steps={c.grad_accum_steps}.")
+  _need(c.optim.peak_lr > 0 and c.optim.final_lr >= 0,
+        "optim.peak_lr must be > 0 and optim.final_lr >= 0.")
+  _need(c.optim.routing_lr_scale >= 0, "optim.routing_lr_scale must be >= 0.")
+  _need(c.data.source in ("embedded", "tfds", "files", "synthetic"),
+        f"data.source={c.data.source!r} is unknown; use embedded, tfds, files or synthetic.")
+  _need(c.data.source != "files" or bool(c.data.files),
+        "data.source='files' needs data.files, a glob of .txt/.jsonl/.parquet files, e.g. "
+        "--config.data.files='/data/fineweb/sample/10BT/*.parquet' (or use "
+        "--config.data.source=embedded to train on the embedded corpus).")
+  _need(c.data.source != "tfds" or bool(c.data.tfds_name),
+        "data.source='tfds' needs data.tfds_name (and data.tfds_data_dir with prepared files).")
+
+
 def validate_model_config(m: ml_collections.ConfigDict) -> None:
-  def need(ok: bool, msg: str) -> None:
-    if not ok:
-      raise ConfigError(msg)
+  need = _need
 
   for key in ("vocab_size", "d_model", "num_layers", "num_heads", "head_dim", "d_ff",
               "vocab_pad_multiple"):

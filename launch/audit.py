@@ -15,6 +15,7 @@ import jax
 from ml_collections import config_flags
 
 from dirroute_jax.analysis.causality import audit_causality
+from dirroute_jax.cli import parse_flags
 from dirroute_jax.model import transformer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py file.", lock_config=True)
@@ -41,4 +42,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

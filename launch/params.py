@@ -6,6 +6,7 @@
 from absl import app
 from ml_collections import config_flags
 
+from dirroute_jax.cli import parse_flags
 from dirroute_jax.model import params
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py file.", lock_config=True)
@@ -17,4 +18,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from dirroute_jax.config import ConfigError
 from dirroute_jax.model.transformer import Transformer, abstract_params, build_model, forward
 from dirroute_jax.train import sharding
 from dirroute_jax.train.optimizer import learning_rate_schedule, make_optimizer
@@ -27,11 +28,21 @@ from dirroute_jax.train.optimizer import learning_rate_schedule, make_optimizer
 BATCH_KEYS = ("inputs", "targets", "weights")
 
 
+MODEL_VARIANTS = {"routed": {"routing": True}, "baseline": {"routing": False}}
+
+
 def model_configs(cfg) -> dict[str, ml_collections.ConfigDict]:
-  """The set of models trained side by side: the routed model and its identical baseline."""
-  routed, baseline = copy.deepcopy(cfg.model), copy.deepcopy(cfg.model)
-  routed.routing, baseline.routing = True, False
-  return {"routed": routed, "baseline": baseline}
+  """The set of models trained side by side (`cfg.models`), each a variant of `cfg.model`."""
+  names = [n.strip() for n in cfg.models.split(",") if n.strip()]
+  unknown = [n for n in names if n not in MODEL_VARIANTS]
+  if not names or unknown or len(set(names)) != len(names):
+    raise ConfigError(f"models={cfg.models!r}: give distinct names from "
+                      f"{sorted(MODEL_VARIANTS)}, comma-separated.")
+  out = {}
+  for name in names:
+    out[name] = copy.deepcopy(cfg.model)
+    out[name].update(MODEL_VARIANTS[name])
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +158,7 @@ def make_trainer(cfg, mesh: jax.sharding.Mesh) -> Trainer:
                                   "opt_state": opt_state}
         loss = loss_sum / tokens
         metrics.update({f"{n}/loss": loss, f"{n}/perplexity": jnp.exp(loss),
-                        f"{n}/grad_norm": optax.global_norm(grads), f"{n}/lr": lr,
+                        f"{n}/grad_norm": optax.tree.norm(grads), f"{n}/lr": lr,
                         f"{n}/tokens": tokens})
         metrics.update({f"{n}/{k}": v for k, v in stats.items()})
       if "routed" in models and "baseline" in models:

@@ -1,0 +1,44 @@
+"""Trains the routed model and its baseline side by side in one jitted step.
+
+  python launch/train.py --config=configs/tiny.py --workdir=/tmp/dirroute_tiny
+  python launch/train.py --config=configs/433m.py --workdir=gs://BUCKET/run \
+      --config.data.files='/data/fineweb/sample/10BT/*.parquet'
+
+Rerunning the same command resumes from the latest complete checkpoint in --workdir.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+import jax
+from ml_collections import config_flags
+
+from dirroute_jax.cli import parse_flags
+from dirroute_jax.config import ConfigError
+from dirroute_jax.train import checkpoint
+from dirroute_jax.train.loop import train
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl, TensorBoard.")
+_COMPILE_CACHE = flags.DEFINE_string(
+    "compilation_cache", os.path.expanduser("~/.cache/dirroute_jax/jax_compilation_cache"),
+    "Persistent XLA compilation cache ('' disables); makes resumes start fast.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  if _COMPILE_CACHE.value:
+    jax.config.update("jax_compilation_cache_dir", _COMPILE_CACHE.value)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  try:
+    train(_CONFIG.value, _WORKDIR.value)
+  except (ConfigError, checkpoint.CheckpointError, checkpoint.CheckpointMismatchError,
+          FloatingPointError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)
