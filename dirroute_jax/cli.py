@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import sys
 
-from absl import flags
+from absl import flags, logging
 
 
 def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser with readable errors; library INFO logs (orbax is chatty) hidden unless
+  --verbosity is given."""
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
+    if not any(a.startswith(("--verbosity", "-v")) for a in argv[1:]):
+      logging.set_verbosity(logging.WARNING)
+    return rest
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
     overrides = [a for a in argv[1:] if a.startswith("--config.")]
     detail = str(e).strip("\"'")

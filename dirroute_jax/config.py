@@ -16,6 +16,7 @@ POOLINGS = ("causal_mean", "sequence_mean")
 ROUTER_INPUTS = ("normed", "residual")
 ROUTER_ACTIVATIONS = ("gelu", "relu", "silu", "tanh")
 DTYPES = ("float32", "bfloat16")
+REMAT_POLICIES = ("none", "full", "dots")
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -33,6 +34,10 @@ def default_model_config() -> ml_collections.ConfigDict:
   m.norm_eps = 1e-6
   m.init_std = 0.02
   m.dtype = "float32"  # compute dtype; params are always float32 (master weights)
+  # Rematerialisation per block: "none" keeps every activation for the backward pass, "full"
+  # keeps only block inputs, "dots" keeps matmul outputs and recomputes the cheap elementwise
+  # work between them. Trades FLOPs for memory; forward values are identical.
+  m.remat = "none"
 
   # Directional routing (SPEC §1). `routing=False` is the baseline: same module, no router.
   m.routing = True
@@ -151,6 +156,8 @@ def validate_model_config(m: ml_collections.ConfigDict) -> None:
        f"model.router_activation={m.router_activation!r} is unknown; "
        f"use one of {ROUTER_ACTIVATIONS}.")
   need(m.dtype in DTYPES, f"model.dtype={m.dtype!r} is unknown; use one of {DTYPES}.")
+  need(m.remat in REMAT_POLICIES,
+       f"model.remat={m.remat!r} is unknown; use one of {REMAT_POLICIES}.")
   need(m.head_dim % 2 == 0, f"model.head_dim={m.head_dim} must be even for RoPE.")
   if m.routing:
     need(m.num_directions >= 1,

@@ -1,10 +1,11 @@
-"""Causality audit of a config's routed model and baseline.
+"""Causality audit: do any model's logits at position t depend on tokens after t?
 
   python launch/audit.py --config=configs/tiny.py --config.model.pooling=sequence_mean
+  python launch/audit.py --workdir=workdirs/tiny
 
-Prints one line per model starting with CAUSAL or LEAK; exits 1 if any model leaks. Without
---workdir the models are randomly initialised (the leak is architectural, so random init
-exposes it).
+Prints one line per model starting with CAUSAL or LEAK and exits 1 if any model leaks. With
+--config the models are randomly initialised (the leak is architectural, so random init
+exposes it); with --workdir the trained params of every model in the run are audited.
 """
 
 import copy
@@ -15,25 +16,38 @@ import jax
 from ml_collections import config_flags
 
 from dirroute_jax.analysis.causality import audit_causality
+from dirroute_jax.analysis.load import load_workdir
 from dirroute_jax.cli import parse_flags
 from dirroute_jax.model import transformer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "A launch/train.py workdir to audit instead.")
 _SEQ_LEN = flags.DEFINE_integer("seq_len", 64, "Length of the audited sequences.")
 
 
-def main(argv):
-  del argv
-  cfg = _CONFIG.value
-  leak = False
+def _random_models(cfg):
   for name, routing in (("routed", True), ("baseline", False)):
     model_cfg = copy.deepcopy(cfg.model)
     model_cfg.routing = routing
     model = transformer.build_model(model_cfg)
-    params = transformer.init_params(model, jax.random.key(cfg.seed))
-    result = audit_causality(model, params, vocab_size=model_cfg.vocab_size,
-                             seq_len=_SEQ_LEN.value, seed=cfg.seed)
-    what = f"{name} (pooling={model_cfg.pooling})" if routing else name
+    yield name, model, transformer.init_params(model, jax.random.key(cfg.seed))
+
+
+def main(argv):
+  del argv
+  if _WORKDIR.value:
+    run = load_workdir(_WORKDIR.value)
+    models = [(n, run.models[n], run.params[n]) for n in run.models]
+    seed = run.cfg.seed
+  elif _CONFIG.value is not None:
+    models, seed = list(_random_models(_CONFIG.value)), _CONFIG.value.seed
+  else:
+    sys.exit("error: pass --config=configs/X.py (random init) or --workdir=DIR (trained).")
+  leak = False
+  for name, model, params in models:
+    result = audit_causality(model, params, vocab_size=model.cfg.vocab_size,
+                             seq_len=_SEQ_LEN.value, seed=seed)
+    what = f"{name} (pooling={model.cfg.pooling})" if model.cfg.routing else name
     print(f"{result.verdict} {what}: max |change| of logits at positions <= t when tokens > t "
           f"change = {result.max_change:.3g} (tolerance {result.tolerance:.3g}, "
           f"worst cut t={result.worst_cut})")

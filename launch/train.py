@@ -4,6 +4,10 @@
   python launch/train.py --config=configs/433m.py --workdir=gs://BUCKET/run \
       --config.data.files='/data/fineweb/sample/10BT/*.parquet'
 
+Multi-host: run the same command in every process. On Cloud TPU and under SLURM `srun` the
+processes find each other by themselves (--distributed=auto); elsewhere add
+--coordinator_address=HOST:PORT --num_processes=N --process_id=I (see train/distributed.py).
+
 Rerunning the same command resumes from the latest complete checkpoint in --workdir.
 """
 
@@ -16,7 +20,7 @@ from ml_collections import config_flags
 
 from dirroute_jax.cli import parse_flags
 from dirroute_jax.config import ConfigError
-from dirroute_jax.train import checkpoint
+from dirroute_jax.train import checkpoint, distributed
 from dirroute_jax.train.loop import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py file.", lock_config=True)
@@ -24,11 +28,26 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl, Ten
 _COMPILE_CACHE = flags.DEFINE_string(
     "compilation_cache", os.path.expanduser("~/.cache/dirroute_jax/jax_compilation_cache"),
     "Persistent XLA compilation cache ('' disables); makes resumes start fast.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", distributed.MODES,
+    "Multi-process start-up: auto = when the flags below are given or SLURM / Cloud TPU / "
+    "Open MPI runs several processes; on = always (JAX detects what is unset); off = never.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "HOST:PORT of process 0's coordinator (multi-process).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's rank, 0-based.")
+_LOCAL_DEVICES = flags.DEFINE_string("local_device_ids", None,
+                                     "Comma-separated local device ids this process drives.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   del argv
+  try:
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                           _LOCAL_DEVICES.value, mode=_DISTRIBUTED.value)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
   if _COMPILE_CACHE.value:
     jax.config.update("jax_compilation_cache_dir", _COMPILE_CACHE.value)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

@@ -27,3 +27,21 @@ def pytest_collection_modifyitems(config, items):
 def tiny_cfg():
   """A fresh copy of configs/tiny.py per test (tests mutate it)."""
   return copy.deepcopy(load_config_file(os.path.join(REPO, "configs", "tiny.py")))
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory):
+  """A tiny routed/baseline pair trained for 80 steps on the embedded corpus (bytes tokenizer),
+  shared by every analysis test. Returns the workdir path."""
+  from dirroute_jax.train.loop import train
+
+  cfg = copy.deepcopy(load_config_file(os.path.join(REPO, "configs", "tiny.py")))
+  root = tmp_path_factory.mktemp("trained")
+  cfg.data.cache_dir = str(root / "cache")
+  cfg.data.tokenizer = "bytes"
+  cfg.model.vocab_size = 257
+  cfg.steps, cfg.batch_size, cfg.seq_len = 80, 8, 64
+  cfg.log_every, cfg.eval_every, cfg.checkpoint_every, cfg.eval_batches = 40, 0, 80, 2
+  workdir = str(root / "workdir")
+  train(cfg, workdir, log=lambda *a, **k: None)
+  return workdir

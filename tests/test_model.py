@@ -229,3 +229,24 @@ def test_bad_model_config_is_a_clear_error(tiny_cfg, key, value):
   tiny_cfg.model[key] = value
   with pytest.raises(ConfigError, match=f"model.{key}"):
     build_model(tiny_cfg.model)
+
+
+@pytest.mark.parametrize("policy", ["full", "dots"])
+def test_remat_changes_nothing_but_memory(tiny_cfg, policy):
+  import optax
+  model = build_model(tiny_cfg.model)
+  tiny_cfg.model.remat = policy
+  remat_model = build_model(tiny_cfg.model)
+  params = init_params(model, jax.random.key(0))
+  tokens = _tokens(tiny_cfg.model)
+
+  def loss(m, p):
+    logits, _ = forward(m, p, tokens[:, :-1])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+
+  g_ref = jax.grad(lambda p: loss(model, p))(params)
+  g_remat = jax.grad(lambda p: loss(remat_model, p))(params)
+  assert max(jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()),
+                                          g_ref, g_remat))) < 1e-5
+  _, caps = forward(remat_model, params, tokens, capture=("blocks.1.attn.r",))
+  assert caps["blocks.1.attn.r"].shape[-2:] == (4, 4)  # capture works through remat

@@ -260,3 +260,26 @@ def _atomic_write(path: str, text: str) -> None:
   with open(tmp, "w") as f:
     f.write(text)
   os.replace(tmp, path)
+
+
+WORKDIR_TOKENIZER = "tokenizer.json"
+
+
+def save_to_workdir(tokenizer: Tokenizer, workdir: str) -> None:
+  """A trained BPE travels with the checkpoints, so analysis never needs the corpus cache."""
+  if isinstance(tokenizer, BPETokenizer):
+    tokenizer.save(os.path.join(workdir, WORKDIR_TOKENIZER))
+
+
+def load_from_workdir(cfg, workdir: str) -> Tokenizer:
+  """The tokenizer the run in `workdir` (whose config is `cfg`) trained with."""
+  data_cfg = cfg.data
+  if data_cfg.source == "synthetic":
+    return SyntheticTokenizer(cfg.model.vocab_size)
+  if data_cfg.tokenizer == "bpe":
+    path = os.path.join(workdir, WORKDIR_TOKENIZER)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} is missing: the run's BPE tokenizer is saved there by "
+                              "launch/train.py; without it token ids cannot be decoded.")
+    return BPETokenizer.from_file(path)
+  return get_tokenizer(data_cfg)

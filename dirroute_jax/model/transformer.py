@@ -101,6 +101,15 @@ class Block(nn.Module):
     return x_BxTxD
 
 
+def _remat(block_cls, policy: str):
+  if policy == "none":
+    return block_cls
+  jax_policy = {"full": None,
+                "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}[policy]
+  # static_argnums counts self: (x, interventions, capture) -> capture is 3.
+  return nn.remat(block_cls, policy=jax_policy, static_argnums=(3,))
+
+
 class Transformer(nn.Module):
   """tokens_BxT -> logits_BxTxV (float32; V = the padded vocab, padded entries at -1e9)."""
 
@@ -117,8 +126,9 @@ class Transformer(nn.Module):
         embedding_init=nn.with_logical_partitioning(nn.initializers.normal(m.init_std),
                                                     ("vocab", "embed")))
     x_BxTxD = nn.with_logical_constraint(embed(tokens_BxT), _RESID_AXES)
+    block_cls = _remat(Block, m.remat)
     for l in range(m.num_layers):
-      x_BxTxD = Block(m, l, name=f"blocks_{l}")(x_BxTxD, iv, tuple(capture))
+      x_BxTxD = block_cls(m, l, name=f"blocks_{l}")(x_BxTxD, iv, tuple(capture))
     h_BxTxD, inv_rms_BxTx1 = RMSNorm(m.norm_eps, dtype, name="final_norm")(x_BxTxD)
     if wants(capture, "final_norm.scale"):
       self.sow("intermediates", "final_norm.scale", inv_rms_BxTx1)

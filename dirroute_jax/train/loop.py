@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from dirroute_jax.config import ConfigError, validate_config
+from dirroute_jax.data import tokenizers
 from dirroute_jax.data.pipeline import make_data
 from dirroute_jax.train import checkpoint, sharding, step as step_lib
 from dirroute_jax.train.evaluate import evaluate, to_global
@@ -96,6 +97,8 @@ def train(cfg, workdir: str, *, log=print) -> RunSummary:
 
   mesh = sharding.make_mesh(cfg.mesh)
   data = make_data(cfg, process_index=jax.process_index(), process_count=jax.process_count())
+  if is_main:
+    tokenizers.save_to_workdir(data.tokenizer, workdir)
   trainer = step_lib.make_trainer(cfg, mesh)
   ckpt = checkpoint.Checkpointer(workdir, keep=cfg.checkpoint.keep,
                                  permanent_every=cfg.checkpoint.permanent_every)

@@ -1,0 +1,67 @@
+"""Open a training workdir for analysis: config, models, params and tokenizer, on this host's
+devices whatever topology trained it."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from dirroute_jax.config import default_config
+from dirroute_jax.data import tokenizers
+from dirroute_jax.data.pipeline import Data, make_data
+from dirroute_jax.model.transformer import Transformer, abstract_params, build_model
+from dirroute_jax.train import checkpoint
+from dirroute_jax.train.step import model_configs
+
+
+@dataclasses.dataclass
+class Workdir:
+  """A trained set of models. `models[name]` and `params[name]` go to `forward(...)`."""
+
+  path: str
+  step: int
+  cfg: ml_collections.ConfigDict
+  models: dict[str, Transformer]
+  params: dict
+
+  @functools.cached_property
+  def tokenizer(self) -> tokenizers.Tokenizer:
+    return tokenizers.load_from_workdir(self.cfg, self.path)
+
+  @functools.cached_property
+  def data(self) -> Data:
+    """The run's data (held-out batches with domain labels), rebuilt from the corpus cache."""
+    return make_data(self.cfg)
+
+
+def config_from_json(saved: dict) -> ml_collections.ConfigDict:
+  """The saved config merged over today's defaults (keys added since then get defaults)."""
+  cfg = default_config()
+  cfg.update_from_flattened_dict(_flatten(saved))
+  return cfg
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def load_workdir(path: str, *, step: int | None = None) -> Workdir:
+  cfg = config_from_json(checkpoint.restore_config(path, step=step))
+  models = {name: build_model(mc) for name, mc in model_configs(cfg).items()}
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = {
+      name: jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                         nn.meta.unbox(abstract_params(model)))
+      for name, model in models.items()}
+  params, step = checkpoint.restore_params(path, abstract, step=step)
+  return Workdir(path=path, step=step, cfg=cfg, models=models, params=params)
