@@ -16,7 +16,7 @@ import numpy as np
 from dirroute_jax.config import ConfigError, validate_config
 from dirroute_jax.data import tokenizers
 from dirroute_jax.data.pipeline import make_data
-from dirroute_jax.train import checkpoint, sharding, step as step_lib
+from dirroute_jax.train import checkpoint, flops, sharding, step as step_lib
 from dirroute_jax.train.evaluate import evaluate, to_global
 from dirroute_jax.train.metrics import MetricsWriter
 
@@ -104,6 +104,10 @@ def train(cfg, workdir: str, *, log=print) -> RunSummary:
                                  permanent_every=cfg.checkpoint.permanent_every)
   data_iter = data.train_iter(0)
   tokens_per_step = cfg.batch_size * cfg.seq_len
+  # Model FLOPs of the whole set per step, convention in train/flops.py.
+  flops_per_step = tokens_per_step * sum(
+      flops.flops_per_token(mc, cfg.seq_len) for mc in step_lib.model_configs(cfg).values())
+  peak = flops.peak_flops_per_device(jax.devices()[0].device_kind)
 
   with jax.set_mesh(mesh), _StopFlag() as stop:
     if ckpt.latest_step() is not None:
@@ -145,6 +149,10 @@ def train(cfg, workdir: str, *, log=print) -> RunSummary:
           sec_per_step = float(np.median(step_times)) if step_times else float("nan")
           metrics["perf/tokens_per_sec"] = tokens_per_step / sec_per_step
           metrics["perf/sec_per_step"] = sec_per_step
+          per_device = flops_per_step / sec_per_step / jax.device_count()
+          metrics["perf/model_tflops_per_device"] = per_device / 1e12
+          if peak:
+            metrics["perf/mfu"] = per_device / peak
           writer.write(done, metrics)
           say(_progress_line(done, cfg.steps, metrics, sec_per_step, tokens_per_step))
           last_log_time, last_log_step = time.time(), done
@@ -186,6 +194,8 @@ def _progress_line(done, steps, m, sec_per_step, tokens_per_step) -> str:
     parts.append("eval ppl " + " ".join(evals))
   if math.isfinite(sec_per_step):
     parts.append(f"{tokens_per_step / sec_per_step:,.0f} tok/s")
+    if "perf/mfu" in m:
+      parts.append(f"MFU {100 * m['perf/mfu']:.1f}%")
     parts.append(f"ETA {_fmt_time((steps - done) * sec_per_step)}")
   return " | ".join(parts)
 
