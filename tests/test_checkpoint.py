@@ -482,3 +482,16 @@ def test_crash_mid_save_keeps_previous_checkpoint(tmp_path, mode):
     assert step == 2 and float(restored['w'][0, 0]) == 2.0
   assert not [p for p in root.iterdir() if 'tmp' in p.name]
   ckpt.close()
+
+
+def test_relative_workdir(tmp_path, monkeypatch):
+  """`--workdir=workdirs/tiny` from a shell: orbax needs absolute paths, we accept both."""
+  monkeypatch.chdir(tmp_path)
+  state = make_state()
+  with ckpt_lib.Checkpointer("rel/workdir", async_save=False) as ckpt:
+    ckpt.save(7, state)
+  with ckpt_lib.Checkpointer("rel/workdir") as ckpt:
+    restored, step = ckpt.restore(abstract_of(state))
+  assert step == 7
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
+    np.testing.assert_array_equal(a, b)

@@ -63,7 +63,10 @@ class Checkpointer:
     if keep < 1:
       raise ValueError(f'keep must be >= 1 (got {keep}): keep=0 would delete '
                        'the checkpoint just written.')
+    # Orbax's tensorstore paths must be absolute; "workdirs/tiny" from a shell is common.
     self.workdir = epath.Path(workdir)
+    if '://' not in str(workdir):
+      self.workdir = self.workdir.absolute()
     self.directory = self.workdir / 'checkpoints'
     self.read_only = read_only
     if not read_only:
