@@ -1,0 +1,163 @@
+"""Routing ablations: held-out perplexity with the routing weights replaced (SPEC §2).
+
+The paper reports routed PPL ~15, ~7.7 million with every routing weight at 0, 5,284 with every
+weight at 0.5, and +42.6 PPL for its worst single-layer knockout. This module measures the same
+conditions for every model of a trained set, overall and per domain:
+
+  as_trained      the router's own weights (the reference every delta is taken against)
+  all_off         every r = 0 (`routing_off`): the heads' outputs pass unsuppressed
+  all_0.5         every r = 0.5 (`routing_fixed(0.5)`)
+  all_1           every r = 1: every direction fully removed (brackets the other end)
+  layer_{l}_off   r = 0 in layer l only, router as trained elsewhere
+
+Protocol choices the paper leaves open:
+  * The ablations are interventions on r (after the router, before the suppression), applied at
+    every position; the router still runs. Nothing is re-trained or re-normalised.
+  * PPL is exp(token-weighted mean cross-entropy) over the first `num_batches` held-out batches
+    (default: `cfg.eval_batches`, the batches training's eval used, so `as_trained` equals the
+    logged `eval/{model}/perplexity`). Padding targets (weight 0) and padding rows are excluded.
+  * Control: the baseline has no router, so every condition must leave it unchanged; its row is
+    reported next to the routed one and `control.baseline_invariant` checks it bit for bit.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from dirroute_jax.model import interventions as iv_lib
+from dirroute_jax.model.transformer import Transformer, forward
+
+
+# The paper's numbers (433M model, 2.6B tokens): compare directions of effects, not magnitudes.
+PAPER = {"routed_ppl": 15.0, "all_off_ppl": 7.7e6, "all_0.5_ppl": 5284.0,
+         "worst_layer": 9, "worst_layer_delta_ppl": 42.6,
+         "routed_ppl_reduction_vs_baseline": "31-56% per domain"}
+
+
+def complete(model_cfg, iv: iv_lib.Interventions | None = None) -> iv_lib.Interventions:
+  """`iv` with every unset field filled by a no-op (all-False masks).
+
+  Every condition then has the same pytree structure and shapes, so one jitted forward per
+  model serves all of them: the interventions are traced arrays, not compile-time constants.
+  A False mask leaves r and the head outputs bitwise unchanged (`jnp.where`).
+  """
+  noop = iv_lib.routing_fixed(model_cfg, 0.0, layers=[]).merge(
+      iv_lib.knockout_heads(model_cfg, []))
+  return noop if iv is None else noop.merge(iv)
+
+
+def conditions(model_cfg) -> dict[str, iv_lib.Interventions]:
+  """The ablation conditions (name -> complete Interventions), `as_trained` first."""
+  out = {"as_trained": complete(model_cfg),
+         "all_off": complete(model_cfg, iv_lib.routing_off(model_cfg)),
+         "all_0.5": complete(model_cfg, iv_lib.routing_fixed(model_cfg, 0.5)),
+         "all_1": complete(model_cfg, iv_lib.routing_fixed(model_cfg, 1.0))}
+  for l in range(model_cfg.num_layers):
+    out[f"layer_{l}_off"] = complete(model_cfg, iv_lib.routing_off(model_cfg, [l]))
+  return out
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def loss_sums(model: Transformer, params, inputs_BxT, targets_BxT, weights_BxT, iv):
+  """(loss_sum_B, tokens_B). The model is static (hashable by config), so the compiled
+  program is cached per model config and batch shape across calls and conditions."""
+  logits_BxTxV, _ = forward(model, params, inputs_BxT, interventions=iv)
+  ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
+  return jnp.sum(ce_BxT * weights_BxT, axis=1), jnp.sum(weights_BxT, axis=1)
+
+
+def ablation_ppl(models: dict[str, Transformer], params: dict, batches: Iterable[dict],
+                 domains: tuple[str, ...]) -> dict:
+  """Perplexity of each model under each condition, overall and per domain.
+
+  `batches` are eval batches (`inputs`, `targets`, `weights`, `domain`). The conditions are
+  built from the first model's config (routing interventions are ignored by a baseline, and all
+  models of a set share L, H, K).
+  """
+  names = list(models)
+  model_cfg = models[names[0]].cfg
+  conds = conditions(model_cfg)
+  # sums[model][condition][domain id] = (loss sum, tokens)
+  loss_sum = {n: {c: np.zeros(len(domains)) for c in conds} for n in names}
+  token_sum = {n: np.zeros(len(domains)) for n in names}
+  num_batches = 0
+  for batch in batches:
+    num_batches += 1
+    domain_B = np.asarray(batch["domain"])
+    args = (batch["inputs"], batch["targets"], batch["weights"])
+    for name in names:
+      for c, iv in conds.items():
+        loss_B, tokens_B = jax.device_get(loss_sums(models[name], params[name], *args, iv))
+        for d in range(len(domains)):
+          sel = domain_B == d
+          loss_sum[name][c][d] += float(np.asarray(loss_B, np.float64)[sel].sum())
+          if c == "as_trained":
+            token_sum[name][d] += float(np.asarray(tokens_B)[sel].sum())
+
+  def ppl(loss, tokens):
+    return math.exp(loss / tokens) if tokens else float("nan")
+
+  present = [d for d in range(len(domains)) if token_sum[names[0]][d] > 0]
+  result = {"paper": PAPER, "num_batches": num_batches,
+            "domains": [domains[d] for d in present], "conditions": list(conds),
+            "tokens": {"all": float(token_sum[names[0]].sum()),
+                       **{domains[d]: float(token_sum[names[0]][d]) for d in present}},
+            "models": {}}
+  for name in names:
+    tok = token_sum[name]
+    loss_tab, ppl_tab = {}, {}
+    for c in conds:
+      s = loss_sum[name][c]
+      loss_tab[c] = {"all": float(s.sum() / tok.sum()),
+                     **{domains[d]: float(s[d] / tok[d]) for d in present}}
+      ppl_tab[c] = {"all": ppl(s.sum(), tok.sum()),
+                    **{domains[d]: ppl(s[d], tok[d]) for d in present}}
+    delta_tab = {c: {k: v - ppl_tab["as_trained"][k] for k, v in ppl_tab[c].items()}
+                 for c in conds}
+    deltas = [delta_tab[f"layer_{l}_off"]["all"] for l in range(model_cfg.num_layers)]
+    worst = int(np.argmax(deltas))
+    result["models"][name] = {"ppl": ppl_tab, "delta_ppl_vs_as_trained": delta_tab,
+                              "loss": loss_tab, "per_layer_delta_ppl": deltas,
+                              "worst_layer": worst, "worst_layer_delta_ppl": deltas[worst]}
+  result["control"] = _controls(result["models"], models)
+  return result
+
+
+def _controls(tables: dict, models: dict[str, Transformer]) -> dict:
+  """Baseline invariance (the null for every routing ablation) and routed-vs-baseline PPL."""
+  out = {}
+  for name, model in models.items():
+    if not model.cfg.routing:
+      losses = [row["all"] for row in tables[name]["loss"].values()]
+      change = max(abs(x - losses[0]) for x in losses)
+      out[f"{name}_max_abs_loss_change"] = change
+      out[f"{name}_invariant"] = change == 0.0
+  if "routed" in tables and "baseline" in tables:
+    r, b = tables["routed"]["ppl"]["as_trained"], tables["baseline"]["ppl"]["as_trained"]
+    # Positive = the routed model's perplexity is that fraction lower (the paper: 31-56%).
+    out["routed_ppl_reduction_vs_baseline"] = {k: 1.0 - r[k] / b[k] for k in r}
+  return out
+
+
+def ablation(run, *, num_batches: int | None = None) -> dict:
+  """Routing ablations of a loaded workdir (`analysis.load.load_workdir`): see module doc.
+
+  Returns {"paper", "num_batches", "domains", "conditions", "tokens", "models": {name: {"ppl",
+  "delta_ppl_vs_as_trained", "loss" (tables [condition][domain or "all"]),
+  "per_layer_delta_ppl" (L), "worst_layer", "worst_layer_delta_ppl"}}, "control", "protocol"}.
+  """
+  n = run.cfg.eval_batches if num_batches is None else num_batches
+  result = ablation_ppl(run.models, run.params, run.data.eval_batches(n), run.data.domains)
+  result["protocol"] = {
+      "intervention": "routing weights r replaced at every position after the router",
+      "ppl": "exp(token-weighted mean CE) over held-out eval batches, padding excluded",
+      "control": "baseline under the same interventions (must be unchanged)",
+      "checkpoint_step": int(run.step)}
+  return result

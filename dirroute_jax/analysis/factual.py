@@ -1,0 +1,355 @@
+"""Factual recall under routing ablation, direct logit attribution, and the mover head (SPEC §2).
+
+The paper reports that with routing disabled its 8 factual prompts ("The capital of France is"
+-> " Paris", ...) get near-zero probability; that the direct logit attribution (DLA) of " Paris"
+is embedding -0.12 / heads -4.94 / routing delta +25.57 / MLPs -3.81; and that knocking out the
+"mover head" (strongest attention from the last position to the subject) RAISES P(target)
+(x1.07). This module measures all three for every model of a trained set, on a prompt file the
+user can replace (`prompts/factual.json`).
+
+Protocol choices (the paper leaves them open):
+  * Tokenisation. The target is tokenised in context: its ids are the tokens of
+    `prompt + target` after the prompt's own tokens (falling back to `encode(target)` when the
+    prompt's tokens are not a prefix). "P(target)" and "rank" score the target's FIRST token at
+    the prompt's last position (rank 1 = the argmax). `target_logprob_full` is the teacher-forced
+    log-probability of all target tokens, each scored by a forward on its own prefix only (so
+    the non-causal sequence-mean router never sees the tokens it is scored on). With a byte
+    tokenizer the first target token is usually the space, so read the full score there.
+  * Subject position. With a subword tokenizer the subject's tokens are found by encoding the
+    prompt's text up to and including the FIRST occurrence of `subject`; its last token is at
+    index len(encode(prefix)) - 1. `subject_aligned` is False when that encoding is not a prefix
+    of the prompt's encoding (BPE merged the subject's last piece with the following text); the
+    position then points at the token that contains the subject's end.
+  * Batching. Causal models (baseline, causal-mean router) score all prompts in one right-padded
+    batch (padding after position t cannot change position t); the sequence-mean router pools
+    the whole sequence, so its prompts are only batched with prompts of the same length.
+  * DLA at the prompt's last position, standard linearisation of the final RMSNorm: its
+    1/rms(x) is frozen at the value of the real forward (capture `final_norm.scale`), so
+        logit[target] = sum_parts part_D . (inv_rms * scale_D * E[target]_D)
+    exactly, with parts: embedding (= resid_pre of block 0), per layer and head `heads_raw`
+    (z_h @ W_O_h, the head before suppression), per layer and head `routing_delta`
+    ((z_routed_h - z_h) @ W_O_h, what suppression changed; heads_raw + routing_delta = the
+    attention output), per layer `mlp`. Null: the same decomposition of the MEAN logit over the
+    vocabulary (`dla_mean_logit`): a part that moves every logit equally does not change P, so
+    only `dla` - `dla_mean_logit` matters for the prediction.
+  * Mover head = argmax over (layer, head) of the attention from the last position to the
+    subject position (as trained). Knockout replaces the head's output before W_O at every
+    position by zero or by its mean `z_routed` over held-out tokens (as trained). Null: the
+    same knockout of every other head (`knockout_ratios_*`, L x H) and their median.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dirroute_jax.analysis.ablation import complete
+from dirroute_jax.model import interventions as iv_lib
+from dirroute_jax.model.transformer import Transformer, forward
+
+DEFAULT_PROMPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prompts",
+                               "factual.json")
+
+# The paper's numbers (433M model): compare directions of effects, not magnitudes.
+PAPER = {"p_target_routing_off": "near zero on all 8 prompts",
+         "dla_paris": {"embedding": -0.12, "heads_raw": -4.94, "routing_delta": 25.57,
+                       "mlps": -3.81},
+         "mover_knockout_p_ratio": 1.07}
+
+_DLA_CAPTURE = ("blocks.0.resid_pre", "blocks.*.attn.z", "blocks.*.attn.z_routed",
+                "blocks.*.mlp.out", "blocks.*.attn.pattern", "final_norm.scale")
+
+
+def load_prompts(path: str = DEFAULT_PROMPTS) -> list[dict]:
+  """A JSON list of {prompt, target, subject}, or {"prompts": [...]} (other keys ignored)."""
+  with open(path) as f:
+    data = json.load(f)
+  prompts = data["prompts"] if isinstance(data, dict) else data
+  for p in prompts:
+    missing = {"prompt", "target", "subject"} - set(p)
+    if missing or p["subject"] not in p["prompt"]:
+      raise ValueError(f"bad prompt entry {p!r}: needs prompt/target/subject, subject in prompt")
+  return prompts
+
+
+def subject_position(tokenizer, prompt: str, subject: str) -> tuple[int, bool]:
+  """(index of the subject's last token in encode(prompt), whether the encodings align)."""
+  end = prompt.index(subject) + len(subject)
+  prefix_ids = tokenizer.encode(prompt[:end])
+  return len(prefix_ids) - 1, tokenizer.encode(prompt)[:len(prefix_ids)] == prefix_ids
+
+
+def target_ids(tokenizer, prompt_ids: Sequence[int], prompt: str, target: str) -> list[int]:
+  """The target's tokens in context (see module doc)."""
+  both = tokenizer.encode(prompt + target)
+  if both[:len(prompt_ids)] == list(prompt_ids) and len(both) > len(prompt_ids):
+    return both[len(prompt_ids):]
+  return tokenizer.encode(target)
+
+
+def find_mover_head(pattern_LxHxTxT: np.ndarray, query_pos: int, key_pos: int) -> dict:
+  """The (layer, head) attending most from `query_pos` to `key_pos` (first one on ties)."""
+  a_LxH = np.asarray(pattern_LxHxTxT)[:, :, query_pos, key_pos]
+  l, h = np.unravel_index(int(np.argmax(a_LxH)), a_LxH.shape)
+  return {"layer": int(l), "head": int(h), "attention": float(a_LxH[l, h])}
+
+
+def is_causal(model_cfg) -> bool:
+  """Whether position t's logits depend only on tokens <= t (so right padding is exact)."""
+  return not (model_cfg.routing and model_cfg.pooling == "sequence_mean")
+
+
+def _groups(rows: list[list[int]], causal: bool):
+  """[(row indices, tokens_BxT, last positions_B)]: one padded group, or one per length."""
+  lengths = np.array([len(r) for r in rows])
+  keys = [None] if causal else sorted(set(lengths.tolist()))
+  for key in keys:
+    idx = np.arange(len(rows)) if key is None else np.flatnonzero(lengths == key)
+    tokens = np.zeros((len(idx), int(lengths[idx].max())), np.int32)
+    for i, r in enumerate(idx):
+      tokens[i, :lengths[r]] = rows[r]
+    yield idx, tokens, (lengths[idx] - 1).astype(np.int32)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _score(model: Transformer, params, tokens_BxT, pos_B, label_B, iv):
+  """(log P(label), rank of label; 1 = argmax) at each row's position `pos`."""
+  logits_BxTxV, _ = forward(model, params, tokens_BxT, interventions=iv)
+  last_BxV = jnp.take_along_axis(logits_BxTxV, pos_B[:, None, None],
+                                 axis=1)[:, 0, :model.cfg.vocab_size]
+  logp_BxV = jax.nn.log_softmax(last_BxV)
+  label_logit_B = jnp.take_along_axis(last_BxV, label_B[:, None], axis=1)
+  logp_B = jnp.take_along_axis(logp_BxV, label_B[:, None], axis=1)[:, 0]
+  return logp_B, 1 + jnp.sum(last_BxV > label_logit_B, axis=1)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _capture(model: Transformer, params, tokens_BxT, iv):
+  return forward(model, params, tokens_BxT, interventions=iv, capture=_DLA_CAPTURE)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _z_routed_sums(model: Transformer, params, inputs_BxT, weights_BxT):
+  _, acts = forward(model, params, inputs_BxT, capture=("blocks.*.attn.z_routed",))
+  z_LxBxTxHxDh = jnp.stack([acts[f"blocks.{l}.attn.z_routed"]
+                            for l in range(model.cfg.num_layers)])
+  return jnp.einsum("lbthd,bt->lhd", z_LxBxTxHxDh.astype(jnp.float32), weights_BxT)
+
+
+def score_rows(model: Transformer, params, rows, labels, iv) -> tuple[np.ndarray, np.ndarray]:
+  """(log P(label), rank of label) at each token row's last position.
+
+  The jitted functions take the model as a static argument (Linen modules hash by config), so
+  one compile per batch shape serves every condition and every later call.
+  """
+  logp, rank = np.zeros(len(rows)), np.zeros(len(rows), np.int64)
+  for idx, tokens, pos in _groups(rows, is_causal(model.cfg)):
+    lp, rk = jax.device_get(_score(model, params, tokens, pos,
+                                   np.asarray(labels, np.int32)[idx], iv))
+    logp[idx], rank[idx] = lp, rk
+  return logp, rank
+
+
+def capture_rows(model: Transformer, params, rows, iv) -> list[tuple[int, np.ndarray, dict]]:
+  """Per token row: (last position, logits there, {name: this row's activation})."""
+  out = [None] * len(rows)
+  for idx, tokens, pos in _groups(rows, is_causal(model.cfg)):
+    logits, acts = jax.device_get(_capture(model, params, tokens, iv))
+    for i, r in enumerate(idx):
+      out[r] = (int(pos[i]), logits[i, pos[i]], {k: v[i] for k, v in acts.items()})
+  return out
+
+
+def head_means(model: Transformer, params, batches) -> np.ndarray:
+  """Mean of `attn.z_routed` (L x H x Dh) over held-out tokens with weight 1, as trained."""
+  total, count = 0.0, 0.0
+  for batch in batches:
+    total = total + np.asarray(_z_routed_sums(model, params, batch["inputs"],
+                                              batch["weights"]), np.float64)
+    count += float(np.sum(batch["weights"]))
+  return (total / max(count, 1.0)).astype(np.float32)
+
+
+def direct_logit_attribution(model_cfg, params, acts: dict, pos: int, target: int) -> dict:
+  """Decomposes logit[target] at `pos` of one sequence (activations without the batch axis).
+
+  Returns {"dla": parts, "dla_mean_logit": the same parts for the mean logit (null)}, parts =
+  {"embedding", "heads_raw", "routing_delta", "mlps" (totals), "sum", "per_layer": [{"heads_raw":
+  [H], "routing_delta": [H], "mlp"}]}.
+  """
+  V = model_cfg.vocab_size
+  f64 = lambda a: np.asarray(a, np.float64)
+  E_VxD = f64(params["embed"]["embedding"])[:V]
+  inv_rms = f64(acts["final_norm.scale"])[pos, 0]
+  scale_D = f64(params["final_norm"]["scale"])
+  out = {}
+  for key, row_D in (("dla", E_VxD[target]), ("dla_mean_logit", E_VxD.mean(axis=0))):
+    u_D = inv_rms * scale_D * row_D  # d logit / d (final residual), RMS frozen
+    per_layer = []
+    for l in range(model_cfg.num_layers):
+      W_O_HxDhxD = f64(params[f"blocks_{l}"]["attn"]["out"]["kernel"])
+      z_HxDh = f64(acts[f"blocks.{l}.attn.z"])[pos]
+      zr_HxDh = f64(acts[f"blocks.{l}.attn.z_routed"])[pos]
+      wu_HxDh = W_O_HxDhxD @ u_D
+      per_layer.append({"heads_raw": np.sum(z_HxDh * wu_HxDh, axis=1).tolist(),
+                        "routing_delta": np.sum((zr_HxDh - z_HxDh) * wu_HxDh, axis=1).tolist(),
+                        "mlp": float(f64(acts[f"blocks.{l}.mlp.out"])[pos] @ u_D)})
+    parts = {"embedding": float(f64(acts["blocks.0.resid_pre"])[pos] @ u_D),
+             "heads_raw": float(sum(sum(p["heads_raw"]) for p in per_layer)),
+             "routing_delta": float(sum(sum(p["routing_delta"]) for p in per_layer)),
+             "mlps": float(sum(p["mlp"] for p in per_layer))}
+    parts["sum"] = sum(parts.values())
+    parts["per_layer"] = per_layer
+    out[key] = parts
+  return out
+
+
+def _prompt_rows(tokenizer, prompts):
+  """Token rows: row 0 of prompt i is the prompt; row j the prompt + the first j target ids."""
+  info, rows, labels, owner = [], [], [], []
+  for i, p in enumerate(prompts):
+    ids = tokenizer.encode(p["prompt"])
+    tgt = target_ids(tokenizer, ids, p["prompt"], p["target"])
+    subj, aligned = subject_position(tokenizer, p["prompt"], p["subject"])
+    info.append({"prompt": p["prompt"], "target": p["target"], "subject": p["subject"],
+                 "prompt_tokens": len(ids), "target_ids": [int(t) for t in tgt],
+                 "target_first_token": tokenizer.decode([tgt[0]]),
+                 "subject_position": subj, "subject_token": tokenizer.decode([ids[subj]]),
+                 "subject_aligned": bool(aligned), "last_position": len(ids) - 1})
+    for j, t in enumerate(tgt):
+      rows.append(ids + tgt[:j])
+      labels.append(t)
+      owner.append((i, j))
+  return info, rows, labels, owner
+
+
+def _geomean(x) -> float:
+  x = np.asarray(x, np.float64)
+  return float(np.exp(np.mean(np.log(x)))) if x.size else float("nan")
+
+
+def factual_recall(models: dict[str, Transformer], params: dict, tokenizer,
+                   prompts: list[dict], mean_batches: list[dict] | None = None,
+                   *, null_heads: bool = True) -> dict:
+  """Per model: per-prompt results and a summary (see `factual`).
+
+  `mean_batches`: held-out batches for the mean-ablation values; None skips mean ablation.
+  `null_heads`: also knock out every other head (the null for the mover head).
+  """
+  info, rows, labels, owner = _prompt_rows(tokenizer, prompts)
+  first = [k for k, (_, j) in enumerate(owner) if j == 0]
+  result = {"paper": PAPER, "num_prompts": len(prompts), "models": {}}
+  for name, model in models.items():
+    cfg, prm = model.cfg, params[name]
+    L, H = cfg.num_layers, cfg.num_heads
+    conds = {"as_trained": complete(cfg), "routing_off": complete(cfg, iv_lib.routing_off(cfg))}
+    scored = {c: score_rows(model, prm, rows, labels, iv) for c, iv in conds.items()}
+    caps = capture_rows(model, prm, [rows[k] for k in first], conds["as_trained"])
+    means = None if mean_batches is None else head_means(model, prm, mean_batches)
+    modes = ["zero"] + ([] if means is None else ["mean"])
+    # knock[mode][l, h] = log P(first target token) per prompt with head (l, h) knocked out.
+    heads = [(l, h) for l in range(L) for h in range(H)]
+    knock = {m: np.full((L, H, len(prompts)), np.nan) for m in modes}
+    movers = []
+    for i, p in enumerate(info):
+      pos, _, acts = caps[i]
+      pattern = np.stack([acts[f"blocks.{l}.attn.pattern"] for l in range(L)])
+      movers.append(find_mover_head(pattern, pos, p["subject_position"]))
+    wanted = heads if null_heads else sorted({(m["layer"], m["head"]) for m in movers})
+    for l, h in wanted:
+      for m in modes:
+        iv = complete(cfg, iv_lib.knockout_heads(cfg, [(l, h)],
+                                                 None if m == "zero" else means))
+        # All rows, not just the first-token ones: one compiled shape serves every condition.
+        knock[m][l, h] = score_rows(model, prm, rows, labels, iv)[0][first]
+
+    per_prompt, null_ratios = [], {m: [] for m in modes}
+    for i, p in enumerate(info):
+      entry = dict(p)
+      for c, (logp, rank) in scored.items():
+        ks = [k for k, (o, _) in enumerate(owner) if o == i]
+        entry[c] = {"p_target": math.exp(logp[ks[0]]), "rank": int(rank[ks[0]]),
+                    "target_logprob_full": float(np.sum(logp[ks]))}
+      pos, logits_V, acts = caps[i]
+      dla = direct_logit_attribution(cfg, prm, acts, pos, p["target_ids"][0])
+      dla["dla"]["logit"] = float(logits_V[p["target_ids"][0]])
+      dla["dla"]["residual"] = dla["dla"]["logit"] - dla["dla"]["sum"]
+      entry.update(dla)
+      mv = dict(movers[i])
+      base_logp = scored["as_trained"][0][first[i]]
+      for m in modes:
+        ratio_LxH = np.exp(knock[m][:, :, i] - base_logp)
+        others = np.delete(ratio_LxH.ravel(), mv["layer"] * H + mv["head"])
+        others = others[~np.isnan(others)]
+        null_ratios[m].extend(others.tolist())
+        mv[f"p_{m}_ablated"] = math.exp(knock[m][mv["layer"], mv["head"], i])
+        mv[f"ratio_{m}"] = float(ratio_LxH[mv["layer"], mv["head"]])
+        mv[f"null_ratio_{m}_median"] = float(np.median(others)) if others.size else None
+        mv[f"knockout_ratios_{m}"] = [[None if np.isnan(x) else float(x) for x in row]
+                                      for row in ratio_LxH]
+      entry["mover_head"] = mv
+      per_prompt.append(entry)
+    result["models"][name] = {"prompts": per_prompt,
+                              "summary": _summary(per_prompt, null_ratios, cfg.vocab_size)}
+  return result
+
+
+def _summary(per_prompt: list[dict], null_ratios: dict[str, list[float]],
+             vocab_size: int) -> dict:
+  """Averages over prompts, each next to its null (`null_ratios[mode]`: the knockout ratios
+  of every non-mover head over all prompts)."""
+  col = lambda f: [f(e) for e in per_prompt]
+  out = {"chance_p": 1.0 / vocab_size}
+  for c in ("as_trained", "routing_off"):
+    out[c] = {"mean_p_target": float(np.mean(col(lambda e: e[c]["p_target"]))),
+              "max_p_target": float(np.max(col(lambda e: e[c]["p_target"]))),
+              "median_rank": float(np.median(col(lambda e: e[c]["rank"]))),
+              "mean_target_logprob_full": float(np.mean(col(
+                  lambda e: e[c]["target_logprob_full"])))}
+  out["routing_off"]["num_below_chance"] = int(sum(
+      e["routing_off"]["p_target"] < out["chance_p"] for e in per_prompt))
+  out["geomean_p_ratio_off_vs_trained"] = _geomean(col(
+      lambda e: e["routing_off"]["p_target"] / e["as_trained"]["p_target"]))
+  parts = ("embedding", "heads_raw", "routing_delta", "mlps", "sum")
+  for key in ("dla", "dla_mean_logit"):
+    out[f"mean_{key}"] = {k: float(np.mean(col(lambda e: e[key][k]))) for k in parts}
+  out["mean_dla"]["logit"] = float(np.mean(col(lambda e: e["dla"]["logit"])))
+  out["mean_dla"]["max_abs_residual"] = float(np.max(np.abs(col(
+      lambda e: e["dla"]["residual"]))))
+  # What matters for P(target): each part's push on the target logit beyond the mean logit.
+  out["mean_dla_relative_to_mean_logit"] = {
+      k: out["mean_dla"][k] - out["mean_dla_mean_logit"][k] for k in parts}
+  for m, nulls in null_ratios.items():
+    out[f"mover_ratio_{m}_geomean"] = _geomean(col(lambda e: e["mover_head"][f"ratio_{m}"]))
+    out[f"null_ratio_{m}_geomean"] = _geomean(nulls) if nulls else None
+  return out
+
+
+def factual(run, prompts_path: str = DEFAULT_PROMPTS, *, num_batches: int | None = None,
+            null_heads: bool = True) -> dict:
+  """Factual recall, DLA and mover-head knockout for a loaded workdir (see module doc).
+
+  Returns {"paper", "num_prompts", "prompts_path", "protocol", "models": {name: {"prompts": [per
+  prompt: prompt/target/subject, token info, "as_trained"/"routing_off": {p_target, rank,
+  target_logprob_full}, "dla", "dla_mean_logit", "mover_head"}], "summary"}}}.
+  Mean ablation uses the first `num_batches` held-out batches (default `cfg.eval_batches`).
+  """
+  n = run.cfg.eval_batches if num_batches is None else num_batches
+  result = factual_recall(run.models, run.params, run.tokenizer, load_prompts(prompts_path),
+                          list(run.data.eval_batches(n)), null_heads=null_heads)
+  result["prompts_path"] = os.path.abspath(prompts_path)
+  result["protocol"] = {
+      "p_target": "first target token at the prompt's last position; rank 1 = argmax",
+      "subject_position": "last token of encode(prompt up to and including the subject)",
+      "dla": "final RMSNorm 1/rms frozen from the real forward; parts sum to the logit",
+      "mover_head": "argmax attention last position -> subject, as trained",
+      "knockout": "head output before W_O replaced at every position (zero / held-out mean)",
+      "mean_batches": n, "checkpoint_step": int(run.step)}
+  return result

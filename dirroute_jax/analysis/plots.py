@@ -1,0 +1,126 @@
+"""PNG figures for the report. Each plot draws one claim beside its null or control, so a
+figure never shows the routed model alone. Keys start with the report section they belong to.
+"""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on a training host
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def make_plots(results: dict, out_dir: str) -> dict[str, str]:
+  figures = {}
+  for key, fn in _PLOTS.items():
+    section = key.split("_")[0]
+    if section in results and isinstance(results[section], dict):
+      fig = fn(results[section])
+      if fig is not None:
+        path = os.path.join(out_dir, f"{key}.png")
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        figures[key] = path
+  return figures
+
+
+def _routed(section: dict):
+  routed = section.get("models", {}).get("routed")
+  return routed if isinstance(routed, dict) else None
+
+
+def _ablation_layers(r: dict):
+  per_layer = {name: m.get("per_layer_delta_ppl") for name, m in r.get("models", {}).items()
+               if isinstance(m, dict) and m.get("per_layer_delta_ppl") is not None}
+  if not per_layer:
+    return None
+  fig, ax = plt.subplots(figsize=(6, 3.2))
+  width = 0.8 / len(per_layer)
+  for i, (name, deltas) in enumerate(per_layer.items()):
+    x = np.arange(len(deltas)) + i * width
+    ax.bar(x, deltas, width, label=f"{name}" + (" (control)" if name == "baseline" else ""))
+  ax.axhline(0, color="k", lw=0.6)
+  num_layers = len(next(iter(per_layer.values())))
+  ax.set_xticks(np.arange(num_layers) + 0.4 - width / 2, [str(l) for l in range(num_layers)])
+  ax.set_xlabel("layer whose routing is switched off (the baseline has none: its bars are 0)")
+  ax.set_ylabel("Δ held-out PPL")
+  ax.set_title("Single-layer routing knockout: Δ perplexity per layer")
+  ax.legend()
+  return fig
+
+
+def _induction_heads(r: dict):
+  models = {n: m for n, m in r.get("models", {}).items() if isinstance(m, dict)}
+  if not models:
+    return None
+  fig, axes = plt.subplots(1, len(models), figsize=(4 * len(models), 3))
+  axes = np.atleast_1d(axes)
+  vmax = max(float(np.max(m["induction_scores"])) for m in models.values())
+  for ax, (name, m) in zip(axes, models.items()):
+    im = ax.imshow(np.asarray(m["induction_scores"]), vmin=0, vmax=vmax, cmap="viridis")
+    ax.set_title(f"{name}: induction score")
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+  fig.colorbar(im, ax=list(axes), shrink=0.8,
+               label=f"uniform-attention null = {r['null']['uniform_attention_induction_score']:.3f}")
+  return fig
+
+
+def _regimes_variance(r: dict):
+  routed = _routed(r)
+  if routed is None:
+    return None
+  var_L = np.asarray(routed["domain_variance_per_layer"])
+  fig, ax = plt.subplots(figsize=(5, 3.2))
+  ax.semilogy(var_L, "o-", label="routed: variance of domain means")
+  ax.semilogy(np.asarray(routed["domain_variance_null_p95"]), "k--",
+              label="null p95 (shuffled domain labels)")
+  ax.set_xlabel("layer")
+  ax.set_ylabel("routing-weight variance across domains")
+  ax.set_title("Routing regimes: does routing depend on the domain?")
+  ax.legend(fontsize=8)
+  return fig
+
+
+def _directions_cosine(r: dict):
+  routed = _routed(r)
+  if routed is None:
+    return None
+  cos = routed["cosine"]
+  fig, ax = plt.subplots(figsize=(4.2, 3.5))
+  im = ax.imshow(np.asarray(cos["abs_mean"]), cmap="magma", vmin=0)
+  ax.set_xlabel("layer")
+  ax.set_ylabel("layer")
+  ax.set_title(f"mean |cos| between directions\n(random null {cos['null']['analytic_abs_cos_mean']:.3f})")
+  fig.colorbar(im, ax=ax, shrink=0.8)
+  return fig
+
+
+def _factual_dla(r: dict):
+  parts = ["embedding", "heads_raw", "routing_delta", "mlps"]
+  series = {"paper (' Paris', 433M)": [r["paper"]["dla_paris"][k] for k in parts]}
+  for name, m in r.get("models", {}).items():
+    series[f"{name} (mean, minus mean-logit null)"] = [
+        m["summary"]["mean_dla_relative_to_mean_logit"][k] for k in parts]
+  fig, axes = plt.subplots(1, len(series), figsize=(3.6 * len(series), 3), sharey=False)
+  for ax, (name, values) in zip(np.atleast_1d(axes), series.items()):
+    ax.bar(range(len(parts)), values, color=["C0", "C1", "C3", "C2"])
+    ax.set_xticks(range(len(parts)), ["embed", "heads", "routing Δ", "MLPs"])
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_title(name, fontsize=9)
+  axes = np.atleast_1d(axes)
+  axes[0].set_ylabel("contribution to the target logit")
+  fig.suptitle("Direct logit attribution of the factual target", y=1.04)
+  return fig
+
+
+_PLOTS = {
+    "factual_dla": _factual_dla,
+    "ablation_layers": _ablation_layers,
+    "induction_heads": _induction_heads,
+    "regimes_variance": _regimes_variance,
+    "directions_cosine": _directions_cosine,
+}

@@ -1,0 +1,310 @@
+"""The interpretability report: run the analyses on a workdir, write report.json, report.md
+(the paper's value beside ours and beside a null or control) and PNG plots.
+
+    results = run_analyses(run, ["causality", "ablation", ...])
+    write_report(results, run, out_dir)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Callable
+
+import numpy as np
+
+from dirroute_jax.analysis import (ablation, causality, directions, factual, induction, plots,
+                                   regimes, steering)
+from dirroute_jax.analysis.load import Workdir
+
+ANALYSES: dict[str, Callable[[Workdir], dict]] = {
+    "causality": causality.causality_report,
+    "ablation": ablation.ablation,
+    "factual": factual.factual,
+    "induction": induction.induction,
+    "regimes": regimes.regimes,
+    "directions": directions.directions,
+    "steering": steering.steering,
+}
+
+
+def run_analyses(run: Workdir, names=None, *, log=print) -> dict:
+  names = list(ANALYSES) if names is None else list(names)
+  unknown = [n for n in names if n not in ANALYSES]
+  if unknown:
+    raise ValueError(f"unknown analyses {unknown}; choose from {list(ANALYSES)}.")
+  results = {"workdir": os.path.abspath(run.path), "step": run.step,
+             "config": json.loads(run.cfg.to_json_best_effort()), "timings_sec": {}}
+  for name in names:
+    t0 = time.time()
+    results[name] = ANALYSES[name](run)
+    results["timings_sec"][name] = round(time.time() - t0, 2)
+    log(f"  {name}: {results['timings_sec'][name]:.1f} s")
+  return results
+
+
+def write_report(results: dict, run: Workdir, out_dir: str) -> dict[str, str]:
+  """Writes report.json, report.md and the plots; returns their paths."""
+  os.makedirs(out_dir, exist_ok=True)
+  paths = {"json": os.path.join(out_dir, "report.json"),
+           "md": os.path.join(out_dir, "report.md")}
+  with open(paths["json"], "w") as f:
+    json.dump(_jsonable(results), f, indent=1)
+  figures = plots.make_plots(results, out_dir)
+  with open(paths["md"], "w") as f:
+    f.write(render_markdown(results, run, figures))
+  paths.update(figures)
+  return paths
+
+
+def _jsonable(x):
+  if isinstance(x, dict):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, np.ndarray):
+    return _jsonable(x.tolist())
+  if isinstance(x, (np.floating, float)):
+    v = float(x)
+    return v if math.isfinite(v) else str(v)
+  if isinstance(x, np.integer):
+    return int(x)
+  return x
+
+
+def fmt(v, digits: int = 4) -> str:
+  if isinstance(v, str) or v is None:
+    return str(v)
+  if isinstance(v, (bool, np.bool_)):
+    return str(bool(v))
+  if isinstance(v, (int, np.integer)):
+    return f"{int(v):,}"
+  v = float(v)
+  if not math.isfinite(v):
+    return str(v)
+  if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+    return f"{v:.3g}"
+  return f"{v:.{digits}g}"
+
+
+def table(header: list[str], rows: list[list]) -> str:
+  cell = lambda c: fmt(c).replace("|", "\\|").replace("\n", "\\n")
+  lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def render_markdown(results: dict, run: Workdir, figures: dict[str, str]) -> str:
+  m = run.cfg.model
+  out = [f"# Interpretability report: `{results['workdir']}` (step {results['step']})", "",
+         f"Model: {m.num_layers} layers, d_model {m.d_model}, {m.num_heads} heads x "
+         f"{m.head_dim}, K={m.num_directions}, pooling `{m.pooling}`, vocab {m.vocab_size}; "
+         f"trained {results['step']} steps of {run.cfg.batch_size} x {run.cfg.seq_len} tokens "
+         f"on `{run.cfg.data.source}` data. The paper's model is 433M parameters trained on "
+         "2.6B tokens: compare directions of effects, not magnitudes.", ""]
+  for name in ANALYSES:
+    if name in results:
+      out += [f"## {name}", "", _SECTIONS[name](results[name]), ""]
+      for key, path in figures.items():
+        if key.startswith(name):
+          out += [f"![{key}]({os.path.basename(path)})", ""]
+  out += ["## Timings", "", table(["analysis", "seconds"],
+                                  [[k, v] for k, v in results["timings_sec"].items()]), ""]
+  return "\n".join(out)
+
+
+def _causality(r: dict) -> str:
+  rows = [[name, d["verdict"], d["pooling"], d["max_logit_change"], d["tolerance"],
+           d["leak_bound_bits_per_token"], d["max_ppl_factor_from_leak"]]
+          for name, d in r["models"].items()]
+  return ("**" + r["note"] + "**\n\n" + table(
+      ["model", "audit", "pooling", "max |Δlogit| at t' <= t", "tolerance",
+       "leak bound (bits/token)", "max PPL factor from leak"], rows))
+
+
+def _generic(r: dict) -> str:
+  """Fallback: flat scalars of a section as a table (every number is in report.json)."""
+  rows = [[k, v] for k, v in _flat_scalars(r)]
+  return table(["key", "value"], rows[:80]) + ("\n\n(more in report.json)" if len(rows) > 80
+                                               else "")
+
+
+def _flat_scalars(d, prefix=""):
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict):
+      yield from _flat_scalars(v, key + ".")
+    elif isinstance(v, (int, float, str, bool, np.number)) and not isinstance(v, str) or (
+        isinstance(v, str) and len(v) < 120):
+      yield key, v
+
+
+def _induction(r: dict) -> str:
+  routed, base, null, paper = r["models"]["routed"], r["models"]["baseline"], r["null"], r["paper"]
+  rows = [
+      ["induction accuracy (repeated half)", paper["routed_accuracy"], routed["accuracy"],
+       base["accuracy"], f"chance {fmt(null['chance_accuracy'])}; first block "
+       f"{fmt(routed['first_block_accuracy'])}"],
+      ["... routing off", paper["routed_accuracy_routing_off"],
+       routed["accuracy_routing_off"], "n/a", "the baseline row above"],
+      ["... strongest induction head knocked out",
+       paper["routed_accuracy_strongest_head_knocked_out"],
+       routed["accuracy_strongest_head_knocked_out"],
+       base["accuracy_strongest_head_knocked_out"],
+       f"median other single-head knockout {fmt(routed['knockout_control_median_other_heads'])}"
+       f" / {fmt(base['knockout_control_median_other_heads'])}"],
+      ["strongest head (layer, head): score", "",
+       f"{tuple(routed['strongest_head'])}: {fmt(routed['strongest_score'])}",
+       f"{tuple(base['strongest_head'])}: {fmt(base['strongest_score'])}",
+       f"uniform attention {fmt(null['uniform_attention_induction_score'])}"],
+  ]
+  p = r["protocol"]
+  return (table(["claim", "paper", "routed", "baseline", "null / control"], rows)
+          + f"\n\nProtocol: {p['construction']}; doc_len {p['doc_len']}, repeats "
+            f"{p['repeats']}, {p['num_seqs']} sequences; {p['knockout']}.")
+
+
+def _regimes(r: dict) -> str:
+  routed = r["models"]["routed"]
+  if isinstance(routed, str):
+    return routed
+  paper = r["paper"]
+  var_L = routed["domain_variance_per_layer"]
+  rows = [[f"layer {l}", var_L[l], routed["domain_variance_null_p95"][l],
+           routed["specialists"]["per_layer"][l]] for l in range(len(var_L))]
+  c = routed["classification"]
+  out = [table(["layer", "routing variance across domains", "null p95 (shuffled labels)",
+                "specialist heads"], rows), "",
+         f"Paper: variance {paper['domain_variance_layer0']} (layer 0) vs "
+         f"{paper['domain_variance_layer9']} (layer 9); specialists "
+         f"{paper['specialists_layer0']} vs {paper['specialists_layer9']}. Specialist "
+         f"criterion: {routed['specialists']['criterion']}", "",
+         table(["nearest-centroid domain classification", "paper", "ours", "null mean",
+                "null p95", "majority class"],
+               [["accuracy", paper["classification"], f"{c['correct']}/{c['total']} = "
+                 f"{fmt(c['accuracy'])}", c["null_mean"], c["null_p95"], c["majority_rate"]],
+                ["balanced accuracy", "", c["balanced_accuracy"], c["balanced_null_mean"],
+                 c["balanced_null_p95"], c["chance_uniform"]]]),
+         "", f"Caveat: {r['protocol']['caveat']}."]
+  return "\n".join(out)
+
+
+def _directions(r: dict) -> str:
+  routed = r["models"]["routed"]
+  if isinstance(routed, str):
+    return routed
+  cos = routed["cosine"]
+  rows = [[f"layer {l}", share, routed["function_share_random_per_layer"][l]]
+          for l, share in enumerate(routed["function_share_per_layer"])]
+  last = routed["readout"][-1]
+  examples = []
+  for h, per_head in enumerate(last[:4]):
+    for k, d in enumerate(per_head[:2]):
+      examples.append([f"L{len(routed['readout']) - 1} H{h} d{k}",
+                       " ".join(repr(t) for t in d["top"][:6]),
+                       " ".join(repr(t) for t in d["bottom"][:6])])
+  return "\n".join([
+      table(["readout of directions", "function-token share of top/bottom tokens",
+             "random directions (null)"], rows),
+      f"\nVocabulary base rate of function tokens: {fmt(routed['function_share_vocab'])}. "
+      f"Paper: {r['paper']['readout']}.", "",
+      table(["direction", "top tokens (readout +)", "bottom tokens (readout -)"], examples), "",
+      table(["cross-layer cosine", "ours", "random-direction null", "verdict"],
+            [["off-diagonal mean |cos|", cos["off_diagonal_abs_mean"],
+              cos["null"]["analytic_abs_cos_mean"], cos["verdict_abs"]],
+             ["off-diagonal mean cos", cos["off_diagonal_signed_mean"], 0.0,
+              cos["verdict_signed"]]]),
+      "", cos["note"]])
+
+
+def _ablation(r: dict) -> str:
+  routed, base, paper = r["models"]["routed"], r["models"]["baseline"], r["paper"]
+  cols = ["all"] + list(r["domains"])
+  rows = []
+  for cond in r["conditions"]:
+    rows.append([cond] + [routed["ppl"][cond][c] for c in cols] + [base["ppl"][cond]["all"]])
+  paper_line = (f"Paper: routed PPL ~{fmt(paper['routed_ppl'])}, all weights 0 "
+                f"~{fmt(paper['all_off_ppl'])}, all 0.5 {fmt(paper['all_0.5_ppl'])}; worst "
+                f"single layer {paper['worst_layer']} (+{paper['worst_layer_delta_ppl']} PPL); "
+                f"routed vs baseline {paper['routed_ppl_reduction_vs_baseline']} lower.")
+  red = r["control"]["routed_ppl_reduction_vs_baseline"]
+  return "\n".join([
+      table(["condition"] + [f"routed PPL {c}" for c in cols] + ["baseline PPL (control)"],
+            rows), "",
+      f"Worst single-layer knockout: layer {routed['worst_layer']} "
+      f"({routed['worst_layer_delta_ppl']:+.3g} PPL). Baseline unchanged under every "
+      f"intervention: {r['control']['baseline_invariant']}. PPL reduction routed vs "
+      f"baseline: " + ", ".join(f"{k} {100 * v:+.1f}%" for k, v in red.items()) + ".",
+      "", paper_line])
+
+
+def _factual(r: dict) -> str:
+  paper = r["paper"]
+  rows = []
+  for name, m in r["models"].items():
+    s = m["summary"]
+    rows.append([name, s["as_trained"]["mean_p_target"], s["routing_off"]["mean_p_target"],
+                 s["as_trained"]["median_rank"], s["routing_off"]["median_rank"],
+                 s["mover_ratio_zero_geomean"], s["null_ratio_zero_geomean"],
+                 s["mover_ratio_mean_geomean"], s["null_ratio_mean_geomean"]])
+  parts = ["embedding", "heads_raw", "routing_delta", "mlps"]
+  dla_rows = [["paper (' Paris')"] + [paper["dla_paris"][k] for k in parts] + ["", ""]]
+  for name, m in r["models"].items():
+    d, rel = m["summary"]["mean_dla"], m["summary"]["mean_dla_relative_to_mean_logit"]
+    dla_rows.append([f"{name}: mean over prompts"] + [d[k] for k in parts]
+                    + [d["logit"], d["max_abs_residual"]])
+    dla_rows.append([f"{name}: minus mean-logit null"] + [rel[k] for k in parts]
+                    + [rel["sum"], ""])
+  per_prompt = [[p["prompt"], p["target"], p["subject_token"], p["as_trained"]["p_target"],
+                 p["routing_off"]["p_target"], p["as_trained"]["rank"],
+                 f"L{p['mover_head']['layer']}H{p['mover_head']['head']}",
+                 p["mover_head"]["ratio_zero"]]
+                for p in r["models"]["routed"]["prompts"]]
+  return "\n".join([
+      table(["model", "mean P(target)", "... routing off", "median rank", "... routing off",
+             "mover KO P ratio (zero)", "null (other heads)", "mover KO ratio (mean)",
+             "null"], rows),
+      f"\nPaper: P(target) with routing off {paper['p_target_routing_off']}; mover-head "
+      f"knockout raises P (x{paper['mover_knockout_p_ratio']}). Chance P = "
+      f"{fmt(r['models']['routed']['summary']['chance_p'])}.", "",
+      "Direct logit attribution of the target logit (final RMSNorm scale frozen from the "
+      "forward; parts sum to the logit, residual shown):", "",
+      table(["", "embedding", "heads (raw)", "routing delta", "MLPs", "logit / sum",
+             "max |residual|"], dla_rows), "",
+      table(["prompt", "target", "subject token", "P routed", "P routing off", "rank",
+             "mover head", "KO ratio"], per_prompt)])
+
+
+def _steering(r: dict) -> str:
+  if "skipped" in r:
+    return r["skipped"]
+  s = r["summary"]
+  rows = [["directions whose forcing (r=1 vs r=0) lowers their promoted tokens' mass",
+           s["frac_promoted_delta_negative"], s["null_frac_promoted_delta_negative"]],
+          ["... raises their suppressed tokens' mass", s["frac_suppressed_delta_positive"],
+           s["null_frac_suppressed_delta_positive"]],
+          ["mean Δ mass of promoted tokens", s["mean_delta_promoted"],
+           s["null_mean_delta_promoted"]],
+          ["mean Δ mass of suppressed tokens", s["mean_delta_suppressed"],
+           s["null_mean_delta_suppressed"]]]
+  rows += [[f"function-token share of promoted tokens, layer {l}", v,
+            s["function_token_share_of_vocab"]]
+           for l, v in s["function_token_share_of_promoted_by_layer"].items()]
+  top = [[f"L{d['layer']} H{d['head']} d{d['direction']}",
+          " ".join(repr(t) for t in d["promoted"][:6]),
+          d["mass_promoted"]["delta_r1_minus_r0"], d["mass_promoted"]["z"]]
+         for d in r["directions"][:8]]
+  return "\n".join([
+      f"Expected sign: {s['expected_sign']}. {r['num_measured']} of "
+      f"{r['num_directions_total']} directions measured (largest readout norm).", "",
+      table(["measure", "ours", "null (an unrelated direction forced)"], rows), "",
+      table(["direction", "promoted tokens (readout)", "Δ mass r=1 vs r=0", "z vs null"],
+            top), "", f"Paper: {r['paper']['readout']}."])
+
+
+_SECTIONS: dict[str, Callable[[dict], str]] = {name: _generic for name in ANALYSES}
+_SECTIONS.update(causality=_causality, ablation=_ablation, factual=_factual,
+                 induction=_induction, regimes=_regimes, directions=_directions,
+                 steering=_steering)

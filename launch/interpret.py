@@ -1,0 +1,43 @@
+"""Interpretability report of a trained workdir: report.json, report.md and PNG plots.
+
+  python launch/interpret.py --workdir=workdirs/tiny --out=workdirs/tiny/report
+  python launch/interpret.py --workdir=DIR --out=OUT --analyses=causality,ablation,induction
+
+Runs on CPU from any workdir written by launch/train.py, whatever topology trained it.
+"""
+
+import sys
+import time
+
+from absl import app, flags
+
+from dirroute_jax.analysis.load import load_workdir
+from dirroute_jax.analysis.report import ANALYSES, run_analyses, write_report
+from dirroute_jax.cli import parse_flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A launch/train.py workdir.")
+_OUT = flags.DEFINE_string("out", None, "Directory for report.json, report.md and plots.")
+_ANALYSES = flags.DEFINE_list("analyses", list(ANALYSES), "Which analyses to run.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+flags.mark_flags_as_required(["workdir", "out"])
+
+
+def main(argv):
+  del argv
+  t0 = time.time()
+  try:
+    run = load_workdir(_WORKDIR.value, step=_STEP.value)
+  except (FileNotFoundError, ValueError) as e:
+    sys.exit(f"error: cannot load {_WORKDIR.value!r}: {e}")
+  print(f"Loaded {', '.join(run.models)} at step {run.step} from {run.path}; running "
+        f"{', '.join(_ANALYSES.value)}")
+  results = run_analyses(run, _ANALYSES.value)
+  paths = write_report(results, run, _OUT.value)
+  if "causality" in results:
+    print(results["causality"]["note"])
+  print(f"Wrote {paths['md']}, {paths['json']} and {len(paths) - 2} plots in "
+        f"{time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)
