@@ -17,6 +17,8 @@ ROUTER_INPUTS = ("normed", "residual")
 ROUTER_ACTIVATIONS = ("gelu", "relu", "silu", "tanh")
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots")
+ATTENTIONS = ("dot", "sd")
+NORMS = ("rms", "none")
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -38,6 +40,10 @@ def default_model_config() -> ml_collections.ConfigDict:
   # keeps only block inputs, "dots" keeps matmul outputs and recomputes the cheap elementwise
   # work between them. Trades FLOPs for memory; forward values are identical.
   m.remat = "none"
+  # "dot": softmax attention; "sd": S-D attention (arXiv 2605.18826), scores through S - D with
+  # S skew-symmetric and D a non-negative diagonal. The "sd" model of `models` sets it.
+  m.attention = "dot"
+  m.norm = "rms"  # "rms": RMSNorm pre-norm; "none": no norms at all (S-D claims to train so)
 
   # Directional routing (SPEC §1). `routing=False` is the baseline: same module, no router.
   m.routing = True
@@ -58,7 +64,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.model = default_model_config()
 
   # The set of models trained side by side on the same batches, comma-separated:
-  # "routed" is `model` with routing on, "baseline" the same config with routing off.
+  # "routed" is `model` with routing on, "baseline" the same config with routing off, "sd" the
+  # baseline with S-D attention (add it: --config.models=routed,baseline,sd).
   c.models = "routed,baseline"
 
   c.seed = 42
@@ -156,6 +163,9 @@ def validate_model_config(m: ml_collections.ConfigDict) -> None:
        f"model.router_activation={m.router_activation!r} is unknown; "
        f"use one of {ROUTER_ACTIVATIONS}.")
   need(m.dtype in DTYPES, f"model.dtype={m.dtype!r} is unknown; use one of {DTYPES}.")
+  need(m.attention in ATTENTIONS,
+       f"model.attention={m.attention!r} is unknown; use one of {ATTENTIONS}.")
+  need(m.norm in NORMS, f"model.norm={m.norm!r} is unknown; use one of {NORMS}.")
   need(m.remat in REMAT_POLICIES,
        f"model.remat={m.remat!r} is unknown; use one of {REMAT_POLICIES}.")
   need(m.head_dim % 2 == 0, f"model.head_dim={m.head_dim} must be even for RoPE.")

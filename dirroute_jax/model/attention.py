@@ -49,6 +49,32 @@ def causal_attention_with_pattern(q_BxTxHxDh, k_BxTxHxDh, v_BxTxHxDh):
   return o, pattern_BxHxTxT
 
 
+def causal_linear_attention(q_BxTxHxDh, k_BxTxHxDh, v_BxTxHxDh):
+  """ELU+1 linear attention (Katharopoulos et al. 2020), causal; also returns its weights.
+
+  Written in the masked T x T form: it is used to linearise trained models for analysis, where
+  seeing the weights matters more than the O(T) recurrence.
+  """
+  phi = lambda x: jax.nn.elu(x.astype(jnp.float32)) + 1.0
+  T = q_BxTxHxDh.shape[1]
+  scores_BxHxTxT = jnp.einsum("bqhd,bkhd->bhqk", phi(q_BxTxHxDh), phi(k_BxTxHxDh))
+  scores_BxHxTxT = jnp.where(jnp.tril(jnp.ones((T, T), bool)), scores_BxHxTxT, 0.0)
+  weights_BxHxTxT = scores_BxHxTxT / jnp.sum(scores_BxHxTxT, axis=-1, keepdims=True)
+  o = jnp.einsum("bhqk,bkhd->bqhd", weights_BxHxTxT.astype(v_BxTxHxDh.dtype), v_BxTxHxDh)
+  return o, weights_BxHxTxT
+
+
+def sd_operator(skew_HxDhxDh: Array, diag_HxDh: Array) -> Array:
+  """S - D per head: S = A - A^T (skew-symmetric), D = diag(softplus(d)) >= 0.
+
+  Its symmetric part is -D, negative semi-definite, so every eigenvalue has Re(lambda) <= 0
+  (arXiv 2605.18826, [reconstructed from the abstract]).
+  """
+  a = skew_HxDhxDh.astype(jnp.float32)
+  s = a - jnp.swapaxes(a, -1, -2)
+  return s - jax.vmap(jnp.diag)(jax.nn.softplus(diag_HxDh.astype(jnp.float32)))
+
+
 class Projection(nn.Module):
   """`einsum(equation, x, kernel)` with a logically named kernel.
 
@@ -85,6 +111,8 @@ class Attention(nn.Module):
   router_activation: str = "gelu"
   router_temperature: float = 5.0
   pooling: str = "causal_mean"
+  attention: str = "dot"  # "dot": softmax(q.k); "sd": softmax(h_t^T (S - D) h_s)
+  linear: bool = False  # ELU+1 linear attention instead of softmax (a post-hoc analysis)
   dtype: jnp.dtype = jnp.float32
   prefix: str = "blocks.0.attn"
 
@@ -102,8 +130,21 @@ class Attention(nn.Module):
       return Projection("btd,dhk->bthk", (self.d_model, H, Dh), ("embed", "heads", "head_dim"),
                         self.init_std, self.dtype, name=name)
 
-    q_BxTxHxDh = rope(proj("query")(x_BxTxD), self.rope_theta)
-    k_BxTxHxDh = rope(proj("key")(x_BxTxD), self.rope_theta)
+    if self.attention == "sd":
+      # One projection h into head space; score(t, s) = h_t^T (S - D) h_s, i.e. the query is
+      # (S - D)^T h_t and the key is h_s. RoPE rotates h before the operator.
+      h_BxTxHxDh = rope(proj("query")(x_BxTxD), self.rope_theta)
+      skew = self.param("skew", nn.with_logical_partitioning(
+          nn.initializers.normal(Dh ** -0.5), ("heads", "head_dim", "head_dim_out")),
+                        (H, Dh, Dh), jnp.float32)
+      diag = self.param("diag", nn.with_logical_partitioning(
+          nn.initializers.zeros_init(), ("heads", "head_dim")), (H, Dh), jnp.float32)
+      op_HxDhxDh = sd_operator(skew, diag).astype(self.dtype)
+      q_BxTxHxDh = jnp.einsum("bthi,hij->bthj", h_BxTxHxDh, op_HxDhxDh)
+      k_BxTxHxDh = h_BxTxHxDh
+    else:
+      q_BxTxHxDh = rope(proj("query")(x_BxTxD), self.rope_theta)
+      k_BxTxHxDh = rope(proj("key")(x_BxTxD), self.rope_theta)
     v_BxTxHxDh = proj("value")(x_BxTxD)
     activation_axes = ("activation_batch", "activation_length", "activation_heads",
                        "activation_head_dim")
@@ -111,7 +152,11 @@ class Attention(nn.Module):
     k_BxTxHxDh = nn.with_logical_constraint(k_BxTxHxDh, activation_axes)
     v_BxTxHxDh = nn.with_logical_constraint(v_BxTxHxDh, activation_axes)
 
-    if wants(capture, f"{self.prefix}.pattern"):
+    if self.linear:
+      z_BxTxHxDh, pattern_BxHxTxT = causal_linear_attention(q_BxTxHxDh, k_BxTxHxDh,
+                                                            v_BxTxHxDh)
+      self._sow(capture, "pattern", pattern_BxHxTxT)
+    elif wants(capture, f"{self.prefix}.pattern"):
       z_BxTxHxDh, pattern_BxHxTxT = causal_attention_with_pattern(
           q_BxTxHxDh, k_BxTxHxDh, v_BxTxHxDh)
       self._sow(capture, "pattern", pattern_BxHxTxT)

@@ -32,10 +32,13 @@ def padded_vocab_size(model_cfg) -> int:
 class RMSNorm(nn.Module):
   eps: float = 1e-6
   dtype: jnp.dtype = jnp.float32
+  enabled: bool = True  # False: identity (S-D attention is meant to train without norms)
 
   @nn.compact
   def __call__(self, x_BxTxD: Array) -> tuple[Array, Array]:
     """Returns (normalised x, 1/rms(x) as B x T x 1); the second is what DLA needs."""
+    if not self.enabled:
+      return x_BxTxD.astype(self.dtype), jnp.ones(x_BxTxD.shape[:-1] + (1,), jnp.float32)
     scale_D = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(),
                                                                ("norm",)),
                          (x_BxTxD.shape[-1],), jnp.float32)
@@ -69,6 +72,7 @@ class SwiGLU(nn.Module):
 class Block(nn.Module):
   cfg: ml_collections.ConfigDict
   layer: int
+  linear: bool = False  # ELU+1 linear attention in this block (post-hoc linearisation)
 
   @nn.compact
   def __call__(self, x_BxTxD: Array, iv: Interventions, capture: Sequence[str]) -> Array:
@@ -81,19 +85,20 @@ class Block(nn.Module):
 
     out_std = m.init_std / math.sqrt(2 * m.num_layers)  # GPT-2's residual-projection scaling
     sow("resid_pre", x_BxTxD)
-    h_BxTxD, _ = RMSNorm(m.norm_eps, dtype, name="attn_norm")(x_BxTxD)
+    norm = m.norm == "rms"
+    h_BxTxD, _ = RMSNorm(m.norm_eps, dtype, norm, name="attn_norm")(x_BxTxD)
     router_x_BxTxD = h_BxTxD if m.router_input == "normed" else x_BxTxD
     x_BxTxD = x_BxTxD + Attention(
         num_heads=m.num_heads, head_dim=m.head_dim, d_model=m.d_model,
         rope_theta=m.rope_theta, init_std=m.init_std, out_init_std=out_std,
         routing=m.routing, num_directions=m.num_directions, router_hidden=m.router_hidden,
         router_depth=m.router_depth, router_activation=m.router_activation,
-        router_temperature=m.router_temperature, pooling=m.pooling, dtype=dtype,
-        prefix=f"{prefix}.attn", name="attn",
+        router_temperature=m.router_temperature, pooling=m.pooling, attention=m.attention,
+        linear=self.linear, dtype=dtype, prefix=f"{prefix}.attn", name="attn",
     )(h_BxTxD, router_x_BxTxD, iv.layer(self.layer), capture)
     x_BxTxD = nn.with_logical_constraint(x_BxTxD, _RESID_AXES)
     sow("resid_mid", x_BxTxD)
-    h_BxTxD, _ = RMSNorm(m.norm_eps, dtype, name="mlp_norm")(x_BxTxD)
+    h_BxTxD, _ = RMSNorm(m.norm_eps, dtype, norm, name="mlp_norm")(x_BxTxD)
     mlp_BxTxD = SwiGLU(m.d_ff, m.d_model, m.init_std, out_std, dtype, name="mlp")(h_BxTxD)
     sow("mlp.out", mlp_BxTxD)
     x_BxTxD = nn.with_logical_constraint(x_BxTxD + mlp_BxTxD, _RESID_AXES)
@@ -117,7 +122,7 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BxT: Array, interventions: Interventions | None = None,
-               capture: Sequence[str] = ()) -> Array:
+               capture: Sequence[str] = (), linear_layers: int = 0) -> Array:
     m, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
     iv = interventions if interventions is not None else Interventions()
     V = padded_vocab_size(m)
@@ -128,8 +133,10 @@ class Transformer(nn.Module):
     x_BxTxD = nn.with_logical_constraint(embed(tokens_BxT), _RESID_AXES)
     block_cls = _remat(Block, m.remat)
     for l in range(m.num_layers):
-      x_BxTxD = block_cls(m, l, name=f"blocks_{l}")(x_BxTxD, iv, tuple(capture))
-    h_BxTxD, inv_rms_BxTx1 = RMSNorm(m.norm_eps, dtype, name="final_norm")(x_BxTxD)
+      x_BxTxD = block_cls(m, l, l < linear_layers, name=f"blocks_{l}")(x_BxTxD, iv,
+                                                                      tuple(capture))
+    h_BxTxD, inv_rms_BxTx1 = RMSNorm(m.norm_eps, dtype, m.norm == "rms",
+                                     name="final_norm")(x_BxTxD)
     if wants(capture, "final_norm.scale"):
       self.sow("intermediates", "final_norm.scale", inv_rms_BxTx1)
     logits_BxTxV = embed.attend(h_BxTxD).astype(jnp.float32)  # tied input/output embedding
@@ -147,18 +154,20 @@ def build_model(model_cfg: ml_collections.ConfigDict) -> Transformer:
 
 
 def forward(model: Transformer, params, tokens_BxT: Array, *,
-            interventions: Interventions | None = None,
-            capture: Sequence[str] = ()) -> tuple[Array, dict[str, Array]]:
+            interventions: Interventions | None = None, capture: Sequence[str] = (),
+            linear_layers: int = 0) -> tuple[Array, dict[str, Array]]:
   """The pure forward pass: (logits_BxTxV, {activation name: array}).
 
   `params` are unboxed Linen params (no `nn.Partitioned` wrappers needed, but they are accepted).
   `capture` holds names or fnmatch patterns from `interventions.CAPTURE_NAMES`.
+  `linear_layers=k` replaces softmax attention in the first k layers with ELU+1 linear
+  attention, with the trained weights (the linearisation experiment; not for training).
   """
   capture = tuple(capture)
   if not capture:
-    return model.apply({"params": params}, tokens_BxT, interventions), {}
+    return model.apply({"params": params}, tokens_BxT, interventions, (), linear_layers), {}
   logits, state = model.apply({"params": params}, tokens_BxT, interventions, capture,
-                              mutable=["intermediates"])
+                              linear_layers, mutable=["intermediates"])
   flat = flax.traverse_util.flatten_dict(state["intermediates"])
   return logits, {path[-1]: values[0] for path, values in flat.items()}
 

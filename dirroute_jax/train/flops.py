@@ -4,8 +4,9 @@ Convention (PaLM, Chowdhery et al. 2022, appendix B), training FLOPs per token:
 
     6 * N_matmul  +  12 * L * H * Dh * T  (+ routing terms below)
 
-- N_matmul: parameters that take part in a matmul per token: Q, K, V, O, the SwiGLU MLP and
-  the tied unembedding (V x D; the embedding lookup itself is free). Norm scales excluded.
+- N_matmul: parameters that take part in a matmul per token: Q, K, V, O (S-D attention: one
+  shared Q/K projection plus the H x Dh x Dh operator), the SwiGLU MLP and the tied
+  unembedding (V x D; the embedding lookup itself is free). Norm scales excluded.
 - Attention scores and the weighted sum of values count in full: causal masking is NOT
   halved (what most MFU tables do; halving would lower MFU by ~T/(2*(6N/12LHDh+T))).
 - Routing: the router MLP runs once per token for "causal_mean" and once per sequence for
@@ -38,6 +39,8 @@ def router_params(m) -> int:
 def flops_per_token(m, seq_len: int) -> float:
   """Training (forward + backward) model FLOPs per token for one model config `m`."""
   attn_proj = 4 * m.d_model * m.num_heads * m.head_dim
+  if m.attention == "sd":  # one shared q/k projection, then the Dh x Dh operator on queries
+    attn_proj += (m.num_heads * m.head_dim * m.head_dim) - m.d_model * m.num_heads * m.head_dim
   mlp = 3 * m.d_model * m.d_ff
   n_matmul = m.num_layers * (attn_proj + mlp) + padded_vocab_size(m) * m.d_model
   flops = 6 * n_matmul + 12 * m.num_layers * m.num_heads * m.head_dim * seq_len

@@ -33,14 +33,14 @@ RULES: dict[str, tuple[tuple[str, object], ...]] = {
     "dp": _ACTIVATIONS_DP + (
         ("vocab", None), ("embed", None), ("heads", None), ("head_dim", None), ("mlp", None),
         ("norm", None), ("router_hidden", None), ("router_hidden_in", None),
-        ("router_out", None), ("directions", None),
+        ("router_out", None), ("directions", None), ("head_dim_out", None),
     ),
     # ZeRO-3 style: parameters and optimizer state split along d_model over `fsdp`, gathered
     # per layer by XLA.
     "fsdp": _ACTIVATIONS_DP + (
         ("vocab", None), ("embed", "fsdp"), ("heads", None), ("head_dim", None),
         ("mlp", None), ("norm", None), ("router_hidden", None), ("router_hidden_in", None),
-        ("router_out", None), ("directions", None),
+        ("router_out", None), ("directions", None), ("head_dim_out", None),
     ),
     # fsdp plus Megatron tensor parallelism over `tensor`: heads, MLP width and vocab split.
     "fsdp_tp": (
@@ -52,7 +52,7 @@ RULES: dict[str, tuple[tuple[str, object], ...]] = {
         ("activation_mlp", "tensor"),
         ("vocab", "tensor"), ("embed", "fsdp"), ("heads", "tensor"), ("head_dim", None),
         ("mlp", "tensor"), ("norm", None), ("router_hidden", None), ("router_hidden_in", None),
-        ("router_out", None), ("directions", None),
+        ("router_out", None), ("directions", None), ("head_dim_out", None),
     ),
 }
 

@@ -28,7 +28,11 @@ from dirroute_jax.train.optimizer import learning_rate_schedule, make_optimizer
 BATCH_KEYS = ("inputs", "targets", "weights")
 
 
-MODEL_VARIANTS = {"routed": {"routing": True}, "baseline": {"routing": False}}
+MODEL_VARIANTS = {
+    "routed": {"routing": True},
+    "baseline": {"routing": False},
+    "sd": {"routing": False, "attention": "sd"},
+}
 
 
 def model_configs(cfg) -> dict[str, ml_collections.ConfigDict]:
