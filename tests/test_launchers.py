@@ -1,0 +1,235 @@
+"""Cloud launchers without a cloud: the TPU command sequence, the preemption loop against a
+fake gcloud, and the SLURM script run by bash against fake `srun` / `scontrol`."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(name):
+  spec = importlib.util.spec_from_file_location(f"launch_{name}",
+                                                os.path.join(REPO, "launch", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # dataclasses look their module up there
+  spec.loader.exec_module(module)
+  return module
+
+
+tpu = _load("tpu")
+slurm = _load("slurm")
+WORKDIR = "gs://bucket/dirroute/433m"
+
+
+def _job(accelerator_type, **kw):
+  return tpu.TpuJob(name="dirroute-test", zone="us-central2-b",
+                    accelerator_type=accelerator_type, config="configs/433m.py",
+                    workdir=WORKDIR, **kw)
+
+
+def _remote(cmd):
+  return next(a[len("--command="):] for a in cmd if a.startswith("--command="))
+
+
+@pytest.mark.parametrize("accel, gcloud_type, runtime, chips, hosts", [
+    ("v4-8", "v4-8", "tpu-ubuntu2204-base", 4, 1),
+    ("v4-32", "v4-32", "tpu-ubuntu2204-base", 16, 4),
+    ("v5e-16", "v5litepod-16", "v2-alpha-tpuv5-lite", 16, 4),
+    ("v5litepod-8", "v5litepod-8", "v2-alpha-tpuv5-lite", 8, 1),
+    ("v5p-8", "v5p-8", "v2-alpha-tpuv5", 4, 1),
+])
+def test_slice_info(accel, gcloud_type, runtime, chips, hosts):
+  s = tpu.slice_info(accel)
+  assert (s.accelerator_type, s.runtime_version, s.chips, s.hosts) == (
+      gcloud_type, runtime, chips, hosts)
+
+
+def test_v4_8_plan():
+  steps = tpu.plan(_job("v4-8", train_args=("--config.steps=100",)))
+  cmds = [c for _, c in steps]
+  create = cmds[0]
+  assert create[:6] == ["gcloud", "compute", "tpus", "queued-resources", "create",
+                        "dirroute-test"]
+  for arg in ("--node-id=dirroute-test", "--zone=us-central2-b", "--accelerator-type=v4-8",
+              "--runtime-version=tpu-ubuntu2204-base"):
+    assert arg in create
+  assert "--spot" not in create
+  assert "describe" in cmds[1] and "--format=value(state.state)" in cmds[1]
+  ssh = [c for c in cmds if c[3:5] == ["tpu-vm", "ssh"]]
+  assert len(ssh) == 2 and all("--worker=all" in c for c in ssh)
+  setup, train = map(_remote, ssh)
+  assert "pip install -q -e ~/dirroute-jax 'jax[tpu]' gcsfs" in setup
+  assert ("launch/train.py --config=configs/433m.py --workdir=gs://bucket/dirroute/433m "
+          "--config.steps=100") in train
+  assert "--distributed" not in train  # one host: nothing to coordinate
+  assert cmds[-1][3:6] == ["queued-resources", "delete", "dirroute-test"]
+  assert "--force" in cmds[-1] and "--quiet" in cmds[-1]
+  assert [c[4] for c in cmds if c[0] == "gcloud"].count("delete") == 1
+
+
+def test_v5e_16_plan_is_multi_host():
+  steps = tpu.plan(_job("v5e-16", spot=True, project="my-proj",
+                        repo="https://example.com/dirroute-jax.git",
+                        stage_data="gs://bucket/fineweb"))
+  cmds = [c for _, c in steps]
+  assert "--accelerator-type=v5litepod-16" in cmds[0]
+  assert "--runtime-version=v2-alpha-tpuv5-lite" in cmds[0] and "--spot" in cmds[0]
+  assert all("--project=my-proj" in c for c in cmds)
+  assert not any(c[0] == "tar" for c in cmds)  # --repo: cloned, nothing copied
+  setup, train = (_remote(c) for c in cmds if c[3:5] == ["tpu-vm", "ssh"])
+  assert "git clone --depth=1 --branch=main https://example.com/dirroute-jax.git" in setup
+  assert setup.endswith("gcloud storage rsync --recursive gs://bucket/fineweb ~/data")
+  assert "--workdir=gs://bucket/dirroute/433m --distributed=on" in train
+
+
+def test_plan_rejects_local_workdir_and_unknown_types():
+  with pytest.raises(ValueError, match="gs://"):
+    tpu.plan(tpu.TpuJob("x", "z", "v4-8", "configs/433m.py", "/tmp/run"))
+  with pytest.raises(ValueError, match="unknown"):
+    tpu.plan(_job("v9-8"))
+
+
+class FakeGcloud:
+  """Replays queued-resource states (the last one sticks) and training exit codes; records
+  every command."""
+
+  def __init__(self, states, train_codes):
+    self.states, self.train_codes, self.calls = list(states), list(train_codes), []
+
+  def __call__(self, cmd, check=True, capture=False):
+    self.calls.append(cmd)
+    if "describe" in cmd:
+      s = self.states.pop(0) if len(self.states) > 1 else self.states[0]
+      return types.SimpleNamespace(returncode=0 if s else 1, stdout=s or "")
+    if cmd[0] == "gcloud" and "--command=" in " ".join(cmd) and "launch/train.py" in _remote(
+        cmd):
+      return types.SimpleNamespace(returncode=self.train_codes.pop(0), stdout="")
+    return types.SimpleNamespace(returncode=0, stdout="")
+
+  def verbs(self):
+    out = []
+    for c in self.calls:
+      if c[0] == "tar":
+        out.append("tar")
+      elif c[3] == "queued-resources":
+        out.append(c[4])
+      else:
+        out.append("train" if c[4] == "ssh" and "launch/train.py" in _remote(c) else c[4])
+    return out
+
+
+def test_run_recreates_the_slice_after_preemption():
+  # Not there -> provisioning -> ACTIVE; training dies (preempted: SUSPENDED); deleted, requested
+  # again, ACTIVE, training finishes.
+  fake = FakeGcloud([None, "PROVISIONING", "ACTIVE", "SUSPENDED", None, "WAITING_FOR_RESOURCES",
+                     "ACTIVE"], [255, 0])
+  rc = tpu.run(_job("v4-8"), poll_seconds=0, execute=fake, sleep=lambda s: None,
+               log=lambda *a: None)
+  assert rc == 0
+  assert fake.verbs() == [
+      "describe", "create", "describe", "describe",  # first slice
+      "tar", "scp", "ssh", "train", "describe", "delete",  # preempted
+      "describe", "create", "describe", "describe",  # second slice
+      "tar", "scp", "ssh", "train", "delete"]
+
+
+def test_run_stops_on_a_config_error_and_still_deletes():
+  fake = FakeGcloud([None, "ACTIVE"], [tpu.CONFIG_ERROR])
+  rc = tpu.run(_job("v4-8"), poll_seconds=0, execute=fake, sleep=lambda s: None,
+               log=lambda *a: None)
+  assert rc == tpu.CONFIG_ERROR
+  assert fake.verbs()[-1] == "delete" and fake.verbs().count("create") == 1
+
+
+def test_run_gives_up_after_max_restarts():
+  fake = FakeGcloud([None, "ACTIVE"], [1, 1, 1])
+  rc = tpu.run(_job("v4-8"), max_restarts=2, poll_seconds=0, execute=fake,
+               sleep=lambda s: None, log=lambda *a: None)
+  assert rc == 1 and fake.verbs().count("train") == 3 and fake.verbs()[-1] == "delete"
+
+
+def test_tpu_dry_run_cli_prints_commands_in_order():
+  out = subprocess.run(
+      [sys.executable, os.path.join(REPO, "launch", "tpu.py"), "--name=dirroute-test",
+       "--zone=us-west4-a", "--accelerator_type=v5e-16", f"--workdir={WORKDIR}", "--dry_run",
+       "--", "--config.steps=100"],
+      capture_output=True, text=True, check=True).stdout
+  lines = [l for l in out.splitlines() if not l.startswith("#")]
+  assert out.startswith("# v5litepod-16: 16 chips on 4 host(s)")
+  kinds = [" ".join(l.split()[3:5]) if l.startswith("gcloud") else l.split()[0] for l in lines]
+  assert kinds == ["queued-resources create", "queued-resources describe", "tar",
+                   "tpu-vm scp", "tpu-vm ssh", "tpu-vm ssh", "queued-resources delete"]
+  assert "--distributed=on --config.steps=100" in lines[5]
+
+
+# --- SLURM -----------------------------------------------------------------------------------
+
+def _slurm_job(**kw):
+  return slurm.SlurmJob(**{**dict(nodes=2, gpus_per_node=8, config="configs/433m.py",
+                                  workdir="/shared/runs/433m"), **kw})
+
+
+def test_sbatch_script_one_process_per_node():
+  script = slurm.sbatch_script(_slurm_job(partition="gpu", train_args=("--config.steps=9",)))
+  for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8",
+               "#SBATCH --partition=gpu", "#SBATCH --requeue"):
+    assert line in script.splitlines()
+  assert "scontrol show hostnames \"$SLURM_JOB_NODELIST\" | sed -n 1p" in script
+  assert "--local_device_ids=0,1,2,3,4,5,6,7" in script
+  assert "--process_id=\"$SLURM_PROCID\"" in script
+  assert "TRAIN_ARGS=(--config=configs/433m.py --workdir=/shared/runs/433m --config.steps=9)" \
+      in script
+  subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+
+
+def test_sbatch_script_one_process_per_gpu():
+  script = slurm.sbatch_script(_slurm_job(procs="gpu"))
+  assert "#SBATCH --ntasks-per-node=8" in script
+  assert "--local_device_ids=\"$SLURM_LOCALID\"" in script
+
+
+def test_sbatch_script_runs_every_task_with_its_own_rank(tmp_path):
+  """The script under bash with fake `srun` (runs each task with SLURM's per-task variables)
+  and `scontrol`; `python` is replaced by `echo`, so each task prints its train command."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  # Many nodes: a reader that stops after the first line would SIGPIPE scontrol.
+  (bin_dir / "scontrol").write_text("#!/bin/bash\nprintf 'gpu-node-%02d\\n' $(seq 7 5000)\n")
+  (bin_dir / "srun").write_text(
+      "#!/bin/bash\n"
+      "per_node=1\n"
+      "while [[ $1 == --* ]]; do [[ $1 == --ntasks-per-node=* ]] && per_node=${1#*=}; shift;"
+      " done\n"
+      "n=$((SLURM_NNODES * per_node))\n"
+      "for ((i = 0; i < n; i++)); do\n"
+      "  SLURM_PROCID=$i SLURM_LOCALID=$((i % per_node)) SLURM_NTASKS=$n \"$@\"\n"
+      "done\n")
+  for f in ("scontrol", "srun"):
+    os.chmod(bin_dir / f, 0o755)
+  job = _slurm_job(procs="gpu", gpus_per_node=2, repo_dir=str(tmp_path), venv=None,
+                   python="echo", train_args=("--config.data.files=/d/*.parquet",))
+  env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "gpu-node-[07-08]",
+         "SLURM_JOB_ID": "12345", "SLURM_NNODES": "2"}
+  out = subprocess.run(["bash", "-c", slurm.sbatch_script(job)], env=env, capture_output=True,
+                       text=True, check=True).stdout.splitlines()
+  assert out == [
+      "launch/train.py --config=configs/433m.py --workdir=/shared/runs/433m "
+      f"--config.data.files=/d/*.parquet --coordinator_address=gpu-node-07:22345 "
+      f"--num_processes=4 --process_id={i} --local_device_ids={i % 2}" for i in range(4)]
+
+
+def test_slurm_dry_run_cli(tmp_path):
+  out = subprocess.run(
+      [sys.executable, os.path.join(REPO, "launch", "slurm.py"), "--nodes=2",
+       "--workdir=/shared/run", "--dry_run"], capture_output=True, text=True, check=True,
+      cwd=tmp_path)
+  assert out.stdout.startswith("#!/bin/bash") and not list(tmp_path.iterdir())
+  bad = subprocess.run(
+      [sys.executable, os.path.join(REPO, "launch", "slurm.py"), "--workdir=relative/run",
+       "--dry_run"], capture_output=True, text=True)
+  assert bad.returncode != 0 and "absolute path" in bad.stderr
