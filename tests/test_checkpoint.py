@@ -495,3 +495,25 @@ def test_relative_workdir(tmp_path, monkeypatch):
   assert step == 7
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_resume_with_another_process_count_positions_data_from_step(tmp_path):
+  """grain saves one file per process; a run resumed on a different number of hosts finds no
+  file of its own and must position the iterator from the step instead."""
+  state = make_state()
+  it = iter(grain.MapDataset.range(100).batch(4).to_iter_dataset())
+  for _ in range(3):
+    next(it)
+  with ckpt_lib.Checkpointer(tmp_path, async_save=False) as ckpt:
+    ckpt.save(3, state, data_iter=it)
+  data_dir = tmp_path / "checkpoints" / "3" / "data"
+  saved = data_dir / "process_0-of-1.json"
+  assert saved.exists()
+  saved.rename(data_dir / "process_0-of-2.json")  # as if 2 hosts had written it
+  fresh = iter(grain.MapDataset.range(100).batch(4).to_iter_dataset())
+  seeks = []
+  with ckpt_lib.Checkpointer(tmp_path) as ckpt:
+    restored, step = ckpt.restore(abstract_of(state), data_iter=fresh,
+                                  data_fallback=seeks.append)
+  assert step == 3 and seeks == [3]
+  assert_bitwise_equal(restored, state)

@@ -117,10 +117,34 @@ def _factual_dla(r: dict):
   return fig
 
 
+def _spectral_cascade(r: dict):
+  """Per-layer mean skew (routing) effective rank, offset-0 kernel, beside the random null."""
+  models = {n: m for n, m in r.get("models", {}).items() if isinstance(m, dict)}
+  if not models:
+    return None
+  null = r["null"]["offset0"]["skew_erank"]
+  fig, ax = plt.subplots(figsize=(5.5, 3.4))
+  for name, m in models.items():
+    erank_L = np.asarray(m["offset0"]["per_layer"]["skew_erank"])
+    ax.plot(np.arange(len(erank_L)), erank_L, "o-", label=name)
+  ax.axhline(null["mean"], color="k", ls="--",
+             label=f"null: random W_Q, W_K ({null['p05']:.1f}-{null['p95']:.1f} p05-p95)")
+  ax.axhline(r["null"]["max_rank"], color="gray", ls=":", label="maximum rank min(D, 2 Dh)")
+  ax.plot([0], [r["paper"]["skew_erank_layer1"]], "r*", ms=10, label="paper: first layer")
+  ax.set_ylim(bottom=0)
+  ax.set_xticks(np.arange(len(erank_L)))
+  ax.set_xlabel("layer")
+  ax.set_ylabel("skew-part effective rank (mean over heads)")
+  ax.set_title("Spectral cascade: routing rank of W_Q W_K^T per layer")
+  ax.legend(fontsize=7)
+  return fig
+
+
 _PLOTS = {
     "factual_dla": _factual_dla,
     "ablation_layers": _ablation_layers,
     "induction_heads": _induction_heads,
     "regimes_variance": _regimes_variance,
     "directions_cosine": _directions_cosine,
+    "spectral_cascade": _spectral_cascade,
 }

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from dirroute_jax.analysis import (ablation, causality, directions, factual, induction, plots,
-                                   regimes, steering)
+                                   regimes, spectral, steering)
 from dirroute_jax.analysis.load import Workdir
 
 ANALYSES: dict[str, Callable[[Workdir], dict]] = {
@@ -27,6 +27,7 @@ ANALYSES: dict[str, Callable[[Workdir], dict]] = {
     "regimes": regimes.regimes,
     "directions": directions.directions,
     "steering": steering.steering,
+    "spectral": spectral.spectral,
 }
 
 
@@ -304,7 +305,39 @@ def _steering(r: dict) -> str:
             top), "", f"Paper: {r['paper']['readout']}."])
 
 
+def _spectral(r: dict) -> str:
+  """Per-layer means over heads, each model beside the random-weight null, per RoPE view."""
+  null, paper, p = r["null"], r["paper"], r["protocol"]
+  models = {n: m for n, m in r["models"].items() if isinstance(m, dict)}
+  stats = {"skew_share": "skew share", "skew_erank": "skew erank", "skew_rank90": "skew rank90"}
+  header = ["layer"] + [f"{n} {label}" for label in stats.values() for n in [*models, "null"]]
+  out = []
+  for view, title in (("offset0", "RoPE offset 0: the content kernel W_Q W_K^T (default)"),
+                      ("offset_mean", f"RoPE averaged over offsets 0..{p['offsets_T'] - 1}")):
+    rows = []
+    for l in range(len(next(iter(models.values()))[view]["per_layer"]["skew_erank"])
+                   if models else 0):
+      row = [f"layer {l}"]
+      for key in stats:
+        n = null[view][key]
+        row += [m[view]["per_layer"][key][l] for m in models.values()]
+        row += [f"{fmt(n['mean'])} [{fmt(n['p05'])}, {fmt(n['p95'])}]"]
+      rows.append(row)
+    slopes = ", ".join(f"{n} {fmt(m[view]['cascade']['slope_per_layer'])}"
+                       for n, m in models.items())
+    out += [f"**{title}** (null: mean [p05, p95])", "", table(header, rows), "",
+            f"Skew erank slope per layer: {slopes}.", ""]
+  out += [f"{n}: {m}" for n, m in r["models"].items() if isinstance(m, str)]
+  out += [f"Null: {p['null']}; analytic skew share {fmt(null['analytic_skew_share'])}, "
+          f"maximum rank min(D, 2 Dh) = {null['max_rank']}, {null['heads_drawn']} heads. "
+          f"Paper: skew erank {fmt(paper['skew_erank_layer1'])} at layer 1, {paper['trend']} "
+          f"({paper['scale']}; {paper['definition']}).", "",
+          f"Definitions: {p['split']}; erank = {p['erank']}; rank90 = {p['rank90']}; "
+          f"{p['zero']}. RoPE offset_mean: {p['rope_offset_mean']}."]
+  return "\n".join(out)
+
+
 _SECTIONS: dict[str, Callable[[dict], str]] = {name: _generic for name in ANALYSES}
 _SECTIONS.update(causality=_causality, ablation=_ablation, factual=_factual,
                  induction=_induction, regimes=_regimes, directions=_directions,
-                 steering=_steering)
+                 steering=_steering, spectral=_spectral)

@@ -105,8 +105,14 @@ class Data:
     """Checkpointable iterator positioned at `start_step` (state: {"next_index": step})."""
     it = iter(self.train_dataset.to_iter_dataset(self.read_options))
     if start_step:
-      it.set_state({"next_index": int(start_step)})
+      self.seek(it, start_step)
     return it
+
+  @staticmethod
+  def seek(it: grain.DatasetIterator, step: int) -> None:
+    """Positions a train iterator at `step`: batches are a pure function of the step, so this
+    is exact whatever host layout wrote the checkpoint."""
+    it.set_state({"next_index": int(step)})
 
   @property
   def num_eval_batches(self) -> int:

@@ -142,7 +142,8 @@ class Checkpointer:
   # --- restoring --------------------------------------------------------------
 
   def restore(self, abstract_state: PyTree, *, step: int | None = None,
-              data_iter: Any = None) -> tuple[PyTree, int]:
+              data_iter: Any = None,
+              data_fallback: Any = None) -> tuple[PyTree, int]:
     """Restores the state onto the shardings of `abstract_state`.
 
     Args:
@@ -154,6 +155,11 @@ class Checkpointer:
         so later saves of that step are not blocked).
       data_iter: a grain iterator whose position is restored in place from
         the same step.
+      data_fallback: called with the step when the step holds no iterator
+        state for this process (it was written by a different number of
+        processes: grain saves one file per process); it must position
+        `data_iter` itself, e.g. from the step when batches are a pure
+        function of it. Without it, such a step is an error.
 
     Returns:
       (state, step).
@@ -176,8 +182,19 @@ class Checkpointer:
           raise CheckpointMismatchError(
               f'{self._step_dir(step)} holds no data-iterator state (saved '
               'without data_iter); restore without data_iter.')
-        args[DATA] = grain.checkpoint.CheckpointRestore(data_iter)
-      return self._mngr.restore(step, args=ocp.args.Composite(**args))[STATE]
+        own_file = (self._step_dir(step) / DATA /
+                    f'process_{jax.process_index()}-of-{jax.process_count()}.json')
+        if own_file.exists() or data_fallback is None:
+          args[DATA] = grain.checkpoint.CheckpointRestore(data_iter)
+        else:
+          logging.warning(
+              '%s was written by a different number of processes (no %s); '
+              'positioning the data iterator from the step instead.',
+              self._step_dir(step), own_file.name)
+      state = self._mngr.restore(step, args=ocp.args.Composite(**args))[STATE]
+      if data_iter is not None and DATA not in args:
+        data_fallback(step)
+      return state
 
     return self._restore_with_fallback(restore_step, step)
 

@@ -10,6 +10,7 @@ import signal
 import time
 
 from absl import logging
+from etils import epath
 import jax
 import numpy as np
 
@@ -56,10 +57,11 @@ class _StopFlag:
 
 def _check_workdir(workdir: str) -> None:
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_probe_{os.getpid()}")
-    open(probe, "w").close()
-    os.remove(probe)
+    path = epath.Path(workdir)
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f".write_probe_{os.getpid()}"
+    probe.write_text("")
+    probe.unlink()
   except OSError as e:
     raise ConfigError(f"cannot write to --workdir={workdir!r} ({e.strerror or e}); choose a "
                       "directory you can write to.") from e
@@ -111,7 +113,8 @@ def train(cfg, workdir: str, *, log=print) -> RunSummary:
 
   with jax.set_mesh(mesh), _StopFlag() as stop:
     if ckpt.latest_step() is not None:
-      state, start = ckpt.restore(trainer.abstract_state(), data_iter=data_iter)
+      state, start = ckpt.restore(trainer.abstract_state(), data_iter=data_iter,
+                                  data_fallback=lambda s: data.seek(data_iter, s))
       say(f"Resumed from step {start} in {workdir}")
     else:
       state, start = trainer.init_state(jax.random.key(cfg.seed)), 0
