@@ -130,7 +130,8 @@ def _spectral_cascade(r: dict):
   ax.axhline(null["mean"], color="k", ls="--",
              label=f"null: random W_Q, W_K ({null['p05']:.1f}-{null['p95']:.1f} p05-p95)")
   ax.axhline(r["null"]["max_rank"], color="gray", ls=":", label="maximum rank min(D, 2 Dh)")
-  ax.plot([0], [r["paper"]["skew_erank_layer1"]], "r*", ms=10, label="paper: first layer")
+  ax.plot([0], [r["paper"]["skew_erank_layer1"]], "r*", ms=10,
+          label="paper: first layer (7M-355M models)")
   ax.set_ylim(bottom=0)
   ax.set_xticks(np.arange(len(erank_L)))
   ax.set_xlabel("layer")

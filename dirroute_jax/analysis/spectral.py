@@ -3,7 +3,7 @@ bilinear kernel and the effective rank of its skew part per layer (the "spectral
 beside a random-weight null. Every definition below is repeated in the result's `protocol`.
 
 Kernel. Head h scores query position t against key position s as x_t^T M x_s / sqrt(Dh), x the
-attention input (the RMS-normed residual, norm scale included), with M = W_Q W_K^T (D x D,
+attention input (the normed residual, norm scale included), with M = W_Q W_K^T (D x D,
 rank <= Dh) when RoPE is set aside. No statistic here depends on 1/sqrt(Dh) or any scale of M.
 
 Split. M = S + A, S = (M + M^T)/2 ("filtering": score(t, s) = score(s, t)) and
@@ -166,8 +166,8 @@ def spectral(run, *, offsets: int | None = None, energy: float = 0.9, null_draws
   m = run.cfg.model
   D, H, Dh = int(m.d_model), int(m.num_heads), int(m.head_dim)
   T = int(offsets or run.cfg.seq_len)
-  views = {"offset0": np.eye(Dh), "offset_mean": mean_rope_rotation(Dh, m.rope_theta,
-                                                                    np.arange(T))}
+  views = lambda theta: {"offset0": np.eye(Dh),
+                         "offset_mean": mean_rope_rotation(Dh, theta, np.arange(T))}
   out = {"models": {}}
   for name, model in run.models.items():
     kernels = _kernels(run.params[name], model.cfg)
@@ -176,12 +176,13 @@ def spectral(run, *, offsets: int | None = None, energy: float = 0.9, null_draws
                              "diagonal by construction, and RoPE acts before it)")
       continue
     wq, wk = kernels
-    out["models"][name] = {v: _view(wq @ r, wk, energy) for v, r in views.items()}
+    out["models"][name] = {v: _view(wq @ r, wk, energy)
+                           for v, r in views(model.cfg.rope_theta).items()}
 
   rng = np.random.default_rng(seed)
   wq_NxDxDh, wk_NxDxDh = rng.standard_normal((2, null_draws * H, D, Dh))
   out["null"] = {v: _summary(head_stats(wq_NxDxDh @ r, wk_NxDxDh, energy))
-                 for v, r in views.items()}
+                 for v, r in views(m.rope_theta).items()}
   out["null"].update(analytic_skew_share=(1 - 1 / D) / 2, max_rank=min(D, 2 * Dh),
                      heads_drawn=null_draws * H)
   out["paper"] = dict(PAPER)
