@@ -122,7 +122,7 @@ def test_batch_not_divisible_by_data_parallel_size_is_a_clear_error(tiny_cfg):
 
 
 def test_unknown_model_name_is_a_clear_error(tiny_cfg):
-  tiny_cfg.models = "routed,sd"
+  tiny_cfg.models = "routed,mamba"
   with pytest.raises(ConfigError, match="models="):
     step.model_configs(tiny_cfg)
 

@@ -25,29 +25,16 @@ only ones acting on the same vectors.
 from __future__ import annotations
 
 import math
-import string
 
 import numpy as np
 
-from dirroute_jax.analysis.load import Workdir, load_workdir
+from dirroute_jax.analysis.load import as_workdir
+from dirroute_jax.analysis.tokens import STOP_WORDS, is_function_token
 from dirroute_jax.model.routing import unit_directions
 
 PAPER = {"readout": "late-layer directions -> function words/punctuation",
          "cross_layer_cosine": "off-diagonal mean ~0"}
 
-STOP_WORDS = frozenset("""
-a an the and or but if of to in on at by for with from as into about than then so not no is
-are was were be been being am do does did have has had it its this that these those there here
-he she they we you i me him her them us my your his their our who which what when where how
-will would can could should may might must shall
-""".split())
-
-
-def is_function_token(text: str) -> bool:
-  """Whitespace-only, punctuation-only, or a stop word (case-insensitive, spaces stripped)."""
-  stripped = text.strip()
-  return (not stripped or all(ch in string.punctuation for ch in stripped)
-          or stripped.lower() in STOP_WORDS)
 
 
 # ---------------------------------------------------------------- readout
@@ -150,8 +137,6 @@ def _verdict(value: float, interval: list[float]) -> str:
 # ---------------------------------------------------------------- the analysis
 
 
-def _as_run(run) -> Workdir:
-  return load_workdir(run) if isinstance(run, str) else run
 
 
 def directions(run, *, top_k: int = 10, random_per_head: int = 16, null_draws: int = 200,
@@ -173,7 +158,7 @@ def directions(run, *, top_k: int = 10, random_per_head: int = 16, null_draws: i
     function_share_vocab, cosine (abs_mean L x L, signed_mean L x L, off-diagonal means,
     null, verdicts).
   """
-  run = _as_run(run)
+  run = as_workdir(run)
   model, params = run.models["routed"], run.params["routed"]
   cfg = model.cfg
   L, H, K, Dh, V = (cfg.num_layers, cfg.num_heads, cfg.num_directions, cfg.head_dim,

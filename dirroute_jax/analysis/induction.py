@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dirroute_jax.analysis.load import Workdir, load_workdir
+from dirroute_jax.analysis.load import as_workdir
 from dirroute_jax.model import interventions as iv_lib
 from dirroute_jax.model.transformer import forward
 
@@ -73,8 +73,6 @@ def _neutral(model_cfg) -> iv_lib.Interventions:
       iv_lib.knockout_heads(model_cfg, []))
 
 
-def _as_run(run) -> Workdir:
-  return load_workdir(run) if isinstance(run, str) else run
 
 
 def induction(run, *, doc_len: int | None = None, repeats: int = 2, num_seqs: int = 64,
@@ -100,7 +98,7 @@ def induction(run, *, doc_len: int | None = None, repeats: int = 2, num_seqs: in
     strongest_score, accuracy_strongest_head_knocked_out, knockout_accuracy (L x H: each
     head knocked out alone), knockout_control_median_other_heads.
   """
-  run = _as_run(run)
+  run = as_workdir(run)
   if repeats < 2:
     raise ValueError("repeats must be >= 2: induction needs a repeat.")
   vocab = int(run.cfg.model.vocab_size)

@@ -65,3 +65,8 @@ def load_workdir(path: str, *, step: int | None = None) -> Workdir:
       for name, model in models.items()}
   params, step = checkpoint.restore_params(path, abstract, step=step)
   return Workdir(path=path, step=step, cfg=cfg, models=models, params=params)
+
+
+def as_workdir(run_or_path) -> Workdir:
+  """Analyses accept a loaded Workdir or a path to one."""
+  return load_workdir(run_or_path) if isinstance(run_or_path, str) else run_or_path

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dirroute_jax.analysis.load import Workdir, load_workdir
+from dirroute_jax.analysis.load import Workdir, as_workdir
 from dirroute_jax.model.transformer import forward
 
 PAPER = {"domain_variance_layer0": 0.070, "domain_variance_layer9": 0.00055,
@@ -194,8 +194,6 @@ def routing_vectors(run: Workdir, num_batches: int | None = None) -> tuple[np.nd
   return np.concatenate(xs).astype(np.float64), np.concatenate(ys).astype(np.int64)
 
 
-def _as_run(run) -> Workdir:
-  return load_workdir(run) if isinstance(run, str) else run
 
 
 def regimes(run, *, num_batches: int | None = None, permutations: int = 1000, seed: int = 0,
@@ -218,7 +216,7 @@ def regimes(run, *, num_batches: int | None = None, permutations: int = 1000, se
     null_mean, null_p95, majority_rate, balanced_accuracy with balanced_null_mean / _p95,
     chance_uniform, confusion [true][predicted]).
   """
-  run = _as_run(run)
+  run = as_workdir(run)
   cfg = run.models["routed"].cfg
   L, H, K = cfg.num_layers, cfg.num_heads, cfg.num_directions
   domains = list(run.data.domains)

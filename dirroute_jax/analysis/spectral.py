@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dirroute_jax.analysis.load import Workdir, load_workdir
+from dirroute_jax.analysis.load import as_workdir
 
 PAPER = {"skew_erank_layer1": 2.0, "trend": "routing effective rank grows with depth",
          "scale": "7M-355M parameters",
@@ -162,7 +162,7 @@ def spectral(run, *, offsets: int | None = None, energy: float = 0.9, null_draws
     attention) is a string. null[view] = {stat: {mean, std, p05, p95}} plus the analytic
     expected skew share and the maximum rank.
   """
-  run = load_workdir(run) if isinstance(run, str) else run
+  run = as_workdir(run)
   m = run.cfg.model
   D, H, Dh = int(m.d_model), int(m.num_heads), int(m.head_dim)
   T = int(offsets or run.cfg.seq_len)

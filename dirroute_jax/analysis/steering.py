@@ -31,24 +31,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from dirroute_jax.analysis.ablation import complete
+from dirroute_jax.analysis.tokens import is_function_token
 from dirroute_jax.model import interventions as iv_lib
 from dirroute_jax.model.routing import unit_directions
 from dirroute_jax.model.transformer import Transformer, forward
 
-# A small closed-class word list for the "function words / punctuation" summary.
-_FUNCTION_WORDS = frozenset(
-    "a an the and or but if of in on at to for from by with as is are was were be been it its "
-    "this that these those he she they we you i not no so than then there here which who what "
-    "when where how all any some do does did has have had will would can could should may".split())
 
 
 PAPER = {"readout": "late-layer directions -> function words and punctuation"}
-
-
-def is_function_token(text: str) -> bool:
-  """Whitespace, punctuation/symbols only, or a common function word (case-insensitive)."""
-  s = text.strip()
-  return not s or not any(ch.isalnum() for ch in s) or s.lower() in _FUNCTION_WORDS
 
 
 def direction_readouts(model_cfg, params, *, final_scale: bool = True):

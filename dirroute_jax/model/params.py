@@ -7,7 +7,6 @@ import dataclasses
 
 import flax.linen as nn
 import flax.traverse_util
-import jax
 import numpy as np
 
 from dirroute_jax.model.transformer import abstract_params, build_model, padded_vocab_size

@@ -9,7 +9,6 @@ import os
 import signal
 import time
 
-from absl import logging
 from etils import epath
 import jax
 import numpy as np
