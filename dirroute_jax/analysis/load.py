@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import os
+
+from absl import logging
 
 import flax.linen as nn
 import jax
@@ -15,6 +19,7 @@ from dirroute_jax.data import tokenizers
 from dirroute_jax.data.pipeline import Data, make_data
 from dirroute_jax.model.transformer import Transformer, abstract_params, build_model
 from dirroute_jax.train import checkpoint
+from dirroute_jax.train.loop import DATA_FINGERPRINT
 from dirroute_jax.train.step import model_configs
 
 
@@ -34,8 +39,18 @@ class Workdir:
 
   @functools.cached_property
   def data(self) -> Data:
-    """The run's data (held-out batches with domain labels), rebuilt from the corpus cache."""
-    return make_data(self.cfg)
+    """The run's data (held-out batches with domain labels), rebuilt from the corpus cache
+    and tokenized with the run's own tokenizer."""
+    data = make_data(self.cfg, tokenizer=self.tokenizer)
+    path = os.path.join(self.path, DATA_FINGERPRINT)
+    if os.path.exists(path):
+      trained_on = json.load(open(path))["corpus"]
+      if trained_on != data.stats.get("corpus_fingerprint"):
+        logging.warning(
+            "The corpus has changed since %s was trained (fingerprint %s, now %s: e.g. the "
+            "embedded 'docs' domain follows the installed packages); held-out numbers are on "
+            "today's corpus.", self.path, trained_on, data.stats.get("corpus_fingerprint"))
+    return data
 
 
 def config_from_json(saved: dict) -> ml_collections.ConfigDict:

@@ -141,7 +141,22 @@ def _spectral_cascade(r: dict):
   return fig
 
 
+def _linearise_ppl(r: dict):
+  fig, ax = plt.subplots(figsize=(5, 3.2))
+  for name, m in r.get("models", {}).items():
+    ax.plot(100 * np.asarray(m["relative_increase_by_k"]), "o-",
+            label=f"{name} ({m['attention']} attention)")
+  ax.axhline(5, color="k", ls="--", lw=0.8, label="paper's S-D bound: +5%")
+  ax.set_xlabel("first k layers switched to ELU+1 linear attention (no retraining)")
+  ax.set_ylabel("held-out PPL increase (%)")
+  ax.set_yscale("symlog", linthresh=10)
+  ax.set_title("Linearisation: PPL cost vs k")
+  ax.legend(fontsize=8)
+  return fig
+
+
 _PLOTS = {
+    "linearise_ppl": _linearise_ppl,
     "factual_dla": _factual_dla,
     "ablation_layers": _ablation_layers,
     "induction_heads": _induction_heads,

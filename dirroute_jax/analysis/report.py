@@ -15,8 +15,8 @@ from typing import Callable
 
 import numpy as np
 
-from dirroute_jax.analysis import (ablation, causality, directions, factual, induction, plots,
-                                   regimes, spectral, steering)
+from dirroute_jax.analysis import (ablation, causality, directions, factual, induction,
+                                   linearise, plots, regimes, spectral, steering)
 from dirroute_jax.analysis.load import Workdir
 
 ANALYSES: dict[str, Callable[[Workdir], dict]] = {
@@ -28,6 +28,7 @@ ANALYSES: dict[str, Callable[[Workdir], dict]] = {
     "directions": directions.directions,
     "steering": steering.steering,
     "spectral": spectral.spectral,
+    "linearise": linearise.linearise,
 }
 
 
@@ -335,6 +336,22 @@ def _spectral(r: dict) -> str:
           f"Definitions: {p['split']}; erank = {p['erank']}; rank90 = {p['rank90']}; "
           f"{p['zero']}. RoPE offset_mean: {p['rope_offset_mean']}."]
   return "\n".join(out)
+
+
+def _linearise(r: dict) -> str:
+  models = r["models"]
+  L = len(next(iter(models.values()))["ppl_by_k"]) - 1
+  rows = []
+  for k in range(L + 1):
+    row = [k]
+    for m in models.values():
+      row += [m["ppl_by_k"][k], f"{100 * m['relative_increase_by_k'][k]:+.1f}%"]
+    rows.append(row)
+  header = ["first k layers linear"]
+  for name, m in models.items():
+    header += [f"{name} ({m['attention']}) PPL", "vs k=0"]
+  return (table(header, rows) + f"\n\nPaper: S-D, first 7 of a 125M model linearised: "
+          f"{r['paper']['sd_first7_of_125M']}; standard attention {r['paper']['standard']}.")
 
 
 _SECTIONS: dict[str, Callable[[dict], str]] = {name: _generic for name in ANALYSES}

@@ -129,7 +129,8 @@ def resolve_cache_dir(data_cfg) -> str:
   return os.path.abspath(os.path.expanduser(data_cfg.get("cache_dir", "") or DEFAULT_CACHE_DIR))
 
 
-def make_data(cfg, *, process_index: int = 0, process_count: int = 1) -> Data:
+def make_data(cfg, *, process_index: int = 0, process_count: int = 1,
+              tokenizer: tok_lib.Tokenizer | None = None) -> Data:
   """Builds (first call) or loads (later calls) the corpus, tokenizer and token cache.
 
   Reads `seed`, `batch_size` (global), `seq_len`, `model.vocab_size` and `data.*`. Besides the
@@ -143,6 +144,9 @@ def make_data(cfg, *, process_index: int = 0, process_count: int = 1) -> Data:
     cfg: the experiment config (`dirroute_jax.config.default_config()` and overrides).
     process_index: this host's index; host h reads rows [h*B/P, (h+1)*B/P) of every batch.
     process_count: number of hosts P; `batch_size` must be divisible by it.
+    tokenizer: use this tokenizer instead of the configured one (analysis of a trained
+      workdir must tokenize with the tokenizer the model was trained with, even if the
+      corpus, and so a retrained BPE, has changed since).
   """
   data_cfg = cfg.data
   global_batch, seq_len, seed = int(cfg.batch_size), int(cfg.seq_len), int(cfg.seed)
@@ -167,8 +171,9 @@ def make_data(cfg, *, process_index: int = 0, process_count: int = 1) -> Data:
     if data_cfg.tokenizer in known:
       tok_lib.check_vocab_fits(data_cfg.tokenizer, known[data_cfg.tokenizer], cfg.model.vocab_size)
     corpus = sources_lib.make_corpus(data_cfg, cache_dir)
-    tokenizer = tok_lib.get_tokenizer(data_cfg, lambda: corpus.texts("train"), cache_dir,
-                                      corpus_fingerprint=corpus.fingerprint)
+    if tokenizer is None:
+      tokenizer = tok_lib.get_tokenizer(data_cfg, lambda: corpus.texts("train"), cache_dir,
+                                        corpus_fingerprint=corpus.fingerprint)
     tok_lib.check_tokenizer_fits(tokenizer, cfg.model.vocab_size)
     streams, stats = packing.tokenize_corpus(corpus, tokenizer, cache_dir,
                                              float(data_cfg.eval_fraction))
@@ -195,6 +200,7 @@ def make_data(cfg, *, process_index: int = 0, process_count: int = 1) -> Data:
 
   threads = int(data_cfg.get("worker_count", 0)) or 4
   stats = {**stats, "cache_dir": cache_dir, "train_tokens": train.num_tokens,
+           "corpus_fingerprint": None if data_cfg.source == "synthetic" else corpus.fingerprint,
            "train_windows": packing.train_windows(train.num_tokens, seq_len),
            "eval_windows": len(rows_Nx3) - pad}
   return Data(tokenizer=tokenizer, domains=tuple(domains), train_dataset=train_ds,

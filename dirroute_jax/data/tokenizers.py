@@ -266,7 +266,8 @@ WORKDIR_TOKENIZER = "tokenizer.json"
 
 
 def save_to_workdir(tokenizer: Tokenizer, workdir: str) -> None:
-  """A trained BPE travels with the checkpoints, so analysis never needs the corpus cache."""
+  """A trained BPE travels with the checkpoints: analysis must tokenize with exactly the
+  tokenizer the model learned, even if the corpus (and so a retrained BPE) changes later."""
   if isinstance(tokenizer, BPETokenizer):
     tokenizer.save(os.path.join(workdir, WORKDIR_TOKENIZER))
 

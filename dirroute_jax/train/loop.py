@@ -4,6 +4,7 @@ resume from the latest complete checkpoint in the workdir."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import signal
@@ -19,6 +20,9 @@ from dirroute_jax.data.pipeline import make_data
 from dirroute_jax.train import checkpoint, flops, sharding, step as step_lib
 from dirroute_jax.train.evaluate import evaluate, to_global
 from dirroute_jax.train.metrics import MetricsWriter
+
+
+DATA_FINGERPRINT = "data_fingerprint.json"  # which corpus and tokenizer the run trained on
 
 
 @dataclasses.dataclass
@@ -100,6 +104,8 @@ def train(cfg, workdir: str, *, log=print) -> RunSummary:
   data = make_data(cfg, process_index=jax.process_index(), process_count=jax.process_count())
   if is_main:
     tokenizers.save_to_workdir(data.tokenizer, workdir)
+    (epath.Path(workdir) / DATA_FINGERPRINT).write_text(json.dumps(
+        {"corpus": data.stats.get("corpus_fingerprint"), "tokenizer": data.tokenizer.fingerprint}))
   trainer = step_lib.make_trainer(cfg, mesh)
   ckpt = checkpoint.Checkpointer(workdir, keep=cfg.checkpoint.keep,
                                  permanent_every=cfg.checkpoint.permanent_every)
@@ -184,13 +190,14 @@ def train(cfg, workdir: str, *, log=print) -> RunSummary:
 
 def _progress_line(done, steps, m, sec_per_step, tokens_per_step) -> str:
   parts = [f"step {done:>{len(str(steps))}}/{steps}"]
-  losses = [f"{name} {m[f'{name}/loss']:.4f}" for name in ("routed", "baseline")
-            if f"{name}/loss" in m]
+  names = [k[:-len("/loss")] for k in m if k.endswith("/loss") and "/" not in k[:-5]
+           and k != "delta/loss"]
+  losses = [f"{name} {m[f'{name}/loss']:.4f}" for name in names]
   if losses:
     parts.append("loss " + " ".join(losses))
   if "delta/loss" in m:
     parts.append(f"delta {m['delta/loss']:+.4f}")
-  evals = [f"{name} {m[f'eval/{name}/perplexity']:.2f}" for name in ("routed", "baseline")
+  evals = [f"{name} {m[f'eval/{name}/perplexity']:.2f}" for name in names
            if f"eval/{name}/perplexity" in m]
   if evals:
     parts.append("eval ppl " + " ".join(evals))
