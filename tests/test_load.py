@@ -27,3 +27,5 @@ def test_analysis_forward_reproduces_training_eval(trained_workdir):
       tokens += float(batch["weights"].sum())
     assert abs(loss_sum / tokens - final[f"eval/{name}/loss"]) < 1e-5
   assert run.tokenizer.decode(run.tokenizer.encode("The capital")) == "The capital"
+  # Held-out data is tokenized with the run's own tokenizer, never a re-derived one.
+  assert run.data.tokenizer is run.tokenizer

@@ -78,6 +78,7 @@ def _regimes_variance(r: dict):
   ax.semilogy(var_L, "o-", label="routed: variance of domain means")
   ax.semilogy(np.asarray(routed["domain_variance_null_p95"]), "k--",
               label="null p95 (shuffled domain labels)")
+  ax.set_xticks(range(len(var_L)))
   ax.set_xlabel("layer")
   ax.set_ylabel("routing-weight variance across domains")
   ax.set_title("Routing regimes: does routing depend on the domain?")
@@ -149,7 +150,9 @@ def _linearise_ppl(r: dict):
   ax.axhline(5, color="k", ls="--", lw=0.8, label="paper's S-D bound: +5%")
   ax.set_xlabel("first k layers switched to ELU+1 linear attention (no retraining)")
   ax.set_ylabel("held-out PPL increase (%)")
-  ax.set_yscale("symlog", linthresh=10)
+  worst = max(max(m["relative_increase_by_k"]) for m in r["models"].values())
+  if worst > 2.0:  # a collapse (> +200%) would flatten everything else on a linear axis
+    ax.set_yscale("symlog", linthresh=10)
   ax.set_title("Linearisation: PPL cost vs k")
   ax.legend(fontsize=8)
   return fig

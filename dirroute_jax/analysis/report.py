@@ -357,4 +357,4 @@ def _linearise(r: dict) -> str:
 _SECTIONS: dict[str, Callable[[dict], str]] = {name: _generic for name in ANALYSES}
 _SECTIONS.update(causality=_causality, ablation=_ablation, factual=_factual,
                  induction=_induction, regimes=_regimes, directions=_directions,
-                 steering=_steering, spectral=_spectral)
+                 steering=_steering, spectral=_spectral, linearise=_linearise)
