@@ -190,8 +190,8 @@ def train(cfg, workdir: str, *, log=print) -> RunSummary:
 
 def _progress_line(done, steps, m, sec_per_step, tokens_per_step) -> str:
   parts = [f"step {done:>{len(str(steps))}}/{steps}"]
-  names = [k[:-len("/loss")] for k in m if k.endswith("/loss") and "/" not in k[:-5]
-           and k != "delta/loss"]
+  names = sorted((k[:-len("/loss")] for k in m if k.endswith("/loss") and "/" not in k[:-5]
+                  and k != "delta/loss"), key=lambda n: (n != "routed", n != "baseline", n))
   losses = [f"{name} {m[f'{name}/loss']:.4f}" for name in names]
   if losses:
     parts.append("loss " + " ".join(losses))
