@@ -14,7 +14,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from dirroute_jax.analysis.load import as_workdir
