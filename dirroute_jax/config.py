@@ -10,6 +10,8 @@ Choices the paper leaves open are marked [reconstructed] (see SPEC.md) and stay 
 
 from __future__ import annotations
 
+import copy
+
 import ml_collections
 
 POOLINGS = ("causal_mean", "sequence_mean")
@@ -120,6 +122,31 @@ def default_config() -> ml_collections.ConfigDict:
 
 class ConfigError(ValueError):
   """A configuration value is invalid; the message says which and how to fix it."""
+
+
+# The models a run can train side by side (`models`), each `model` with these keys overridden.
+MODEL_VARIANTS = {
+    "routed": {"routing": True},
+    "baseline": {"routing": False},
+    "sd": {"routing": False, "attention": "sd"},
+}
+
+
+def model_variant(model_cfg: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """A copy of `model_cfg` as the named variant (e.g. "baseline": routing off)."""
+  out = copy.deepcopy(model_cfg)
+  out.update(MODEL_VARIANTS[name])
+  return out
+
+
+def model_configs(cfg) -> dict[str, ml_collections.ConfigDict]:
+  """The set of models trained side by side (`cfg.models`), each a variant of `cfg.model`."""
+  names = [n.strip() for n in cfg.models.split(",") if n.strip()]
+  unknown = [n for n in names if n not in MODEL_VARIANTS]
+  if not names or unknown or len(set(names)) != len(names):
+    raise ConfigError(f"models={cfg.models!r}: give distinct names from "
+                      f"{sorted(MODEL_VARIANTS)}, comma-separated.")
+  return {name: model_variant(cfg.model, name) for name in names}
 
 
 def _need(ok: bool, msg: str) -> None:

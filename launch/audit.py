@@ -8,7 +8,6 @@ Prints one line per model starting with CAUSAL or LEAK and exits 1 if any model 
 exposes it); with --workdir the trained params of every model in the run are audited.
 """
 
-import copy
 import sys
 
 from absl import app, flags
@@ -18,6 +17,7 @@ from ml_collections import config_flags
 from dirroute_jax.analysis.causality import audit_causality
 from dirroute_jax.analysis.load import load_workdir
 from dirroute_jax.cli import parse_flags
+from dirroute_jax.config import model_variant
 from dirroute_jax.model import transformer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py file.", lock_config=True)
@@ -26,10 +26,8 @@ _SEQ_LEN = flags.DEFINE_integer("seq_len", 64, "Length of the audited sequences.
 
 
 def _random_models(cfg):
-  for name, routing in (("routed", True), ("baseline", False)):
-    model_cfg = copy.deepcopy(cfg.model)
-    model_cfg.routing = routing
-    model = transformer.build_model(model_cfg)
+  for name in ("routed", "baseline"):
+    model = transformer.build_model(model_variant(cfg.model, name))
     yield name, model, transformer.init_params(model, jax.random.key(cfg.seed))
 
 

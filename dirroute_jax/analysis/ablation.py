@@ -64,11 +64,14 @@ def conditions(model_cfg) -> dict[str, iv_lib.Interventions]:
   return out
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def loss_sums(model: Transformer, params, inputs_BxT, targets_BxT, weights_BxT, iv):
+@functools.partial(jax.jit, static_argnums=(0, 6))
+def loss_sums(model: Transformer, params, inputs_BxT, targets_BxT, weights_BxT, iv,
+              linear_layers: int = 0):
   """(loss_sum_B, tokens_B). The model is static (hashable by config), so the compiled
-  program is cached per model config and batch shape across calls and conditions."""
-  logits_BxTxV, _ = forward(model, params, inputs_BxT, interventions=iv)
+  program is cached per model config and batch shape across calls and conditions.
+  `linear_layers` (static) linearises the first k layers' attention (analysis/linearise.py)."""
+  logits_BxTxV, _ = forward(model, params, inputs_BxT, interventions=iv,
+                            linear_layers=linear_layers)
   ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
   return jnp.sum(ce_BxT * weights_BxT, axis=1), jnp.sum(weights_BxT, axis=1)
 

@@ -9,25 +9,14 @@ standard (baseline) model under the same k.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
-import jax.numpy as jnp
-import optax
 
+from dirroute_jax.analysis import ablation
 from dirroute_jax.analysis.load import as_workdir
-from dirroute_jax.model.transformer import Transformer, forward
 
 PAPER = {"sd_first7_of_125M": "< 5% PPL increase", "standard": "collapses"}
-
-
-@functools.partial(jax.jit, static_argnums=(0, 5))
-def _loss_sums(model: Transformer, params, inputs_BxT, targets_BxT, weights_BxT,
-               linear_layers: int):
-  logits_BxTxV, _ = forward(model, params, inputs_BxT, linear_layers=linear_layers)
-  ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
-  return jnp.sum(ce_BxT * weights_BxT), jnp.sum(weights_BxT)
 
 
 def linearise(run, *, num_batches: int | None = None) -> dict:
@@ -37,13 +26,14 @@ def linearise(run, *, num_batches: int | None = None) -> dict:
   batches = list(run.data.eval_batches(n))
   out = {"paper": PAPER, "num_batches": len(batches), "models": {}}
   for name, model in run.models.items():
-    ppl_k = []
+    ppl_k, no_interventions = [], ablation.complete(model.cfg)
     for k in range(model.cfg.num_layers + 1):
       loss = tokens = 0.0
       for b in batches:
-        l, t = jax.device_get(_loss_sums(model, run.params[name], b["inputs"], b["targets"],
-                                         b["weights"], k))
-        loss, tokens = loss + float(l), tokens + float(t)
+        l_B, t_B = jax.device_get(ablation.loss_sums(
+            model, run.params[name], b["inputs"], b["targets"], b["weights"],
+            no_interventions, k))
+        loss, tokens = loss + float(l_B.sum()), tokens + float(t_B.sum())
       ppl_k.append(math.exp(loss / tokens))
     out["models"][name] = {
         "attention": model.cfg.attention, "routing": bool(model.cfg.routing),

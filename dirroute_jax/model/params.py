@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import flax.linen as nn
 import flax.traverse_util
 import numpy as np
 
+from dirroute_jax.config import model_variant
 from dirroute_jax.model.transformer import abstract_params, build_model, padded_vocab_size
 
 COMPONENTS = ("embedding", "attention", "mlp", "norms", "routers", "directions")
@@ -61,9 +61,7 @@ def count_params(model_cfg) -> ParamCount:
 
 def count_pair(model_cfg) -> dict[str, ParamCount]:
   """Counts for the routed model and its baseline (the same config with routing off)."""
-  routed_cfg, baseline_cfg = copy.deepcopy(model_cfg), copy.deepcopy(model_cfg)
-  routed_cfg.routing, baseline_cfg.routing = True, False
-  return {"routed": count_params(routed_cfg), "baseline": count_params(baseline_cfg)}
+  return {name: count_params(model_variant(model_cfg, name)) for name in ("routed", "baseline")}
 
 
 def format_table(counts: dict[str, ParamCount]) -> str:

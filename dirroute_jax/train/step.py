@@ -10,7 +10,6 @@ Batches: {"inputs": int32[B, T], "targets": int32[B, T], "weights": float32[B, T
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from typing import Callable
 
@@ -20,33 +19,12 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from dirroute_jax.config import ConfigError
+from dirroute_jax.config import model_configs
 from dirroute_jax.model.transformer import Transformer, abstract_params, build_model, forward
 from dirroute_jax.train import sharding
 from dirroute_jax.train.optimizer import learning_rate_schedule, make_optimizer
 
 BATCH_KEYS = ("inputs", "targets", "weights")
-
-
-MODEL_VARIANTS = {
-    "routed": {"routing": True},
-    "baseline": {"routing": False},
-    "sd": {"routing": False, "attention": "sd"},
-}
-
-
-def model_configs(cfg) -> dict[str, ml_collections.ConfigDict]:
-  """The set of models trained side by side (`cfg.models`), each a variant of `cfg.model`."""
-  names = [n.strip() for n in cfg.models.split(",") if n.strip()]
-  unknown = [n for n in names if n not in MODEL_VARIANTS]
-  if not names or unknown or len(set(names)) != len(names):
-    raise ConfigError(f"models={cfg.models!r}: give distinct names from "
-                      f"{sorted(MODEL_VARIANTS)}, comma-separated.")
-  out = {}
-  for name in names:
-    out[name] = copy.deepcopy(cfg.model)
-    out[name].update(MODEL_VARIANTS[name])
-  return out
 
 
 @dataclasses.dataclass(frozen=True)
