@@ -78,6 +78,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.log_every = 10
   c.eval_every = 200
   c.eval_batches = 8
+  # At each eval, every model's greedy continuation of these prompts goes to TensorBoard
+  # (text tab `samples/<model>`); () turns it off. Skipped for synthetic data and multi-host.
+  c.eval_samples = ("def ", "The ")
+  c.eval_sample_tokens = 32
   c.checkpoint_every = 200
 
   c.optim = ml_collections.ConfigDict()
