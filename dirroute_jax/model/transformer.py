@@ -165,7 +165,9 @@ def forward(model: Transformer, params, tokens_BxT: Array, *,
   `capture` holds names or fnmatch patterns from `interventions.CAPTURE_NAMES`.
   `linear_layers=k` replaces softmax attention in the first k layers with ELU+1 linear
   attention, with the trained weights (the linearisation experiment; not for training).
+  `tokens_BxT` may be any array-like of ints (e.g. a list of equal-length token lists).
   """
+  tokens_BxT = jnp.asarray(tokens_BxT)
   capture = tuple(capture)
   if not capture:
     return model.apply({"params": params}, tokens_BxT, interventions, (), linear_layers), {}
