@@ -104,3 +104,10 @@ def test_launcher_prints_every_model_side_by_side(trained_workdir):
   assert "=== routed (incremental) ===\nThe " in done.stdout
   assert "=== baseline (incremental) ===\nThe " in done.stdout
   assert "Given directory is read only" not in done.stdout + done.stderr
+
+
+def test_forward_accepts_a_list_of_token_lists(tiny_cfg):
+  """What a user naturally passes (the README once did, and forward crashed on it)."""
+  model, params = _model(tiny_cfg)
+  from_list, _ = forward(model, params, [PROMPT])
+  np.testing.assert_array_equal(from_list, forward(model, params, jnp.asarray([PROMPT]))[0])
