@@ -14,6 +14,7 @@ import pytest
 from dirroute_jax.config import model_configs
 from dirroute_jax.model import sampling
 from dirroute_jax.model.transformer import build_model, forward, init_params
+from dirroute_jax.train.samples import md_escape
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT = [3, 1, 4, 1, 5, 9, 2, 6]
@@ -111,3 +112,44 @@ def test_forward_accepts_a_list_of_token_lists(tiny_cfg):
   model, params = _model(tiny_cfg)
   from_list, _ = forward(model, params, [PROMPT])
   np.testing.assert_array_equal(from_list, forward(model, params, jnp.asarray([PROMPT]))[0])
+
+
+def _tensorboard_values(logdir):
+  """(step, tag, plugin, value) of every summary value in the event files (TFRecord framing:
+  length, its CRC, the Event proto, its CRC)."""
+  import struct
+  from tensorboardX.proto import event_pb2
+  out = []
+  for name in sorted(os.listdir(logdir)):
+    data = open(os.path.join(logdir, name), "rb").read()
+    i = 0
+    while i < len(data):
+      (n,) = struct.unpack("<Q", data[i:i + 8])
+      event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+      i += 12 + n + 4
+      for v in event.summary.value:
+        out.append((event.step, v.tag, v.metadata.plugin_data.plugin_name, v))
+  return out
+
+
+def test_eval_samples_and_config_go_to_tensorboard(trained_workdir, tmp_path):
+  from dirroute_jax.analysis.load import load_workdir
+  from dirroute_jax.train.metrics import MetricsWriter
+  from dirroute_jax.train.samples import config_hparams, write_eval_samples
+  run = load_workdir(trained_workdir)
+  writer = MetricsWriter(str(tmp_path))
+  writer.hparams(config_hparams(run.cfg), ["eval/routed/perplexity"])
+  write_eval_samples(writer, 40, run.models, run.params, run.tokenizer, ("def ", "The "), 8)
+  writer.close()
+  values = _tensorboard_values(str(tmp_path / "tensorboard"))
+  texts = {tag: v.tensor.string_val[0].decode() for step, tag, _, v in values
+           if tag.startswith("samples/") and step == 40}
+  assert set(texts) == {"samples/routed/text_summary", "samples/baseline/text_summary"}
+  greedy = sampling.sample(run.models["routed"], run.params["routed"],
+                           run.tokenizer.encode("The "), max_new_tokens=8, temperature=0.0)
+  assert texts["samples/routed/text_summary"].startswith("**def **")
+  assert texts["samples/routed/text_summary"].endswith(
+      "**The **" + md_escape(run.tokenizer.decode(greedy.tokens)))
+  assert any(plugin == "hparams" for _, _, plugin, _ in values)
+  hp = config_hparams(run.cfg)
+  assert hp["model.pooling"] == run.cfg.model.pooling and hp["steps"] == run.cfg.steps

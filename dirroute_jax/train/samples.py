@@ -30,7 +30,7 @@ def write_eval_samples(writer, step: int, models: dict, params: dict, tokenizer:
   for prompt in prompts:
     for name, s in sample_models(models, host_params, tokenizer, prompt,
                                  max_new_tokens=max_new_tokens, temperature=0.0).items():
-      texts[name].append(f"**{_md(prompt)}**{_md(tokenizer.decode(s.tokens))}")
+      texts[name].append(f"**{md_escape(prompt)}**{md_escape(tokenizer.decode(s.tokens))}")
   for name, lines in texts.items():
     writer.text(step, f"samples/{name}", "\n\n".join(lines))
 
@@ -50,6 +50,6 @@ def config_hparams(cfg: ml_collections.ConfigDict) -> dict:
   return flat
 
 
-def _md(text: str) -> str:
+def md_escape(text: str) -> str:
   # TensorBoard renders text as markdown: keep code and whitespace readable.
   return text.replace("\\", "\\\\").replace("*", "\\*").replace("_", "\\_").replace("\n", "  \n")
