@@ -78,6 +78,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.log_every = 10
   c.eval_every = 200
   c.eval_batches = 8
+  # At each eval, every model's greedy continuation of these prompts goes to TensorBoard
+  # (text tab `samples/<model>`); () turns it off. Skipped for synthetic data and multi-host.
+  c.eval_samples = ("def ", "The ")
+  c.eval_sample_tokens = 32
   c.checkpoint_every = 200
 
   c.optim = ml_collections.ConfigDict()
@@ -98,8 +102,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.tfds_name = ""
   c.data.tfds_data_dir = ""
   c.data.tfds_text_key = "text"
-  c.data.files = ""  # glob of .txt / .jsonl / .parquet
+  # Comma-separated globs of .txt / .jsonl / .parquet; `domain=glob` labels an entry's files
+  # with a domain (e.g. "code=/d/py/*.jsonl,prose=/d/books/*.txt"); so does `domain=name` in
+  # tfds_name (one domain per dataset). Unlabelled data is a single domain.
+  c.data.files = ""
   c.data.text_key = "text"
+  c.data.domain_key = ""  # files: a .jsonl field / .parquet column naming each row's domain
   c.data.cache_dir = ""  # default: ~/.cache/dirroute_jax
   c.data.eval_fraction = 0.05
   c.data.worker_count = 0  # grain reader threads; 0 = default (4)

@@ -17,6 +17,9 @@ Either way every process gets the same explicit multi-host flags as on any other
 on a port derived from the job id, the process id is $SLURM_PROCID. SLURM sets those per task,
 so they are expanded inside `srun`'s `bash -c`, not in the batch script.
 
+The script first checks that jax sees the GPUs (`--nocheck_gpu` skips it) and stops with the
+install line otherwise: `pip install -e '.[cuda]'` in the venv (jax's CUDA 12 wheels).
+
 The workdir must be on a filesystem every node sees (each process writes its part of every
 checkpoint). `--requeue` makes a preempted or failed-node job start again, and the rerun
 resumes from the latest checkpoint.
@@ -36,6 +39,10 @@ from dirroute_jax.cli import parse_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROCS = ("node", "gpu")
+# Run before srun: a venv with CPU-only jax would otherwise train on the nodes' CPUs.
+GPU_CHECK = ('import jax, sys; jax.default_backend() == "gpu" or sys.exit("error: jax sees no '
+             'GPU on this node (backend " + jax.default_backend() + "); install the CUDA wheels '
+             "in the venv: pip install -e '.[cuda]'\")")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +61,7 @@ class SlurmJob:
   venv: str | None = os.path.join(REPO, ".venv")
   python: str = "python"
   port_base: int = 20000
+  check_gpu: bool = True
   train_args: tuple[str, ...] = ()
 
   @property
@@ -101,6 +109,9 @@ def sbatch_script(job: SlurmJob) -> str:
   ]
   if job.venv:
     lines.append(f"source {shlex.quote(os.path.join(job.venv, 'bin', 'activate'))}")
+  if job.check_gpu:
+    lines += ["# Stop here if jax has no GPU backend (pip install -e '.[cuda]').",
+              f"{shlex.quote(job.python)} -c {shlex.quote(GPU_CHECK)} >/dev/null"]
   lines += [
       "# Process 0 hosts the coordinator on the allocation's first node (sed, not head: head",
       "# would close the pipe early and pipefail would turn scontrol's SIGPIPE into an exit).",
@@ -131,6 +142,7 @@ def _define_flags():
   flags.DEFINE_string("repo_dir", REPO, "This repository as the nodes see it.")
   flags.DEFINE_string("venv", os.path.join(REPO, ".venv"), "Virtualenv to activate ('' none).")
   flags.DEFINE_string("script", "dirroute.sbatch", "Where the script is written.")
+  flags.DEFINE_bool("check_gpu", True, "The script stops unless jax sees the GPUs.")
   flags.DEFINE_bool("dry_run", False, "Print the script; write and submit nothing.")
 
 
@@ -139,7 +151,8 @@ def main(argv):
   job = SlurmJob(nodes=f.nodes, gpus_per_node=f.gpus_per_node, procs=f.procs, config=f.config,
                  workdir=f.workdir, job_name=f.job_name, partition=f.partition,
                  account=f.account, time=f.time, cpus_per_node=f.cpus_per_node,
-                 repo_dir=f.repo_dir, venv=f.venv or None, train_args=tuple(argv[1:]))
+                 repo_dir=f.repo_dir, venv=f.venv or None, check_gpu=f.check_gpu,
+                 train_args=tuple(argv[1:]))
   try:
     script = sbatch_script(job)
   except ValueError as e:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging as std_logging
 import os
 
 from absl import logging
@@ -70,7 +71,18 @@ def _flatten(d: dict, prefix: str = "") -> dict:
   return out
 
 
+class _DropReadOnlyNotice(std_logging.Filter):
+  """Orbax warns "Given directory is read only" each time a checkpoint is opened read-only,
+  which is what loading for analysis asks for (twice: config, then params)."""
+
+  def filter(self, record):
+    return "Given directory is read only" not in record.getMessage()
+
+
 def load_workdir(path: str, *, step: int | None = None) -> Workdir:
+  absl_logger = std_logging.getLogger("absl")
+  if not any(isinstance(f, _DropReadOnlyNotice) for f in absl_logger.filters):
+    absl_logger.addFilter(_DropReadOnlyNotice())
   cfg = config_from_json(checkpoint.restore_config(path, step=step))
   models = {name: build_model(mc) for name, mc in model_configs(cfg).items()}
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

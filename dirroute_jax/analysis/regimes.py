@@ -220,7 +220,16 @@ def regimes(run, *, num_batches: int | None = None, permutations: int = 1000, se
   cfg = run.models["routed"].cfg
   L, H, K = cfg.num_layers, cfg.num_heads, cfg.num_directions
   domains = list(run.data.domains)
-  X_NxF, y_N = routing_vectors(run, num_batches)
+  X_NxF, y_N = (routing_vectors(run, num_batches) if len(domains) > 1
+                else (None, np.zeros(0, np.int64)))
+  present = [domains[d] for d in np.unique(y_N)]
+  if len(present) < 2:  # one domain: every statistic would compare the domain with itself
+    reason = (f"skipped: routing regimes compare domains, and the held-out data has "
+              f"{len(present) or len(domains)} ({', '.join(present or domains)}). Label "
+              "domains with `domain=glob` entries in data.files (or data.domain_key, or "
+              "`domain=name` in data.tfds_name); see README, Data.")
+    return {"protocol": {"domains": domains}, "paper": dict(PAPER), "skipped": reason,
+            "models": {"routed": reason, "baseline": "n/a (no router)"}}
   C = len(domains)
 
   def layer_var(y):

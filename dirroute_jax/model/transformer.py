@@ -73,6 +73,7 @@ class Block(nn.Module):
   cfg: ml_collections.ConfigDict
   layer: int
   linear: bool = False  # ELU+1 linear attention in this block (post-hoc linearisation)
+  decode: bool = False  # incremental decoding with a cache (model/sampling.py)
 
   @nn.compact
   def __call__(self, x_BxTxD: Array, iv: Interventions, capture: Sequence[str]) -> Array:
@@ -94,7 +95,8 @@ class Block(nn.Module):
         routing=m.routing, num_directions=m.num_directions, router_hidden=m.router_hidden,
         router_depth=m.router_depth, router_activation=m.router_activation,
         router_temperature=m.router_temperature, pooling=m.pooling, attention=m.attention,
-        linear=self.linear, dtype=dtype, prefix=f"{prefix}.attn", name="attn",
+        linear=self.linear, decode=self.decode, dtype=dtype, prefix=f"{prefix}.attn",
+        name="attn",
     )(h_BxTxD, router_x_BxTxD, iv.layer(self.layer), capture)
     x_BxTxD = nn.with_logical_constraint(x_BxTxD, _RESID_AXES)
     sow("resid_mid", x_BxTxD)
@@ -119,6 +121,7 @@ class Transformer(nn.Module):
   """tokens_BxT -> logits_BxTxV (float32; V = the padded vocab, padded entries at -1e9)."""
 
   cfg: ml_collections.ConfigDict
+  decode: bool = False  # tokens_BxT continue the sequence held in the "cache" collection
 
   @nn.compact
   def __call__(self, tokens_BxT: Array, interventions: Interventions | None = None,
@@ -131,10 +134,10 @@ class Transformer(nn.Module):
         embedding_init=nn.with_logical_partitioning(nn.initializers.normal(m.init_std),
                                                     ("vocab", "embed")))
     x_BxTxD = nn.with_logical_constraint(embed(tokens_BxT), _RESID_AXES)
-    block_cls = _remat(Block, m.remat)
+    block_cls = Block if self.decode else _remat(Block, m.remat)
     for l in range(m.num_layers):
-      x_BxTxD = block_cls(m, l, l < linear_layers, name=f"blocks_{l}")(x_BxTxD, iv,
-                                                                      tuple(capture))
+      x_BxTxD = block_cls(m, l, l < linear_layers, self.decode, name=f"blocks_{l}")(
+          x_BxTxD, iv, tuple(capture))
     h_BxTxD, inv_rms_BxTx1 = RMSNorm(m.norm_eps, dtype, m.norm == "rms",
                                      name="final_norm")(x_BxTxD)
     if wants(capture, "final_norm.scale"):
@@ -162,7 +165,9 @@ def forward(model: Transformer, params, tokens_BxT: Array, *,
   `capture` holds names or fnmatch patterns from `interventions.CAPTURE_NAMES`.
   `linear_layers=k` replaces softmax attention in the first k layers with ELU+1 linear
   attention, with the trained weights (the linearisation experiment; not for training).
+  `tokens_BxT` may be any array-like of ints (e.g. a list of equal-length token lists).
   """
+  tokens_BxT = jnp.asarray(tokens_BxT)
   capture = tuple(capture)
   if not capture:
     return model.apply({"params": params}, tokens_BxT, interventions, (), linear_layers), {}

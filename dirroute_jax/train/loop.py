@@ -20,6 +20,7 @@ from dirroute_jax.data.pipeline import make_data
 from dirroute_jax.train import checkpoint, flops, sharding, step as step_lib
 from dirroute_jax.train.evaluate import evaluate, to_global
 from dirroute_jax.train.metrics import MetricsWriter
+from dirroute_jax.train.samples import config_hparams, write_eval_samples
 
 
 DATA_FINGERPRINT = "data_fingerprint.json"  # which corpus and tokenizer the run trained on
@@ -93,6 +94,7 @@ def train(cfg, workdir: str, *, log=print) -> RunSummary:
   checkpoint. Returns the final held-out metrics."""
   validate_config(cfg)
   _check_workdir(workdir)
+  t_start = time.time()
   is_main = jax.process_index() == 0
   say = log if is_main else (lambda *a, **k: None)
   if cfg.model.pooling == "sequence_mean" and "routed" in cfg.models:
@@ -126,8 +128,13 @@ def train(cfg, workdir: str, *, log=print) -> RunSummary:
     say(f"Training {', '.join(trainer.models)} for {cfg.steps} steps: batch {cfg.batch_size} x "
         f"{cfg.seq_len} tokens, {jax.device_count()} device(s), mesh {dict(mesh.shape)}, "
         f"preset {cfg.mesh.preset}; tokenizer {data.tokenizer.name} "
-        f"({data.stats['train_tokens']:,} train tokens)")
+        f"({data.stats['train_tokens']:,} train tokens)"
+        + (f"; routed pooling {cfg.model.pooling}" if "routed" in trainer.models else ""))
+    say(f"Metrics go to {os.path.join(workdir, 'metrics.jsonl')}, TensorBoard events to "
+        f"{os.path.join(workdir, 'tensorboard')}, checkpoints to "
+        f"{os.path.join(workdir, 'checkpoints')}")
     writer = MetricsWriter(workdir, resume_step=start, enabled=is_main)
+    writer.hparams(config_hparams(cfg), [f"eval/{n}/perplexity" for n in trainer.models])
     eval_metrics, eval_at = {}, None
 
     def run_eval():
@@ -150,6 +157,11 @@ def train(cfg, workdir: str, *, log=print) -> RunSummary:
         if is_eval:
           eval_metrics, eval_at = run_eval(), done
           metrics.update(eval_metrics)
+          if (cfg.eval_samples and is_main and jax.process_count() == 1
+              and cfg.data.source != "synthetic"):
+            write_eval_samples(writer, done, trainer.models,
+                               {n: state["models"][n]["params"] for n in trainer.models},
+                               data.tokenizer, cfg.eval_samples, cfg.eval_sample_tokens)
         if is_log or is_eval:
           now = time.time()
           if done - last_log_step > 1 or last_log_step > start:  # skip the compile step
@@ -184,6 +196,7 @@ def train(cfg, workdir: str, *, log=print) -> RunSummary:
         "resume.")
   else:
     say(_summary(eval_metrics, trainer.models, data.domains))
+  say(f"Elapsed {_fmt_time(time.time() - t_start)}")
   return RunSummary(last_step=done, interrupted=interrupted, eval_metrics=eval_metrics,
                     workdir=workdir)
 

@@ -48,6 +48,20 @@ class MetricsWriter:
           self._tb.add_scalar(k, v, step)
       self._tb.flush()
 
+  def text(self, step: int, tag: str, text: str) -> None:
+    """A TensorBoard text summary (markdown), e.g. model samples; not in metrics.jsonl."""
+    if self._tb is not None:
+      self._tb.add_text(tag, text, step)
+      self._tb.flush()
+
+  def hparams(self, hparams: dict, metric_names: list[str]) -> None:
+    """The run's config in TensorBoard's HPARAMS tab, against the named scalars."""
+    if self._tb is not None:
+      from tensorboardX.summary import hparams as hparams_summary
+      for summary in hparams_summary(hparams, {name: 0.0 for name in metric_names}):
+        self._tb.file_writer.add_summary(summary)
+      self._tb.flush()
+
   def _flush(self) -> None:
     tmp = self.path.parent / (self.path.name + ".tmp")
     tmp.write_text("".join(self._lines))
