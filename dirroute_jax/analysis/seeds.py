@@ -188,7 +188,10 @@ def aggregate(finals: dict[str, dict[int, dict]]) -> dict:
         "perplexity": per_seed_ppl, "comparisons": comparisons}
 
   seq, causal = out["poolings"].get("sequence_mean"), out["poolings"].get("causal_mean")
-  if seq and causal:
+  both = set(seq["perplexity"]) & set(causal["perplexity"]) if seq and causal else set()
+  if not both:
+    out["checks"]["pooling_difference"] = "not computed: no seed finished under both poolings"
+  else:
     for label in POOLING_DIFFERENCES:
       out["pooling_difference"][label] = {}
       for scope in scopes:
@@ -196,17 +199,16 @@ def aggregate(finals: dict[str, dict[int, dict]]) -> dict:
         b = causal["comparisons"][label][scope]["per_seed_log_ratio"]
         common = sorted(set(a) & set(b), key=int)
         only = sorted(set(a) ^ set(b), key=int)
-        missing = [f"seed {s}: run under one pooling only" for s in only]
-        if not common:
-          missing.append("no seed finished under both poolings")
-        out["pooling_difference"][label][scope] = _interval_entry(
-            {int(s): a[s] - b[s] for s in common}, missing)
+        entry = _interval_entry({int(s): a[s] - b[s] for s in common},
+                                missing=[] if common else ["no seed under both poolings"])
+        if only:  # the interval is over the seeds common to both poolings
+          entry["excluded"] = [f"seed {s}: under one pooling only" for s in only]
+        out["pooling_difference"][label][scope] = entry
     # Routing is the only difference between the poolings, so each seed's baseline must come
     # out the same under both: a check that the runs are paired as claimed.
-    gaps = [abs(math.log(seq["perplexity"][s]["baseline"]["all"])
-                - math.log(causal["perplexity"][s]["baseline"]["all"]))
-            for s in set(seq["perplexity"]) & set(causal["perplexity"])
-            if seq["perplexity"][s]["baseline"]["all"] and causal["perplexity"][s]["baseline"]["all"]]
+    pairs = [(seq["perplexity"][s]["baseline"]["all"],
+              causal["perplexity"][s]["baseline"]["all"]) for s in both]
+    gaps = [abs(math.log(a) - math.log(b)) for a, b in pairs if a and b]
     out["checks"]["baseline_max_abs_log_ppl_gap_between_poolings"] = max(gaps) if gaps else None
   return out
 
@@ -217,10 +219,23 @@ def _pct(x: float) -> str:
 
 def _row_cells(entry: dict) -> list:
   if "missing" in entry:
-    shown = entry["missing"][:2] + (["..."] if len(entry["missing"]) > 2 else [])
-    return ["missing", "-", len(entry["per_seed_log_ratio"]), "missing: " + "; ".join(shown)]
+    return ["missing", "-", len(entry["per_seed_log_ratio"]),
+            f"not computed: {len(entry['missing'])} metric(s) missing (seeds.json lists them)"]
   lo, hi = entry["reduction_ci"]
   return [_pct(entry["reduction"]), f"[{_pct(lo)}, {_pct(hi)}]", entry["n"], entry["verdict"]]
+
+
+def _rows(by_scope: dict, prefix: list) -> list[list]:
+  """One row per held-out scope; a comparison missing in every scope collapses to one row."""
+  if all("missing" in e for e in by_scope.values()):
+    first = next(iter(by_scope.values()))  # the "all" scope
+    lacking = sorted({m.split(": ", 1)[0] for m in first["missing"]})
+    total = len(lacking) + len(first["per_seed_log_ratio"])
+    key = first["missing"][0].split(": ", 1)[-1]
+    return [prefix + ["every scope", "missing", "-", len(first["per_seed_log_ratio"]),
+                      f"not computed: {len(lacking)} of {total} runs lack {key} (and more; "
+                      "seeds.json lists them)"]]
+  return [prefix + [scope] + _row_cells(entry) for scope, entry in by_scope.items()]
 
 
 def to_markdown(results: dict) -> str:
@@ -228,15 +243,13 @@ def to_markdown(results: dict) -> str:
   rows = []
   for pooling, p in results["poolings"].items():
     for label, by_scope in p["comparisons"].items():
-      for scope, entry in by_scope.items():
-        rows.append([pooling, label, scope] + _row_cells(entry))
+      rows += _rows(by_scope, [pooling, label])
   lines += [table(["pooling", "comparison (a vs b)", "held-out scope",
                    "mean PPL reduction 1 - PPL_a/PPL_b", "95% CI", "seeds", "verdict"], rows), ""]
   if results["pooling_difference"]:
     lines += ["### sequence_mean gain minus causal_mean gain (paired by seed)", ""]
-    rows = [[label, scope] + _row_cells(entry)
-            for label, by_scope in results["pooling_difference"].items()
-            for scope, entry in by_scope.items()]
+    rows = [row for label, by_scope in results["pooling_difference"].items()
+            for row in _rows(by_scope, [label])]
     lines += [table(["gain", "held-out scope", "mean difference (as a PPL reduction)", "95% CI",
                      "seeds", "verdict"], rows), ""]
   lines += ["### Per seed: held-out perplexity (all domains)", ""]
@@ -277,6 +290,7 @@ def plot_curves(out_dir: str, finals: dict[str, dict[int, dict]], path: str) -> 
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # noqa: PLC0415
+  import matplotlib.ticker  # noqa: PLC0415
 
   colors = {"routed": "tab:red", "baseline": "tab:blue", "matched": "tab:green"}
   fig, axes = plt.subplots(1, len(finals), figsize=(5.5 * len(finals), 3.8), squeeze=False,
@@ -291,6 +305,9 @@ def plot_curves(out_dir: str, finals: dict[str, dict[int, dict]], path: str) -> 
     ax.set_title(f"{pooling} ({len(runs)} seeds)")
     ax.set_xlabel("step")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
   axes[0][0].set_ylabel("held-out perplexity")
   axes[0][0].legend()
