@@ -139,9 +139,10 @@ def test_seeds_command_end_to_end(tmp_path):
   cmd = [sys.executable, os.path.join(REPO, "launch", "seeds.py"), f"--out={out}",
          "--config=" + os.path.join(REPO, "configs", "seeds.py"), "--seeds=0,1",
          "--config.steps=4", "--config.eval_every=2", "--config.log_every=2",
-         "--config.checkpoint_every=4", "--config.batch_size=8", "--config.seq_len=32",
+         "--config.checkpoint_every=0", "--config.batch_size=8", "--config.seq_len=32",
          "--config.eval_batches=2", "--config.data.tokenizer=bytes",
-         "--config.model.vocab_size=257", f"--config.data.cache_dir={tmp_path / 'cache'}"]
+         "--config.model.vocab_size=257", f"--config.data.cache_dir={tmp_path / 'cache'}",
+         f"--compilation_cache={tmp_path / 'xla'}"]
   env = {**os.environ, "PYTHONPATH": REPO, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
   first = subprocess.run(cmd, capture_output=True, text=True, env=env)
   assert first.returncode == 0, first.stderr[-3000:]
