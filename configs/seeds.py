@@ -2,13 +2,14 @@
 token count of the single-seed small reproduction), with the parameter-matched baseline.
 
 Sized for launch/seeds.py: 5 seeds x 2 poolings = 10 runs of three models each (routed,
-baseline, matched; one jitted step) within about 45 minutes on 2 CPU cores. Held-out
+baseline, matched; one jitted step) within about 45 minutes on 2 CPU cores (one step of the
+three: 140 ms on an idle 2-core machine; the estimate is in REPRODUCTION.md). Held-out
 perplexity is evaluated on the whole held-out split every 100 steps (10 points per curve).
 """
 
-from dirroute_jax import config as base
-
 import os
+
+from dirroute_jax import config as base
 
 _TINY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py")
 

@@ -9,9 +9,12 @@ and the intervals), OUT/seeds.md (the tables for REPRODUCTION.md) and OUT/ppl_vs
 (held-out PPL versus step, one line per seed, one panel per pooling). A rerun skips finished
 seeds and resumes an interrupted one; --aggregate_only rewrites the outputs from finished runs.
 
-Size: configs/seeds.py (configs/tiny.py's 0.23M-parameter models, 1000 steps of 16 x 128
-tokens, whole held-out split every 100 steps) because 10 runs of three models must fit in about
-45 minutes on 2 CPU cores; REPRODUCTION.md gives the measured step time behind that choice.
+Size: configs/seeds.py (configs/tiny.py's models, 0.26M routed / 0.23M baseline, 1000 steps of
+16 x 128 tokens, the whole held-out split every 100 steps), because 10 runs of three models
+must fit in about 45 minutes on 2 CPU cores: one step of the three took 140 ms on the idle
+machine, which extrapolates (an estimate) to about 32 minutes with evaluation and start-up;
+each run's measured time is recorded in seeds.json. REPRODUCTION.md gives the details.
+Another size: --config=configs/small.py (and --config.eval_every etc.).
 """
 
 import os
