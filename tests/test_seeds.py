@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from dirroute_jax.analysis import seeds, stats
+from dirroute_jax.config import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -131,6 +132,23 @@ def test_pooling_difference_uses_only_seeds_run_under_both():
   finals["causal_mean"] = {}
   res = seeds.aggregate({k: v for k, v in finals.items() if v})
   assert res["pooling_difference"] == {} and "no seed" in res["checks"]["pooling_difference"]
+
+
+def test_finished_seeds_are_skipped_only_under_the_same_config(tiny_cfg, tmp_path):
+  out = str(tmp_path)
+  for pooling in seeds.POOLINGS:
+    os.makedirs(seeds.workdir_of(out, pooling, 7))
+    with open(os.path.join(seeds.workdir_of(out, pooling, 7), seeds.FINAL), "w") as f:
+      json.dump({"seed": 7, "eval": {},
+                 "config": seeds._flat_config(seeds.run_config(tiny_cfg, pooling, 7))}, f)
+  logs = []
+  assert seeds.run_seeds(tiny_cfg, out, [7], log=logs.append)  # nothing left to train
+  assert logs == [f"2 of 2 runs already finished in {out}; 0 to train."]
+  tiny_cfg.data.cache_dir = "/elsewhere"  # does not change what is trained
+  assert seeds.run_seeds(tiny_cfg, out, [7], log=logs.append)
+  tiny_cfg.steps += 1
+  with pytest.raises(ConfigError, match="different config .steps: 300 there, 301 now"):
+    seeds.run_seeds(tiny_cfg, out, [7], log=logs.append)
 
 
 @pytest.mark.slow

@@ -23,6 +23,7 @@ from typing import Callable, Iterable
 
 from dirroute_jax.analysis import stats
 from dirroute_jax.analysis.report import fmt, table
+from dirroute_jax.config import ConfigError
 
 MODELS = ("routed", "baseline", "matched")
 # The sequence_mean routed model evaluated with prefix-only routing (what it would see when
@@ -69,6 +70,32 @@ def workdir_of(out_dir: str, pooling: str, seed: int) -> str:
   return os.path.join(out_dir, pooling, f"seed_{seed}")
 
 
+def _flat_config(cfg) -> dict:
+  """{"model.d_model": 64, ...}, as JSON would give it back."""
+  def walk(d, prefix):
+    for k, v in d.items():
+      yield from walk(v, f"{prefix}{k}.") if isinstance(v, dict) else [(prefix + k, v)]
+  return json.loads(json.dumps(dict(walk(cfg.to_dict(), ""))))
+
+
+# Keys that may change between a run and its rerun without changing what was trained.
+_IRRELEVANT = ("data.cache_dir", "data.worker_count", "log_every", "checkpoint_every")
+
+
+def _check_same_config(final_path: str, cfg) -> None:
+  """A finished seed is only reused by a command that would train it the same way."""
+  with open(final_path) as f:
+    old = json.load(f).get("config", {})
+  new = _flat_config(cfg)
+  diff = sorted(k for k in set(old) | set(new)
+                if k not in _IRRELEVANT and old.get(k) != new.get(k))
+  if diff:
+    shown = ", ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in diff[:3])
+    raise ConfigError(f"{final_path} was trained with a different config ({shown}"
+                      f"{', ...' if len(diff) > 3 else ''}). Use another --out for a new "
+                      "experiment, or the flags of the first run to finish this one.")
+
+
 def run_seeds(base_cfg, out_dir: str, seeds: Iterable[int], poolings: Iterable[str] = POOLINGS,
               *, log: Callable[..., None] = print) -> bool:
   """Trains every (seed, pooling) not finished yet; a rerun skips finished seeds and resumes a
@@ -77,8 +104,14 @@ def run_seeds(base_cfg, out_dir: str, seeds: Iterable[int], poolings: Iterable[s
   from dirroute_jax.train.loop import train  # noqa: PLC0415 (jax only when training)
 
   seeds, poolings = [int(s) for s in seeds], list(poolings)
-  todo = [(s, p) for s in seeds for p in poolings
-          if not os.path.exists(os.path.join(workdir_of(out_dir, p, s), FINAL))]
+  todo = []
+  for s in seeds:
+    for p in poolings:
+      path = os.path.join(workdir_of(out_dir, p, s), FINAL)
+      if os.path.exists(path):
+        _check_same_config(path, run_config(base_cfg, p, s))
+      else:
+        todo.append((s, p))
   log(f"{len(seeds) * len(poolings) - len(todo)} of {len(seeds) * len(poolings)} runs already "
       f"finished in {out_dir}; {len(todo)} to train.")
   t_all = time.time()
@@ -90,7 +123,8 @@ def run_seeds(base_cfg, out_dir: str, seeds: Iterable[int], poolings: Iterable[s
     if summary.interrupted:
       return False
     final = {"pooling": pooling, "seed": seed, "step": summary.last_step,
-             "train_sec": round(time.time() - t, 1), "eval": summary.eval_metrics}
+             "train_sec": round(time.time() - t, 1), "eval": summary.eval_metrics,
+             "config": _flat_config(run_config(base_cfg, pooling, seed))}
     tmp = os.path.join(workdir, FINAL + ".tmp")
     with open(tmp, "w") as f:
       json.dump(final, f, indent=1)
@@ -105,7 +139,7 @@ def collect(out_dir: str, poolings: Iterable[str] = POOLINGS,
             seeds: Iterable[int] | None = None) -> dict[str, dict[int, dict]]:
   """{pooling: {seed: final.json}} for every finished run under `out_dir` (of `seeds` only,
   if given)."""
-  wanted = None if seeds is None else {int(s) for s in seeds}
+  wanted = None if seeds is None else {str(int(s)) for s in seeds}
   out = {}
   for pooling in poolings:
     root = os.path.join(out_dir, pooling)
@@ -113,7 +147,7 @@ def collect(out_dir: str, poolings: Iterable[str] = POOLINGS,
     for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
       path = os.path.join(root, name, FINAL)
       if name.startswith("seed_") and os.path.exists(path) and (
-          wanted is None or name[len("seed_"):] in {str(s) for s in wanted}):
+          wanted is None or name[len("seed_"):] in wanted):
         with open(path) as f:
           final = json.load(f)
         runs[int(final["seed"])] = final
