@@ -196,7 +196,9 @@ def aggregate(finals: dict[str, dict[int, dict]]) -> dict:
   domains = _domains(finals)
   scopes = ["all"] + domains
   out = {"method": METHOD, "level": 0.95, "domains": domains, "poolings": {},
-         "pooling_difference": {}, "checks": {}}
+         "pooling_difference": {}, "checks": {},
+         "train_sec_total": round(sum(final.get("train_sec") or 0.0 for runs in finals.values()
+                                      for final in runs.values()), 1)}
   for pooling, runs in finals.items():
     per_seed_ppl = {str(s): {m: {sc: final["eval"].get(_key(m, sc)) for sc in scopes}
                              for m in MODELS + ((PREFIX,) if pooling == "sequence_mean" else ())}
@@ -294,6 +296,9 @@ def to_markdown(results: dict) -> str:
                                      and by_model[m]["all"] is not None else "-"
                                      for m in MODELS + (PREFIX,)])
   lines += [table(["pooling", "seed", *MODELS, "routed, prefix-only routing"], rows), ""]
+  lines.append(f"Training time of these runs, summed: {results['train_sec_total'] / 60:.1f} min "
+               "(per run: seeds.json, `train_sec`).")
+  lines.append("")
   gap = results["checks"].get("baseline_max_abs_log_ppl_gap_between_poolings")
   if gap is not None:
     lines.append(f"Check: each seed's baseline under the two poolings differs by at most {gap:.3g}"
