@@ -126,7 +126,8 @@ class ConfigError(ValueError):
 
 
 def _matched_d_ff(model_cfg) -> int:
-  from dirroute_jax.model.params import matched_d_ff  # noqa: PLC0415 (params imports config)
+  # Imported here: model/params.py imports this module, and counting parameters needs the model.
+  from dirroute_jax.model.params import matched_d_ff
   return matched_d_ff(model_cfg)
 
 

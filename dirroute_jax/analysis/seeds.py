@@ -21,9 +21,15 @@ import os
 import time
 from typing import Callable, Iterable
 
-from dirroute_jax.analysis import stats
-from dirroute_jax.analysis.report import fmt, table
-from dirroute_jax.config import ConfigError
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on a training host
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+
+from dirroute_jax.analysis import stats  # noqa: E402
+from dirroute_jax.analysis.report import fmt, table  # noqa: E402
+from dirroute_jax.config import ConfigError  # noqa: E402
 
 MODELS = ("routed", "baseline", "matched")
 # The sequence_mean routed model evaluated with prefix-only routing (what it would see when
@@ -103,7 +109,7 @@ def run_seeds(base_cfg, out_dir: str, seeds: Iterable[int], poolings: Iterable[s
   """Trains every (seed, pooling) not finished yet; a rerun skips finished seeds and resumes a
   partly trained one from its checkpoint. Seeds are the outer loop, so an interrupted command
   leaves whole seeds (both poolings) behind. Returns False if training was interrupted."""
-  from dirroute_jax.train.loop import train  # noqa: PLC0415 (jax only when training)
+  from dirroute_jax.train.loop import train  # here: aggregation alone needs no training stack
 
   seeds, poolings = [int(s) for s in seeds], list(poolings)
   todo = []
@@ -327,12 +333,6 @@ def read_curves(workdir: str) -> dict[str, tuple[list[int], list[float]]]:
 
 def plot_curves(out_dir: str, finals: dict[str, dict[int, dict]], path: str) -> str:
   """Held-out PPL versus step, one panel per pooling, one line per seed and model."""
-  import matplotlib  # noqa: PLC0415
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
-  import matplotlib.ticker  # noqa: PLC0415
-
   colors = {"routed": "tab:red", "baseline": "tab:blue", "matched": "tab:green"}
   fig, axes = plt.subplots(1, len(finals), figsize=(5.5 * len(finals), 3.8), squeeze=False,
                            sharey=True)
