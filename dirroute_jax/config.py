@@ -67,7 +67,8 @@ def default_config() -> ml_collections.ConfigDict:
 
   # The set of models trained side by side on the same batches, comma-separated:
   # "routed" is `model` with routing on, "baseline" the same config with routing off, "sd" the
-  # baseline with S-D attention (add it: --config.models=routed,baseline,sd).
+  # baseline with S-D attention (add it: --config.models=routed,baseline,sd), "matched" the
+  # baseline with a wider MLP, as many parameters as the routed model (MODEL_VARIANTS below).
   c.models = "routed,baseline"
 
   c.seed = 42
@@ -132,18 +133,27 @@ class ConfigError(ValueError):
   """A configuration value is invalid; the message says which and how to fix it."""
 
 
-# The models a run can train side by side (`models`), each `model` with these keys overridden.
+def _matched_d_ff(model_cfg) -> int:
+  # Imported here: model/params.py imports this module, and counting parameters needs the model.
+  from dirroute_jax.model.params import matched_d_ff
+  return matched_d_ff(model_cfg)
+
+
+# The models a run can train side by side (`models`), each `model` with these keys overridden;
+# a callable value is computed from `model`. "matched" is the baseline with its MLP widened so
+# that its parameter count matches the routed model's (the rule: model/params.matched_d_ff).
 MODEL_VARIANTS = {
     "routed": {"routing": True},
     "baseline": {"routing": False},
     "sd": {"routing": False, "attention": "sd"},
+    "matched": {"routing": False, "d_ff": _matched_d_ff},
 }
 
 
 def model_variant(model_cfg: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
   """A copy of `model_cfg` as the named variant (e.g. "baseline": routing off)."""
   out = copy.deepcopy(model_cfg)
-  out.update(MODEL_VARIANTS[name])
+  out.update({k: v(model_cfg) if callable(v) else v for k, v in MODEL_VARIANTS[name].items()})
   return out
 
 

@@ -1,4 +1,5 @@
-"""Prints the parameter accounting of a config's routed model and baseline (nothing allocated).
+"""Prints the parameter accounting of a config's routed model, its baseline and the
+parameter-matched baseline (the baseline with a wider MLP; nothing allocated).
 
   python launch/params.py --config=configs/433m.py
 """
@@ -14,7 +15,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py file.", 
 
 def main(argv):
   del argv
-  print(params.format_table(params.count_pair(_CONFIG.value.model)))
+  model_cfg = _CONFIG.value.model
+  print(params.format_table(params.count_pair(model_cfg), params.matched_d_ff(model_cfg)))
 
 
 if __name__ == "__main__":

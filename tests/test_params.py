@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from dirroute_jax.config import load_config_file
+from dirroute_jax.config import load_config_file, model_variant
 from dirroute_jax.model import params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,6 +37,35 @@ def test_433m_matches_paper(counts_433m):
   assert baseline.padded_vocab_rows == (50304 - 50257) * D
 
 
+@pytest.mark.parametrize("name", ["tiny", "small", "433m"])
+def test_matched_baseline_has_the_routed_models_parameter_count(name):
+  """The rule in params.matched_d_ff: the closest integer d_ff, so the mismatch is at most half
+  of one unit of d_ff (3 * d_model * num_layers parameters per unit), and no neighbour is
+  closer. Counted with eval_shape: nothing is allocated, even for 433M."""
+  model_cfg = load_config_file(os.path.join(REPO, "configs", f"{name}.py")).model
+  counts = params.count_pair(model_cfg)
+  routed, baseline, matched = counts["routed"], counts["baseline"], counts["matched"]
+  d_ff = params.matched_d_ff(model_cfg)
+  per_unit = 3 * model_cfg.d_model * model_cfg.num_layers
+  gap = abs(matched.total_unpadded - routed.total_unpadded)
+  assert gap <= per_unit / 2
+  assert matched.routing == 0 and d_ff > model_cfg.d_ff
+  assert matched.by_component["mlp"] == baseline.by_component["mlp"] * d_ff // model_cfg.d_ff
+  for comp in ("embedding", "attention", "norms"):
+    assert matched.by_component[comp] == baseline.by_component[comp]
+  for neighbour in (d_ff - 1, d_ff + 1):
+    wider = model_variant(model_cfg, "baseline")
+    wider.d_ff = neighbour
+    assert abs(params.count_params(wider).total_unpadded - routed.total_unpadded) >= gap
+
+
+def test_matched_baseline_433m_numbers(counts_433m):
+  assert counts_433m["matched"].total_unpadded - counts_433m["routed"].total_unpadded == -25_152
+  model_cfg = load_config_file(os.path.join(REPO, "configs", "433m.py")).model
+  assert params.matched_d_ff(model_cfg) == 4387
+  assert model_variant(model_cfg, "matched").d_ff == 4387 and model_cfg.d_ff == 4096
+
+
 def test_every_config_builds():
   for name in sorted(os.listdir(os.path.join(REPO, "configs"))):
     if name.endswith(".py"):
@@ -57,3 +86,4 @@ def test_params_cli_prints_table():
                        capture_output=True, text=True, check=True).stdout
   assert "16,042,560" in out and "73,728" in out and "416,971,776" in out
   assert "3.865%" in out
+  assert "matched baseline (d_ff 4387): -25,152 params vs routed" in out

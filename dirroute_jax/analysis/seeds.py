@@ -1,0 +1,376 @@
+"""Seeds: each router pooling trained with N seeds, every run training the routed model, its
+baseline and the parameter-matched baseline in one jitted step on the same batches; held-out
+perplexity compared with paired confidence intervals over seeds.
+
+Layout of the output directory OUT:
+  OUT/<pooling>/seed_<s>/             the run's workdir (metrics.jsonl, checkpoints, tokenizer)
+  OUT/<pooling>/seed_<s>/final.json   final held-out metrics; its presence marks the seed done
+  OUT/seeds.json, seeds.md, ppl_vs_step.png   (`write_outputs`)
+
+A seed sets the initial weights and the order of the training batches (data/pipeline.py), and
+the pooling changes only the router, so under one seed both poolings train their baselines
+identically: differences between poolings are paired by seed too.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from typing import Callable, Iterable
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on a training host
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+
+from dirroute_jax.analysis import stats  # noqa: E402
+from dirroute_jax.analysis.report import fmt, table  # noqa: E402
+from dirroute_jax.config import ConfigError  # noqa: E402
+
+MODELS = ("routed", "baseline", "matched")
+# The sequence_mean routed model evaluated with prefix-only routing (what it would see when
+# generating token by token), a metric of training's evaluation for that pooling.
+PREFIX = "routed_prefix"
+POOLINGS = ("sequence_mean", "causal_mean")
+FINAL = "final.json"
+
+
+# (label, model a, model b, poolings it applies to (None: all)); each is "a lowers held-out
+# PPL relative to b", the paper's side (+1) being a gain from routing.
+COMPARISONS = (
+    ("routed vs baseline", "routed", "baseline", None),
+    ("routed vs matched", "routed", "matched", None),
+    ("routed, prefix-only routing, vs baseline", PREFIX, "baseline", ("sequence_mean",)),
+    ("routed, prefix-only routing, vs matched", PREFIX, "matched", ("sequence_mean",)),
+    ("leak: routed as trained vs prefix-only routing", "routed", PREFIX, ("sequence_mean",)),
+)
+# The gain whose difference between the poolings is reported (sequence_mean minus causal_mean).
+# The same against `matched`: under one seed both poolings train identical baselines (checked).
+POOLING_DIFFERENCES = ("routed vs baseline",)
+
+METHOD = (
+    "Per seed, the held-out log-perplexity difference log PPL_b - log PPL_a (positive: a is "
+    "better) of two models trained in the same run (same seed, same batches). Mean over seeds "
+    "with a two-sided 95% Student-t interval (n - 1 degrees of freedom) on those paired "
+    "differences; shown as a PPL reduction 1 - PPL_a / PPL_b, i.e. 1 - exp(-mean), the interval "
+    "mapped the same way. The pooling difference is paired by seed (both poolings share each "
+    "seed's initial weights and batches): per seed, the sequence_mean gain minus the causal_mean "
+    "gain in log-perplexity, with the same t-interval (the baselines being identical under "
+    "both poolings, it is the same against the matched baseline). Verdict: 'holds' when the interval "
+    "excludes zero on the side of a gain, 'opposite' when it excludes zero on the other side, "
+    "'no difference' otherwise.")
+
+
+def run_config(base_cfg, pooling: str, seed: int):
+  """The config of one run: `base_cfg` with this pooling and seed, training all of MODELS."""
+  cfg = copy.deepcopy(base_cfg)
+  cfg.model.pooling = pooling
+  cfg.seed = int(seed)
+  cfg.models = ",".join(MODELS)
+  return cfg
+
+
+def workdir_of(out_dir: str, pooling: str, seed: int) -> str:
+  return os.path.join(out_dir, pooling, f"seed_{seed}")
+
+
+def _flat_config(cfg) -> dict:
+  """{"model.d_model": 64, ...}, as JSON would give it back."""
+  def walk(d, prefix):
+    for k, v in d.items():
+      yield from walk(v, f"{prefix}{k}.") if isinstance(v, dict) else [(prefix + k, v)]
+  return json.loads(json.dumps(dict(walk(cfg.to_dict(), ""))))
+
+
+# Keys that may change between a run and its rerun without changing what was trained.
+_IRRELEVANT = ("data.cache_dir", "data.worker_count", "log_every", "checkpoint_every")
+
+
+def _check_same_config(final_path: str, cfg) -> None:
+  """A finished seed is only reused by a command that would train it the same way."""
+  with open(final_path) as f:
+    old = json.load(f).get("config", {})
+  new = _flat_config(cfg)
+  diff = sorted(k for k in set(old) | set(new)
+                if k not in _IRRELEVANT and old.get(k) != new.get(k))
+  if diff:
+    shown = ", ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in diff[:3])
+    raise ConfigError(f"{final_path} was trained with a different config ({shown}"
+                      f"{', ...' if len(diff) > 3 else ''}). Use another --out for a new "
+                      "experiment, or the flags of the first run to finish this one.")
+
+
+def run_seeds(base_cfg, out_dir: str, seeds: Iterable[int], poolings: Iterable[str] = POOLINGS,
+              *, log: Callable[..., None] = print) -> bool:
+  """Trains every (seed, pooling) not finished yet; a rerun skips finished seeds and resumes a
+  partly trained one from its checkpoint. Seeds are the outer loop, so an interrupted command
+  leaves whole seeds (both poolings) behind. Returns False if training was interrupted."""
+  from dirroute_jax.train.loop import train  # here: aggregation alone needs no training stack
+
+  seeds, poolings = [int(s) for s in seeds], list(poolings)
+  todo = []
+  for s in seeds:
+    for p in poolings:
+      path = os.path.join(workdir_of(out_dir, p, s), FINAL)
+      if os.path.exists(path):
+        _check_same_config(path, run_config(base_cfg, p, s))
+      else:
+        todo.append((s, p))
+  log(f"{len(seeds) * len(poolings) - len(todo)} of {len(seeds) * len(poolings)} runs already "
+      f"finished in {out_dir}; {len(todo)} to train.")
+  t_all = time.time()
+  for i, (seed, pooling) in enumerate(todo):
+    workdir = workdir_of(out_dir, pooling, seed)
+    log(f"=== run {i + 1}/{len(todo)}: pooling {pooling}, seed {seed} -> {workdir}")
+    t = time.time()
+    summary = train(run_config(base_cfg, pooling, seed), workdir, log=log)
+    if summary.interrupted:
+      return False
+    final = {"pooling": pooling, "seed": seed, "step": summary.last_step,
+             "train_sec": round(time.time() - t, 1), "eval": summary.eval_metrics,
+             "config": _flat_config(run_config(base_cfg, pooling, seed))}
+    tmp = os.path.join(workdir, FINAL + ".tmp")
+    with open(tmp, "w") as f:
+      json.dump(final, f, indent=1)
+    os.replace(tmp, os.path.join(workdir, FINAL))
+    elapsed = time.time() - t_all
+    log(f"=== run {i + 1}/{len(todo)} done in {final['train_sec']:.0f}s; "
+        f"{len(todo) - i - 1} left, about {elapsed / (i + 1) * (len(todo) - i - 1) / 60:.0f} min")
+  return True
+
+
+def collect(out_dir: str, poolings: Iterable[str] = POOLINGS,
+            seeds: Iterable[int] | None = None) -> dict[str, dict[int, dict]]:
+  """{pooling: {seed: final.json}} for every finished run under `out_dir` (of `seeds` only,
+  if given)."""
+  wanted = None if seeds is None else {str(int(s)) for s in seeds}
+  out = {}
+  for pooling in poolings:
+    root = os.path.join(out_dir, pooling)
+    runs = {}
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+      path = os.path.join(root, name, FINAL)
+      if name.startswith("seed_") and os.path.exists(path) and (
+          wanted is None or name[len("seed_"):] in wanted):
+        with open(path) as f:
+          final = json.load(f)
+        runs[int(final["seed"])] = final
+    if runs:
+      out[pooling] = dict(sorted(runs.items()))
+  return out
+
+
+def _key(model: str, scope: str) -> str:
+  return f"eval/{model}/perplexity" if scope == "all" else f"eval/{model}/{scope}/perplexity"
+
+
+def _domains(finals: dict[str, dict[int, dict]]) -> list[str]:
+  found = set()
+  for runs in finals.values():
+    for final in runs.values():
+      for k in final["eval"]:
+        parts = k.split("/")
+        if len(parts) == 4 and parts[0] == "eval" and parts[1] == "baseline" \
+            and parts[3] == "perplexity":
+          found.add(parts[2])
+  return sorted(found)
+
+
+def _interval_entry(per_seed: dict[int, float], missing: list[str]) -> dict:
+  entry = {"per_seed_log_ratio": {str(s): v for s, v in per_seed.items()}}
+  if missing:
+    entry["missing"] = missing
+    return entry
+  ci = stats.t_interval(list(per_seed.values()))
+  entry.update({
+      "n": ci["n"], "mean_log_ratio": ci["mean"], "sd_log_ratio": ci["sd"],
+      "ci_log_ratio": [ci["low"], ci["high"]],
+      "reduction": stats.reduction(ci["mean"]),
+      "reduction_ci": [stats.reduction(ci["low"]), stats.reduction(ci["high"])],
+      "verdict": stats.verdict(ci["low"], ci["high"], paper_side=+1)})
+  return entry
+
+
+def aggregate(finals: dict[str, dict[int, dict]]) -> dict:
+  """Per-seed numbers and paired intervals from {pooling: {seed: {"eval": metrics, ...}}}.
+
+  A metric missing from some seed's evaluation (e.g. the prefix-only evaluation from an older
+  training run) is listed under "missing" for that comparison instead of an interval.
+  """
+  domains = _domains(finals)
+  scopes = ["all"] + domains
+  out = {"method": METHOD, "level": 0.95, "domains": domains, "poolings": {},
+         "pooling_difference": {}, "checks": {},
+         "train_sec_total": round(sum(final.get("train_sec") or 0.0 for runs in finals.values()
+                                      for final in runs.values()), 1)}
+  for pooling, runs in finals.items():
+    per_seed_ppl = {str(s): {m: {sc: final["eval"].get(_key(m, sc)) for sc in scopes}
+                             for m in MODELS + ((PREFIX,) if pooling == "sequence_mean" else ())}
+                    for s, final in runs.items()}
+    comparisons = {}
+    for label, a, b, applies in COMPARISONS:
+      if applies is not None and pooling not in applies:
+        continue
+      comparisons[label] = {}
+      for scope in scopes:
+        diffs, missing = {}, []
+        for seed, final in runs.items():
+          ka, kb = _key(a, scope), _key(b, scope)
+          absent = [k for k in (ka, kb) if k not in final["eval"]]
+          if absent:
+            missing += [f"seed {seed}: {k}" for k in absent]
+          else:
+            diffs[seed] = math.log(final["eval"][kb]) - math.log(final["eval"][ka])
+        comparisons[label][scope] = _interval_entry(diffs, missing)
+    out["poolings"][pooling] = {
+        "seeds": sorted(runs), "steps": sorted({final["step"] for final in runs.values()}),
+        "train_sec": {str(s): final.get("train_sec") for s, final in runs.items()},
+        "perplexity": per_seed_ppl, "comparisons": comparisons}
+
+  seq, causal = out["poolings"].get("sequence_mean"), out["poolings"].get("causal_mean")
+  both = set(seq["perplexity"]) & set(causal["perplexity"]) if seq and causal else set()
+  if not both:
+    out["checks"]["pooling_difference"] = "not computed: no seed finished under both poolings"
+  else:
+    for label in POOLING_DIFFERENCES:
+      out["pooling_difference"][label] = {}
+      for scope in scopes:
+        a = seq["comparisons"][label][scope]["per_seed_log_ratio"]
+        b = causal["comparisons"][label][scope]["per_seed_log_ratio"]
+        common = sorted(set(a) & set(b), key=int)
+        only = sorted(set(a) ^ set(b), key=int)
+        entry = _interval_entry({int(s): a[s] - b[s] for s in common},
+                                missing=[] if common else ["no seed under both poolings"])
+        if only:  # the interval is over the seeds common to both poolings
+          entry["excluded"] = [f"seed {s}: under one pooling only" for s in only]
+        out["pooling_difference"][label][scope] = entry
+    # Routing is the only difference between the poolings, so each seed's baseline must come
+    # out the same under both: a check that the runs are paired as claimed.
+    pairs = [(seq["perplexity"][s]["baseline"]["all"],
+              causal["perplexity"][s]["baseline"]["all"]) for s in both]
+    gaps = [abs(math.log(a) - math.log(b)) for a, b in pairs if a and b]
+    out["checks"]["baseline_max_abs_log_ppl_gap_between_poolings"] = max(gaps) if gaps else None
+  return out
+
+
+def _pct(x: float) -> str:
+  return f"{100 * x:+.2f}%" if x is not None and math.isfinite(x) else "n/a"
+
+
+def _row_cells(entry: dict) -> list:
+  if "missing" in entry:
+    return ["missing", "-", len(entry["per_seed_log_ratio"]),
+            f"not computed: {len(entry['missing'])} metric(s) missing (seeds.json lists them)"]
+  lo, hi = entry["reduction_ci"]
+  return [_pct(entry["reduction"]), f"[{_pct(lo)}, {_pct(hi)}]", entry["n"], entry["verdict"]]
+
+
+def _rows(by_scope: dict, prefix: list) -> list[list]:
+  """One row per held-out scope; a comparison missing in every scope collapses to one row."""
+  if all("missing" in e for e in by_scope.values()):
+    first = next(iter(by_scope.values()))  # the "all" scope
+    lacking = sorted({m.split(": ", 1)[0] for m in first["missing"]})
+    total = len(lacking) + len(first["per_seed_log_ratio"])
+    key = first["missing"][0].split(": ", 1)[-1]
+    return [prefix + ["every scope", "missing", "-", len(first["per_seed_log_ratio"]),
+                      f"not computed: {len(lacking)} of {total} runs lack {key} (and more; "
+                      "seeds.json lists them)"]]
+  return [prefix + [scope] + _row_cells(entry) for scope, entry in by_scope.items()]
+
+
+def to_markdown(results: dict) -> str:
+  lines = ["## Held-out perplexity over seeds", "", results["method"], ""]
+  rows = []
+  for pooling, p in results["poolings"].items():
+    for label, by_scope in p["comparisons"].items():
+      rows += _rows(by_scope, [pooling, label])
+  lines += [table(["pooling", "comparison (a vs b)", "held-out scope",
+                   "mean PPL reduction 1 - PPL_a/PPL_b", "95% CI", "seeds", "verdict"], rows), ""]
+  if results["pooling_difference"]:
+    lines += ["### sequence_mean gain minus causal_mean gain (paired by seed)", ""]
+    rows = [row for label, by_scope in results["pooling_difference"].items()
+            for row in _rows(by_scope, [label])]
+    lines += [table(["gain", "held-out scope", "mean difference (as a PPL reduction)", "95% CI",
+                     "seeds", "verdict"], rows), ""]
+  lines += ["### Per seed: held-out perplexity (all domains)", ""]
+  rows = []
+  for pooling, p in results["poolings"].items():
+    for seed, by_model in p["perplexity"].items():
+      rows.append([pooling, seed] + [fmt(by_model[m]["all"]) if m in by_model
+                                     and by_model[m]["all"] is not None else "-"
+                                     for m in MODELS + (PREFIX,)])
+  lines += [table(["pooling", "seed", *MODELS, "routed, prefix-only routing"], rows), ""]
+  lines.append(f"Training time of these runs, summed: {results['train_sec_total'] / 60:.1f} min "
+               "(per run: seeds.json, `train_sec`).")
+  lines.append("")
+  gap = results["checks"].get("baseline_max_abs_log_ppl_gap_between_poolings")
+  if gap is not None:
+    lines.append(f"Check: each seed's baseline under the two poolings differs by at most {gap:.3g}"
+                 " in held-out log-perplexity (0 when the runs are paired as claimed).")
+  return "\n".join(lines) + "\n"
+
+
+def read_curves(workdir: str) -> dict[str, tuple[list[int], list[float]]]:
+  """{model: (steps, held-out perplexities)} from a run's metrics.jsonl (last row per step)."""
+  rows = {}
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      if line.strip():
+        row = json.loads(line)
+        rows.setdefault(row["step"], {}).update(row)
+  curves = {}
+  for model in MODELS + (PREFIX,):
+    pts = [(s, r[f"eval/{model}/perplexity"]) for s, r in sorted(rows.items())
+           if f"eval/{model}/perplexity" in r]
+    if pts:
+      curves[model] = ([p[0] for p in pts], [p[1] for p in pts])
+  return curves
+
+
+def plot_curves(out_dir: str, finals: dict[str, dict[int, dict]], path: str) -> str:
+  """Held-out PPL versus step, one panel per pooling, one line per seed and model."""
+  colors = {"routed": "tab:red", "baseline": "tab:blue", "matched": "tab:green"}
+  fig, axes = plt.subplots(1, len(finals), figsize=(5.5 * len(finals), 3.8), squeeze=False,
+                           sharey=True)
+  for ax, (pooling, runs) in zip(axes[0], finals.items()):
+    for seed in runs:
+      curves = read_curves(workdir_of(out_dir, pooling, seed))
+      for model, color in colors.items():
+        if model in curves:
+          ax.plot(*curves[model], color=color, alpha=0.6, lw=1,
+                  label=model if seed == min(runs) else None)
+    ax.set_title(f"{pooling} ({len(runs)} seeds)")
+    ax.set_xlabel("step")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+  axes[0][0].set_ylabel("held-out perplexity")
+  axes[0][0].legend()
+  fig.savefig(path, dpi=110, bbox_inches="tight")
+  plt.close(fig)
+  return path
+
+
+def write_outputs(out_dir: str, poolings: Iterable[str] = POOLINGS,
+                  seeds: Iterable[int] | None = None) -> dict[str, str]:
+  """Aggregates the finished runs under `out_dir` (of `seeds` only, if given) into seeds.json,
+  seeds.md and ppl_vs_step.png."""
+  finals = collect(out_dir, poolings, seeds)
+  if not finals:
+    raise FileNotFoundError(f"no finished run (*/seed_*/{FINAL}) under {out_dir}; train first.")
+  results = aggregate(finals)
+  paths = {"json": os.path.join(out_dir, "seeds.json"),
+           "markdown": os.path.join(out_dir, "seeds.md"),
+           "plot": os.path.join(out_dir, "ppl_vs_step.png")}
+  with open(paths["json"], "w") as f:
+    json.dump(results, f, indent=1)
+  with open(paths["markdown"], "w") as f:
+    f.write(to_markdown(results))
+  plot_curves(out_dir, finals, paths["plot"])
+  return paths

@@ -1,0 +1,56 @@
+"""Confidence intervals over seeds and the rule that turns one into a verdict.
+
+A comparison between two models trained in the same run (same seed, same batches) is paired:
+each seed gives one difference of held-out log-perplexities, and the interval is a Student-t
+interval on the mean of those differences. Perplexity reductions are reported on the ratio
+scale, 1 - PPL_a / PPL_b, mapped from the log scale (monotone, so the interval maps too).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+HOLDS, NO_DIFFERENCE, OPPOSITE = "holds", "no difference", "opposite"
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> dict:
+  """Mean of `values` with its two-sided Student-t interval (n - 1 degrees of freedom).
+
+  For paired data pass the per-pair differences. Needs at least two values (one value has no
+  spread); with fewer the interval is NaN and says so in `note`.
+  """
+  x = np.asarray(values, np.float64)
+  n = int(x.size)
+  mean = float(x.mean()) if n else math.nan
+  if n < 2:
+    return {"n": n, "mean": mean, "sd": math.nan, "low": math.nan, "high": math.nan,
+            "level": level, "note": "fewer than 2 seeds: no interval"}
+  sd = float(x.std(ddof=1))
+  half = float(scipy_stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+  return {"n": n, "mean": mean, "sd": sd, "low": mean - half, "high": mean + half,
+          "level": level}
+
+
+def verdict(ci_low: float, ci_high: float, paper_side: int = +1) -> str:
+  """"holds" when the interval excludes zero on the paper's side (`paper_side` +1: the paper
+  says the quantity is positive, -1: negative), "opposite" when it excludes zero on the other
+  side, "no difference" when it contains zero (or is undefined)."""
+  if paper_side not in (+1, -1):
+    raise ValueError(f"paper_side must be +1 or -1, got {paper_side!r}.")
+  if not (math.isfinite(ci_low) and math.isfinite(ci_high)):
+    return NO_DIFFERENCE
+  low, high = sorted((paper_side * ci_low, paper_side * ci_high))
+  if low > 0:
+    return HOLDS
+  if high < 0:
+    return OPPOSITE
+  return NO_DIFFERENCE
+
+
+def reduction(log_ratio: float) -> float:
+  """PPL reduction 1 - PPL_a / PPL_b from log(PPL_b) - log(PPL_a) (positive: a is better)."""
+  return 1.0 - math.exp(-log_ratio)
