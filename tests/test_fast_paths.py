@@ -28,10 +28,10 @@ def _reference_router(params, x_BxTxD, pooling, depth, temperature, act=nn.gelu)
 
 
 @pytest.mark.parametrize("pooling", ["causal_mean", "sequence_mean"])
-@pytest.mark.parametrize("depth", [0, 2])
-def test_router_equals_pool_then_mlp(pooling, depth):
+@pytest.mark.parametrize("depth,hidden", [(0, 16), (2, 16), (2, 48)])  # 48 > D: pools first
+def test_router_equals_pool_then_mlp(pooling, depth, hidden):
   x_BxTxD = jax.random.normal(jax.random.key(0), (2, 9, 24)) * 3.0 + 1.0
-  router = routing.Router(num_heads=3, num_directions=2, hidden=16, depth=depth,
+  router = routing.Router(num_heads=3, num_directions=2, hidden=hidden, depth=depth,
                           temperature=5.0, pooling=pooling)
   params = nn.meta.unbox(router.init(jax.random.key(1), x_BxTxD)["params"])
   got = router.apply({"params": params}, x_BxTxD)

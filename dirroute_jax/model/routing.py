@@ -62,11 +62,11 @@ def pool(x_BxTxD: Array, pooling: str) -> Array:
 class Router(nn.Module):
   """Per-layer router, eq. (2): D -> hidden x depth -> H*K logits, shared by its layer's heads.
 
-  Takes the un-pooled router input x_BxTxD and pools it itself. For "causal_mean" the first
-  layer (affine) is applied before the prefix mean, which it commutes with:
-  W mean_{s<=t}(x_s) + b = mean_{s<=t}(W x_s + b). Same numbers, but the cumulative sum runs
-  over the first layer's width (hidden = 512) rather than D, and x is never copied to float32.
-  For "sequence_mean" pooling comes first, so the MLP runs once per sequence.
+  Takes the un-pooled router input x_BxTxD and pools it itself. The first layer is affine, so
+  it commutes with the prefix mean: W mean_{s<=t}(x_s) + b = mean_{s<=t}(W x_s + b). For
+  "causal_mean" with a first layer narrower than D (433M: 512 vs 1536) it runs first: same
+  numbers, but the cumulative sum runs over the narrower width and x is never copied to
+  float32. For "sequence_mean" pooling comes first, so the MLP runs once per sequence.
   """
 
   num_heads: int
@@ -88,10 +88,10 @@ class Router(nn.Module):
     names = [f"hidden_{i}" for i in range(self.depth)] + ["out"]
     layers = [_dense(w, (i, o), self.dtype, n)
               for w, i, o, n in zip(widths, in_axes, out_axes, names)]
-    if self.pooling == "sequence_mean":
-      h = layers[0](pool(x_BxTxD, self.pooling))
-    else:
+    if self.pooling == "causal_mean" and widths[0] < x_BxTxD.shape[-1]:
       h = pool(layers[0](x_BxTxD), self.pooling).astype(self.dtype)
+    else:
+      h = layers[0](pool(x_BxTxD, self.pooling))
     for layer in layers[1:]:
       h = layer(act(h))
     z_BxSxHxK = h.reshape(h.shape[:-1] + (self.num_heads, self.num_directions))
