@@ -17,6 +17,9 @@ Two modes:
   slow drift of a shared machine (other processes, thermal state) hits all of them alike; ratios
   come from medians. For CPUs and small configs; no per-variant peak memory.
 
+On a CPU backend the tables also give ratios of process CPU time per step, which other
+processes on a shared machine inflate far less than wall time.
+
 Duration: every variant compiles once, then runs 2 warm-up steps and --repeats x --steps timed
 steps. With defaults that is 7 variant runs (baseline once, then routed, pair and separate per
 pooling); on one H100 at 433M expect each to take a few minutes, mostly compilation and the
@@ -90,16 +93,19 @@ class Executable:
     jax.block_until_ready(metrics)
 
 
-def run_variant(parts: list[Executable], steps: int) -> float:
-  """Seconds per step of one variant (its executables back to back each step)."""
-  t0 = time.perf_counter()
+def run_variant(parts: list[Executable], steps: int) -> tuple[float, float]:
+  """Wall and process-CPU seconds per step of one variant (its executables back to back).
+
+  On a CPU backend the process CPU time is the step's own compute, which other processes on a
+  shared machine do not inflate the way they inflate wall time."""
+  t0, c0 = time.perf_counter(), time.process_time()
   if len(parts) == 1:
     parts[0].run(steps)
   else:
     for _ in range(steps):
       for p in parts:
         p.run(1)
-  return (time.perf_counter() - t0) / steps
+  return (time.perf_counter() - t0) / steps, (time.process_time() - c0) / steps
 
 
 def build(cfg, name: str, mesh, label: str) -> list[Executable]:
@@ -126,11 +132,13 @@ def measure_one(cfg, pooling: str, name: str, repeats: int, steps: int) -> dict:
   label = f"{name}, {pooling}" if name != "baseline" else name
   with jax.set_mesh(mesh):
     parts = build(cfg, name, mesh, label)
-    times = []
+    times, cpu_times = [], []
     for i in range(repeats):
-      times.append(run_variant(parts, steps))
-      say(f"[{label}] repeat {i + 1}/{repeats}: {1e3 * times[-1]:.2f} ms/step")
-  return {"times": times, "peak": peak_memory_bytes(),
+      wall, cpu = run_variant(parts, steps)
+      times.append(wall)
+      cpu_times.append(cpu)
+      say(f"[{label}] repeat {i + 1}/{repeats}: {1e3 * wall:.2f} ms/step")
+  return {"times": times, "cpu_times": cpu_times, "peak": peak_memory_bytes(),
           "compiles": [p.trainer.train_step._cache_size() for p in parts]}
 
 
@@ -142,14 +150,16 @@ def measure_interleaved(cfg, pooling: str, repeats: int, steps: int) -> dict:
   with jax.set_mesh(mesh):
     single = {n: build(cfg, n, mesh, f"{n}, {pooling}") for n in ("baseline", "routed", "pair")}
     variants = {**single, "separate": single["routed"] + single["baseline"]}
-    times = {n: [] for n in variants}
+    times, cpu_times = {n: [] for n in variants}, {n: [] for n in variants}
     for i in range(repeats):
       for n, parts in variants.items():
-        times[n].append(run_variant(parts, steps))
+        wall, cpu = run_variant(parts, steps)
+        times[n].append(wall)
+        cpu_times[n].append(cpu)
       say(f"[{pooling}] repeat {i + 1}/{repeats}: " + ", ".join(
           f"{n} {1e3 * t[-1]:.2f}" for n, t in times.items()) + " ms/step")
     for n, parts in variants.items():
-      results[n] = {"times": times[n], "peak": None,
+      results[n] = {"times": times[n], "cpu_times": cpu_times[n], "peak": None,
                     "compiles": [p.trainer.train_step._cache_size() for p in parts]}
   del single, variants
   jax.clear_caches()
@@ -228,40 +238,47 @@ def main(argv):
         f"{cfg.seq_len} (micro-batch {micro} x {cfg.grad_accum_steps}), {mode}, "
         f"{_REPEATS.value} repeats x {_STEPS.value} steps"
         + (f"; input pipeline {loader:.2f} ms/batch" if loader is not None else "") + "\n")
-  print("| pooling | variant | ms/step min | median | max | tokens/s (median) | MFU | "
-        "peak memory |")
-  print("|---|---|---|---|---|---|---|---|")
-  med = {}
+  on_cpu = device.platform == "cpu"  # elsewhere process CPU time is the host's, not the step's
+  print("| pooling | variant | ms/step min | median | max | tokens/s (median) | "
+        "CPU-time ms/step (median) | MFU | peak memory |")
+  print("|---|---|---|---|---|---|---|---|---|")
+  med, cpu_med = {}, {}
   for (pooling, name), r in results.items():
     shown = pooling if _INTERLEAVE.value or name != "baseline" else "(none)"
     if "failed" in r:
-      print(f"| {shown} | {name} | failed: {r['failed']} | | | | | |")
+      print(f"| {shown} | {name} | failed: {r['failed']} | | | | | | |")
       continue
-    ts = r["times"]
-    med[(pooling, name)] = statistics.median(ts)
-    per_device = tokens * _flops_per_token(cfg, name) / med[(pooling, name)] / jax.device_count()
+    ts, key = r["times"], (pooling, name)
+    med[key] = statistics.median(ts)
+    if on_cpu:
+      cpu_med[key] = statistics.median(r["cpu_times"])
+    per_device = tokens * _flops_per_token(cfg, name) / med[key] / jax.device_count()
     mfu = f"{100 * per_device / peak_flops:.1f}%" if peak_flops else "n/a"
-    print(f"| {shown} | {name} | {1e3 * min(ts):.2f} | {1e3 * med[(pooling, name)]:.2f} | "
-          f"{1e3 * max(ts):.2f} | {tokens / med[(pooling, name)]:,.0f} | {mfu} | "
+    cpu = f"{1e3 * cpu_med[key]:.2f}" if on_cpu else "n/a"
+    print(f"| {shown} | {name} | {1e3 * min(ts):.2f} | {1e3 * med[key]:.2f} | "
+          f"{1e3 * max(ts):.2f} | {tokens / med[key]:,.0f} | {cpu} | {mfu} | "
           f"{_fmt_bytes(r['peak'])} |")
 
-  print("\n| pooling | routed / baseline | model-FLOP ratio (train/flops.py) | pair / separate | "
-        "compiles per variant | pair step / input pipeline |")
-  print("|---|---|---|---|---|---|")
+  print("\n| pooling | routed / baseline | same, CPU time | model-FLOP ratio (train/flops.py) | "
+        "pair / separate | same, CPU time | compiles per variant | pair step / input pipeline |")
+  print("|---|---|---|---|---|---|---|---|")
   for pooling in _POOLINGS.value:
-    base = med.get((pooling, "baseline"), med.get(("causal_mean", "baseline")))
-    get = lambda n: med.get((pooling, n))
-    ratio = lambda a, b: "n/a" if a is None or b is None else f"{a / b:.3f}"
+    def ratio(times, a, b):
+      base_key = (pooling, b) if (pooling, b) in times else ("causal_mean", b)
+      x, y = times.get((pooling, a)), times.get(base_key)
+      return "n/a" if x is None or y is None else f"{x / y:.3f}"
     cfg.model.pooling = pooling
     flop_ratio = _flops_per_token(cfg, "routed") / _flops_per_token(cfg, "baseline")
     compiles = " / ".join(
         str(sum(results[key]["compiles"])) if "compiles" in results.get(key, {}) else "n/a"
         for key in ((pooling if _INTERLEAVE.value else "causal_mean", "baseline"),
                     (pooling, "routed"), (pooling, "pair")))
-    vs_loader = (f"{get('pair') / (loader / 1e3):.0f}x"
-                 if loader is not None and get("pair") else "n/a")
-    print(f"| {pooling} | {ratio(get('routed'), base)} | {flop_ratio:.3f} | "
-          f"{ratio(get('pair'), get('separate'))} | {compiles} | {vs_loader} |")
+    pair = med.get((pooling, "pair"))
+    vs_loader = f"{pair / (loader / 1e3):.0f}x" if loader is not None and pair else "n/a"
+    print(f"| {pooling} | {ratio(med, 'routed', 'baseline')} | "
+          f"{ratio(cpu_med, 'routed', 'baseline')} | {flop_ratio:.3f} | "
+          f"{ratio(med, 'pair', 'separate')} | {ratio(cpu_med, 'pair', 'separate')} | "
+          f"{compiles} | {vs_loader} |")
 
 
 def _say_pace(t_start: float, done: int, total: int) -> None:
