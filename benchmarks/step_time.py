@@ -22,10 +22,12 @@ processes on a shared machine inflate far less than wall time.
 
 Duration: every variant compiles once, then runs 2 warm-up steps and --repeats x --steps timed
 steps. With defaults that is 7 variant runs (baseline once, then routed, pair and separate per
-pooling); on one H100 at 433M expect each to take a few minutes, mostly compilation and the
-start-up of its process; tiny with --interleave takes about a minute on 2 CPU cores. Progress
-(which variant, compiling, repeat i/n, time left at the pace so far) goes to stderr; the
-markdown tables, in the format of BENCHMARKS.md, go to stdout.
+pooling). Measured: tiny with --interleave --repeats=7 --steps=10 took 4 minutes on a loaded
+2-core CPU (BENCHMARKS.md). Not yet measured: 433M on a GPU, where each run is a fresh
+process and a compile of the 433M step (30-60 s for XLA:CPU in launch/plan.py's table in
+BENCHMARKS.md) before 27 steps of 128 x 1024 tokens. Progress (which variant, compiling,
+repeat i/n, time left at the pace so far) goes to stderr; the markdown tables, in the format
+of BENCHMARKS.md, go to stdout.
 """
 
 from __future__ import annotations
