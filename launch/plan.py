@@ -51,8 +51,8 @@ def main(argv):
     target = ("this machine's " + jax.devices()[0].platform.upper()) if _REAL.value else \
         "fake CPU"
     print(f"Compiling the joint train step ahead of time for {_DEVICES.value} {target} "
-          "device(s), nothing allocated. This takes from half a minute (tiny) to several "
-          "minutes (433m on a busy 2-core CPU), with no output until it is done...",
+          "device(s), nothing allocated; no output until it is done. For 433m this has taken "
+          "30-60 s on a 2-core CPU and about 6 minutes on a busy one...",
           file=sys.stderr, flush=True)
     plan = plan_lib.make_plan(cfg, jax.devices()[:_DEVICES.value])
   except ConfigError as e:
