@@ -20,6 +20,7 @@ ROUTER_ACTIVATIONS = ("gelu", "relu", "silu", "tanh")
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots")
 ATTENTIONS = ("dot", "sd")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 NORMS = ("rms", "none")
 
 
@@ -45,6 +46,11 @@ def default_model_config() -> ml_collections.ConfigDict:
   # "dot": softmax attention; "sd": S-D attention (arXiv 2605.18826), scores through S - D with
   # S skew-symmetric and D a non-negative diagonal. The "sd" model of `models` sets it.
   m.attention = "dot"
+  # Kernel for softmax attention in training and evaluation: "cudnn" is cuDNN flash attention
+  # (NVIDIA GPUs, bf16), "xla" XLA's unfused path (any platform; it materialises the T x T
+  # scores), "auto" cuDNN where it can run and XLA elsewhere; the run's log says which.
+  # Analyses that read the attention pattern always use the explicit softmax.
+  m.attention_impl = "auto"
   m.norm = "rms"  # "rms": RMSNorm pre-norm; "none": no norms at all (S-D claims to train so)
 
   # Directional routing (SPEC §1). `routing=False` is the baseline: same module, no router.
@@ -210,6 +216,8 @@ def validate_model_config(m: ml_collections.ConfigDict) -> None:
   need(m.dtype in DTYPES, f"model.dtype={m.dtype!r} is unknown; use one of {DTYPES}.")
   need(m.attention in ATTENTIONS,
        f"model.attention={m.attention!r} is unknown; use one of {ATTENTIONS}.")
+  need(m.attention_impl in ATTENTION_IMPLS,
+       f"model.attention_impl={m.attention_impl!r} is unknown; use one of {ATTENTION_IMPLS}.")
   need(m.norm in NORMS, f"model.norm={m.norm!r} is unknown; use one of {NORMS}.")
   need(m.remat in REMAT_POLICIES,
        f"model.remat={m.remat!r} is unknown; use one of {REMAT_POLICIES}.")

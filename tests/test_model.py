@@ -224,7 +224,7 @@ def test_bfloat16_compute_tracks_float32(tiny_cfg):
 
 @pytest.mark.parametrize("key,value", [("pooling", "mean"), ("router_activation", "swish"),
                                        ("head_dim", 15), ("num_directions", 0),
-                                       ("dtype", "float16")])
+                                       ("dtype", "float16"), ("attention_impl", "flash")])
 def test_bad_model_config_is_a_clear_error(tiny_cfg, key, value):
   tiny_cfg.model[key] = value
   with pytest.raises(ConfigError, match=f"model.{key}"):

@@ -90,5 +90,7 @@ def test_plan_cli(tmp_path):
        "--config.model.num_layers=1", "--config.seq_len=16", "--config.batch_size=4"],
       capture_output=True, text=True, env={**os.environ, "XLA_FLAGS": ""})
   assert out.returncode == 0, out.stderr
+  # It says what it is doing before the silent compile (stderr: stdout stays the plan).
+  assert "Compiling the joint train step ahead of time for 4 fake CPU device(s)" in out.stderr
   assert "devices 4 (mesh data 1 x fsdp 4 x tensor 1), preset fsdp" in out.stdout
   assert "fits h100 (80 GiB HBM per chip): YES" in out.stdout

@@ -95,8 +95,8 @@ class Block(nn.Module):
         routing=m.routing, num_directions=m.num_directions, router_hidden=m.router_hidden,
         router_depth=m.router_depth, router_activation=m.router_activation,
         router_temperature=m.router_temperature, pooling=m.pooling, attention=m.attention,
-        linear=self.linear, decode=self.decode, dtype=dtype, prefix=f"{prefix}.attn",
-        name="attn",
+        attention_impl=m.attention_impl, linear=self.linear, decode=self.decode, dtype=dtype,
+        prefix=f"{prefix}.attn", name="attn",
     )(h_BxTxD, router_x_BxTxD, iv.layer(self.layer), capture)
     x_BxTxD = nn.with_logical_constraint(x_BxTxD, _RESID_AXES)
     sow("resid_mid", x_BxTxD)

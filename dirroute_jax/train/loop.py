@@ -17,6 +17,7 @@ import numpy as np
 from dirroute_jax.config import ConfigError, validate_config
 from dirroute_jax.data import tokenizers
 from dirroute_jax.data.pipeline import make_data
+from dirroute_jax.model import attention
 from dirroute_jax.train import checkpoint, flops, sharding, step as step_lib
 from dirroute_jax.train.evaluate import evaluate, to_global
 from dirroute_jax.train.metrics import MetricsWriter
@@ -125,6 +126,7 @@ def train(cfg, workdir: str, *, log=print) -> RunSummary:
       say(f"Resumed from step {start} in {workdir}")
     else:
       state, start = trainer.init_state(jax.random.key(cfg.seed)), 0
+    say(attention.attention_impl_summary(cfg.model))
     say(f"Training {', '.join(trainer.models)} for {cfg.steps} steps: batch {cfg.batch_size} x "
         f"{cfg.seq_len} tokens, {jax.device_count()} device(s), mesh {dict(mesh.shape)}, "
         f"preset {cfg.mesh.preset}; tokenizer {data.tokenizer.name} "
@@ -164,17 +166,22 @@ def train(cfg, workdir: str, *, log=print) -> RunSummary:
                                data.tokenizer, cfg.eval_samples, cfg.eval_sample_tokens)
         if is_log or is_eval:
           now = time.time()
-          if done - last_log_step > 1 or last_log_step > start:  # skip the compile step
+          # The first window holds compilation and warm-up: timed, but not throughput.
+          # Throughput is the median over later windows (robust to eval and save pauses).
+          warmup_s = now - last_log_time if last_log_step == start else None
+          if warmup_s is None:
             step_times.append((now - last_log_time) / (done - last_log_step))
           sec_per_step = float(np.median(step_times)) if step_times else float("nan")
-          metrics["perf/tokens_per_sec"] = tokens_per_step / sec_per_step
-          metrics["perf/sec_per_step"] = sec_per_step
-          per_device = flops_per_step / sec_per_step / jax.device_count()
-          metrics["perf/model_tflops_per_device"] = per_device / 1e12
-          if peak:
-            metrics["perf/mfu"] = per_device / peak
+          if step_times:
+            metrics["perf/tokens_per_sec"] = tokens_per_step / sec_per_step
+            metrics["perf/sec_per_step"] = sec_per_step
+            per_device = flops_per_step / sec_per_step / jax.device_count()
+            metrics["perf/model_tflops_per_device"] = per_device / 1e12
+            if peak:
+              metrics["perf/mfu"] = per_device / peak
           writer.write(done, metrics)
-          say(_progress_line(done, cfg.steps, metrics, sec_per_step, tokens_per_step))
+          say(_progress_line(done, cfg.steps, metrics, sec_per_step, tokens_per_step,
+                             warmup_s, done - start))
           last_log_time, last_log_step = time.time(), done
         if is_save:
           ckpt.save(done, state, data_iter=data_iter, config=cfg, force=stop.stop)
@@ -201,7 +208,8 @@ def train(cfg, workdir: str, *, log=print) -> RunSummary:
                     workdir=workdir)
 
 
-def _progress_line(done, steps, m, sec_per_step, tokens_per_step) -> str:
+def _progress_line(done, steps, m, sec_per_step, tokens_per_step, warmup_s=None,
+                   warmup_steps=0) -> str:
   parts = [f"step {done:>{len(str(steps))}}/{steps}"]
   names = sorted((k[:-len("/loss")] for k in m if k.endswith("/loss") and "/" not in k[:-5]
                   and k != "delta/loss"), key=lambda n: (n != "routed", n != "baseline", n))
@@ -214,7 +222,10 @@ def _progress_line(done, steps, m, sec_per_step, tokens_per_step) -> str:
            if f"eval/{name}/perplexity" in m]
   if evals:
     parts.append("eval ppl " + " ".join(evals))
-  if math.isfinite(sec_per_step):
+  if warmup_s is not None:
+    parts.append(f"warming up: first {warmup_steps} step(s) took {warmup_s:.1f}s incl. "
+                 "compile; throughput from the next line on")
+  elif math.isfinite(sec_per_step):
     parts.append(f"{tokens_per_step / sec_per_step:,.0f} tok/s")
     if "perf/mfu" in m:
       parts.append(f"MFU {100 * m['perf/mfu']:.1f}%")
