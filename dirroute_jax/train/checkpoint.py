@@ -377,19 +377,22 @@ class Checkpointer:
     training catches up (it skips steps <= its latest), and every restart
     would warn about them anew. Moving instead of deleting keeps evidence.
     """
-    if not steps or self.read_only:
-      return
+    if steps and not self.read_only:
+      self.move_aside(steps, 'corrupt_checkpoints')
+
+  def move_aside(self, steps: list[int], folder: str) -> epath.Path:
+    """Moves finalized `steps` to WORKDIR/<folder>/<step>-<time>; returns the folder."""
+    dest_root = self.workdir / folder
     if jax.process_index() == 0:
-      dest_root = self.workdir / 'corrupt_checkpoints'
       dest_root.mkdir(parents=True, exist_ok=True)
       for s in steps:
         dest = dest_root / f'{s}-{time.strftime("%Y%m%d-%H%M%S")}'
         self._step_dir(s).rename(dest)
-        logging.warning('Moved corrupt checkpoint %s to %s.',
-                        self._step_dir(s), dest)
+        logging.warning('Moved checkpoint %s to %s.', self._step_dir(s), dest)
     if jax.process_count() > 1:
-      ocp.multihost.sync_global_processes('dirroute_checkpoint_quarantine')
+      ocp.multihost.sync_global_processes('dirroute_checkpoint_move_aside')
     self._mngr.reload()
+    return dest_root
 
 
 def restore_config(workdir: epath.PathLike, *,
