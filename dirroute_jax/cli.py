@@ -26,7 +26,8 @@ def _one_line(e: BaseException) -> str:
   """An exception's message on one line, without the repr quoting absl adds around it."""
   text = e.args[0] if len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
   text = text.strip().strip("\"'")
-  return " ".join(text.replace("\\n", "\n").replace("\\'", "'").split())
+  text = text.replace("\\n", "\n").replace("\\'", "'")
+  return "; ".join(" ".join(line.split()) for line in text.splitlines() if line.strip())
 
 
 def config_file_error(path: str) -> str | None:

@@ -19,7 +19,11 @@ so they are expanded inside `srun`'s `bash -c`, not in the batch script.
 
 The workdir must be on a filesystem every node sees (each process writes its part of every
 checkpoint). `--requeue` makes a preempted or failed-node job start again, and the rerun
-resumes from the latest checkpoint.
+resumes from the latest checkpoint. SLURM sends SIGTERM before preempting a job or at its time
+limit; launch/train.py then saves and exits PREEMPTED (75, dirroute_jax/exit_codes.py), and the
+script requeues the job itself (the time limit case, which SLURM does not requeue). Any other
+failure is left failed: it would repeat. The flags after `--` are checked here first, with
+launch/train.py's own definitions and the config loaded.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ import sys
 
 from absl import app, flags
 
-from dirroute_jax.cli import parse_flags
+from dirroute_jax import exit_codes
+from dirroute_jax.cli import check_train_args, fail, parse_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROCS = ("node", "gpu")
@@ -66,11 +71,10 @@ def check_job(job: SlurmJob) -> None:
     raise ValueError(f"--procs={job.procs!r} is unknown; use one of {PROCS}.")
   if job.nodes < 1 or job.gpus_per_node < 1:
     raise ValueError("--nodes and --gpus_per_node must be >= 1.")
-  if "://" in job.workdir:
-    return  # gs:// etc.: shared by construction
-  if not os.path.isabs(job.workdir):
+  if "://" not in job.workdir and not os.path.isabs(job.workdir):  # gs://: shared anyway
     raise ValueError(f"--workdir={job.workdir!r}: give an absolute path on a filesystem every "
                      "node mounts (the job runs from --repo_dir, not from here).")
+  check_train_args(job.config, job.workdir, job.train_args, REPO)
 
 
 def sbatch_script(job: SlurmJob) -> str:
@@ -109,8 +113,15 @@ def sbatch_script(job: SlurmJob) -> str:
       "export COORDINATOR",
       f"TRAIN_ARGS=({' '.join(shlex.quote(a) for a in train_args)})",
       "# Single quotes: SLURM_PROCID / SLURM_LOCALID are set per task, so expand them in it.",
+      "status=0",
       f"srun --kill-on-bad-exit=1 --ntasks-per-node={job.tasks_per_node} "
-      f"bash -c {shlex.quote(per_task)} _ \"${{TRAIN_ARGS[@]}}\"",
+      f"bash -c {shlex.quote(per_task)} _ \"${{TRAIN_ARGS[@]}}\" || status=$?",
+      f"if [[ $status -eq {exit_codes.PREEMPTED} ]]; then  # SIGTERM: saved, resume in a new "
+      "allocation",
+      '  echo "preempted (status 75): requeueing job $SLURM_JOB_ID"',
+      '  scontrol requeue "$SLURM_JOB_ID"',
+      "fi",
+      'exit "$status"',
       "",
   ]
   return "\n".join(lines)
@@ -143,7 +154,7 @@ def main(argv):
   try:
     script = sbatch_script(job)
   except ValueError as e:
-    sys.exit(f"error: {e}")
+    fail(str(e))
   if f.dry_run:
     print(script, end="")
     return

@@ -23,6 +23,11 @@ from dirroute_jax.train.loop import DATA_FINGERPRINT
 from dirroute_jax.train.step import model_configs
 
 
+# What load_workdir raises for a workdir it cannot open (missing, no checkpoint, every
+# checkpoint damaged, a checkpoint of another shape): launchers turn these into one line.
+LOAD_ERRORS = (FileNotFoundError, ValueError, OSError, checkpoint.CheckpointError)
+
+
 @dataclasses.dataclass
 class Workdir:
   """A trained set of models. `models[name]` and `params[name]` go to `forward(...)`."""
@@ -71,6 +76,13 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def load_workdir(path: str, *, step: int | None = None) -> Workdir:
+  """Opens the run in `path` (at `step`, default the newest usable one). A damaged newest
+  checkpoint (config or arrays) is skipped with a warning; raises one of LOAD_ERRORS."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+
+  if not epath.Path(path).is_dir():
+    raise FileNotFoundError(f"{path} is not a directory (give the --workdir of a "
+                            "launch/train.py run)")
   cfg = config_from_json(checkpoint.restore_config(path, step=step))
   models = {name: build_model(mc) for name, mc in model_configs(cfg).items()}
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
