@@ -560,3 +560,60 @@ def test_checksum_is_independent_of_sharding(tmp_path):
       lambda x: jax.device_put(x, NamedSharding(
           mesh, P('a', 'b') if x.ndim == 2 else P())), state)
   assert ckpt_lib.state_digest(sharded) == ckpt_lib.state_digest(state)
+
+
+def test_deleted_iterator_file_is_named_as_such(tmp_path, caplog):
+  state = make_state()
+  it = iter(grain.MapDataset.range(100).batch(4).to_iter_dataset())
+  with ckpt_lib.Checkpointer(tmp_path, async_save=False) as ckpt:
+    ckpt.save(3, state, data_iter=it)
+  (tmp_path / 'checkpoints' / '3' / 'data' / 'process_0-of-1.json').unlink()
+  fresh = iter(grain.MapDataset.range(100).batch(4).to_iter_dataset())
+  with caplog.at_level(logging.WARNING), ckpt_lib.Checkpointer(tmp_path) as ckpt:
+    ckpt.restore(abstract_of(state), data_iter=fresh, data_fallback=lambda s: None)
+  warning = next(r.getMessage() for r in caplog.records if 'process_0-of-1' in r.getMessage())
+  assert 'is missing' in warning and 'different number' not in warning
+
+
+def test_corrupt_config_of_latest_step_is_skipped(tmp_path, caplog):
+  cfg_a = ml_collections.ConfigDict({'seed': 1})
+  with ckpt_lib.Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, make_state(), config=cfg_a)
+    ckpt.save(2, make_state(), config=cfg_a)
+  (tmp_path / 'checkpoints' / '2' / 'config' / 'metadata').write_text('{"seed": 1, "mo')
+  with caplog.at_level(logging.WARNING):
+    assert ckpt_lib.restore_config(tmp_path) == {'seed': 1}
+  assert any('unreadable' in r.getMessage() and '/2/config' in r.getMessage()
+             for r in caplog.records)
+  with pytest.raises(ckpt_lib.CheckpointError, match='unreadable'):
+    ckpt_lib.restore_config(tmp_path, step=2)
+
+
+def test_disk_full_on_save_is_a_clean_error(tmp_path):
+  """A write that fails (here: the file-size limit, as a full disk would) surfaces as a
+  CheckpointError naming the directory, from save() or the next call, never silently."""
+  script = textwrap.dedent(f'''
+      import resource, signal, sys
+      sys.path.insert(0, {str(REPO_ROOT)!r})
+      import jax.numpy as jnp
+      import numpy as np
+      from dirroute_jax.train import checkpoint as ckpt_lib
+      ckpt = ckpt_lib.Checkpointer({str(tmp_path)!r})
+      ckpt.save(1, {{'w': jnp.ones((4,))}})
+      ckpt.wait()
+      signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill, like ENOSPC
+      resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+      try:
+        # Random, so orbax's compression cannot shrink it under the limit.
+        ckpt.save(2, {{'w': jnp.asarray(np.random.default_rng(0).random((512, 512)),
+                                        jnp.float32)}})
+        ckpt.wait()
+      except ckpt_lib.CheckpointError as e:
+        print('CLEAN', e)
+      print('STEPS', ckpt.all_steps())
+  ''')
+  proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                        env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''})
+  assert 'CLEAN saving checkpoint' in proc.stdout, proc.stdout + proc.stderr[-3000:]
+  assert str(tmp_path / 'checkpoints') in proc.stdout
+  assert 'STEPS [1]' in proc.stdout
