@@ -253,8 +253,11 @@ def test_double_ctrl_c_aborts_in_one_line(tmp_path, cache):
 
 def test_rerun_of_a_finished_or_shortened_run_writes_nothing_new(tmp_path, cache):
   wd = tmp_path / "finished"
-  _run(wd, cache, "--config.steps=10", "--config.checkpoint_every=5", "--config.log_every=5",
-       "--config.eval_every=0")
+  # A time-based interval too short to skip any step: a save after each one.
+  _run(wd, cache, "--config.steps=10", "--config.checkpoint_every=0", "--config.log_every=5",
+       "--config.eval_every=0", "--config.checkpoint_every_secs=1e-6",
+       "--config.checkpoint.keep=20")
+  assert checkpoint.Checkpointer(str(wd), read_only=True).all_steps() == list(range(1, 11))
   before = (wd / "metrics.jsonl").read_text()
   out = _run(wd, cache, "--config.steps=10").stdout
   assert "Held-out perplexity" in out

@@ -6,9 +6,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 
 from absl import logging
+from etils import epath
 
 import flax.linen as nn
 import jax
@@ -47,9 +47,9 @@ class Workdir:
     """The run's data (held-out batches with domain labels), rebuilt from the corpus cache
     and tokenized with the run's own tokenizer."""
     data = make_data(self.cfg, tokenizer=self.tokenizer)
-    path = os.path.join(self.path, DATA_FINGERPRINT)
-    if os.path.exists(path):
-      trained_on = json.load(open(path))["corpus"]
+    path = epath.Path(self.path) / DATA_FINGERPRINT  # a gs:// workdir too
+    if path.exists():
+      trained_on = json.loads(path.read_text())["corpus"]
       if trained_on != data.stats.get("corpus_fingerprint"):
         logging.warning(
             "The corpus has changed since %s was trained (fingerprint %s, now %s: e.g. the "
@@ -78,8 +78,6 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def load_workdir(path: str, *, step: int | None = None) -> Workdir:
   """Opens the run in `path` (at `step`, default the newest usable one). A damaged newest
   checkpoint (config or arrays) is skipped with a warning; raises one of LOAD_ERRORS."""
-  from etils import epath  # pylint: disable=g-import-not-at-top
-
   if not epath.Path(path).is_dir():
     raise FileNotFoundError(f"{path} is not a directory (give the --workdir of a "
                             "launch/train.py run)")

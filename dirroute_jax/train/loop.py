@@ -258,7 +258,7 @@ def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
   flops_per_step = tokens_per_step * sum(
       flops.flops_per_token(mc, cfg.seq_len) for mc in step_lib.model_configs(cfg).values())
   peak = flops.peak_flops_per_device(jax.devices()[0].device_kind)
-  save_secs = float(cfg.get("checkpoint_every_secs", 0) or 0)
+  save_secs = float(cfg.checkpoint_every_secs)
 
   with jax.set_mesh(mesh):
     if latest is not None:
