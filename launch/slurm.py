@@ -38,6 +38,7 @@ from absl import app, flags
 
 from dirroute_jax import exit_codes
 from dirroute_jax.cli import check_train_args, fail, parse_flags
+from dirroute_jax.train.lock import STALE_SECS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROCS = ("node", "gpu")
@@ -120,6 +121,11 @@ def sbatch_script(job: SlurmJob) -> str:
       "allocation",
       '  echo "preempted (status 75): requeueing job $SLURM_JOB_ID"',
       '  scontrol requeue "$SLURM_JOB_ID"',
+      f"elif [[ $status -eq {exit_codes.BUSY} && ${{SLURM_RESTART_COUNT:-0}} -gt 0 ]]; then",
+      "  # Requeued after a node died without SIGTERM: its workdir lease expires "
+      f"{int(STALE_SECS)} s after its last heartbeat.",
+      f'  echo "workdir lease of the previous run not expired; requeueing in {int(STALE_SECS)} s"',
+      f"  sleep {int(STALE_SECS)} && scontrol requeue \"$SLURM_JOB_ID\"",
       "fi",
       'exit "$status"',
       "",

@@ -37,6 +37,7 @@ from absl import app, flags
 
 from dirroute_jax import exit_codes
 from dirroute_jax.cli import check_train_args, fail, parse_flags
+from dirroute_jax.train.lock import STALE_SECS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REMOTE_DIR = "~/dirroute-jax"
@@ -266,6 +267,13 @@ def run(job: TpuJob, *, max_restarts: int = 10, poll_seconds: float = 60, keep: 
           log(f"[tpu] training finished; checkpoints and metrics in {job.workdir}")
           return 0
         slice_state = state(job, execute)
+        if rc == exit_codes.BUSY and restarts > 0:
+          # A slice that vanished without SIGTERM left its workdir lease behind, fresh: it
+          # goes stale STALE_SECS after its last heartbeat.
+          log(f"[tpu] the preempted slice's lease on {job.workdir} has not expired yet; "
+              f"waiting {STALE_SECS:.0f} s.")
+          sleep(STALE_SECS)
+          raise Preempted("workdir lease of the preempted slice")
         if rc != exit_codes.PREEMPTED and slice_state == ACTIVE:
           why = {exit_codes.USAGE: "rejected its flags or config",
                  exit_codes.DIVERGED: "diverged (non-finite loss or state)",

@@ -164,6 +164,16 @@ def test_run_reruns_on_preempted_status_on_a_live_slice():
   assert rc == 0 and fake.verbs().count("train") == 2
 
 
+def test_run_waits_out_the_lease_of_a_vanished_slice():
+  # Preempted without SIGTERM (255, slice gone): the rerun finds the old lease still fresh
+  # (BUSY), waits for it to go stale and tries again, instead of giving up.
+  fake, slept = FakeGcloud([None, "ACTIVE", "FAILED", None, "ACTIVE"],
+                           [255, exit_codes.BUSY, 0]), []
+  rc = tpu.run(_job("v4-8"), poll_seconds=0, execute=fake, sleep=slept.append,
+               log=lambda *a: None)
+  assert rc == 0 and fake.verbs().count("train") == 3 and tpu.STALE_SECS in slept
+
+
 def test_run_gives_up_after_max_restarts():
   fake = FakeGcloud([None, "ACTIVE"], [exit_codes.PREEMPTED] * 3)
   rc = tpu.run(_job("v4-8"), max_restarts=2, poll_seconds=0, execute=fake,
@@ -283,7 +293,7 @@ def test_sbatch_script_requeues_only_on_preempted(tmp_path):
   (bin_dir / "scontrol").write_text(
       f"#!/bin/bash\n[[ $1 == requeue ]] && echo \"$@\" >> {tmp_path}/requeued\n"
       "echo node-1\n")
-  for code in (exit_codes.PREEMPTED, exit_codes.DIVERGED):
+  for code in (exit_codes.PREEMPTED, exit_codes.DIVERGED, exit_codes.BUSY):
     (tmp_path / "requeued").unlink(missing_ok=True)
     (bin_dir / "srun").write_text(f"#!/bin/bash\nexit {code}\n")
     for f in ("scontrol", "srun"):

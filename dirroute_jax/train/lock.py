@@ -27,6 +27,8 @@ from absl import logging
 from etils import epath
 
 LOCK_FILE = "writer.lock"
+HEARTBEAT_SECS = 30.0
+STALE_SECS = 300.0  # a lease from another host whose heartbeat is older than this is dead
 
 
 class WorkdirBusyError(RuntimeError):
@@ -55,8 +57,8 @@ def _pid_alive(pid: int) -> bool:
 class WorkdirLock:
   """`with WorkdirLock(workdir): ...` holds the lease; raises WorkdirBusyError if taken."""
 
-  def __init__(self, workdir: epath.PathLike, *, heartbeat_secs: float = 30.0,
-               stale_secs: float = 300.0, settle_secs: float = 1.0):
+  def __init__(self, workdir: epath.PathLike, *, heartbeat_secs: float = HEARTBEAT_SECS,
+               stale_secs: float = STALE_SECS, settle_secs: float = 1.0):
     self.path = epath.Path(workdir) / LOCK_FILE
     self.heartbeat_secs = heartbeat_secs
     self.stale_secs = stale_secs
