@@ -280,7 +280,9 @@ def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
 
     last_log_time, last_log_step, done = time.time(), start, start
     last_save_time = time.time()
-    trusted_before = start + 1  # checkpoints below this step gave a finite loss after them
+    # Checkpoints below this step gave a finite loss after them (seen in this process; the
+    # restored one has not been yet).
+    trusted_before = start
     step_times = []
     interrupted = False
     try:
@@ -333,10 +335,13 @@ def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
         finished_before = start >= cfg.steps
         if not finished_before:
           _save(ckpt, done, state, data_iter, cfg, workdir, trusted_before)
-        eval_metrics = writer.eval_row(done) if eval_at != done else eval_metrics
-        if not eval_metrics:  # a rerun of a finished run reuses the row already written
-          eval_metrics = run_eval()
-          writer.write(done, eval_metrics)
+        if eval_at != done:
+          # A rerun of a finished run reuses the row already written (one process: with
+          # several, all must take part in the evaluation, and the row is merged, not added).
+          eval_metrics = writer.eval_row(done) if jax.process_count() == 1 else {}
+          if not eval_metrics:
+            eval_metrics = run_eval()
+            writer.write(done, eval_metrics)
       ckpt.close()  # waits for the last save; raises if it failed
     except BaseException:
       # Already failing: report that error, not a second one from the in-flight save.
