@@ -5,6 +5,7 @@ can check the flags they forward to it before renting anything."""
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import sys
 import types
@@ -48,6 +49,30 @@ def config_file_error(path: str) -> str | None:
   return None
 
 
+class _NoLibraryTracebacks(std_logging.Filter):
+  """Orbax logs an error in its background threads with the whole traceback (a full disk:
+  ~200 lines); the run then stops with one line of its own. Keep orbax's line, drop its
+  traceback (--verbosity=0 or higher shows everything)."""
+
+  def filter(self, record):
+    if f"{os.sep}orbax{os.sep}" in record.pathname:
+      record.exc_info, record.exc_text, record.stack_info = None, None, None
+    return True
+
+
+def _unraisable(hook):
+  """After a failed write, tensorstore's pending callbacks post to orbax's already-closed event
+  loop, each a traceback ("Event loop is closed", dozens); the failure itself is reported once.
+  Everything else goes to the previous hook."""
+
+  def quiet(info):
+    if isinstance(info.exc_value, RuntimeError) and str(info.exc_value) == "Event loop is closed":
+      return
+    hook(info)
+
+  return quiet
+
+
 def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
   """absl's parser with readable errors; library INFO logs (orbax is chatty) hidden unless
   --verbosity is given. Exits with exit_codes.USAGE on any bad flag."""
@@ -72,6 +97,8 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
   if flag_values is flags.FLAGS and not any(
       a.startswith(("--verbosity", "-v")) for a in argv[1:]):
     logging.set_verbosity(logging.WARNING)
+    logging.get_absl_handler().addFilter(_NoLibraryTracebacks())
+    sys.unraisablehook = _unraisable(sys.unraisablehook)
   return rest
 
 

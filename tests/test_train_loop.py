@@ -267,3 +267,28 @@ def test_rerun_of_a_finished_or_shortened_run_writes_nothing_new(tmp_path, cache
   out = _run(wd, cache, "--config.steps=15", "--config.log_every=5").stdout
   assert "steps changed 10 -> 15: the cosine learning-rate schedule" in out
   assert sorted(_metrics(wd)) == [5, 10, 15]
+
+
+def _limit_file_size():
+  import resource
+  signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails like ENOSPC
+  resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+
+def test_a_failed_save_stops_training_with_one_line(tmp_path, cache):
+  """The first checkpoint (~6 MB) cannot be written under a 1 MB file-size limit, as on a
+  full disk: training stops at the first logged step after orbax reports the failure, before
+  the next save, with an I/O status and no traceback."""
+  _run(tmp_path / "warm", cache, "--config.steps=1")  # the data cache, written without a limit
+  wd = tmp_path / "full"
+  proc = subprocess.run(_cmd(wd, cache, "--config.steps=40", "--config.checkpoint_every=10",
+                             "--config.log_every=2", "--config.eval_every=0",
+                             "--compilation_cache="),
+                        capture_output=True, text=True, preexec_fn=_limit_file_size,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
+  assert proc.returncode == exit_codes.IO_ERROR, proc.stdout + proc.stderr
+  lines = proc.stderr.strip().splitlines()
+  assert lines[-1].startswith("error: saving checkpoint") and "Traceback" not in proc.stderr
+  assert len(lines) <= 6, proc.stderr  # orbax's own one-line log records, then ours
+  assert max(_metrics(wd)) < 20  # stopped before the next save was due
+  assert checkpoint.Checkpointer(str(wd), read_only=True).all_steps() == []

@@ -155,11 +155,15 @@ class Checkpointer:
       raise _write_error(self.directory, step, e) from e
 
   def check(self):
-    """Raises CheckpointError if a background save has failed (disk full...)."""
-    try:
-      self._mngr.check_for_errors()
-    except Exception as e:  # pylint: disable=broad-exception-caught
-      raise _write_error(self.directory, None, e) from e
+    """Raises CheckpointError if a background save has failed (disk full...).
+
+    Never blocks: a save still in flight is not waited for. Orbax keeps the
+    error of its finalize thread for `wait_until_finished` (its
+    `check_for_errors` does not see it), which returns at once once the
+    thread is done.
+    """
+    if not self._mngr.is_saving_in_progress():
+      self.wait()
 
   def wait(self):
     """Blocks until the in-flight save (if any) is finalized on disk."""
