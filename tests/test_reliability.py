@@ -242,3 +242,10 @@ def test_interpret_checks_out_before_loading_or_analysing(tmp_path):
   proc = _launch("interpret", f"--workdir={tmp_path}/nothing", f"--out={blocker}/report")
   assert proc.returncode == exit_codes.USAGE
   assert "cannot write the report" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unreadable_lease_is_replaced(tmp_path, capsys):
+  (tmp_path / lock.LOCK_FILE).write_text('{"host": "x", "pi')  # a crash mid-write
+  with lock.WorkdirLock(tmp_path, settle_secs=0):
+    assert json.loads((tmp_path / lock.LOCK_FILE).read_text())["pid"] == os.getpid()
+  assert "unreadable lease" in capsys.readouterr().out

@@ -100,6 +100,12 @@ class WorkdirLock:
     self._record = {"host": socket.gethostname(), "pid": os.getpid(), "started": now,
                     "heartbeat": now, "id": uuid.uuid4().hex}
     holder = self.read()
+    if holder is None and self.path.exists():  # being created right now, or left half-written
+      time.sleep(max(self.settle_secs, 0.2))
+      holder = self.read()
+      if holder is None and self.path.exists():
+        print(f"WARNING: removing the unreadable lease {self.path}.", flush=True)
+        self.path.unlink(missing_ok=True)
     took_over = holder is not None
     if holder is not None:
       reason = self.stale_reason(holder)
@@ -134,6 +140,18 @@ class WorkdirLock:
     with os.fdopen(fd, "w") as f:
       f.write(data)
 
+  def _rewrite(self):
+    """Replaces the record whole: a reader never sees half of it (an object store's write
+    is whole anyway)."""
+    data = json.dumps(self._record)
+    if "://" in str(self.path):
+      self.path.write_text(data)
+      return
+    tmp = f"{self.path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+      f.write(data)
+    os.replace(tmp, self.path)
+
   def _busy(self, holder: dict) -> WorkdirBusyError:
     who = self.describe(holder) if holder else "another process"
     return WorkdirBusyError(
@@ -151,7 +169,7 @@ class WorkdirLock:
         return
       self._record["heartbeat"] = _now()
       try:
-        self.path.write_text(json.dumps(self._record))
+        self._rewrite()
       except OSError as e:  # a transient store error must not kill training
         logging.warning("Could not refresh %s: %s", self.path, e)
 
