@@ -114,6 +114,9 @@ def sbatch_script(job: SlurmJob) -> str:
       "export COORDINATOR",
       f"TRAIN_ARGS=({' '.join(shlex.quote(a) for a in train_args)})",
       "# Single quotes: SLURM_PROCID / SLURM_LOCALID are set per task, so expand them in it.",
+      "# SLURM sends SIGTERM to this script too; a trap (not inherited by srun's tasks) keeps it",
+      "# alive until the training step has saved, so the status below is acted on.",
+      "trap 'echo \"SIGTERM: waiting for the training step to save\" >&2' TERM",
       "status=0",
       f"srun --kill-on-bad-exit=1 --ntasks-per-node={job.tasks_per_node} "
       f"bash -c {shlex.quote(per_task)} _ \"${{TRAIN_ARGS[@]}}\" || status=$?",

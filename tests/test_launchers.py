@@ -304,3 +304,25 @@ def test_sbatch_script_requeues_only_on_preempted(tmp_path):
                                           "SLURM_JOB_NODELIST": "node-1", "SLURM_JOB_ID": "7"})
     assert proc.returncode == code
     assert (tmp_path / "requeued").exists() == (code == exit_codes.PREEMPTED)
+
+
+def test_sbatch_script_survives_sigterm_until_training_has_saved(tmp_path):
+  """SLURM signals the batch script as well as the tasks: the script must outlive the
+  training step (which saves, then exits PREEMPTED) to requeue the job."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  (bin_dir / "scontrol").write_text(
+      f"#!/bin/bash\n[[ $1 == requeue ]] && echo \"$@\" >> {tmp_path}/requeued\necho node-1\n")
+  (bin_dir / "srun").write_text(f"#!/bin/bash\ntouch {tmp_path}/started\nsleep 1\n"
+                                f"exit {exit_codes.PREEMPTED}\n")
+  for f in ("scontrol", "srun"):
+    os.chmod(bin_dir / f, 0o755)
+  script = slurm.sbatch_script(_slurm_job(repo_dir=str(tmp_path), venv=None))
+  proc = subprocess.Popen(["bash", "-c", script], stderr=subprocess.PIPE, text=True,
+                          env={"PATH": f"{bin_dir}:{os.environ['PATH']}",
+                               "SLURM_JOB_NODELIST": "node-1", "SLURM_JOB_ID": "7"})
+  while not (tmp_path / "started").exists():
+    assert proc.poll() is None
+  proc.send_signal(subprocess.signal.SIGTERM)
+  assert proc.wait(timeout=30) == exit_codes.PREEMPTED
+  assert (tmp_path / "requeued").read_text().split() == ["requeue", "7"]
