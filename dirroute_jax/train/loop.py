@@ -34,6 +34,7 @@ from dirroute_jax.train.metrics import MetricsWriter
 
 DATA_FINGERPRINT = "data_fingerprint.json"  # which corpus and tokenizer the run trained on
 DIVERGED_DIR = "diverged_checkpoints"
+_AGREE_EVERY = 10  # steps between multi-process agreements on a stop or a time-based save
 
 # Config keys a resume may change: they say how long and how observably the run goes, or how
 # it is laid out on devices, not what it computes. Everything else (model, models, pooling,
@@ -91,8 +92,9 @@ class _StopFlag:
       signal.signal(sig, previous)
 
   @property
-  def preempted(self) -> bool:
-    return self.signum == signal.SIGTERM
+  def level(self) -> int:
+    """0: go on; 1: stop (Ctrl-C); 2: stop, preempted (SIGTERM). Processes agree on the max."""
+    return 0 if not self.stop else (2 if self.signum == signal.SIGTERM else 1)
 
 
 def _check_workdir(workdir: str) -> None:
@@ -113,12 +115,12 @@ def _fmt_time(seconds: float) -> str:
       f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def _any_process(flag: bool) -> bool:
-  """True on every process if `flag` is on any: a save or a stop must happen at the same
-  step everywhere (each process writes its part of the checkpoint)."""
+def _max_over_processes(value: int) -> int:
+  """The largest `value` of all processes, on every process: a save or a stop must happen at
+  the same step everywhere (each process writes its part of the checkpoint)."""
   if jax.process_count() == 1:
-    return bool(flag)
-  return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
+    return int(value)
+  return int(np.max(multihost_utils.process_allgather(np.int32(value))))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -284,7 +286,7 @@ def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
     # restored one has not been yet).
     trusted_before = start
     step_times = []
-    interrupted = False
+    interrupted = preempted = False
     try:
       for done in range(start + 1, cfg.steps + 1):
         batch = to_global(trainer, next(data_iter))
@@ -292,11 +294,13 @@ def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
         is_log = done % cfg.log_every == 0 or done == cfg.steps
         # Decided once, before the blocking fetch below (during which a signal may arrive):
         # a stop seen here is always saved; one that arrives later stops the next step.
-        # Several processes agree only at log steps, so as not to sync every step.
-        multi = jax.process_count() > 1
-        stopping = _any_process(stop.stop) if (is_log or not multi) else False
+        # Several processes agree at log steps and every _AGREE_EVERY steps (each agreement
+        # waits for the device queue), well inside a preemption's grace period.
+        agree = jax.process_count() == 1 or is_log or done % _AGREE_EVERY == 0
+        stop_level = _max_over_processes(stop.level) if agree else 0
+        stopping = stop_level > 0
         due = bool(save_secs) and time.time() - last_save_time >= save_secs
-        due = _any_process(due) if (is_log or not multi) else False
+        due = bool(_max_over_processes(due)) if agree else False
         is_eval = cfg.eval_every and done % cfg.eval_every == 0
         is_save = (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or stopping or due
         is_log = is_log or stopping
@@ -329,7 +333,7 @@ def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
           _save(ckpt, done, state, data_iter, cfg, workdir, trusted_before, force=stopping)
           last_save_time = time.time()
         if stopping:
-          interrupted = done < cfg.steps
+          interrupted, preempted = done < cfg.steps, stop_level == 2
           break
       if not interrupted:
         finished_before = start >= cfg.steps
@@ -357,7 +361,7 @@ def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
   else:
     say(_summary(eval_metrics, trainer.models, data.domains))
   return RunSummary(last_step=done, interrupted=interrupted, eval_metrics=eval_metrics,
-                    workdir=workdir, preempted=interrupted and stop.preempted)
+                    workdir=workdir, preempted=interrupted and preempted)
 
 
 def _save(ckpt, step, state, data_iter, cfg, workdir, trusted_before, force=False):
