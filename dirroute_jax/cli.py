@@ -1,25 +1,159 @@
-"""Flag parsing for the thin `launch/*.py` entry points: a bad flag or config override is a
-one-line error, not a traceback from inside ml_collections."""
+"""Flag parsing for the thin `launch/*.py` entry points: a bad flag, config file or config
+override is a one-line error (exit status exit_codes.USAGE), not a traceback from inside
+ml_collections. Also launch/train.py's flags, defined here so launch/tpu.py and launch/slurm.py
+can check the flags they forward to it before renting anything."""
 
 from __future__ import annotations
 
+import logging as std_logging
+import os
 import sys
+import types
 
 from absl import flags, logging
+from ml_collections import config_flags
+from ml_collections.config_flags import config_flags as _config_flags_impl
+
+from dirroute_jax import exit_codes
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parser with readable errors; library INFO logs (orbax is chatty) hidden unless
-  --verbosity is given."""
+def fail(message: str, code: int = exit_codes.USAGE):
+  """Prints `error: message` to stderr and exits with `code`."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(code)
+
+
+def _one_line(e: BaseException) -> str:
+  """An exception's message on one line, without the repr quoting absl adds around it."""
+  text = e.args[0] if len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
+  text = text.strip().strip("\"'")
+  text = text.replace("\\n", "\n").replace("\\'", "'")
+  return "; ".join(" ".join(line.split()) for line in text.splitlines() if line.strip())
+
+
+def config_file_error(path: str) -> str | None:
+  """Why the config file `path` cannot be loaded (missing, or a Python syntax error), or None.
+
+  absl's config flag loads the file lazily and buries both in a 30-line traceback."""
+  path = path.split(":", 1)[0]  # config_flags allows "file.py:arg"
+  if not os.path.isfile(path):
+    return (f"--config file {path!r} does not exist (looked from {os.getcwd()}); pass e.g. "
+            "--config=configs/tiny.py.")
   try:
-    rest = flags.FLAGS(argv)
-    if not any(a.startswith(("--verbosity", "-v")) for a in argv[1:]):
-      logging.set_verbosity(logging.WARNING)
-    return rest
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    with open(path, encoding="utf-8") as f:
+      compile(f.read(), path, "exec")
+  except SyntaxError as e:
+    return f"--config file {path}:{e.lineno}: {e.msg}; fix the file (it is Python)."
+  except (OSError, UnicodeDecodeError) as e:
+    return f"cannot read --config file {path!r}: {e}."
+  return None
+
+
+class _NoLibraryTracebacks(std_logging.Filter):
+  """Orbax logs an error in its background threads with the whole traceback (a full disk:
+  ~200 lines); the run then stops with one line of its own. Keep orbax's line, drop its
+  traceback (--verbosity=0 or higher shows everything)."""
+
+  def filter(self, record):
+    if f"{os.sep}orbax{os.sep}" in record.pathname:
+      record.exc_info, record.exc_text, record.stack_info = None, None, None
+    return True
+
+
+def _unraisable(hook):
+  """After a failed write, tensorstore's pending callbacks post to orbax's already-closed event
+  loop, each a traceback ("Event loop is closed", dozens); the failure itself is reported once.
+  Everything else goes to the previous hook."""
+
+  def quiet(info):
+    if isinstance(info.exc_value, RuntimeError) and str(info.exc_value) == "Event loop is closed":
+      return
+    hook(info)
+
+  return quiet
+
+
+def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+  """absl's parser with readable errors; library INFO logs (orbax is chatty) hidden unless
+  --verbosity is given. Exits with exit_codes.USAGE on any bad flag."""
+  is_config_file = "config" in flag_values and isinstance(
+      flag_values["config"], _config_flags_impl._ConfigFlag)  # pylint: disable=protected-access
+  for arg in argv[1:]:
+    if arg == "--":
+      break
+    if is_config_file and arg.startswith("--config="):
+      if (why := config_file_error(arg[len("--config="):])):
+        fail(why)
+  try:
+    rest = flag_values(argv)
+    if is_config_file:  # load it now, so its errors are flag errors too
+      flag_values["config"].value  # pylint: disable=pointless-statement
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
     overrides = [a for a in argv[1:] if a.startswith("--config.")]
-    detail = str(e).strip("\"'")
     hint = (f" Overrides given: {' '.join(overrides)}. Keys must exist in the --config file's "
             "get_config() (see dirroute_jax/config.py), with values of the same type."
             if overrides else " Run with --helpfull to list flags.")
-    sys.exit(f"error: bad flag or config override ({type(e).__name__}: {detail}).{hint}")
+    fail(f"bad flag or config override ({type(e).__name__}: {_one_line(e)}).{hint}")
+  if flag_values is flags.FLAGS and not any(
+      a.startswith(("--verbosity", "-v")) for a in argv[1:]):
+    logging.set_verbosity(logging.WARNING)
+    logging.get_absl_handler().addFilter(_NoLibraryTracebacks())
+    sys.unraisablehook = _unraisable(sys.unraisablehook)
+  return rest
+
+
+def define_train_flags(flag_values: flags.FlagValues = flags.FLAGS,
+                       sys_argv: list[str] | None = None) -> types.SimpleNamespace:
+  """launch/train.py's own flags (the multi-process ones are defined in launch/train.py).
+  `sys_argv`: the command line whose --config.* overrides are to be accepted (default
+  sys.argv)."""
+  fv = flag_values
+  return types.SimpleNamespace(
+      config=config_flags.DEFINE_config_file("config", None, "configs/*.py file.",
+                                             lock_config=True, flag_values=fv,
+                                             sys_argv=sys_argv),
+      workdir=flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl, TensorBoard.",
+                                  flag_values=fv),
+      allow_config_change=flags.DEFINE_bool(
+          "allow_config_change", False,
+          "Resume even though the config differs from the checkpoint's in what the run means "
+          "(model, pooling, tokenizer, data, seed, optimizer). Off: such a resume is refused.",
+          flag_values=fv),
+  )
+
+
+def check_train_args(config: str, workdir: str, train_args: list[str] | tuple[str, ...],
+                     repo: str) -> None:
+  """Parses `train_args` (what a launcher forwards to launch/train.py after `--`) with
+  launch/train.py's flag definitions and validates the resulting config, here and now.
+
+  Raises:
+    ValueError: with a one-line message, for any flag train.py would reject.
+  """
+  from dirroute_jax.config import ConfigError, validate_config  # pylint: disable=g-import-not-at-top
+
+  for arg in train_args:
+    name = arg.split("=", 1)[0].lstrip("-")
+    if name in ("dry_run", "nodry_run"):
+      raise ValueError("--dry_run after `--` would go to launch/train.py; put it before `--` "
+                       "(the launcher's own flag).")
+    if name in ("config", "workdir"):
+      raise ValueError(f"--{name} after `--`: give it to the launcher (before `--`), which "
+                       "passes it on.")
+  path = config if os.path.isabs(config) else os.path.join(repo, config)
+  if (why := config_file_error(path)):
+    raise ValueError(why)
+  argv = ["launch/train.py", f"--config={path}", f"--workdir={workdir}", *train_args]
+  fv = flags.FlagValues()
+  holders = define_train_flags(fv, sys_argv=argv)
+  for name in ("distributed", "coordinator_address", "num_processes", "process_id",
+               "local_device_ids", "compilation_cache"):
+    flags.DEFINE_string(name, None, "launch/train.py multi-process flag.", flag_values=fv)
+  try:
+    fv(argv)
+    validate_config(holders.config.value)
+  except ConfigError as e:
+    raise ValueError(f"the flags after `--` give a bad config: {e}") from None
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+    raise ValueError(f"launch/train.py would reject the flags after `--` "
+                     f"({type(e).__name__}: {_one_line(e)}).") from None

@@ -90,6 +90,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval_samples = ("def ", "The ")
   c.eval_sample_tokens = 32
   c.checkpoint_every = 200
+  # Also save when this many seconds have passed since the last save (0: off): bounds the work
+  # a crash can lose whatever the step time. Several processes agree on it at log steps.
+  c.checkpoint_every_secs = 0.0
 
   c.optim = ml_collections.ConfigDict()
   c.optim.peak_lr = 3e-4
@@ -183,8 +186,8 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
   validate_model_config(c.model)
   for key in ("steps", "batch_size", "seq_len", "grad_accum_steps", "log_every"):
     _need(int(c[key]) >= 1, f"{key} must be a positive integer, got {c[key]!r}.")
-  for key in ("eval_every", "checkpoint_every", "eval_batches"):
-    _need(int(c[key]) >= 0, f"{key} must be >= 0 (0 disables it), got {c[key]!r}.")
+  for key in ("eval_every", "checkpoint_every", "eval_batches", "checkpoint_every_secs"):
+    _need(c[key] >= 0, f"{key} must be >= 0 (0 disables it), got {c[key]!r}.")
   _need(c.batch_size % c.grad_accum_steps == 0,
         f"batch_size={c.batch_size} must be divisible by grad_accum_steps={c.grad_accum_steps}.")
   _need(c.optim.peak_lr > 0 and c.optim.final_lr >= 0,

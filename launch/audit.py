@@ -3,7 +3,8 @@
   python launch/audit.py --config=configs/tiny.py --config.model.pooling=sequence_mean
   python launch/audit.py --workdir=workdirs/tiny
 
-Prints one line per model starting with CAUSAL or LEAK and exits 1 if any model leaks. With
+Prints one line per model starting with CAUSAL or LEAK and exits 1 if any model leaks, 2
+(exit_codes.USAGE) if it could not audit at all (bad flags, a workdir it cannot load). With
 --config the models are randomly initialised (the leak is architectural, so random init
 exposes it); with --workdir the trained params of every model in the run are audited.
 """
@@ -15,8 +16,9 @@ import jax
 from ml_collections import config_flags
 
 from dirroute_jax.analysis.causality import audit_causality
-from dirroute_jax.analysis.load import load_workdir
-from dirroute_jax.cli import parse_flags
+from dirroute_jax import exit_codes
+from dirroute_jax.analysis.load import LOAD_ERRORS, load_workdir
+from dirroute_jax.cli import fail, parse_flags
 from dirroute_jax.config import model_variant
 from dirroute_jax.model import transformer
 
@@ -34,13 +36,16 @@ def _random_models(cfg):
 def main(argv):
   del argv
   if _WORKDIR.value:
-    run = load_workdir(_WORKDIR.value)
+    try:
+      run = load_workdir(_WORKDIR.value)
+    except LOAD_ERRORS as e:
+      fail(f"cannot audit {_WORKDIR.value!r}: {e}", exit_codes.USAGE)
     models = [(n, run.models[n], run.params[n]) for n in run.models]
     seed = run.cfg.seed
   elif _CONFIG.value is not None:
     models, seed = list(_random_models(_CONFIG.value)), _CONFIG.value.seed
   else:
-    sys.exit("error: pass --config=configs/X.py (random init) or --workdir=DIR (trained).")
+    fail("pass --config=configs/X.py (random init) or --workdir=DIR (trained).")
   leak = False
   for name, model, params in models:
     result = audit_causality(model, params, vocab_size=model.cfg.vocab_size,

@@ -6,14 +6,15 @@
 Runs on CPU from any workdir written by launch/train.py, whatever topology trained it.
 """
 
-import sys
 import time
+import uuid
 
 from absl import app, flags
+from etils import epath
 
-from dirroute_jax.analysis.load import load_workdir
+from dirroute_jax.analysis.load import LOAD_ERRORS, load_workdir
 from dirroute_jax.analysis.report import ANALYSES, run_analyses, write_report
-from dirroute_jax.cli import parse_flags
+from dirroute_jax.cli import fail, parse_flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A launch/train.py workdir.")
 _OUT = flags.DEFINE_string("out", None, "Directory for report.json, report.md and plots.")
@@ -22,13 +23,25 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest
 flags.mark_flags_as_required(["workdir", "out"])
 
 
+def _check_writable(out: str) -> None:
+  probe = epath.Path(out) / f".write_probe_{uuid.uuid4().hex}"
+  try:
+    probe.parent.mkdir(parents=True, exist_ok=True)
+    probe.write_text("")
+    probe.unlink()
+  except OSError as e:
+    fail(f"cannot write the report to --out={out!r} ({e.strerror or e}); choose a directory "
+         "you can write to.")
+
+
 def main(argv):
   del argv
   t0 = time.time()
+  _check_writable(_OUT.value)  # before minutes of analyses, not after
   try:
     run = load_workdir(_WORKDIR.value, step=_STEP.value)
-  except (FileNotFoundError, ValueError) as e:
-    sys.exit(f"error: cannot load {_WORKDIR.value!r}: {e}")
+  except LOAD_ERRORS as e:
+    fail(f"cannot load {_WORKDIR.value!r}: {e}")
   print(f"Loaded {', '.join(run.models)} at step {run.step} from {run.path}; running "
         f"{', '.join(_ANALYSES.value)}")
   results = run_analyses(run, _ANALYSES.value)

@@ -22,7 +22,11 @@ install line otherwise: `pip install -e '.[cuda]'` in the venv (jax's CUDA 12 wh
 
 The workdir must be on a filesystem every node sees (each process writes its part of every
 checkpoint). `--requeue` makes a preempted or failed-node job start again, and the rerun
-resumes from the latest checkpoint.
+resumes from the latest checkpoint. SLURM sends SIGTERM before preempting a job or at its time
+limit; launch/train.py then saves and exits PREEMPTED (75, dirroute_jax/exit_codes.py), and the
+script requeues the job itself (the time limit case, which SLURM does not requeue). Any other
+failure is left failed: it would repeat. The flags after `--` are checked here first, with
+launch/train.py's own definitions and the config loaded.
 """
 
 from __future__ import annotations
@@ -35,7 +39,9 @@ import sys
 
 from absl import app, flags
 
-from dirroute_jax.cli import parse_flags
+from dirroute_jax import exit_codes
+from dirroute_jax.cli import check_train_args, fail, parse_flags
+from dirroute_jax.train.lock import STALE_SECS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROCS = ("node", "gpu")
@@ -74,11 +80,10 @@ def check_job(job: SlurmJob) -> None:
     raise ValueError(f"--procs={job.procs!r} is unknown; use one of {PROCS}.")
   if job.nodes < 1 or job.gpus_per_node < 1:
     raise ValueError("--nodes and --gpus_per_node must be >= 1.")
-  if "://" in job.workdir:
-    return  # gs:// etc.: shared by construction
-  if not os.path.isabs(job.workdir):
+  if "://" not in job.workdir and not os.path.isabs(job.workdir):  # gs://: shared anyway
     raise ValueError(f"--workdir={job.workdir!r}: give an absolute path on a filesystem every "
                      "node mounts (the job runs from --repo_dir, not from here).")
+  check_train_args(job.config, job.workdir, job.train_args, REPO)
 
 
 def sbatch_script(job: SlurmJob) -> str:
@@ -120,8 +125,23 @@ def sbatch_script(job: SlurmJob) -> str:
       "export COORDINATOR",
       f"TRAIN_ARGS=({' '.join(shlex.quote(a) for a in train_args)})",
       "# Single quotes: SLURM_PROCID / SLURM_LOCALID are set per task, so expand them in it.",
+      "# SLURM sends SIGTERM to this script too; a trap (not inherited by srun's tasks) keeps it",
+      "# alive until the training step has saved, so the status below is acted on.",
+      "trap 'echo \"SIGTERM: waiting for the training step to save\" >&2' TERM",
+      "status=0",
       f"srun --kill-on-bad-exit=1 --ntasks-per-node={job.tasks_per_node} "
-      f"bash -c {shlex.quote(per_task)} _ \"${{TRAIN_ARGS[@]}}\"",
+      f"bash -c {shlex.quote(per_task)} _ \"${{TRAIN_ARGS[@]}}\" || status=$?",
+      f"if [[ $status -eq {exit_codes.PREEMPTED} ]]; then  # SIGTERM: saved, resume in a new "
+      "allocation",
+      '  echo "preempted (status 75): requeueing job $SLURM_JOB_ID"',
+      '  scontrol requeue "$SLURM_JOB_ID"',
+      f"elif [[ $status -eq {exit_codes.BUSY} && ${{SLURM_RESTART_COUNT:-0}} -gt 0 ]]; then",
+      "  # Requeued after a node died without SIGTERM: its workdir lease expires "
+      f"{int(STALE_SECS)} s after its last heartbeat.",
+      f'  echo "workdir lease of the previous run not expired; requeueing in {int(STALE_SECS)} s"',
+      f"  sleep {int(STALE_SECS)} && scontrol requeue \"$SLURM_JOB_ID\"",
+      "fi",
+      'exit "$status"',
       "",
   ]
   return "\n".join(lines)
@@ -156,7 +176,7 @@ def main(argv):
   try:
     script = sbatch_script(job)
   except ValueError as e:
-    sys.exit(f"error: {e}")
+    fail(str(e))
   if f.dry_run:
     print(script, end="")
     return

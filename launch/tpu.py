@@ -11,10 +11,15 @@ installed on every worker (a tarball of this checkout, or `--repo` cloned), then
 runs on all workers at once (`--worker=all`; a multi-host slice gets `--distributed=on`, JAX finds
 the other workers by itself) and its output streams here. If the run dies (spot preemption: the
 queued resource goes SUSPENDED / FAILED, or ssh breaks) the slice is deleted, requested again and
-the same command reruns: training resumes from the newest checkpoint in the gs:// workdir. The
-slice is deleted at the end, also on errors and Ctrl-C (unless --keep).
+the same command reruns: training resumes from the newest checkpoint in the gs:// workdir. Only
+a run that was preempted is rerun: launch/train.py exiting PREEMPTED (75: it got SIGTERM and
+saved), or dying while the slice is no longer ACTIVE. Any other status (a bad flag, a
+divergence, a full disk, a bug; dirroute_jax/exit_codes.py) would repeat itself and ends the
+job. The flags after `--` are checked here, with launch/train.py's own definitions and the
+config loaded, before anything is rented. The slice is deleted at the end, also on errors and
+Ctrl-C (unless --keep).
 
-`--dry_run` prints every command in order and runs nothing. The commands come from the pure
+`--dry_run` (before `--`; after it is an error) prints every command in order and runs nothing. The commands come from the pure
 function `plan(job)`; `run(job)` is the thin loop that executes them (tests/test_launchers.py).
 """
 
@@ -30,7 +35,9 @@ import time
 
 from absl import app, flags
 
-from dirroute_jax.cli import parse_flags
+from dirroute_jax import exit_codes
+from dirroute_jax.cli import check_train_args, fail, parse_flags
+from dirroute_jax.train.lock import STALE_SECS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REMOTE_DIR = "~/dirroute-jax"
@@ -39,7 +46,6 @@ REMOTE_LOG = "~/dirroute-train.log"
 REMOTE_DATA = "~/data"  # --stage_data lands here: --config.data.files='~/data/*.parquet'
 ACTIVE = "ACTIVE"
 DEAD_STATES = ("SUSPENDING", "SUSPENDED", "FAILED")  # preempted or never coming: recreate
-CONFIG_ERROR = 2  # launch/train.py's exit status for a bad config: rerunning cannot help
 
 # Per generation: gcloud's name prefix, chips per "N" in the type name, chips per host, the
 # runtime image (Ubuntu 22.04 + TPU driver), and where the chips usually are.
@@ -109,7 +115,8 @@ class TpuJob:
 
 
 def check_job(job: TpuJob) -> None:
-  """Fails before anything is rented."""
+  """Fails before anything is rented: the launcher's flags, and launch/train.py's after `--`
+  (parsed with its own flag definitions, the config loaded and validated)."""
   job.slice  # pylint: disable=pointless-statement  # validates the accelerator type
   if not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", job.name):
     raise ValueError(f"--name={job.name!r}: lower-case letters, digits and '-', starting with "
@@ -119,6 +126,7 @@ def check_job(job: TpuJob) -> None:
                      "part of each checkpoint there, and it must outlive a preempted slice.")
   if job.stage_data and not job.stage_data.startswith("gs://"):
     raise ValueError(f"--stage_data={job.stage_data!r} must be a gs:// folder.")
+  check_train_args(job.config, job.workdir, job.train_args, job.source)
 
 
 def _gcloud(job: TpuJob, *args: str) -> list[str]:
@@ -255,19 +263,34 @@ def run(job: TpuJob, *, max_restarts: int = 10, poll_seconds: float = 60, keep: 
           execute(cmd)
         execute(ssh_command(job, setup_script(job)))
         rc = execute(ssh_command(job, train_script(job)), check=False).returncode
-        if rc == 0:
+        if rc == exit_codes.DONE:
           log(f"[tpu] training finished; checkpoints and metrics in {job.workdir}")
           return 0
-        if rc == CONFIG_ERROR and state(job, execute) == ACTIVE:
-          log("[tpu] launch/train.py rejected its flags or config; not retrying.")
+        slice_state = state(job, execute)
+        if rc == exit_codes.BUSY and restarts > 0:
+          # A slice that vanished without SIGTERM left its workdir lease behind, fresh: it
+          # goes stale STALE_SECS after its last heartbeat.
+          log(f"[tpu] the preempted slice's lease on {job.workdir} has not expired yet; "
+              f"waiting {STALE_SECS:.0f} s.")
+          sleep(STALE_SECS)
+          raise Preempted("workdir lease of the preempted slice")
+        if rc != exit_codes.PREEMPTED and slice_state == ACTIVE:
+          why = {exit_codes.USAGE: "rejected its flags or config",
+                 exit_codes.DIVERGED: "diverged (non-finite loss or state)",
+                 exit_codes.IO_ERROR: "could not read or write the workdir",
+                 exit_codes.BUSY: "found another run writing to the workdir"}.get(
+                     rc, "failed (see its output above)")
+          log(f"[tpu] launch/train.py {why}: exit status {exit_codes.describe(rc)} on a live "
+              "slice; a rerun would fail the same way, so not retrying.")
           return rc
-        raise Preempted(f"training exited with status {rc} (slice state "
-                        f"{state(job, execute)})")
+        raise Preempted(f"training exited with status {exit_codes.describe(rc)} (slice state "
+                        f"{slice_state})")
       except (Preempted, subprocess.CalledProcessError) as e:
         restarts += 1
         if restarts > max_restarts:
-          log(f"[tpu] {e}; giving up after {max_restarts} restarts.")
-          return 1
+          log(f"[tpu] {e}; giving up after {max_restarts} restarts (the checkpoint in "
+              f"{job.workdir} is intact: rerun this command to go on).")
+          return exit_codes.PREEMPTED
         log(f"[tpu] {e}; deleting and recreating the slice (restart {restarts}/"
             f"{max_restarts}); training resumes from the latest checkpoint.")
         execute(delete_command(job), check=False)
@@ -313,7 +336,7 @@ def main(argv):
   try:
     steps = plan(job)
   except ValueError as e:
-    sys.exit(f"error: {e}")
+    fail(str(e))
   if f.dry_run:
     s = job.slice
     print(f"# {s.accelerator_type}: {s.chips} chips on {s.hosts} host(s)")

@@ -93,6 +93,18 @@ def corrupt(step_dir, how):
     (state_dir / '_METADATA').unlink()
   elif how == 'delete_item':
     shutil.rmtree(state_dir)
+  elif how in ('overwrite', 'bitflip'):
+    # Same size, changed in place: orbax's own checks see nothing wrong.
+    largest = max((f for f in data_files if 'ocdbt.process_0' in str(f)),
+                  key=lambda f: f.stat().st_size)
+    data = bytearray(largest.read_bytes())
+    if how == 'overwrite':
+      n = min(4096, len(data) // 2)
+      start = (len(data) - n) // 2
+      data[start:start + n] = np.random.default_rng(0).bytes(n)
+    else:
+      data[len(data) // 2] ^= 0x10
+    largest.write_bytes(bytes(data))
   else:
     raise ValueError(how)
 
@@ -218,9 +230,11 @@ def test_restore_onto_other_shardings(tmp_path):
 
 
 @pytest.mark.parametrize(
-    'how', ['truncate', 'delete_arrays', 'delete_metadata', 'delete_item'])
+    'how', ['truncate', 'delete_arrays', 'delete_metadata', 'delete_item',
+            'overwrite', 'bitflip'])
 def test_corrupt_latest_falls_back_to_previous(tmp_path, caplog, how):
-  old, new = make_state(seed=1), make_state(seed=2)
+  # d_model=64: the arrays fill a data file larger than orbax's index files.
+  old, new = make_state(seed=1, d_model=64), make_state(seed=2, d_model=64)
   with ckpt_lib.Checkpointer(tmp_path) as ckpt:
     ckpt.save(10, old)
     ckpt.save(20, new)
@@ -335,7 +349,7 @@ def test_data_iterator_saved_and_restored_in_same_step(tmp_path):
     expected = [next(it) for _ in range(4)]
     ckpt.wait()
     assert sorted(p.name for p in (tmp_path / 'checkpoints' / '3').iterdir()
-                  if p.is_dir()) == ['data', 'state']
+                  if p.is_dir()) == ['checksum', 'data', 'state']
 
     # In place, on the same iterator.
     _, step = ckpt.restore(abstract_of(state), data_iter=it)
@@ -517,3 +531,89 @@ def test_resume_with_another_process_count_positions_data_from_step(tmp_path):
                                   data_fallback=seeks.append)
   assert step == 3 and seeks == [3]
   assert_bitwise_equal(restored, state)
+
+
+def test_non_finite_state_is_never_written(tmp_path):
+  state = make_state()
+  bad = jax.tree.map(lambda x: x, state)
+  bad['models']['baseline']['params']['Dense_1']['kernel'] = (
+      bad['models']['baseline']['params']['Dense_1']['kernel'].at[0, 0].set(jnp.inf))
+  with ckpt_lib.Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, state)
+    with pytest.raises(ckpt_lib.NonFiniteStateError,
+                       match=r"step 2 has NaN/Inf in 1 of \d+ leaves .*"
+                             r"models/baseline/params/Dense_1/kernel"):
+      ckpt.save(2, bad)
+    ckpt.wait()
+    assert ckpt.all_steps() == [1]
+
+
+def test_checksum_is_independent_of_sharding(tmp_path):
+  # Saved from one device, restored onto a 2x4 mesh (or back): the sums are
+  # computed on each layout and must agree, or every resharded resume would
+  # be reported as corrupt.
+  if jax.device_count() < 8:
+    pytest.skip('needs 8 devices')
+  state = make_state(d_model=64)
+  mesh = jax.make_mesh((2, 4), ('a', 'b'))
+  sharded = jax.tree.map(
+      lambda x: jax.device_put(x, NamedSharding(
+          mesh, P('a', 'b') if x.ndim == 2 else P())), state)
+  assert ckpt_lib.state_digest(sharded) == ckpt_lib.state_digest(state)
+
+
+def test_deleted_iterator_file_is_named_as_such(tmp_path, caplog):
+  state = make_state()
+  it = iter(grain.MapDataset.range(100).batch(4).to_iter_dataset())
+  with ckpt_lib.Checkpointer(tmp_path, async_save=False) as ckpt:
+    ckpt.save(3, state, data_iter=it)
+  (tmp_path / 'checkpoints' / '3' / 'data' / 'process_0-of-1.json').unlink()
+  fresh = iter(grain.MapDataset.range(100).batch(4).to_iter_dataset())
+  with caplog.at_level(logging.WARNING), ckpt_lib.Checkpointer(tmp_path) as ckpt:
+    ckpt.restore(abstract_of(state), data_iter=fresh, data_fallback=lambda s: None)
+  warning = next(r.getMessage() for r in caplog.records if 'process_0-of-1' in r.getMessage())
+  assert 'is missing' in warning and 'different number' not in warning
+
+
+def test_corrupt_config_of_latest_step_is_skipped(tmp_path, caplog):
+  cfg_a = ml_collections.ConfigDict({'seed': 1})
+  with ckpt_lib.Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, make_state(), config=cfg_a)
+    ckpt.save(2, make_state(), config=cfg_a)
+  (tmp_path / 'checkpoints' / '2' / 'config' / 'metadata').write_text('{"seed": 1, "mo')
+  with caplog.at_level(logging.WARNING):
+    assert ckpt_lib.restore_config(tmp_path) == {'seed': 1}
+  assert any('unreadable' in r.getMessage() and '/2/config' in r.getMessage()
+             for r in caplog.records)
+  with pytest.raises(ckpt_lib.CheckpointError, match='unreadable'):
+    ckpt_lib.restore_config(tmp_path, step=2)
+
+
+def test_disk_full_on_save_is_a_clean_error(tmp_path):
+  """A write that fails (here: the file-size limit, as a full disk would) surfaces as a
+  CheckpointError naming the directory, from save() or the next call, never silently."""
+  script = textwrap.dedent(f'''
+      import resource, signal, sys
+      sys.path.insert(0, {str(REPO_ROOT)!r})
+      import jax.numpy as jnp
+      import numpy as np
+      from dirroute_jax.train import checkpoint as ckpt_lib
+      ckpt = ckpt_lib.Checkpointer({str(tmp_path)!r})
+      ckpt.save(1, {{'w': jnp.ones((4,))}})
+      ckpt.wait()
+      signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill, like ENOSPC
+      resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+      try:
+        # Random, so orbax's compression cannot shrink it under the limit.
+        ckpt.save(2, {{'w': jnp.asarray(np.random.default_rng(0).random((512, 512)),
+                                        jnp.float32)}})
+        ckpt.wait()
+      except ckpt_lib.CheckpointError as e:
+        print('CLEAN', e)
+      print('STEPS', ckpt.all_steps())
+  ''')
+  proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                        env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''})
+  assert 'CLEAN saving checkpoint' in proc.stdout, proc.stdout + proc.stderr[-3000:]
+  assert str(tmp_path / 'checkpoints') in proc.stdout
+  assert 'STEPS [1]' in proc.stdout

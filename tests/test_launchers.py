@@ -9,6 +9,8 @@ import types
 
 import pytest
 
+from dirroute_jax import exit_codes
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -26,10 +28,13 @@ slurm = _load("slurm")
 WORKDIR = "gs://bucket/dirroute/433m"
 
 
+DATA = ("--config.data.files=~/data/*.parquet",)  # configs/433m.py trains on files
+
+
 def _job(accelerator_type, **kw):
   return tpu.TpuJob(name="dirroute-test", zone="us-central2-b",
                     accelerator_type=accelerator_type, config="configs/433m.py",
-                    workdir=WORKDIR, **kw)
+                    workdir=WORKDIR, **{"train_args": DATA, **kw})
 
 
 def _remote(cmd):
@@ -50,7 +55,7 @@ def test_slice_info(accel, gcloud_type, runtime, chips, hosts):
 
 
 def test_v4_8_plan():
-  steps = tpu.plan(_job("v4-8", train_args=("--config.steps=100",)))
+  steps = tpu.plan(_job("v4-8", train_args=("--config.steps=100", *DATA)))
   cmds = [c for _, c in steps]
   create = cmds[0]
   assert create[:6] == ["gcloud", "compute", "tpus", "queued-resources", "create",
@@ -138,26 +143,50 @@ def test_run_recreates_the_slice_after_preemption():
       "tar", "scp", "ssh", "train", "delete"]
 
 
-def test_run_stops_on_a_config_error_and_still_deletes():
-  fake = FakeGcloud([None, "ACTIVE"], [tpu.CONFIG_ERROR])
+@pytest.mark.parametrize("code, says", [
+    (exit_codes.USAGE, "rejected its flags"), (exit_codes.DIVERGED, "diverged"),
+    (exit_codes.IO_ERROR, "could not read or write"), (exit_codes.BUSY, "another run"),
+    (exit_codes.CRASH, "failed")])
+def test_run_stops_on_any_status_but_preempted_and_still_deletes(code, says):
+  # A typo, a NaN or a bug repeats on a new slice: one slice, no retry, a true reason.
+  fake, logged = FakeGcloud([None, "ACTIVE"], [code]), []
+  rc = tpu.run(_job("v4-8"), poll_seconds=0, execute=fake, sleep=lambda s: None,
+               log=logged.append)
+  assert rc == code
+  assert fake.verbs()[-1] == "delete" and fake.verbs().count("create") == 1
+  assert any(says in line for line in logged), logged
+
+
+def test_run_reruns_on_preempted_status_on_a_live_slice():
+  fake = FakeGcloud([None, "ACTIVE"], [exit_codes.PREEMPTED, 0])
   rc = tpu.run(_job("v4-8"), poll_seconds=0, execute=fake, sleep=lambda s: None,
                log=lambda *a: None)
-  assert rc == tpu.CONFIG_ERROR
-  assert fake.verbs()[-1] == "delete" and fake.verbs().count("create") == 1
+  assert rc == 0 and fake.verbs().count("train") == 2
+
+
+def test_run_waits_out_the_lease_of_a_vanished_slice():
+  # Preempted without SIGTERM (255, slice gone): the rerun finds the old lease still fresh
+  # (BUSY), waits for it to go stale and tries again, instead of giving up.
+  fake, slept = FakeGcloud([None, "ACTIVE", "FAILED", None, "ACTIVE"],
+                           [255, exit_codes.BUSY, 0]), []
+  rc = tpu.run(_job("v4-8"), poll_seconds=0, execute=fake, sleep=slept.append,
+               log=lambda *a: None)
+  assert rc == 0 and fake.verbs().count("train") == 3 and tpu.STALE_SECS in slept
 
 
 def test_run_gives_up_after_max_restarts():
-  fake = FakeGcloud([None, "ACTIVE"], [1, 1, 1])
+  fake = FakeGcloud([None, "ACTIVE"], [exit_codes.PREEMPTED] * 3)
   rc = tpu.run(_job("v4-8"), max_restarts=2, poll_seconds=0, execute=fake,
                sleep=lambda s: None, log=lambda *a: None)
-  assert rc == 1 and fake.verbs().count("train") == 3 and fake.verbs()[-1] == "delete"
+  assert rc == exit_codes.PREEMPTED
+  assert fake.verbs().count("train") == 3 and fake.verbs()[-1] == "delete"
 
 
 def test_tpu_dry_run_cli_prints_commands_in_order():
   out = subprocess.run(
       [sys.executable, os.path.join(REPO, "launch", "tpu.py"), "--name=dirroute-test",
        "--zone=us-west4-a", "--accelerator_type=v5e-16", f"--workdir={WORKDIR}", "--dry_run",
-       "--", "--config.steps=100"],
+       "--", "--config.steps=100", *DATA],
       capture_output=True, text=True, check=True).stdout
   lines = [l for l in out.splitlines() if not l.startswith("#")]
   assert out.startswith("# v5litepod-16: 16 chips on 4 host(s)")
@@ -167,23 +196,44 @@ def test_tpu_dry_run_cli_prints_commands_in_order():
   assert "--distributed=on --config.steps=100" in lines[5]
 
 
+@pytest.mark.parametrize("after, says", [
+    (("--dry_run",), "--dry_run after `--`"),
+    (("--config.stepz=3",), "stepz"),
+    (("--config.model.pooling=mean",), "model.pooling"),
+    (("--no_such_flag",), "no_such_flag"),
+    ((), "data.files"),  # configs/433m.py needs its data
+])
+def test_tpu_checks_the_flags_after_dashdash_before_renting(tmp_path, after, says):
+  gcloud = tmp_path / "gcloud"
+  gcloud.write_text(f"#!/bin/bash\necho \"$@\" >> {tmp_path}/calls\n")
+  os.chmod(gcloud, 0o755)
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "launch", "tpu.py"), "--name=dirroute-test",
+       "--zone=us-west4-a", "--accelerator_type=v4-8", f"--workdir={WORKDIR}",
+       "--poll_seconds=0", "--max_restarts=0", "--", *after],
+      capture_output=True, text=True, env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
+  assert proc.returncode == exit_codes.USAGE, proc.stderr
+  assert says in proc.stderr and "Traceback" not in proc.stderr
+  assert not (tmp_path / "calls").exists()  # nothing rented
+
+
 # --- SLURM -----------------------------------------------------------------------------------
 
 def _slurm_job(**kw):
   return slurm.SlurmJob(**{**dict(nodes=2, gpus_per_node=8, config="configs/433m.py",
-                                  workdir="/shared/runs/433m"), **kw})
+                                  workdir="/shared/runs/433m", train_args=DATA), **kw})
 
 
 def test_sbatch_script_one_process_per_node():
-  script = slurm.sbatch_script(_slurm_job(partition="gpu", train_args=("--config.steps=9",)))
+  script = slurm.sbatch_script(_slurm_job(partition="gpu", train_args=("--config.steps=9", *DATA)))
   for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8",
                "#SBATCH --partition=gpu", "#SBATCH --requeue"):
     assert line in script.splitlines()
   assert "scontrol show hostnames \"$SLURM_JOB_NODELIST\" | sed -n 1p" in script
   assert "--local_device_ids=0,1,2,3,4,5,6,7" in script
   assert "--process_id=\"$SLURM_PROCID\"" in script
-  assert "TRAIN_ARGS=(--config=configs/433m.py --workdir=/shared/runs/433m --config.steps=9)" \
-      in script
+  assert ("TRAIN_ARGS=(--config=configs/433m.py --workdir=/shared/runs/433m --config.steps=9 "
+          "'--config.data.files=~/data/*.parquet')") in script
   subprocess.run(["bash", "-n"], input=script, text=True, check=True)
 
 
@@ -226,10 +276,53 @@ def test_sbatch_script_runs_every_task_with_its_own_rank(tmp_path):
 def test_slurm_dry_run_cli(tmp_path):
   out = subprocess.run(
       [sys.executable, os.path.join(REPO, "launch", "slurm.py"), "--nodes=2",
-       "--workdir=/shared/run", "--dry_run"], capture_output=True, text=True, check=True,
-      cwd=tmp_path)
+       "--workdir=/shared/run", "--dry_run", "--", *DATA], capture_output=True, text=True,
+      check=True, cwd=tmp_path)
   assert out.stdout.startswith("#!/bin/bash") and not list(tmp_path.iterdir())
   bad = subprocess.run(
       [sys.executable, os.path.join(REPO, "launch", "slurm.py"), "--workdir=relative/run",
        "--dry_run"], capture_output=True, text=True)
   assert bad.returncode != 0 and "absolute path" in bad.stderr
+
+
+def test_sbatch_script_requeues_only_on_preempted(tmp_path):
+  """srun's status decides: PREEMPTED (SIGTERM, saved) requeues the job, anything else is
+  passed through as the job's status."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  (bin_dir / "scontrol").write_text(
+      f"#!/bin/bash\n[[ $1 == requeue ]] && echo \"$@\" >> {tmp_path}/requeued\n"
+      "echo node-1\n")
+  for code in (exit_codes.PREEMPTED, exit_codes.DIVERGED, exit_codes.BUSY):
+    (tmp_path / "requeued").unlink(missing_ok=True)
+    (bin_dir / "srun").write_text(f"#!/bin/bash\nexit {code}\n")
+    for f in ("scontrol", "srun"):
+      os.chmod(bin_dir / f, 0o755)
+    job = _slurm_job(repo_dir=str(tmp_path), venv=None)
+    proc = subprocess.run(["bash", "-c", slurm.sbatch_script(job)], capture_output=True,
+                          text=True, env={"PATH": f"{bin_dir}:{os.environ['PATH']}",
+                                          "SLURM_JOB_NODELIST": "node-1", "SLURM_JOB_ID": "7"})
+    assert proc.returncode == code
+    assert (tmp_path / "requeued").exists() == (code == exit_codes.PREEMPTED)
+
+
+def test_sbatch_script_survives_sigterm_until_training_has_saved(tmp_path):
+  """SLURM signals the batch script as well as the tasks: the script must outlive the
+  training step (which saves, then exits PREEMPTED) to requeue the job."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  (bin_dir / "scontrol").write_text(
+      f"#!/bin/bash\n[[ $1 == requeue ]] && echo \"$@\" >> {tmp_path}/requeued\necho node-1\n")
+  (bin_dir / "srun").write_text(f"#!/bin/bash\ntouch {tmp_path}/started\nsleep 1\n"
+                                f"exit {exit_codes.PREEMPTED}\n")
+  for f in ("scontrol", "srun"):
+    os.chmod(bin_dir / f, 0o755)
+  script = slurm.sbatch_script(_slurm_job(repo_dir=str(tmp_path), venv=None))
+  proc = subprocess.Popen(["bash", "-c", script], stderr=subprocess.PIPE, text=True,
+                          env={"PATH": f"{bin_dir}:{os.environ['PATH']}",
+                               "SLURM_JOB_NODELIST": "node-1", "SLURM_JOB_ID": "7"})
+  while not (tmp_path / "started").exists():
+    assert proc.poll() is None
+  proc.send_signal(subprocess.signal.SIGTERM)
+  assert proc.wait(timeout=30) == exit_codes.PREEMPTED
+  assert (tmp_path / "requeued").read_text().split() == ["requeue", "7"]

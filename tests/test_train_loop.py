@@ -2,6 +2,7 @@
 saves, NaN stops without touching the last good checkpoint, bad input is a clear error."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -12,7 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from dirroute_jax.train import checkpoint
+from dirroute_jax import exit_codes
+from dirroute_jax.train import checkpoint, lock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
@@ -113,18 +115,51 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path, cache):
   assert step is not None and 0 < step < 100000
 
 
-def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, cache):
-  wd = tmp_path / "nan"
+def _all_finite(workdir):
+  import orbax.checkpoint as ocp
+  for step in checkpoint.Checkpointer(str(workdir), read_only=True).all_steps():
+    state = ocp.StandardCheckpointer().restore(os.path.join(str(workdir), "checkpoints",
+                                                            str(step), "state"))
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state)), step
+
+
+def test_a_non_finite_state_is_never_saved(tmp_path, cache):
+  # An LR of inf turns 58 of the 183 leaves into inf/NaN in the first update, while the loss
+  # of that step (computed before the update) is still finite.
+  wd = tmp_path / "inf"
   proc = _run(wd, cache, "--config.steps=20", "--config.checkpoint_every=1",
               "--config.log_every=1", "--config.optim.warmup_steps=0",
-              "--config.optim.peak_lr=1e30", "--config.optim.final_lr=1e30", check=False)
-  assert proc.returncode == 2
-  assert "non-finite" in proc.stderr and "intact" in proc.stderr
-  ckpt = checkpoint.Checkpointer(str(wd), read_only=True)
-  step, state = _final_state(wd)
-  assert step == ckpt.latest_step() >= 1
-  for leaf in jax.tree.leaves(state):
-    assert np.all(np.isfinite(leaf))
+              "--config.optim.peak_lr=inf", "--config.optim.final_lr=inf", check=False)
+  assert proc.returncode == exit_codes.DIVERGED, proc.stderr
+  assert "has NaN/Inf in" in proc.stderr and "not saved" in proc.stderr
+  assert checkpoint.Checkpointer(str(wd), read_only=True).all_steps() == []
+
+
+def test_divergence_keeps_only_checkpoints_that_gave_a_finite_loss(tmp_path, cache):
+  """LR 1e9: the step-2 state is finite but its loss (at step 3) is NaN. It must not be left
+  as "the last good checkpoint", and a rerun with a sane LR must be possible, but only when
+  asked for, without touching the workdir before that."""
+  wd = tmp_path / "diverged"
+  sane = ("--config.steps=8", "--config.checkpoint_every=1", "--config.log_every=1")
+  proc = _run(wd, cache, *sane, "--config.optim.warmup_steps=3", "--config.optim.peak_lr=1e9",
+              check=False)
+  assert proc.returncode == exit_codes.DIVERGED, proc.stderr
+  assert "non-finite" in proc.stderr and "at step 3" in proc.stderr
+  assert "Checkpoint(s) [2]" in proc.stderr and "newest checkpoint is now step 1" in proc.stderr
+  assert checkpoint.Checkpointer(str(wd), read_only=True).all_steps() == [1]
+  assert len(list((wd / "diverged_checkpoints").iterdir())) == 1
+  _all_finite(wd)
+
+  before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in wd.iterdir() if p.is_file()}
+  proc = _run(wd, cache, *sane, "--config.optim.warmup_steps=3", check=False)
+  assert proc.returncode == exit_codes.USAGE and "optim.peak_lr: 1000000000.0 -> " in \
+      proc.stderr and "--allow_config_change" in proc.stderr, proc.stderr
+  assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in wd.iterdir()
+          if p.is_file()} == before  # nothing written before the check
+
+  proc = _run(wd, cache, *sane, "--config.optim.warmup_steps=3", "--allow_config_change")
+  assert "Resumed from step 1" in proc.stdout and "changed config" in proc.stdout
+  assert math.isfinite(_metrics(wd)[8]["routed/loss"])
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -146,8 +181,114 @@ def test_unwritable_workdir_and_mismatched_checkpoint(tmp_path, cache):
   blocker = tmp_path / "file"
   blocker.write_text("")
   proc = _run(blocker / "workdir", cache, "--config.steps=2", check=False)
-  assert proc.returncode == 2 and "cannot write" in proc.stderr
+  assert proc.returncode == exit_codes.USAGE and "cannot write" in proc.stderr
   wd = tmp_path / "shapes"
   _run(wd, cache, "--config.steps=2", "--config.checkpoint_every=2")
   proc = _run(wd, cache, "--config.steps=4", "--config.model.d_model=32", check=False)
-  assert proc.returncode == 2 and "different config" in proc.stderr, proc.stderr
+  assert proc.returncode == exit_codes.USAGE and "different config" in proc.stderr, proc.stderr
+  assert "model.d_model: 64 -> 32" in proc.stderr
+
+
+def _start(workdir, cache, *overrides):
+  """A long run in the background, returned once it is training (past compilation)."""
+  proc = subprocess.Popen(_cmd(workdir, cache, "--config.steps=100000", "--config.eval_every=0",
+                               *overrides),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
+  lines = []
+  for line in proc.stdout:
+    lines.append(line)
+    if line.startswith("step "):
+      return proc, lines
+  raise AssertionError("".join(lines))
+
+
+def test_ctrl_c_with_periodic_checkpoints_saves_the_step_it_reports(tmp_path, cache):
+  # log_every=1: the main thread waits in the metrics fetch most of the time, which is where
+  # a Ctrl-C used to land after the save had already been decided against.
+  wd = tmp_path / "ctrl_c"
+  proc, _ = _start(wd, cache, "--config.log_every=1", "--config.checkpoint_every=1000")
+  time.sleep(1)
+  proc.send_signal(signal.SIGINT)
+  out = proc.communicate(timeout=120)[0]
+  assert proc.returncode == exit_codes.DONE, out
+  stopped = int(out.split("Stopped at step ")[1].split(";")[0])
+  assert checkpoint.Checkpointer(str(wd), read_only=True).latest_step() == stopped
+
+
+def test_second_writer_refused_then_sigterm_saves_and_exits_preempted(tmp_path, cache):
+  wd = tmp_path / "shared"
+  first, _ = _start(wd, cache, "--config.log_every=1", "--config.checkpoint_every=0")
+  second = _run(wd, cache, "--config.steps=100000", "--config.eval_every=0", check=False)
+  assert second.returncode == exit_codes.BUSY, second.stderr
+  assert f"pid {first.pid} on host" in second.stderr and "Traceback" not in second.stderr
+  assert not (wd / "checkpoints" / "1").exists() or first.poll() is None
+
+  first.send_signal(signal.SIGTERM)
+  out = first.communicate(timeout=120)[0]
+  assert first.returncode == exit_codes.PREEMPTED, out
+  stopped = int(out.split("Stopped at step ")[1].split(";")[0])
+  assert checkpoint.Checkpointer(str(wd), read_only=True).latest_step() == stopped
+  assert not (wd / lock.LOCK_FILE).exists()  # the lease is released
+
+
+def test_double_ctrl_c_aborts_in_one_line(tmp_path, cache):
+  # Bigger steps, so the second Ctrl-C lands while the first is still being honoured.
+  proc, lines = _start(tmp_path / "abort", cache, "--config.log_every=1",
+                       "--config.checkpoint_every=0", "--config.batch_size=64",
+                       "--config.seq_len=128")
+  proc.send_signal(signal.SIGINT)
+  for line in proc.stdout:  # Python runs the handler once per delivery it sees: wait for it
+    lines.append(line)
+    if "Interrupted" in line:
+      break
+  proc.send_signal(signal.SIGINT)
+  out = "".join(lines) + proc.communicate(timeout=120)[0]
+  assert proc.returncode == exit_codes.ABORTED, out
+  after = out[out.index("Interrupted"):]
+  assert "Traceback" not in after and len(after.strip().splitlines()) <= 4, after
+  assert "aborted without saving" in after
+  assert not (tmp_path / "abort" / lock.LOCK_FILE).exists()
+
+
+def test_rerun_of_a_finished_or_shortened_run_writes_nothing_new(tmp_path, cache):
+  wd = tmp_path / "finished"
+  # A time-based interval too short to skip any step: a save after each one.
+  _run(wd, cache, "--config.steps=10", "--config.checkpoint_every=0", "--config.log_every=5",
+       "--config.eval_every=0", "--config.checkpoint_every_secs=1e-6",
+       "--config.checkpoint.keep=20")
+  assert checkpoint.Checkpointer(str(wd), read_only=True).all_steps() == list(range(1, 11))
+  before = (wd / "metrics.jsonl").read_text()
+  out = _run(wd, cache, "--config.steps=10").stdout
+  assert "Held-out perplexity" in out
+  out = _run(wd, cache, "--config.steps=4").stdout
+  assert "steps=4 is below the checkpoint's step 10" in out
+  assert (wd / "metrics.jsonl").read_text() == before  # no second final row
+  out = _run(wd, cache, "--config.steps=15", "--config.log_every=5").stdout
+  assert "steps changed 10 -> 15: the cosine learning-rate schedule" in out
+  assert sorted(_metrics(wd)) == [5, 10, 15]
+
+
+def _limit_file_size():
+  import resource
+  signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails like ENOSPC
+  resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+
+def test_a_failed_save_stops_training_with_one_line(tmp_path, cache):
+  """The first checkpoint (~6 MB) cannot be written under a 1 MB file-size limit, as on a
+  full disk: training stops at the first logged step after orbax reports the failure, before
+  the next save, with an I/O status and no traceback."""
+  _run(tmp_path / "warm", cache, "--config.steps=1")  # the data cache, written without a limit
+  wd = tmp_path / "full"
+  proc = subprocess.run(_cmd(wd, cache, "--config.steps=40", "--config.checkpoint_every=10",
+                             "--config.log_every=2", "--config.eval_every=0",
+                             "--compilation_cache="),
+                        capture_output=True, text=True, preexec_fn=_limit_file_size,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
+  assert proc.returncode == exit_codes.IO_ERROR, proc.stdout + proc.stderr
+  lines = proc.stderr.strip().splitlines()
+  assert lines[-1].startswith("error: saving checkpoint") and "Traceback" not in proc.stderr
+  assert len(lines) <= 6, proc.stderr  # orbax's own one-line log records, then ours
+  assert max(_metrics(wd)) < 20  # stopped before the next save was due
+  assert checkpoint.Checkpointer(str(wd), read_only=True).all_steps() == []

@@ -10,6 +10,7 @@ import logging as std_logging
 import os
 
 from absl import logging
+from etils import epath
 
 import flax.linen as nn
 import jax
@@ -22,6 +23,11 @@ from dirroute_jax.model.transformer import Transformer, abstract_params, build_m
 from dirroute_jax.train import checkpoint
 from dirroute_jax.train.loop import DATA_FINGERPRINT
 from dirroute_jax.train.step import model_configs
+
+
+# What load_workdir raises for a workdir it cannot open (missing, no checkpoint, every
+# checkpoint damaged, a checkpoint of another shape): launchers turn these into one line.
+LOAD_ERRORS = (FileNotFoundError, ValueError, OSError, checkpoint.CheckpointError)
 
 
 @dataclasses.dataclass
@@ -43,9 +49,9 @@ class Workdir:
     """The run's data (held-out batches with domain labels), rebuilt from the corpus cache
     and tokenized with the run's own tokenizer."""
     data = make_data(self.cfg, tokenizer=self.tokenizer)
-    path = os.path.join(self.path, DATA_FINGERPRINT)
-    if os.path.exists(path):
-      trained_on = json.load(open(path))["corpus"]
+    path = epath.Path(self.path) / DATA_FINGERPRINT  # a gs:// workdir too
+    if path.exists():
+      trained_on = json.loads(path.read_text())["corpus"]
       if trained_on != data.stats.get("corpus_fingerprint"):
         logging.warning(
             "The corpus has changed since %s was trained (fingerprint %s, now %s: e.g. the "
@@ -80,6 +86,11 @@ class _DropReadOnlyNotice(std_logging.Filter):
 
 
 def load_workdir(path: str, *, step: int | None = None) -> Workdir:
+  """Opens the run in `path` (at `step`, default the newest usable one). A damaged newest
+  checkpoint (config or arrays) is skipped with a warning; raises one of LOAD_ERRORS."""
+  if not epath.Path(path).is_dir():
+    raise FileNotFoundError(f"{path} is not a directory (give the --workdir of a "
+                            "launch/train.py run)")
   absl_logger = std_logging.getLogger("absl")
   if not any(isinstance(f, _DropReadOnlyNotice) for f in absl_logger.filters):
     absl_logger.addFilter(_DropReadOnlyNotice())

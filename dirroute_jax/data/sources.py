@@ -250,14 +250,31 @@ def _read_txt(path: str, text_key: str) -> Iterator[str]:
 
 
 def _read_jsonl(path: str, text_key: str) -> Iterator[str]:
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
+  # Bytes, decoded line by line: an error then names the right line, not a decoder chunk's.
+  with open(path, "rb") as f:
+    for lineno, raw in enumerate(f, 1):
+      where = f"{path}:{lineno}"
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise ValueError(f"{where} is not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 4]!r}"
+                         "); re-encode the file as UTF-8 or drop that line.") from None
       if not line.strip():
         continue
-      rec = json.loads(line)
+      try:
+        rec = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{where} is not valid JSON ({e.msg} at column {e.colno}); each line "
+                         "of a .jsonl file must be one JSON object.") from None
+      if not isinstance(rec, dict):
+        raise ValueError(f"{where} is a JSON {type(rec).__name__}, not an object; each line "
+                         f"must be an object with a {text_key!r} field.")
       if text_key not in rec:
-        raise ValueError(f"{path}:{lineno} has no field data.text_key={text_key!r}; its fields "
+        raise ValueError(f"{where} has no field data.text_key={text_key!r}; its fields "
                          f"are {sorted(rec)}. Set --config.data.text_key to the text field.")
+      if not isinstance(rec[text_key], str):
+        raise ValueError(f"{where}: field {text_key!r} is {json.dumps(rec[text_key])[:40]}, "
+                         "not a string; fix or drop that line.")
       yield rec[text_key]
 
 

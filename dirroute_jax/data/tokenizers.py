@@ -129,9 +129,9 @@ class BPETokenizer(Tokenizer):
   @classmethod
   def from_file(cls, path: str) -> "BPETokenizer":
     import tokenizers as hf  # pylint: disable=g-import-not-at-top
+    from etils import epath  # pylint: disable=g-import-not-at-top
 
-    with open(path) as f:
-      json_str = f.read()
+    json_str = epath.Path(path).read_text()  # a gs:// workdir too
     return cls(hf.Tokenizer.from_str(json_str), json_str)
 
   @classmethod
@@ -254,7 +254,14 @@ def _hash_texts(texts: Iterable[str]) -> str:
 
 
 def _atomic_write(path: str, text: str) -> None:
-  """Writes via a temp file + rename so a crashed or concurrent writer never leaves half a file."""
+  """Writes via a temp file + rename so a crashed or concurrent writer never leaves half a file.
+  A gs:// (or other remote) path is written through epath: an object appears whole anyway."""
+  if "://" in str(path):
+    from etils import epath  # pylint: disable=g-import-not-at-top
+
+    epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    epath.Path(path).write_text(text)
+    return
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = f"{path}.tmp{os.getpid()}"
   with open(tmp, "w") as f:
@@ -265,11 +272,18 @@ def _atomic_write(path: str, text: str) -> None:
 WORKDIR_TOKENIZER = "tokenizer.json"
 
 
+def _join(workdir: str, name: str) -> str:
+  """`workdir/name` as a string; a gs:// URL keeps its scheme (os.path would too, but a
+  string with `://` must never reach os.makedirs/open: that makes a local ./gs:/ folder)."""
+  return f"{str(workdir).rstrip('/')}/{name}" if "://" in str(workdir) else os.path.join(
+      workdir, name)
+
+
 def save_to_workdir(tokenizer: Tokenizer, workdir: str) -> None:
   """A trained BPE travels with the checkpoints: analysis must tokenize with exactly the
   tokenizer the model learned, even if the corpus (and so a retrained BPE) changes later."""
   if isinstance(tokenizer, BPETokenizer):
-    tokenizer.save(os.path.join(workdir, WORKDIR_TOKENIZER))
+    tokenizer.save(_join(workdir, WORKDIR_TOKENIZER))
 
 
 def load_from_workdir(cfg, workdir: str) -> Tokenizer:
@@ -278,8 +292,10 @@ def load_from_workdir(cfg, workdir: str) -> Tokenizer:
   if data_cfg.source == "synthetic":
     return SyntheticTokenizer(cfg.model.vocab_size)
   if data_cfg.tokenizer == "bpe":
-    path = os.path.join(workdir, WORKDIR_TOKENIZER)
-    if not os.path.exists(path):
+    path = _join(workdir, WORKDIR_TOKENIZER)
+    from etils import epath  # pylint: disable=g-import-not-at-top
+
+    if not epath.Path(path).exists():
       raise FileNotFoundError(f"{path} is missing: the run's BPE tokenizer is saved there by "
                               "launch/train.py; without it token ids cannot be decoded.")
     return BPETokenizer.from_file(path)

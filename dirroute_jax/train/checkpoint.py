@@ -5,9 +5,18 @@ One step directory per save, written by orbax's `CheckpointManager`:
   WORKDIR/checkpoints/<step>/state/   every model's params + opt_state, the step
   WORKDIR/checkpoints/<step>/data/    grain iterator position (if one is given)
   WORKDIR/checkpoints/<step>/config/  the run's config as JSON (if one is given)
+  WORKDIR/checkpoints/<step>/checksum/ per-leaf checksums of the state (JSON)
 
-Saving all three in the same step is what makes a resume exact: the data
+Saving all of them in the same step is what makes a resume exact: the data
 position can never drift from the weights it was trained into.
+
+Integrity: orbax catches a truncated or missing file, but not bytes changed in
+place (a bad disk, a bit flip, a stray write): those load as garbage weights.
+So every save records two wrapping uint32 sums of each leaf's bit pattern (a
+plain one and a position-weighted one, computed on device in one jitted pass),
+and every restore recomputes them on the restored arrays and compares. A state
+with a NaN or Inf anywhere is refused at save time (NonFiniteStateError), so a
+checkpoint on disk is always one that can be trained on.
 
 Crash safety comes from orbax: a save is written to
 `<step>.orbax-checkpoint-tmp` and renamed to `<step>` only once every item is
@@ -30,6 +39,7 @@ from absl import logging
 from etils import epath
 import grain
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 PyTree = Any
@@ -37,6 +47,7 @@ PyTree = Any
 STATE = 'state'
 DATA = 'data'
 CONFIG = 'config'
+CHECKSUM = 'checksum'
 
 _policies = ocp.checkpoint_managers
 
@@ -47,6 +58,14 @@ class CheckpointError(RuntimeError):
 
 class CheckpointMismatchError(ValueError):
   """A checkpoint does not fit the expected state (another config wrote it)."""
+
+
+class CheckpointCorruptError(CheckpointError):
+  """A checkpoint's arrays do not match the checksums written when it was saved."""
+
+
+class NonFiniteStateError(FloatingPointError):
+  """The state to save holds NaN or Inf; it was not saved."""
 
 
 class Checkpointer:
@@ -88,6 +107,7 @@ class Checkpointer:
         STATE: ocp.StandardCheckpointHandler(),
         DATA: grain.checkpoint.CheckpointHandler(),
         CONFIG: ocp.JsonCheckpointHandler(),
+        CHECKSUM: ocp.JsonCheckpointHandler(),
     }
     self._mngr = ocp.CheckpointManager(
         self.directory, options=options, item_handlers=handlers)
@@ -105,22 +125,59 @@ class Checkpointer:
     Returns:
       Whether a save was started: steps <= the latest are skipped unless
       `force` (which still never overwrites an existing step: orbax raises).
+
+    Raises:
+      NonFiniteStateError: some leaf holds NaN or Inf; nothing was written.
+      CheckpointError: this or the previous (background) save failed, e.g.
+        the disk is full.
     """
-    items = {STATE: ocp.args.StandardSave(state)}
+    self.check()
+    if not force and self.latest_step() is not None and int(step) <= self.latest_step():
+      return False
+    digest = state_digest(state)
+    bad = {p: d['nonfinite'] for p, d in digest.items() if d['nonfinite']}
+    if bad:
+      first = next(iter(bad))
+      raise NonFiniteStateError(
+          f'the state at step {step} has NaN/Inf in {len(bad)} of {len(digest)} '
+          f'leaves (first: {first!r}, {bad[first]} values); it was not saved')
+    items = {STATE: ocp.args.StandardSave(state),
+             CHECKSUM: ocp.args.JsonSave(
+                 {p: d['sums'] for p, d in digest.items()})}
     if data_iter is not None:
       items[DATA] = grain.checkpoint.CheckpointSave(data_iter)
     if config is not None:
       items[CONFIG] = ocp.args.JsonSave(config_to_json(config))
-    return self._mngr.save(
-        int(step), args=ocp.args.Composite(**items), force=force)
+    try:
+      return self._mngr.save(
+          int(step), args=ocp.args.Composite(**items), force=force)
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      raise _write_error(self.directory, step, e) from e
+
+  def check(self):
+    """Raises CheckpointError if a background save has failed (disk full...).
+
+    Never blocks: a save still in flight is not waited for. Orbax keeps the
+    error of its finalize thread for `wait_until_finished` (its
+    `check_for_errors` does not see it), which returns at once once the
+    thread is done.
+    """
+    if not self._mngr.is_saving_in_progress():
+      self.wait()
 
   def wait(self):
     """Blocks until the in-flight save (if any) is finalized on disk."""
-    self._mngr.wait_until_finished()
+    try:
+      self._mngr.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      raise _write_error(self.directory, None, e) from e
 
   def close(self):
     """Waits for the in-flight save, then releases orbax's threads."""
-    self._mngr.close()
+    try:
+      self._mngr.close()
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      raise _write_error(self.directory, None, e) from e
 
   def __enter__(self):
     return self
@@ -187,14 +244,13 @@ class Checkpointer:
         if own_file.exists() or data_fallback is None:
           args[DATA] = grain.checkpoint.CheckpointRestore(data_iter)
         else:
-          logging.warning(
-              '%s was written by a different number of processes (no %s); '
-              'positioning the data iterator from the step instead.',
-              self._step_dir(step), own_file.name)
-      state = self._mngr.restore(step, args=ocp.args.Composite(**args))[STATE]
+          logging.warning('%s; positioning the data iterator from the step '
+                          'instead.', _why_no_iterator_file(own_file))
+      restored = self._restore_items(step, args)
+      _verify(restored[STATE], restored.get(CHECKSUM), self._step_dir(step))
       if data_iter is not None and DATA not in args:
         data_fallback(step)
-      return state
+      return restored[STATE]
 
     return self._restore_with_fallback(restore_step, step)
 
@@ -217,26 +273,55 @@ class Checkpointer:
               abstract_subtree),
           partial_restore=True)
       with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
-        return ckptr.restore(self._step_dir(step) / STATE, args=args)
+        restored = ckptr.restore(self._step_dir(step) / STATE, args=args)
+      sums = self._restore_items(step, {})[CHECKSUM] if (
+          self._step_dir(step) / CHECKSUM).exists() else None
+      _verify(restored, sums, self._step_dir(step))
+      return restored
 
     return self._restore_with_fallback(restore_step, step)
 
   def restore_config(self, *, step: int | None = None) -> dict[str, Any]:
-    """The config JSON saved with `step` (default: the newest step with one)."""
+    """The config JSON saved with `step` (default: the newest readable one).
+
+    Without `step`, a step whose config item is unreadable is skipped with a
+    warning: every step of a run holds the same config.
+    """
     steps = self.all_steps()
-    candidates = [int(step)] if step is not None else reversed(steps)
+    candidates = [int(step)] if step is not None else list(reversed(steps))
     for s in candidates:
       if (self._step_dir(s) / CONFIG).exists():
         args = ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()})
-        return self._mngr.restore(s, args=args)[CONFIG]
+        try:
+          config = self._mngr.restore(s, args=args)[CONFIG]
+          if not isinstance(config, dict):
+            raise ValueError(f'not a JSON object: {type(config).__name__}')
+          return config
+        except Exception as e:  # pylint: disable=broad-exception-caught
+          if step is not None:
+            raise CheckpointError(
+                f'the config saved in {self._step_dir(s) / CONFIG} is '
+                f'unreadable ({type(e).__name__}: {_short(e)})') from e
+          logging.warning('The config saved in %s is unreadable (%s: %s); '
+                          'using an older step\'s.', self._step_dir(s) / CONFIG,
+                          type(e).__name__, _short(e))
     where = f'step {step}' if step is not None else 'any step'
     raise FileNotFoundError(
-        f'no saved config for {where} in {self.directory}; steps: {steps}')
+        f'no saved config for {where} in {self.directory} (none readable); '
+        f'steps: {steps}')
 
   # --- internals --------------------------------------------------------------
 
   def _step_dir(self, step: int) -> epath.Path:
     return self.directory / str(step)
+
+  def _restore_items(self, step: int, args: dict[str, Any]) -> dict[str, Any]:
+    """Restores `args` plus the checksums (if the step has them) of `step`."""
+    args = dict(args)
+    if (self._step_dir(step) / CHECKSUM).exists():
+      args[CHECKSUM] = ocp.args.JsonRestore()
+    restored = self._mngr.restore(step, args=ocp.args.Composite(**args))
+    return {k: restored[k] for k in args}
 
   def _saved_tree(self, step: int) -> PyTree:
     metadata = self._mngr.item_metadata(step)[STATE]
@@ -275,6 +360,10 @@ class Checkpointer:
             'Checkpoint %s is corrupt or partial (%s: %s); falling back to '
             'the previous one.', self._step_dir(s), type(e).__name__,
             _short(e))
+        print(f'WARNING: checkpoint {self._step_dir(s)} is corrupt or partial '
+              f'({type(e).__name__}: {_short(e, 200)}); it is moved to '
+              f'{self.workdir / "corrupt_checkpoints"} and the previous one '
+              'is used.', flush=True)
         failures.append((s, e))
         continue
       self._quarantine([f for f, _ in failures])
@@ -292,19 +381,22 @@ class Checkpointer:
     training catches up (it skips steps <= its latest), and every restart
     would warn about them anew. Moving instead of deleting keeps evidence.
     """
-    if not steps or self.read_only:
-      return
+    if steps and not self.read_only:
+      self.move_aside(steps, 'corrupt_checkpoints')
+
+  def move_aside(self, steps: list[int], folder: str) -> epath.Path:
+    """Moves finalized `steps` to WORKDIR/<folder>/<step>-<time>; returns the folder."""
+    dest_root = self.workdir / folder
     if jax.process_index() == 0:
-      dest_root = self.workdir / 'corrupt_checkpoints'
       dest_root.mkdir(parents=True, exist_ok=True)
       for s in steps:
         dest = dest_root / f'{s}-{time.strftime("%Y%m%d-%H%M%S")}'
         self._step_dir(s).rename(dest)
-        logging.warning('Moved corrupt checkpoint %s to %s.',
-                        self._step_dir(s), dest)
+        logging.warning('Moved checkpoint %s to %s.', self._step_dir(s), dest)
     if jax.process_count() > 1:
-      ocp.multihost.sync_global_processes('dirroute_checkpoint_quarantine')
+      ocp.multihost.sync_global_processes('dirroute_checkpoint_move_aside')
     self._mngr.reload()
+    return dest_root
 
 
 def restore_config(workdir: epath.PathLike, *,
@@ -336,6 +428,92 @@ def restore_params(workdir: epath.PathLike,
   with Checkpointer(workdir, read_only=True) as ckpt:
     restored, step = ckpt.restore_subtree(subtree, step=step)
   return {name: m['params'] for name, m in restored['models'].items()}, step
+
+
+_U32 = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}
+
+
+def _leaf_digest(x: jax.Array) -> dict[str, jax.Array]:
+  """Two uint32 sums of a leaf's bit pattern (wrapping, so the order the
+  shards are reduced in does not matter) and its count of NaN/Inf.
+
+  The plain sum changes with any single flipped bit; weighting each word by
+  its linear index + 1 also catches words swapped or moved. The index is built
+  from per-axis iotas rather than a reshape, so a sharded leaf is reduced where
+  it lives, without gathering it.
+  """
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    words = x.astype(jnp.uint32)
+  else:
+    words = jax.lax.bitcast_convert_type(x, _U32[x.dtype.itemsize])
+    words = words.astype(jnp.uint32)
+  index = jnp.ones(words.shape, jnp.uint32)
+  stride = 1
+  for axis in reversed(range(words.ndim)):
+    index += jax.lax.broadcasted_iota(jnp.uint32, words.shape, axis) * jnp.uint32(
+        stride & 0xFFFFFFFF)
+    stride *= words.shape[axis]
+  nonfinite = (jnp.sum(~jnp.isfinite(x), dtype=jnp.int32)
+               if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.int32(0))
+  return {'sums': jnp.stack([jnp.sum(words, dtype=jnp.uint32),
+                             jnp.sum(words * index, dtype=jnp.uint32)]),
+          'nonfinite': nonfinite}
+
+
+_digest = jax.jit(lambda tree: jax.tree.map(_leaf_digest, tree))
+
+
+def state_digest(state: PyTree) -> dict[str, dict[str, Any]]:
+  """{leaf path: {'sums': [s1, s2], 'nonfinite': n}} of `state`, computed on
+  device (one small transfer per leaf). Paths are as orbax names them."""
+  digest = jax.device_get(_digest(state))
+  return {_path_str(p): {'sums': [int(v) for v in d['sums']],
+                         'nonfinite': int(d['nonfinite'])}
+          for p, d in jax.tree_util.tree_flatten_with_path(
+              digest, is_leaf=lambda d: isinstance(d, dict) and 'sums' in d)[0]}
+
+
+def _verify(restored: PyTree, saved_sums: dict[str, Any] | None,
+            step_dir: epath.Path):
+  """Raises CheckpointCorruptError unless `restored` matches `saved_sums`."""
+  if saved_sums is None:
+    logging.warning('%s has no checksums (saved by an older version); its '
+                    'arrays are not verified.', step_dir)
+    return
+  digest = state_digest(restored)
+  bad = [p for p, d in digest.items()
+         if p in saved_sums and list(saved_sums[p]) != d['sums']]
+  unknown = [p for p in digest if p not in saved_sums]
+  if bad or unknown:
+    what = (f'{len(bad)} of {len(digest)} leaves differ from the checksums '
+            f'written at save time (first: {bad[0]!r})' if bad else
+            f'leaf {unknown[0]!r} has no saved checksum')
+    raise CheckpointCorruptError(
+        f'{step_dir} is damaged: {what}; its files were changed after the save')
+
+
+def _why_no_iterator_file(own_file: epath.Path) -> str:
+  """Why this process's grain state is not in the step: deleted, or written
+  by a different number of processes (grain saves one file per process)."""
+  others = sorted(f.name for f in own_file.parent.glob('process_*.json'))
+  counts = {n.rsplit('-of-', 1)[-1][:-len('.json')] for n in others}
+  if others and str(jax.process_count()) not in counts:
+    return (f'{own_file.parent} was written by {"/".join(sorted(counts))} '
+            f'process(es), this run has {jax.process_count()} (no '
+            f'{own_file.name})')
+  return (f'{own_file} is missing (deleted or never finished writing; the '
+          f'step holds {others or "no iterator files"})')
+
+
+def _write_error(directory: epath.Path, step: int | None,
+                 e: Exception) -> CheckpointError:
+  where = f'step {step} to ' if step is not None else ''
+  return CheckpointError(
+      f'saving checkpoint {where}{directory} failed ({type(e).__name__}: '
+      f'{_short(e, 200)}); free space or fix the directory, then rerun to resume '
+      'from the last complete checkpoint')
 
 
 def config_to_json(config: Any) -> dict[str, Any]:

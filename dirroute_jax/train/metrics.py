@@ -1,10 +1,11 @@
 """Metrics out of the training loop: `WORKDIR/metrics.jsonl` and TensorBoard events.
 
 metrics.jsonl holds one JSON object per logged step with at least `step`, `routed/loss` and
-`baseline/loss` (and `eval/...` keys when evaluated). On resume, lines past the restored step
-are dropped so the file reads as one uninterrupted run. The file is rewritten whole on each
-write (it is small), which works the same on local disk and on object stores (gs://) that
-cannot append.
+`baseline/loss` (and `eval/...` keys when evaluated); a second write for the same step (the
+final evaluation) is merged into that step's row. On resume, lines past the restored step
+are dropped so the file reads as one uninterrupted run, and TensorBoard is told to discard its
+events past that step too (`purge_step`). The file is rewritten whole on each write (it is
+small), which works the same on local disk and on object stores (gs://) that cannot append.
 """
 
 from __future__ import annotations
@@ -12,8 +13,13 @@ from __future__ import annotations
 import json
 import math
 
+from absl import logging
 from etils import epath
 import numpy as np
+
+
+class MetricsFileError(ValueError):
+  """metrics.jsonl has a damaged line that is not the last one."""
 
 
 class MetricsWriter:
@@ -21,26 +27,35 @@ class MetricsWriter:
   def __init__(self, workdir: str, *, resume_step: int = 0, enabled: bool = True):
     self.enabled = enabled
     self.path = epath.Path(workdir) / "metrics.jsonl"
-    self._lines: list[str] = []
+    self._rows: list[dict] = []
     self._tb = None
     if not enabled:
       return
     if self.path.exists():
-      self._lines = [line + "\n" for line in self.path.read_text().splitlines()
-                     if line.strip() and json.loads(line)["step"] <= resume_step]
+      self._rows = [r for r in read_rows(self.path) if r["step"] <= resume_step]
       self._flush()
     if "://" not in str(workdir):  # TensorBoard events locally; metrics.jsonl is the record
       try:
         from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(str(self.path.parent / "tensorboard"))
+        # purge_step: TensorBoard drops the events a crashed run logged past the checkpoint.
+        self._tb = SummaryWriter(str(self.path.parent / "tensorboard"),
+                                 purge_step=resume_step + 1 if resume_step else None)
       except ImportError:
         self._tb = None
+
+  def eval_row(self, step: int) -> dict:
+    """The `eval/...` metrics already written for `step` ({} if none)."""
+    return {k: v for r in self._rows if r["step"] == step for k, v in r.items()
+            if k.startswith("eval/")}
 
   def write(self, step: int, metrics: dict) -> None:
     if not self.enabled:
       return
     row = {"step": int(step), **{k: _scalar(v) for k, v in metrics.items()}}
-    self._lines.append(json.dumps(row) + "\n")
+    if self._rows and self._rows[-1]["step"] == row["step"]:
+      self._rows[-1].update(row)
+    else:
+      self._rows.append(row)
     self._flush()
     if self._tb is not None:
       for k, v in row.items():
@@ -64,12 +79,36 @@ class MetricsWriter:
 
   def _flush(self) -> None:
     tmp = self.path.parent / (self.path.name + ".tmp")
-    tmp.write_text("".join(self._lines))
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in self._rows))
     tmp.replace(self.path)
 
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+
+
+def read_rows(path: epath.PathLike) -> list[dict]:
+  """The rows of a metrics.jsonl. A damaged last line (a write cut short) is dropped with a
+  warning; a damaged line before it is an error naming the file and line."""
+  path = epath.Path(path)
+  lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+  numbered = [(i, line) for i, line in enumerate(lines, 1) if line.strip()]
+  rows = []
+  for n, (lineno, line) in enumerate(numbered):
+    try:
+      row = json.loads(line)
+      if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+        raise ValueError("not a JSON object with an integer 'step'")
+    except ValueError as e:
+      if n == len(numbered) - 1:
+        logging.warning("%s:%d is damaged (%s); dropping that last line.", path, lineno, e)
+        print(f"WARNING: {path}:{lineno} (the last line) is damaged; dropped it.", flush=True)
+        break
+      raise MetricsFileError(
+          f"{path}:{lineno} is damaged ({e}); fix or delete that line (each line is one "
+          "logged step) and rerun.") from None
+    rows.append(row)
+  return rows
 
 
 def _scalar(v):

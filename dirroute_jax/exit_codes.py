@@ -1,0 +1,39 @@
+"""Exit statuses of launch/train.py, read by launch/tpu.py, launch/slurm.py and any scheduler.
+
+One table so a launcher can decide what to do without parsing output: only PREEMPTED means
+"run the same command again"; every other failure repeats itself if retried.
+
+  code  name          meaning                                                   retry?
+  0     DONE          trained to `steps`, or stopped by Ctrl-C after a save     no
+  1     CRASH         an unexpected exception (Python's own status; a bug)      no
+  2     USAGE         bad flag, config file or override, or a resume whose      no
+                      config differs from the checkpoint's
+  3     DIVERGED      a loss or the state became non-finite                     no
+  4     IO_ERROR      checkpoint or workdir unreadable/unwritable (disk full,   no
+                      every checkpoint corrupt, ...)
+  5     BUSY          another process is writing to the same workdir           no (wait)
+  75    PREEMPTED     SIGTERM: a checkpoint was saved at the next step, rerun   yes
+                      the same command to resume (75 = EX_TEMPFAIL)
+  130   ABORTED       a second Ctrl-C: stopped at once without saving           no
+
+launch/audit.py uses its own two: 1 = a model LEAKs, USAGE = it could not run.
+"""
+
+from __future__ import annotations
+
+DONE = 0
+CRASH = 1
+USAGE = 2
+DIVERGED = 3
+IO_ERROR = 4
+BUSY = 5
+PREEMPTED = 75
+ABORTED = 130
+
+NAMES = {DONE: "DONE", CRASH: "CRASH", USAGE: "USAGE", DIVERGED: "DIVERGED",
+         IO_ERROR: "IO_ERROR", BUSY: "BUSY", PREEMPTED: "PREEMPTED", ABORTED: "ABORTED"}
+
+
+def describe(code: int) -> str:
+  """'75 (PREEMPTED)' for a log line; unknown codes (a killed process: 137, ssh: 255) as is."""
+  return f"{code} ({NAMES[code]})" if code in NAMES else str(code)

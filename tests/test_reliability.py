@@ -1,0 +1,251 @@
+"""The workdir's guards without training: the writer lease, resume config comparison,
+metrics.jsonl damage, data-file errors that name file and line, the gs:// tokenizer path,
+and one-line errors (with their exit codes) from the launchers. End-to-end runs (SIGTERM,
+two writers, divergence) are in test_train_loop.py."""
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dirroute_jax import exit_codes
+from dirroute_jax.data import sources, tokenizers
+from dirroute_jax.train import checkpoint, lock, metrics
+from dirroute_jax.train.loop import config_changes
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+
+
+# --- one writer per workdir ------------------------------------------------------------------
+
+def test_second_writer_is_refused_naming_the_first(tmp_path):
+  with lock.WorkdirLock(tmp_path):
+    held = json.loads((tmp_path / lock.LOCK_FILE).read_text())
+    assert held["pid"] == os.getpid() and held["host"] == socket.gethostname()
+    with pytest.raises(lock.WorkdirBusyError, match=f"pid {os.getpid()} on host"):
+      lock.WorkdirLock(tmp_path).acquire()
+  assert not (tmp_path / lock.LOCK_FILE).exists()  # released on exit
+  with lock.WorkdirLock(tmp_path):  # and free again
+    pass
+
+
+def _stale(tmp_path, **record):
+  now = time.time()
+  (tmp_path / lock.LOCK_FILE).write_text(json.dumps(
+      {"host": socket.gethostname(), "pid": os.getpid(), "started": now, "heartbeat": now,
+       "id": "other", **record}))
+
+
+def test_lease_of_a_dead_process_is_taken_over(tmp_path, capsys):
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  _stale(tmp_path, pid=dead.pid)
+  with lock.WorkdirLock(tmp_path, settle_secs=0):
+    assert json.loads((tmp_path / lock.LOCK_FILE).read_text())["pid"] == os.getpid()
+  assert f"pid {dead.pid} is not running" in capsys.readouterr().out
+
+
+def test_lease_from_another_host_is_stale_only_after_its_heartbeat_stops(tmp_path):
+  _stale(tmp_path, host="other-host", pid=1, heartbeat=time.time() - 10)
+  with pytest.raises(lock.WorkdirBusyError, match="other-host"):
+    lock.WorkdirLock(tmp_path, stale_secs=60).acquire()
+  _stale(tmp_path, host="other-host", pid=1, heartbeat=time.time() - 120)
+  with lock.WorkdirLock(tmp_path, stale_secs=60, settle_secs=0):
+    pass
+
+
+def test_heartbeat_notices_a_lost_lease(tmp_path):
+  with lock.WorkdirLock(tmp_path, heartbeat_secs=0.05) as held:
+    _stale(tmp_path, host="thief", pid=1)
+    time.sleep(0.3)
+    with pytest.raises(lock.WorkdirBusyError, match="took over"):
+      held.check()
+
+
+# --- resume compares configs -----------------------------------------------------------------
+
+def _cfg_json(tiny_cfg, **overrides):
+  cfg = json.loads(json.dumps(checkpoint.config_to_json(tiny_cfg)))
+  for key, value in overrides.items():
+    node = cfg
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return cfg
+
+
+@pytest.mark.parametrize("key, value", [
+    ("model.pooling", "sequence_mean"), ("data.tokenizer", "bytes"), ("seed", 7),
+    ("optim.peak_lr", 1.0), ("model.d_model", 32), ("data.source", "synthetic"),
+    ("models", "routed"), ("batch_size", 4)])
+def test_resume_changes_that_alter_the_run_are_named(tiny_cfg, key, value):
+  saved = _cfg_json(tiny_cfg)
+  meaning, _ = config_changes(saved, _cfg_json(tiny_cfg, **{key: value}))
+  assert len(meaning) == 1 and meaning[0].startswith(f"{key}: ")
+
+
+def test_resume_may_change_length_intervals_and_layout(tiny_cfg):
+  saved = _cfg_json(tiny_cfg)
+  meaning, allowed = config_changes(saved, _cfg_json(
+      tiny_cfg, steps=900, log_every=1, eval_every=7, checkpoint_every=3,
+      **{"mesh.preset": "fsdp", "data.cache_dir": "/elsewhere", "checkpoint.keep": 9}))
+  assert meaning == [] and len(allowed) == 7
+
+
+def test_keys_added_since_the_checkpoint_compare_as_defaults(tiny_cfg):
+  saved = _cfg_json(tiny_cfg)
+  del saved["model"]["norm"]  # a checkpoint older than the key: it trained with the default
+  assert config_changes(saved, _cfg_json(tiny_cfg)) == ([], [])
+  meaning, _ = config_changes(saved, _cfg_json(tiny_cfg, **{"model.norm": "none"}))
+  assert meaning == ["model.norm: 'rms' -> 'none'"]
+
+
+# --- metrics.jsonl ---------------------------------------------------------------------------
+
+def test_truncated_last_metrics_line_is_dropped(tmp_path, capsys):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 5, "routed/loss": 3.0}\n{"step": 10, "routed/lo')
+  writer = metrics.MetricsWriter(str(tmp_path), resume_step=10)
+  writer.close()
+  assert path.read_text() == '{"step": 5, "routed/loss": 3.0}\n'
+  assert f"{path}:2" in capsys.readouterr().out
+
+
+def test_damaged_metrics_line_before_the_last_names_file_and_line(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 5}\n{"step": 10, "x\n{"step": 15}\n')
+  with pytest.raises(metrics.MetricsFileError, match=f"{path}:2 is damaged"):
+    metrics.MetricsWriter(str(tmp_path), resume_step=15)
+
+
+def test_one_row_per_step(tmp_path):
+  writer = metrics.MetricsWriter(str(tmp_path))
+  writer.write(10, {"routed/loss": 2.0})
+  writer.write(10, {"eval/routed/loss": 2.5})
+  writer.close()
+  rows = metrics.read_rows(tmp_path / "metrics.jsonl")
+  assert rows == [{"step": 10, "routed/loss": 2.0, "eval/routed/loss": 2.5}]
+
+
+def _events(path):
+  """Event protos of a TensorBoard file (TFRecord framing: length, crc, data, crc)."""
+  from tensorboardX.proto import event_pb2
+  data, out, i = path.read_bytes(), [], 0
+  while i < len(data):
+    (n,) = struct.unpack("<Q", data[i:i + 8])
+    out.append(event_pb2.Event.FromString(data[i + 12:i + 12 + n]))
+    i += 12 + n + 4
+  return out
+
+
+def test_resume_tells_tensorboard_to_drop_later_events(tmp_path):
+  writer = metrics.MetricsWriter(str(tmp_path))
+  for step in (5, 10, 15):
+    writer.write(step, {"routed/loss": 1.0})
+  writer.close()
+  time.sleep(1.1)  # event files are named by the second
+  metrics.MetricsWriter(str(tmp_path), resume_step=10).close()
+  newest = max((tmp_path / "tensorboard").iterdir(), key=lambda p: p.name)
+  starts = [e.step for e in _events(newest) if e.HasField("session_log")
+            and e.session_log.status == e.session_log.START]
+  assert starts == [11]
+
+
+# --- data files: errors name the file and line -----------------------------------------------
+
+@pytest.mark.parametrize("line, says", [
+    (b"5", "is a JSON int, not an object"),
+    (b'{"text": null}', "field 'text' is null, not a string"),
+    (b'{"text": "a\xff\xfeb"}', "is not valid UTF-8"),
+    (b'{"text": "unterminated', "is not valid JSON"),
+])
+def test_bad_jsonl_line_names_file_and_line(tmp_path, line, says):
+  path = tmp_path / "docs.jsonl"
+  # Long valid lines first: a decoder reading ahead in chunks would name the wrong line.
+  path.write_bytes(b"".join(json.dumps({"text": "x" * 5000}).encode() + b"\n"
+                            for _ in range(3)) + line + b"\n")
+  corpus = sources.files_corpus(str(path), "text", 0.0)
+  with pytest.raises(ValueError, match=f"{path}:4"):
+    try:
+      list(corpus.iter_docs())
+    except ValueError as e:
+      assert says in str(e), e
+      raise
+
+
+# --- the bpe tokenizer of a gs:// workdir ----------------------------------------------------
+
+def test_bpe_tokenizer_of_a_remote_workdir_goes_through_epath(tmp_path, monkeypatch):
+  from etils import epath
+
+  written = {}
+  real_path = epath.Path
+
+  class FakeRemote(type(real_path("/"))):
+    def write_text(self, text, *a, **k):
+      written[str(self)] = text
+
+    def mkdir(self, *a, **k):
+      pass
+
+  monkeypatch.setattr(epath, "Path", lambda p: FakeRemote(p) if "://" in str(p)
+                      else real_path(p))
+  monkeypatch.chdir(tmp_path)
+  tok = tokenizers.BPETokenizer.train(["hello world " * 50, "routing directions"] * 5, 300)
+  tokenizers.save_to_workdir(tok, "gs://bucket/run")
+  assert list(written) and all(k.endswith("bucket/run/tokenizer.json") for k in written)
+  assert not list(tmp_path.iterdir())  # no local ./gs:/ folder
+
+
+# --- launchers: one line, the right status ---------------------------------------------------
+
+def _launch(name, *args):
+  return subprocess.run([sys.executable, os.path.join(REPO, "launch", f"{name}.py"), *args],
+                        capture_output=True, text=True, env=ENV, cwd=REPO)
+
+
+def test_train_config_file_errors_are_one_line(tmp_path):
+  bad = tmp_path / "bad.py"
+  bad.write_text("def get_config(:\n")
+  for config, says in (("configs/missing.py", "does not exist"),
+                       (str(bad), f"{bad}:1")):
+    proc = _launch("train", f"--config={config}", f"--workdir={tmp_path}/w")
+    assert proc.returncode == exit_codes.USAGE, proc.stderr
+    assert says in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_mistyped_config_key_prints_plain_text(tmp_path):
+  proc = _launch("train", "--config=configs/tiny.py", f"--workdir={tmp_path}/w",
+                 "--config.model.poolng=causal_mean")
+  assert proc.returncode == exit_codes.USAGE
+  assert "'poolng'" in proc.stderr and 'Did you mean "pooling"' in proc.stderr
+  assert "\\'" not in proc.stderr and "\\n" not in proc.stderr
+
+
+def test_audit_of_a_missing_workdir_is_not_a_leak(tmp_path):
+  proc = _launch("audit", f"--workdir={tmp_path}/nothing")
+  assert proc.returncode == exit_codes.USAGE != 1  # 1 means LEAK
+  assert "nothing" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_interpret_checks_out_before_loading_or_analysing(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  # The workdir does not exist either: the --out check must come first.
+  proc = _launch("interpret", f"--workdir={tmp_path}/nothing", f"--out={blocker}/report")
+  assert proc.returncode == exit_codes.USAGE
+  assert "cannot write the report" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unreadable_lease_is_replaced(tmp_path, capsys):
+  (tmp_path / lock.LOCK_FILE).write_text('{"host": "x", "pi')  # a crash mid-write
+  with lock.WorkdirLock(tmp_path, settle_secs=0):
+    assert json.loads((tmp_path / lock.LOCK_FILE).read_text())["pid"] == os.getpid()
+  assert "unreadable lease" in capsys.readouterr().out
