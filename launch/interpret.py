@@ -2,6 +2,7 @@
 
   python launch/interpret.py --workdir=workdirs/tiny --out=workdirs/tiny/report
   python launch/interpret.py --workdir=DIR --out=OUT --analyses=causality,ablation,induction
+  python launch/interpret.py --workdir=DIR --out=OUT --analyses=factual --prompts=my.json
 
 Runs on CPU from any workdir written by launch/train.py, whatever topology trained it.
 """
@@ -11,6 +12,7 @@ import time
 
 from absl import app, flags
 
+from dirroute_jax.analysis import factual
 from dirroute_jax.analysis.load import load_workdir
 from dirroute_jax.analysis.report import ANALYSES, run_analyses, write_report
 from dirroute_jax.cli import parse_flags
@@ -19,6 +21,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "A launch/train.py workdir.")
 _OUT = flags.DEFINE_string("out", None, "Directory for report.json, report.md and plots.")
 _ANALYSES = flags.DEFINE_list("analyses", list(ANALYSES), "Which analyses to run.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+_PROMPTS = flags.DEFINE_string("prompts", None, "JSON prompt file for the factual analysis "
+                               "(default: dirroute_jax/analysis/prompts/factual.json).")
 flags.mark_flags_as_required(["workdir", "out"])
 
 
@@ -31,7 +35,14 @@ def main(argv):
     sys.exit(f"error: cannot load {_WORKDIR.value!r}: {e}")
   print(f"Loaded {', '.join(run.models)} at step {run.step} from {run.path}; running "
         f"{', '.join(_ANALYSES.value)}")
-  results = run_analyses(run, _ANALYSES.value)
+  options = {}
+  if _PROMPTS.value:
+    try:
+      factual.load_prompts(_PROMPTS.value)
+    except ValueError as e:
+      sys.exit(f"error: --prompts: {e}")
+    options["factual"] = {"prompts_path": _PROMPTS.value}
+  results = run_analyses(run, _ANALYSES.value, options=options)
   paths = write_report(results, run, _OUT.value)
   if "causality" in results:
     print(results["causality"]["note"])

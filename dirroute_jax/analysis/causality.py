@@ -19,6 +19,7 @@ import dataclasses
 import jax
 import numpy as np
 
+from dirroute_jax.analysis.ablation import paired_bootstrap_reduction
 from dirroute_jax.model.transformer import Transformer, forward
 from dirroute_jax.train import evaluate
 
@@ -76,7 +77,8 @@ def measure_leak(models: dict[str, Transformer], params: dict, batches, domains)
   """
   if "routed" not in models or evaluate.prefix_model(models["routed"].cfg) is None:
     return {"applies": False, "note": "no sequence_mean routed model: nothing leaks"}
-  m = evaluate.evaluate_params(models, params, batches, domains)
+  windows = {}
+  m = evaluate.evaluate_params(models, params, batches, domains, per_window=windows)
   names = [n for n in ("routed", evaluate.PREFIX, "baseline") if f"eval/{n}/perplexity" in m]
   present = [d for d in domains if f"eval/routed/{d}/perplexity" in m]
   ppl = {n: {"all": m[f"eval/{n}/perplexity"],
@@ -88,6 +90,11 @@ def measure_leak(models: dict[str, Transformer], params: dict, batches, domains)
     out["reduction_vs_baseline"] = {
         n: {k: 1.0 - v / ppl["baseline"][k] for k, v in ppl[n].items()}
         for n in ("routed", evaluate.PREFIX)}
+    base_loss, tokens, _ = windows["baseline"]
+    out["reduction_ci95"] = {n: list(paired_bootstrap_reduction(windows[n][0], base_loss,
+                                                                tokens))
+                             for n in ("routed", evaluate.PREFIX)}
+    out["ci_method"] = f"paired bootstrap over {len(tokens)} held-out windows (2000 resamples)"
   out["prefix_over_as_trained"] = {k: v / ppl["routed"][k]
                                    for k, v in ppl[evaluate.PREFIX].items()}
   return out

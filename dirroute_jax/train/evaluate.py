@@ -116,11 +116,15 @@ def evaluate(trainer: Trainer, state, batches, domains) -> dict[str, float]:
   return metrics
 
 
-def evaluate_params(models: dict[str, Transformer], params: dict, batches,
-                    domains) -> dict[str, float]:
-  """The same metrics for loaded params on one host (the analyses' entry point)."""
+def evaluate_params(models: dict[str, Transformer], params: dict, batches, domains, *,
+                    per_window: dict | None = None) -> dict[str, float]:
+  """The same metrics for loaded params on one host (the analyses' entry point).
+
+  `per_window`, when given, is filled with {name: (loss_sum_N, tokens_N, domain_N)} over the
+  real held-out windows (for intervals over windows)."""
   fns = _eval_fns(models)
   loss_sums, token_sums, num_batches = {}, {}, 0
+  windows = {name: [] for name in fns}
   for batch in batches:
     num_batches += 1
     domain_B = np.asarray(batch["domain"])
@@ -128,6 +132,13 @@ def evaluate_params(models: dict[str, Transformer], params: dict, batches,
       loss_B, tokens_B = jax.device_get(_loss_sums(model, params[params_of], batch["inputs"],
                                                    batch["targets"], batch["weights"]))
       _accumulate(loss_sums, token_sums, name, domain_B, loss_B, tokens_B, domains)
+      real_B = domain_B >= 0
+      windows[name].append((np.asarray(loss_B, np.float64)[real_B],
+                            np.asarray(tokens_B, np.float64)[real_B], domain_B[real_B]))
+  if per_window is not None:
+    for name, parts in windows.items():
+      per_window[name] = tuple(np.concatenate([p[i] for p in parts]) if parts else np.zeros(0)
+                               for i in range(3))
   metrics = perplexity_metrics(loss_sums, token_sums, fns)
   metrics["eval/batches"] = num_batches
   return metrics
