@@ -29,12 +29,6 @@ flags.mark_flags_as_required(["workdir", "out"])
 def main(argv):
   del argv
   t0 = time.time()
-  try:
-    run = load_workdir(_WORKDIR.value, step=_STEP.value)
-  except (FileNotFoundError, ValueError) as e:
-    sys.exit(f"error: cannot load {_WORKDIR.value!r}: {e}")
-  print(f"Loaded {', '.join(run.models)} at step {run.step} from {run.path}; running "
-        f"{', '.join(_ANALYSES.value)}")
   options = {}
   if _PROMPTS.value:
     try:
@@ -42,6 +36,12 @@ def main(argv):
     except ValueError as e:
       sys.exit(f"error: --prompts: {e}")
     options["factual"] = {"prompts_path": _PROMPTS.value}
+  try:
+    run = load_workdir(_WORKDIR.value, step=_STEP.value)
+  except (FileNotFoundError, ValueError) as e:
+    sys.exit(f"error: cannot load {_WORKDIR.value!r}: {e}")
+  print(f"Loaded {', '.join(run.models)} at step {run.step} from {run.path}; running "
+        f"{', '.join(_ANALYSES.value)}")
   results = run_analyses(run, _ANALYSES.value, options=options)
   paths = write_report(results, run, _OUT.value)
   if "causality" in results:

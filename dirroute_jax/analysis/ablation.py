@@ -23,6 +23,9 @@ Protocol choices the paper leaves open:
   * The routed-vs-baseline PPL reduction carries a 95% paired bootstrap interval over held-out
     windows (both models' losses on the same resampled windows). Windows of one document are
     not independent, so the interval is somewhat too narrow.
+  * Control for the gain: the same pair at initialisation (`reduction_at_init`). Routing
+    changes the function before any training, so only a gain beyond the untrained pair's is
+    a learned one.
   * Control: the baseline has no router, so every condition must leave it unchanged; its row is
     reported next to the routed one and `control.baseline_invariant` checks it bit for bit.
 """
@@ -39,7 +42,8 @@ import numpy as np
 import optax
 
 from dirroute_jax.model import interventions as iv_lib
-from dirroute_jax.model.transformer import Transformer, forward
+from dirroute_jax.model.transformer import Transformer, forward, init_params
+from dirroute_jax.train import evaluate
 
 
 # The paper's numbers (433M model, 2.6B tokens): compare directions of effects, not magnitudes.
@@ -222,6 +226,25 @@ def _controls(tables: dict, models: dict[str, Transformer]) -> dict:
   return out
 
 
+def reduction_at_init(models: dict[str, Transformer], batches, domains, seed: int) -> dict:
+  """The routed-vs-baseline PPL reduction of the same pair at initialisation (training's init:
+  one key, `seed`, for every model), as trained and with prefix-only routing when that applies.
+
+  Routing changes the function before any training (r ~ 0.5 suppresses every head a little),
+  so a trained gain is evidence of learning only beyond this one."""
+  key = jax.random.key(seed)
+  params = {n: init_params(m, key) for n, m in models.items()}
+  m = evaluate.evaluate_params(models, params, batches, domains)
+  out = {}
+  for name in ("routed", evaluate.PREFIX):
+    if f"eval/{name}/loss" not in m:
+      continue
+    out[name] = {"all": 1.0 - math.exp(m[f"eval/{name}/loss"] - m["eval/baseline/loss"]),
+                 **{d: 1.0 - math.exp(m[f"eval/{name}/{d}/loss"] - m[f"eval/baseline/{d}/loss"])
+                    for d in domains if f"eval/{name}/{d}/loss" in m}}
+  return out
+
+
 def ablation(run, *, num_batches: int | None = None) -> dict:
   """Routing ablations of a loaded workdir (`analysis.load.load_workdir`): see module doc.
 
@@ -232,6 +255,9 @@ def ablation(run, *, num_batches: int | None = None) -> dict:
   n = (run.cfg.eval_batches if num_batches is None else num_batches) or None
   result = ablation_ppl(run.models, run.params, run.data.eval_batches(n), run.data.domains)
   result["eval_stride"] = run.data.eval_stride(n)
+  if "routed" in run.models and "baseline" in run.models:
+    result["control"]["reduction_at_init"] = reduction_at_init(
+        run.models, run.data.eval_batches(n), run.data.domains, int(run.cfg.seed))
   result["protocol"] = {
       "intervention": "routing weights r replaced at every position after the router",
       "all_mean": "r fixed at its held-out token-weighted mean per (layer, head, direction)",

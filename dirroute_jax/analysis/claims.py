@@ -6,8 +6,10 @@ finding holds: "yes", "no", or "no difference" (a null result: the measurement d
 separate from its null or control). Every criterion can fail on an untrained model and on the
 baseline; each is stated beside its code below:
 
-  ppl_gain, prefix  the 95% interval of the PPL reduction excludes zero on the paper's side
-                    (`interval_verdict`; one run: paired bootstrap over held-out windows).
+  ppl_gain, prefix  the 95% interval of the PPL reduction lies above zero and above the same
+                    pair's reduction at initialisation (routing changes the function before
+                    any training; `interval_verdict`; one run: paired bootstrap over held-out
+                    windows).
   ppl_conditions    routing off more than doubles PPL and all-0.5 raises it.
   mean_routing      r fixed at its held-out mean raises PPL by > 1%: routing that depends on
                     the input does better than its average suppression.
@@ -42,14 +44,15 @@ YES, NO, NO_DIFF = "yes", "no", "no difference"
 PAPER_WORST_LAYER_DEPTH = (9 + 0.5) / 12
 
 
-def interval_verdict(lo: float, hi: float) -> str:
+def interval_verdict(lo: float, hi: float, null: float = 0.0) -> str:
   """The rule for a quantity the paper says is positive, given its 95% interval: "yes" only
-  when the interval excludes zero on the paper's side, "no" when it excludes zero on the other,
-  "no difference" when it contains zero. Used for one run (an interval over held-out windows)
-  and for several seeds (an interval over seeds) alike."""
+  when the interval excludes `null` (zero, or a control's value) on the paper's side, "no"
+  when it excludes it on the other, "no difference" when it contains it. Used for one run (an
+  interval over held-out windows) and for several seeds (an interval over seeds) alike."""
   if not (math.isfinite(lo) and math.isfinite(hi)):
     return NO_DIFF
-  return YES if lo > 0 else NO if hi < 0 else NO_DIFF
+  null = max(0.0, null)
+  return YES if lo > null else NO if hi < null else NO_DIFF
 
 
 def _yes_no(ok: bool) -> str:
@@ -77,10 +80,13 @@ def _rows_for(r: dict) -> dict[str, tuple[str, str | None]]:
   ab = r["ablation"]
   red = ab["control"]["routed_ppl_reduction_vs_baseline"]
   ci = ab["control"].get("routed_ppl_reduction_ci95", {})
+  at_init = ab["control"].get("reduction_at_init", {})
+  init_all = at_init.get("routed", {}).get("all", 0.0)
   doms = [k for k in red if k != "all"]
   out["ppl_gain"] = (_pct_ci(red["all"], ci.get("all")) + " (" + ", ".join(
-      f"{d} {_pct_ci(red[d], ci.get(d))}" for d in doms) + ")",
-      interval_verdict(*ci["all"]) if "all" in ci else NO_DIFF)
+      f"{d} {_pct_ci(red[d], ci.get(d))}" for d in doms) + f"); untrained pair "
+      f"{100 * init_all:+.1f}%", interval_verdict(*ci["all"], init_all) if "all" in ci
+      else NO_DIFF)
   ppl = ab["models"]["routed"]["ppl"]
   out["ppl_conditions"] = (
       f"{fmt(ppl['as_trained']['all'])} / {fmt(ppl['all_off']['all'])} / "
@@ -171,15 +177,18 @@ def _rows_for(r: dict) -> dict[str, tuple[str, str | None]]:
   caus = r["causality"]
   leak = caus.get("leak", {})
   out["causal"] = (caus["models"]["routed"]["verdict"], None)
-  if leak.get("applies"):
+  if not leak.get("applies"):
+    out["prefix"] = ("= as trained: this router already sees only the prefix", None)
+  else:
     lp = leak["ppl"]
     lci = leak.get("reduction_ci95", {}).get(PREFIX)
     lred = leak.get("reduction_vs_baseline", {}).get(PREFIX, {}).get("all")
+    init_prefix = at_init.get(PREFIX, {}).get("all", 0.0)
     out["prefix"] = (
         f"PPL {fmt(lp[PREFIX]['all'])} prefix-only vs {fmt(lp['routed']['all'])} as trained"
-        + (f" (baseline {fmt(lp['baseline']['all'])}): {_pct_ci(lred, lci)} vs baseline"
-           if lred is not None else ""),
-        interval_verdict(*lci) if lci else NO_DIFF)
+        + (f" (baseline {fmt(lp['baseline']['all'])}): {_pct_ci(lred, lci)} vs baseline; "
+           f"untrained pair {100 * init_prefix:+.1f}%" if lred is not None else ""),
+        interval_verdict(*lci, init_prefix) if lci else NO_DIFF)
   return out
 
 
