@@ -394,6 +394,17 @@ def test_host_shards_are_disjoint_and_cover_the_global_batch(embedded_cfg, embed
     pipeline.make_data(embedded_cfg, process_index=0, process_count=3)
 
 
+def test_eval_batches_default_to_all_and_sample_evenly(embedded):
+  total = embedded.num_eval_batches
+  assert total >= 3
+  assert len(list(embedded.eval_batches())) == len(list(embedded.eval_batches(0))) == total
+  assert embedded.eval_stride() == embedded.eval_stride(0) == 1.0
+  # A fixed sample of n batches is spread over the split, not its first n batches.
+  sample = list(embedded.eval_batches(2))
+  assert _same(sample[1], embedded.eval_dataset[total // 2])
+  assert embedded.eval_stride(2) == total / 2
+
+
 def test_eval_batches_are_per_domain_and_deterministic(embedded):
   batches = list(embedded.eval_batches())
   assert batches and all(_same(a, b) for a, b in zip(batches, embedded.eval_batches()))
