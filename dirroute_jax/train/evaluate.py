@@ -23,6 +23,7 @@ import optax
 from jax.experimental import multihost_utils
 
 from dirroute_jax.model.transformer import Transformer, build_model, forward
+from dirroute_jax.train import sharding
 from dirroute_jax.train.step import BATCH_KEYS, Trainer
 
 PREFIX = "routed_prefix"  # the sequence_mean routed model evaluated with prefix-only routing
@@ -44,11 +45,24 @@ def prefix_model(model_cfg) -> Transformer | None:
   return build_model(cfg)
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _loss_sums(model: Transformer, params, inputs_BxT, targets_BxT, weights_BxT):
+def _loss_sums_fn(model: Transformer, params, inputs_BxT, targets_BxT, weights_BxT):
   logits_BxTxV, _ = forward(model, params, inputs_BxT)
   ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
   return (ce_BxT * weights_BxT).sum(axis=-1), weights_BxT.sum(axis=-1)
+
+
+_loss_sums = jax.jit(_loss_sums_fn, static_argnums=(0,))
+
+
+@functools.lru_cache(maxsize=None)
+def _sharded_loss_sums(model: Transformer, mesh, rules):
+  """`_loss_sums` on the training mesh, outputs replicated so every host can read them."""
+
+  def fn(params, inputs_BxT, targets_BxT, weights_BxT):
+    with nn.logical_axis_rules(rules):
+      return _loss_sums_fn(model, params, inputs_BxT, targets_BxT, weights_BxT)
+
+  return jax.jit(fn, out_shardings=sharding.replicated(mesh))
 
 
 def _eval_fns(models: dict[str, Transformer]) -> dict[str, tuple[Transformer, str]]:
@@ -103,10 +117,10 @@ def evaluate(trainer: Trainer, state, batches, domains) -> dict[str, float]:
     num_batches += 1
     batch = to_global(trainer, host_batch)
     out = dict(trainer.eval_step(state, batch))
-    with nn.logical_axis_rules(trainer.rules):
-      for name, (model, params_of) in extra.items():
-        out[name] = _loss_sums(model, state["models"][params_of]["params"], batch["inputs"],
-                               batch["targets"], batch["weights"])
+    for name, (model, params_of) in extra.items():
+      out[name] = _sharded_loss_sums(model, trainer.mesh, trainer.rules)(
+          state["models"][params_of]["params"], batch["inputs"], batch["targets"],
+          batch["weights"])
     out = jax.device_get(out)
     domain_B = np.asarray(multihost_utils.process_allgather(host_batch["domain"], tiled=True))
     for name, (loss_B, tokens_B) in out.items():

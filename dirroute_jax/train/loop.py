@@ -225,7 +225,7 @@ def _summary(eval_metrics: dict, models, domains, total_batches: int) -> str:
       continue
     per_domain = ", ".join(f"{d} {eval_metrics[f'eval/{name}/{d}/perplexity']:.2f}"
                            for d in domains if f"eval/{name}/{d}/perplexity" in eval_metrics)
-    lines.append(f"  {name:<9} {eval_metrics[f'eval/{name}/perplexity']:9.2f}   ({per_domain})")
+    lines.append(f"  {name:<13} {eval_metrics[f'eval/{name}/perplexity']:9.2f}   ({per_domain})")
   if "eval/delta/loss" in eval_metrics:
     ratio = math.exp(eval_metrics["eval/delta/loss"])
     lines.append(f"  routed / baseline perplexity = {ratio:.4f} ({100 * (ratio - 1):+.2f}%)")
