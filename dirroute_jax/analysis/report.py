@@ -165,9 +165,9 @@ def _causality(r: dict) -> str:
              PREFIX: "routed, prefix-only routing (as when generating)",
              "baseline": "baseline"}
     rows = [[names[n]] + [ppl[n][c] for c in cols] for n in names if n in ppl]
-    out += ["", f"Measured leak over {leak['num_batches']} held-out batches (every "
-            f"{fmt(leak.get('eval_stride', 1.0))}-th): same parameters, the router given the "
-            "prefix mean instead of the whole window's.", "",
+    out += ["", f"Measured leak over {_sample(leak['num_batches'], leak.get('eval_stride'))}: "
+            "same parameters, the router given the prefix mean instead of the whole window's.",
+            "",
             table(["model"] + [f"PPL {c}" for c in cols], rows)]
     if "reduction_vs_baseline" in leak:
       red = leak["reduction_vs_baseline"]
@@ -176,6 +176,13 @@ def _causality(r: dict) -> str:
           red["routed"]["all"], ci.get("routed")) + "; prefix-only " + _pct_ci(
           red[PREFIX]["all"], ci.get(PREFIX)) + "."]
   return "\n".join(out)
+
+
+def _sample(num_batches: int, stride: float | None) -> str:
+  """Which held-out batches a number is over: all, or a fixed sample and its interval."""
+  if stride is None or stride <= 1.0:
+    return f"the whole held-out split ({num_batches} batches)"
+  return f"a fixed sample of {num_batches} held-out batches, one every {stride:.3g}"
 
 
 def _pct_ci(value: float, ci=None) -> str:
@@ -304,7 +311,7 @@ def _ablation(r: dict) -> str:
   return "\n".join([
       table(["condition"] + [f"routed PPL {c}" for c in cols] + ["baseline PPL (control)"],
             rows), "",
-      f"Over {r['num_batches']} held-out batches (every {fmt(r.get('eval_stride', 1.0))}-th). "
+      f"Over {_sample(r['num_batches'], r.get('eval_stride'))}. "
       f"Worst single-layer knockout: layer {routed['worst_layer']} "
       f"({routed['worst_layer_delta_ppl']:+.3g} PPL). Baseline unchanged under every "
       f"intervention: {r['control']['baseline_invariant']}. PPL reduction routed vs "

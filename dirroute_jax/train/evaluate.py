@@ -11,7 +11,6 @@ claims table) use the same `prefix_model` and the same `perplexity_metrics`.
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 
@@ -40,7 +39,7 @@ def prefix_model(model_cfg) -> Transformer | None:
   """The causal twin of a `sequence_mean` routed model (same parameter tree), else None."""
   if not (model_cfg.routing and model_cfg.pooling == "sequence_mean"):
     return None
-  cfg = ml_collections.ConfigDict(copy.deepcopy(model_cfg.to_dict()))  # model.cfg is frozen
+  cfg = ml_collections.ConfigDict(model_cfg.to_dict())  # a mutable copy: model.cfg is frozen
   cfg.pooling = "causal_mean"
   return build_model(cfg)
 
