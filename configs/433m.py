@@ -48,7 +48,7 @@ def get_config():
   c.optim.weight_decay = 0.1
   c.log_every = 50
   c.eval_every = 1000
-  c.eval_batches = 32
+  c.eval_batches = 32  # a fixed sample spread over the (large) held-out split; 0: all of it
   c.checkpoint_every = 1000
   c.checkpoint.permanent_every = 5000
   c.mesh.preset = "fsdp"

@@ -31,6 +31,5 @@ def get_config():
   c.optim.warmup_steps = 60
   c.log_every = 20
   c.eval_every = 200
-  c.eval_batches = 8
   c.checkpoint_every = 100
   return c

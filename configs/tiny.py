@@ -27,6 +27,5 @@ def get_config():
   c.optim.warmup_steps = 30
   c.log_every = 25
   c.eval_every = 100
-  c.eval_batches = 4
   c.checkpoint_every = 100
   return c

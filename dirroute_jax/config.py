@@ -84,7 +84,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.seq_len = 256
   c.log_every = 10
   c.eval_every = 200
-  c.eval_batches = 8
+  c.eval_batches = 0  # 0: the whole held-out split
   # At each eval, every model's greedy continuation of these prompts goes to TensorBoard
   # (text tab `samples/<model>`); () turns it off. Skipped for synthetic data and multi-host.
   c.eval_samples = ("def ", "The ")
@@ -186,8 +186,10 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
   validate_model_config(c.model)
   for key in ("steps", "batch_size", "seq_len", "grad_accum_steps", "log_every"):
     _need(int(c[key]) >= 1, f"{key} must be a positive integer, got {c[key]!r}.")
-  for key in ("eval_every", "checkpoint_every", "eval_batches", "checkpoint_every_secs"):
+  for key in ("eval_every", "checkpoint_every", "checkpoint_every_secs"):
     _need(c[key] >= 0, f"{key} must be >= 0 (0 disables it), got {c[key]!r}.")
+  _need(int(c.eval_batches) >= 0,
+        f"eval_batches must be >= 0 (0: the whole held-out split), got {c.eval_batches!r}.")
   _need(c.batch_size % c.grad_accum_steps == 0,
         f"batch_size={c.batch_size} must be divisible by grad_accum_steps={c.grad_accum_steps}.")
   _need(c.optim.peak_lr > 0 and c.optim.final_lr >= 0,

@@ -84,7 +84,13 @@ def test_ablation_on_trained_workdir(run, trained_workdir):
   json.dumps(r)
   ppl = {name: m["ppl"] for name, m in r["models"].items()}
   assert set(ppl) == {"routed", "baseline"} and _finite(ppl)
-  assert r["conditions"][:4] == ["as_trained", "all_off", "all_0.5", "all_1"]
+  assert r["conditions"][:5] == ["as_trained", "all_off", "all_mean", "all_0.5", "all_1"]
+  mean_r = np.asarray(r["mean_routing_LxHxK"])
+  assert mean_r.shape == (run.cfg.model.num_layers, run.cfg.model.num_heads,
+                          run.cfg.model.num_directions) and ((0 < mean_r) & (mean_r < 1)).all()
+  lo, hi = r["control"]["routed_ppl_reduction_ci95"]["all"]
+  assert lo <= r["control"]["routed_ppl_reduction_vs_baseline"]["all"] <= hi
+  assert set(r["control"]["reduction_at_init"]["routed"]) == {"all", *run.data.domains}
   assert len(r["models"]["routed"]["per_layer_delta_ppl"]) == run.cfg.model.num_layers
   assert set(ppl["routed"]["as_trained"]) == {"all", *run.data.domains}
   # The control: routing interventions leave the baseline bit-for-bit unchanged.

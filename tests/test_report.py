@@ -24,11 +24,18 @@ def test_interpret_writes_json_markdown_and_plots(trained_workdir, tmp_path):
   for section in SECTIONS:
     assert report[section], section
   assert report["causality"]["all_causal"] is True
+  assert report["causality"]["leak"]["applies"] is False  # causal_mean: nothing to measure
+  # The corpus and tokenizer the numbers are on, and the token counts, as at training time.
+  data = report["data"]
+  assert data["same_as_training"] is True
+  assert data["evaluated_on"]["corpus"] == data["trained_on"]["corpus"]
+  assert data["evaluated_on"]["tokens"]["validation"]["prose"] > 0
   assert report["ablation"]["control"]["baseline_invariant"] is True
   md = open(out / "report.md").read()
   for section in SECTIONS:
     assert f"## {section}" in md
   assert "| routed | CAUSAL | causal_mean |" in md
+  assert f"Corpus fingerprint `{data['evaluated_on']['corpus']}`" in md
   # Each plot opens, has content (not a blank canvas) and is linked from report.md.
   pngs = sorted(p for p in os.listdir(out) if p.endswith(".png"))
   assert {"ablation_layers.png", "factual_dla.png", "induction_heads.png",

@@ -6,6 +6,10 @@ conditions for every model of a trained set, overall and per domain:
 
   as_trained      the router's own weights (the reference every delta is taken against)
   all_off         every r = 0 (`routing_off`): the heads' outputs pass unsuppressed
+  all_mean        every r fixed at its held-out mean for its (layer, head, direction): the
+                  average suppression without its dependence on the input. as_trained vs
+                  all_mean is what input-dependent routing buys; all_mean vs all_off is what
+                  average suppression buys.
   all_0.5         every r = 0.5 (`routing_fixed(0.5)`)
   all_1           every r = 1: every direction fully removed (brackets the other end)
   layer_{l}_off   r = 0 in layer l only, router as trained elsewhere
@@ -13,9 +17,15 @@ conditions for every model of a trained set, overall and per domain:
 Protocol choices the paper leaves open:
   * The ablations are interventions on r (after the router, before the suppression), applied at
     every position; the router still runs. Nothing is re-trained or re-normalised.
-  * PPL is exp(token-weighted mean cross-entropy) over the first `num_batches` held-out batches
-    (default: `cfg.eval_batches`, the batches training's eval used, so `as_trained` equals the
+  * PPL is exp(token-weighted mean cross-entropy) over the held-out batches training's eval
+    used (`cfg.eval_batches`; default 0 = the whole held-out split, so `as_trained` equals the
     logged `eval/{model}/perplexity`). Padding targets (weight 0) and padding rows are excluded.
+  * The routed-vs-baseline PPL reduction carries a 95% paired bootstrap interval over held-out
+    windows (both models' losses on the same resampled windows). Windows of one document are
+    not independent, so the interval is somewhat too narrow.
+  * Control for the gain: the same pair at initialisation (`reduction_at_init`). Routing
+    changes the function before any training, so only a gain beyond the untrained pair's is
+    a learned one.
   * Control: the baseline has no router, so every condition must leave it unchanged; its row is
     reported next to the routed one and `control.baseline_invariant` checks it bit for bit.
 """
@@ -32,7 +42,8 @@ import numpy as np
 import optax
 
 from dirroute_jax.model import interventions as iv_lib
-from dirroute_jax.model.transformer import Transformer, forward
+from dirroute_jax.model.transformer import Transformer, forward, init_params
+from dirroute_jax.train import evaluate
 
 
 # The paper's numbers (433M model, 2.6B tokens): compare directions of effects, not magnitudes.
@@ -53,12 +64,16 @@ def complete(model_cfg, iv: iv_lib.Interventions | None = None) -> iv_lib.Interv
   return noop if iv is None else noop.merge(iv)
 
 
-def conditions(model_cfg) -> dict[str, iv_lib.Interventions]:
-  """The ablation conditions (name -> complete Interventions), `as_trained` first."""
+def conditions(model_cfg, mean_r_LxHxK=None) -> dict[str, iv_lib.Interventions]:
+  """The ablation conditions (name -> complete Interventions), `as_trained` first;
+  `all_mean` when the held-out mean routing weights are given."""
   out = {"as_trained": complete(model_cfg),
-         "all_off": complete(model_cfg, iv_lib.routing_off(model_cfg)),
+         "all_off": complete(model_cfg, iv_lib.routing_off(model_cfg))}
+  if mean_r_LxHxK is not None:
+    out["all_mean"] = complete(model_cfg, iv_lib.routing_fixed(model_cfg, mean_r_LxHxK))
+  out.update({
          "all_0.5": complete(model_cfg, iv_lib.routing_fixed(model_cfg, 0.5)),
-         "all_1": complete(model_cfg, iv_lib.routing_fixed(model_cfg, 1.0))}
+         "all_1": complete(model_cfg, iv_lib.routing_fixed(model_cfg, 1.0))})
   for l in range(model_cfg.num_layers):
     out[f"layer_{l}_off"] = complete(model_cfg, iv_lib.routing_off(model_cfg, [l]))
   return out
@@ -76,33 +91,83 @@ def loss_sums(model: Transformer, params, inputs_BxT, targets_BxT, weights_BxT, 
   return jnp.sum(ce_BxT * weights_BxT, axis=1), jnp.sum(weights_BxT, axis=1)
 
 
+@functools.partial(jax.jit, static_argnums=(0,))
+def _routing_sums(model: Transformer, params, inputs_BxT, weights_BxT):
+  """Sum over real input positions of r (L x H x K), as trained."""
+  L = model.cfg.num_layers
+  _, acts = forward(model, params, inputs_BxT, capture=("blocks.*.attn.r",))
+  r_LxBxTxHxK = jnp.stack([acts[f"blocks.{l}.attn.r"] for l in range(L)]).astype(jnp.float32)
+  r_LxBxTxHxK = jnp.broadcast_to(r_LxBxTxHxK, r_LxBxTxHxK.shape[:2] + weights_BxT.shape[1:]
+                                 + r_LxBxTxHxK.shape[3:])  # sequence_mean: r is B x 1
+  return jnp.einsum("lbthk,bt->lhk", r_LxBxTxHxK, weights_BxT.astype(jnp.float32))
+
+
+def mean_routing(model: Transformer, params, batches: Iterable[dict]) -> np.ndarray:
+  """Held-out mean of the routing weights per (layer, head, direction), token-weighted."""
+  total, count = 0.0, 0.0
+  for batch in batches:
+    total = total + np.asarray(_routing_sums(model, params, batch["inputs"], batch["weights"]),
+                               np.float64)
+    count += float(np.sum(batch["weights"]))
+  return (total / max(count, 1.0)).astype(np.float32)
+
+
+def paired_bootstrap_reduction(loss_a_N, loss_b_N, tokens_N, *, resamples: int = 2000,
+                               seed: int = 0) -> tuple[float, float]:
+  """95% interval of 1 - PPL_a / PPL_b, resampling the N windows (paired: one draw serves both
+  models). PPL = exp(sum of losses / sum of tokens) over the resampled windows."""
+  loss_a, loss_b = np.asarray(loss_a_N, np.float64), np.asarray(loss_b_N, np.float64)
+  tokens = np.asarray(tokens_N, np.float64)
+  if len(tokens) < 2:
+    return float("nan"), float("nan")
+  rng = np.random.default_rng(seed)
+  counts_RxN = rng.multinomial(len(tokens), np.full(len(tokens), 1.0 / len(tokens)), resamples)
+  diff_R = (counts_RxN @ (loss_a - loss_b)) / np.maximum(counts_RxN @ tokens, 1.0)
+  lo, hi = np.quantile(1.0 - np.exp(diff_R), [0.025, 0.975])
+  return float(lo), float(hi)
+
+
 def ablation_ppl(models: dict[str, Transformer], params: dict, batches: Iterable[dict],
                  domains: tuple[str, ...]) -> dict:
   """Perplexity of each model under each condition, overall and per domain.
 
-  `batches` are eval batches (`inputs`, `targets`, `weights`, `domain`). The conditions are
-  built from the first model's config (routing interventions are ignored by a baseline, and all
-  models of a set share L, H, K).
+  `batches` are eval batches (`inputs`, `targets`, `weights`, `domain`), iterated twice (the
+  held-out mean routing first). The conditions are built from the routed (else first) model's
+  config (routing interventions are ignored by a baseline, and all models of a set share
+  L, H, K).
   """
+  batches = list(batches)
   names = list(models)
-  model_cfg = models[names[0]].cfg
-  conds = conditions(model_cfg)
+  router = "routed" if "routed" in models else names[0]
+  model_cfg = models[router].cfg
+  mean_r = (mean_routing(models[router], params[router], batches) if model_cfg.routing
+            else None)
+  conds = conditions(model_cfg, mean_r)
   # sums[model][condition][domain id] = (loss sum, tokens)
   loss_sum = {n: {c: np.zeros(len(domains)) for c in conds} for n in names}
   token_sum = {n: np.zeros(len(domains)) for n in names}
+  # As-trained loss per real window, for the paired bootstrap.
+  window_loss = {n: [] for n in names}
+  window_tokens, window_domain = [], []
   num_batches = 0
   for batch in batches:
     num_batches += 1
     domain_B = np.asarray(batch["domain"])
+    real_B = domain_B >= 0
+    window_tokens.append(np.asarray(batch["weights"]).sum(1)[real_B])
+    window_domain.append(domain_B[real_B])
     args = (batch["inputs"], batch["targets"], batch["weights"])
     for name in names:
       for c, iv in conds.items():
         loss_B, tokens_B = jax.device_get(loss_sums(models[name], params[name], *args, iv))
+        loss_B = np.asarray(loss_B, np.float64)
         for d in range(len(domains)):
           sel = domain_B == d
-          loss_sum[name][c][d] += float(np.asarray(loss_B, np.float64)[sel].sum())
+          loss_sum[name][c][d] += float(loss_B[sel].sum())
           if c == "as_trained":
             token_sum[name][d] += float(np.asarray(tokens_B)[sel].sum())
+        if c == "as_trained":
+          window_loss[name].append(loss_B[real_B])
 
   def ppl(loss, tokens):
     return math.exp(loss / tokens) if tokens else float("nan")
@@ -130,6 +195,18 @@ def ablation_ppl(models: dict[str, Transformer], params: dict, batches: Iterable
                               "loss": loss_tab, "per_layer_delta_ppl": deltas,
                               "worst_layer": worst, "worst_layer_delta_ppl": deltas[worst]}
   result["control"] = _controls(result["models"], models)
+  if mean_r is not None:
+    result["mean_routing_LxHxK"] = mean_r.tolist()
+  if "routed" in models and "baseline" in models and window_tokens:
+    tokens_N, domain_N = np.concatenate(window_tokens), np.concatenate(window_domain)
+    loss_r, loss_b = np.concatenate(window_loss["routed"]), np.concatenate(window_loss["baseline"])
+    ci = {"all": paired_bootstrap_reduction(loss_r, loss_b, tokens_N)}
+    for d in present:
+      sel = domain_N == d
+      ci[domains[d]] = paired_bootstrap_reduction(loss_r[sel], loss_b[sel], tokens_N[sel])
+    result["control"]["routed_ppl_reduction_ci95"] = {k: list(v) for k, v in ci.items()}
+    result["control"]["ci_method"] = (f"paired bootstrap over {len(tokens_N)} held-out windows "
+                                      "(2000 resamples)")
   return result
 
 
@@ -149,6 +226,25 @@ def _controls(tables: dict, models: dict[str, Transformer]) -> dict:
   return out
 
 
+def reduction_at_init(models: dict[str, Transformer], batches, domains, seed: int) -> dict:
+  """The routed-vs-baseline PPL reduction of the same pair at initialisation (training's init:
+  one key, `seed`, for every model), as trained and with prefix-only routing when that applies.
+
+  Routing changes the function before any training (r ~ 0.5 suppresses every head a little),
+  so a trained gain is evidence of learning only beyond this one."""
+  key = jax.random.key(seed)
+  params = {n: init_params(m, key) for n, m in models.items()}
+  m = evaluate.evaluate_params(models, params, batches, domains)
+  out = {}
+  for name in ("routed", evaluate.PREFIX):
+    if f"eval/{name}/loss" not in m:
+      continue
+    out[name] = {"all": 1.0 - math.exp(m[f"eval/{name}/loss"] - m["eval/baseline/loss"]),
+                 **{d: 1.0 - math.exp(m[f"eval/{name}/{d}/loss"] - m[f"eval/baseline/{d}/loss"])
+                    for d in domains if f"eval/{name}/{d}/loss" in m}}
+  return out
+
+
 def ablation(run, *, num_batches: int | None = None) -> dict:
   """Routing ablations of a loaded workdir (`analysis.load.load_workdir`): see module doc.
 
@@ -156,10 +252,15 @@ def ablation(run, *, num_batches: int | None = None) -> dict:
   "delta_ppl_vs_as_trained", "loss" (tables [condition][domain or "all"]),
   "per_layer_delta_ppl" (L), "worst_layer", "worst_layer_delta_ppl"}}, "control", "protocol"}.
   """
-  n = run.cfg.eval_batches if num_batches is None else num_batches
+  n = (run.cfg.eval_batches if num_batches is None else num_batches) or None
   result = ablation_ppl(run.models, run.params, run.data.eval_batches(n), run.data.domains)
+  result["eval_stride"] = run.data.eval_stride(n)
+  if "routed" in run.models and "baseline" in run.models:
+    result["control"]["reduction_at_init"] = reduction_at_init(
+        run.models, run.data.eval_batches(n), run.data.domains, int(run.cfg.seed))
   result["protocol"] = {
       "intervention": "routing weights r replaced at every position after the router",
+      "all_mean": "r fixed at its held-out token-weighted mean per (layer, head, direction)",
       "ppl": "exp(token-weighted mean CE) over held-out eval batches, padding excluded",
       "control": "baseline under the same interventions (must be unchanged)",
       "checkpoint_step": int(run.step)}

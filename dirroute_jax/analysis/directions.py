@@ -174,7 +174,7 @@ def directions(run, *, top_k: int = 10, random_per_head: int = 16, null_draws: i
   def share(ids):
     return float(function_V[ids].mean())
 
-  layers, share_L, share_random_L, units = [], [], [], []
+  layers, share_L, share_random_L, share_z_L, units = [], [], [], [], []
   for l in range(L):
     attn = params[f"blocks_{l}"]["attn"]
     dirs_HxKxDh, w_o = np.asarray(attn["directions"]), np.asarray(attn["out"]["kernel"])
@@ -206,6 +206,10 @@ def directions(run, *, top_k: int = 10, random_per_head: int = 16, null_draws: i
     layers.append(heads)
     share_L.append(float(np.mean(shares)))
     share_random_L.append(float(np.mean(rand_shares)))
+    # Two-sample z of the directions' mean share against the random directions' (Welch SE).
+    se = np.sqrt(np.var(shares, ddof=1) / len(shares) + np.var(rand_shares, ddof=1)
+                 / len(rand_shares)) if len(shares) > 1 else 0.0
+    share_z_L.append(float((share_L[-1] - share_random_L[-1]) / se) if se > 0 else 0.0)
 
   units_NxDh = np.concatenate(units)
   layer_N = np.repeat(np.arange(L), H * K)
@@ -243,6 +247,7 @@ def directions(run, *, top_k: int = 10, random_per_head: int = 16, null_draws: i
           "readout": layers,
           "function_share_per_layer": share_L,
           "function_share_random_per_layer": share_random_L,
+          "function_share_z_per_layer": share_z_L,
           "function_share_vocab": float(function_V.mean()),
           "cosine": cosine,
       }, "baseline": "n/a (the baseline has no directions)"},

@@ -8,13 +8,15 @@ is embedding -0.12 / heads -4.94 / routing delta +25.57 / MLPs -3.81; and that k
 user can replace (`prompts/factual.json`).
 
 Protocol choices (the paper leaves them open):
-  * Tokenisation. The target is tokenised in context: its ids are the tokens of
+  * Tokenisation and score. The target is tokenised in context: its ids are the tokens of
     `prompt + target` after the prompt's own tokens (falling back to `encode(target)` when the
-    prompt's tokens are not a prefix). "P(target)" and "rank" score the target's FIRST token at
-    the prompt's last position (rank 1 = the argmax). `target_logprob_full` is the teacher-forced
-    log-probability of all target tokens, each scored by a forward on its own prefix only (so
-    the non-causal sequence-mean router never sees the tokens it is scored on). With a byte
-    tokenizer the first target token is usually the space, so read the full score there.
+    prompt's tokens are not a prefix); `target_tokens` lists them. "P(target)" is the WHOLE
+    word: exp of the teacher-forced sum of the log-probabilities of all its tokens, each scored
+    by a forward on its own prefix only (so the non-causal sequence-mean router never sees the
+    tokens it is scored on). "rank" is the first token's rank at the prompt's last position
+    (1 = argmax). A target is flagged `at_chance` when P(target) < 10 x V**-(its token count),
+    the uniform guess. Mover-head knockout ratios use the whole-word P as well; the DLA
+    decomposes the first target token's logit (a logit is one token's).
   * Subject position. With a subword tokenizer the subject's tokens are found by encoding the
     prompt's text up to and including the FIRST occurrence of `subject`; its last token is at
     index len(encode(prefix)) - 1. `subject_aligned` is False when that encoding is not a prefix
@@ -35,7 +37,9 @@ Protocol choices (the paper leaves them open):
   * Mover head = argmax over (layer, head) of the attention from the last position to the
     subject position (as trained). Knockout replaces the head's output before W_O at every
     position by zero or by its mean `z_routed` over held-out tokens (as trained). Null: the
-    same knockout of every other head (`knockout_ratios_*`, L x H) and their median.
+    same knockout of every other head (`knockout_ratios_*`, L x H) and their median; the mover
+    head's percentile among them per prompt, and a p-value of the mean percentile over prompts
+    against heads picked at random.
 """
 
 from __future__ import annotations
@@ -63,16 +67,30 @@ PAPER = {"p_target_routing_off": "near zero on all 8 prompts",
                        "mlps": -3.81},
          "mover_knockout_p_ratio": 1.07}
 
+# A target is "at chance" when P(whole word) is below 10x the uniform guess V**-n_tokens.
+AT_CHANCE_LOG = math.log(10.0)
+
 _DLA_CAPTURE = ("blocks.0.resid_pre", "blocks.*.attn.z", "blocks.*.attn.z_routed",
                 "blocks.*.mlp.out", "blocks.*.attn.pattern", "final_norm.scale")
 
 
 def load_prompts(path: str = DEFAULT_PROMPTS) -> list[dict]:
   """A JSON list of {prompt, target, subject}, or {"prompts": [...]} (other keys ignored)."""
-  with open(path) as f:
-    data = json.load(f)
-  prompts = data["prompts"] if isinstance(data, dict) else data
+  try:
+    with open(path) as f:
+      data = json.load(f)
+  except OSError as e:
+    raise ValueError(f"cannot read the prompt file {path!r}: {e.strerror or e}") from None
+  except json.JSONDecodeError as e:
+    raise ValueError(f"the prompt file {path!r} is not valid JSON ({e}); it must be a list of "
+                     '{"prompt", "target", "subject"} objects or {"prompts": [...]}') from None
+  prompts = data.get("prompts") if isinstance(data, dict) else data
+  if not isinstance(prompts, list) or not prompts:
+    raise ValueError(f"the prompt file {path!r} holds no prompts: give a non-empty list of "
+                     '{"prompt", "target", "subject"} objects or {"prompts": [...]}')
   for p in prompts:
+    if not isinstance(p, dict):
+      raise ValueError(f"bad prompt entry {p!r} in {path!r}: each entry is an object")
     missing = {"prompt", "target", "subject"} - set(p)
     if missing or p["subject"] not in p["prompt"]:
       raise ValueError(f"bad prompt entry {p!r}: needs prompt/target/subject, subject in prompt")
@@ -221,6 +239,7 @@ def _prompt_rows(tokenizer, prompts):
     info.append({"prompt": p["prompt"], "target": p["target"], "subject": p["subject"],
                  "prompt_tokens": len(ids), "target_ids": [int(t) for t in tgt],
                  "target_first_token": tokenizer.decode([tgt[0]]),
+                 "target_tokens": [tokenizer.decode([t]) for t in tgt],
                  "subject_position": subj, "subject_token": tokenizer.decode([ids[subj]]),
                  "subject_aligned": bool(aligned), "last_position": len(ids) - 1})
     for j, t in enumerate(tgt):
@@ -228,6 +247,14 @@ def _prompt_rows(tokenizer, prompts):
       labels.append(t)
       owner.append((i, j))
   return info, rows, labels, owner
+
+
+def mean_percentile_p_value(observed: float, n: int, *, draws: int = 20_000,
+                            seed: int = 0) -> float:
+  """P(mean of n uniform percentiles >= observed): how often heads picked at random would rank
+  at least this high among the other heads' knockouts (one-sided, Monte Carlo)."""
+  means = np.random.default_rng(seed).random((draws, n)).mean(1)
+  return float((1 + np.sum(means >= observed)) / (1 + draws))
 
 
 def _geomean(x) -> float:
@@ -245,6 +272,7 @@ def factual_recall(models: dict[str, Transformer], params: dict, tokenizer,
   """
   info, rows, labels, owner = _prompt_rows(tokenizer, prompts)
   first = [k for k, (_, j) in enumerate(owner) if j == 0]
+  rows_of = [[k for k, (o, _) in enumerate(owner) if o == i] for i in range(len(prompts))]
   result = {"paper": PAPER, "num_prompts": len(prompts), "models": {}}
   for name, model in models.items():
     cfg, prm = model.cfg, params[name]
@@ -268,27 +296,34 @@ def factual_recall(models: dict[str, Transformer], params: dict, tokenizer,
         iv = complete(cfg, iv_lib.knockout_heads(cfg, [(l, h)],
                                                  None if m == "zero" else means))
         # All rows, not just the first-token ones: one compiled shape serves every condition.
-        knock[m][l, h] = score_rows(model, prm, rows, labels, iv)[0][first]
+        logp = score_rows(model, prm, rows, labels, iv)[0]
+        knock[m][l, h] = [np.sum(logp[ks]) for ks in rows_of]
 
     per_prompt, null_ratios = [], {m: [] for m in modes}
     for i, p in enumerate(info):
       entry = dict(p)
+      entry["chance_logprob"] = -len(p["target_ids"]) * math.log(cfg.vocab_size)
       for c, (logp, rank) in scored.items():
-        ks = [k for k, (o, _) in enumerate(owner) if o == i]
-        entry[c] = {"p_target": math.exp(logp[ks[0]]), "rank": int(rank[ks[0]]),
-                    "target_logprob_full": float(np.sum(logp[ks]))}
+        ks = rows_of[i]
+        word = float(np.sum(logp[ks]))
+        entry[c] = {"p_target": math.exp(word), "target_logprob": word,
+                    "p_first_token": math.exp(logp[ks[0]]), "rank": int(rank[ks[0]]),
+                    "at_chance": word < entry["chance_logprob"] + AT_CHANCE_LOG}
       pos, logits_V, acts = caps[i]
       dla = direct_logit_attribution(cfg, prm, acts, pos, p["target_ids"][0])
       dla["dla"]["logit"] = float(logits_V[p["target_ids"][0]])
       dla["dla"]["residual"] = dla["dla"]["logit"] - dla["dla"]["sum"]
       entry.update(dla)
       mv = dict(movers[i])
-      base_logp = scored["as_trained"][0][first[i]]
+      base_logp = entry["as_trained"]["target_logprob"]
       for m in modes:
         ratio_LxH = np.exp(knock[m][:, :, i] - base_logp)
         others = np.delete(ratio_LxH.ravel(), mv["layer"] * H + mv["head"])
         others = others[~np.isnan(others)]
         null_ratios[m].extend(others.tolist())
+        # Where the mover head's knockout falls among every other head's (1 = above all).
+        mv[f"percentile_{m}"] = (float(np.mean(others < ratio_LxH[mv["layer"], mv["head"]]))
+                                 if others.size else None)
         mv[f"p_{m}_ablated"] = math.exp(knock[m][mv["layer"], mv["head"], i])
         mv[f"ratio_{m}"] = float(ratio_LxH[mv["layer"], mv["head"]])
         mv[f"null_ratio_{m}_median"] = float(np.median(others)) if others.size else None
@@ -306,15 +341,14 @@ def _summary(per_prompt: list[dict], null_ratios: dict[str, list[float]],
   """Averages over prompts, each next to its null (`null_ratios[mode]`: the knockout ratios
   of every non-mover head over all prompts)."""
   col = lambda f: [f(e) for e in per_prompt]
-  out = {"chance_p": 1.0 / vocab_size}
+  out = {"chance_p": 1.0 / vocab_size,
+         "mean_chance_p_target": float(np.mean(col(lambda e: math.exp(e["chance_logprob"]))))}
   for c in ("as_trained", "routing_off"):
     out[c] = {"mean_p_target": float(np.mean(col(lambda e: e[c]["p_target"]))),
               "max_p_target": float(np.max(col(lambda e: e[c]["p_target"]))),
               "median_rank": float(np.median(col(lambda e: e[c]["rank"]))),
-              "mean_target_logprob_full": float(np.mean(col(
-                  lambda e: e[c]["target_logprob_full"])))}
-  out["routing_off"]["num_below_chance"] = int(sum(
-      e["routing_off"]["p_target"] < out["chance_p"] for e in per_prompt))
+              "mean_target_logprob": float(np.mean(col(lambda e: e[c]["target_logprob"]))),
+              "num_at_chance": int(sum(col(lambda e: e[c]["at_chance"])))}
   out["geomean_p_ratio_off_vs_trained"] = _geomean(col(
       lambda e: e["routing_off"]["p_target"] / e["as_trained"]["p_target"]))
   parts = ("embedding", "heads_raw", "routing_delta", "mlps", "sum")
@@ -329,6 +363,10 @@ def _summary(per_prompt: list[dict], null_ratios: dict[str, list[float]],
   for m, nulls in null_ratios.items():
     out[f"mover_ratio_{m}_geomean"] = _geomean(col(lambda e: e["mover_head"][f"ratio_{m}"]))
     out[f"null_ratio_{m}_geomean"] = _geomean(nulls) if nulls else None
+    pct = [x for x in col(lambda e: e["mover_head"].get(f"percentile_{m}")) if x is not None]
+    if pct:
+      out[f"mover_percentile_{m}_mean"] = float(np.mean(pct))
+      out[f"mover_p_value_{m}"] = mean_percentile_p_value(float(np.mean(pct)), len(pct))
   return out
 
 
@@ -338,7 +376,8 @@ def factual(run, prompts_path: str = DEFAULT_PROMPTS, *, num_batches: int | None
 
   Returns {"paper", "num_prompts", "prompts_path", "protocol", "models": {name: {"prompts": [per
   prompt: prompt/target/subject, token info, "as_trained"/"routing_off": {p_target, rank,
-  target_logprob_full}, "dla", "dla_mean_logit", "mover_head"}], "summary"}}}.
+  target_logprob, p_first_token, at_chance}, "dla", "dla_mean_logit", "mover_head"}],
+  "summary"}}}.
   Mean ablation uses the first `num_batches` held-out batches (default `cfg.eval_batches`).
   """
   n = run.cfg.eval_batches if num_batches is None else num_batches
@@ -346,7 +385,11 @@ def factual(run, prompts_path: str = DEFAULT_PROMPTS, *, num_batches: int | None
                           list(run.data.eval_batches(n)), null_heads=null_heads)
   result["prompts_path"] = os.path.abspath(prompts_path)
   result["protocol"] = {
-      "p_target": "first target token at the prompt's last position; rank 1 = argmax",
+      "p_target": "whole target: exp(sum of the log-probs of all its tokens, teacher-forced, "
+                  "each scored on its own prefix); rank = the first token's (1 = argmax)",
+      "at_chance": "P(target) < 10 x V**-(number of target tokens)",
+      "mover_p_value": "mover head's knockout percentile among all other heads, averaged over "
+                       "prompts, against the mean of uniform percentiles",
       "subject_position": "last token of encode(prompt up to and including the subject)",
       "dla": "final RMSNorm 1/rms frozen from the real forward; parts sum to the logit",
       "mover_head": "argmax attention last position -> subject, as trained",

@@ -24,7 +24,8 @@ def linearise(run, *, num_batches: int | None = None) -> dict:
   run = as_workdir(run)
   n = run.cfg.eval_batches if num_batches is None else num_batches
   batches = list(run.data.eval_batches(n))
-  out = {"paper": PAPER, "num_batches": len(batches), "models": {}}
+  out = {"paper": PAPER, "num_batches": len(batches), "eval_stride": run.data.eval_stride(n),
+         "models": {}}
   for name, model in run.models.items():
     ppl_k, no_interventions = [], ablation.complete(model.cfg)
     for k in range(model.cfg.num_layers + 1):

@@ -54,9 +54,9 @@ class Workdir:
       trained_on = json.loads(path.read_text())["corpus"]
       if trained_on != data.stats.get("corpus_fingerprint"):
         logging.warning(
-            "The corpus has changed since %s was trained (fingerprint %s, now %s: e.g. the "
-            "embedded 'docs' domain follows the installed packages); held-out numbers are on "
-            "today's corpus.", self.path, trained_on, data.stats.get("corpus_fingerprint"))
+            "The corpus has changed since %s was trained (fingerprint %s, now %s: a "
+            "different project version or data options); held-out numbers are on today's "
+            "corpus.", self.path, trained_on, data.stats.get("corpus_fingerprint"))
     return data
 
 

@@ -25,7 +25,11 @@ negligible difference is significant, so the count needs an effect size to mean 
 Domain classification. Nearest centroid (Euclidean, raw routing weights) with leave-one-out
 over all windows: window i is assigned to the closest domain centroid computed without it.
 Nulls: the same accuracy with permuted labels (mean, 95th percentile) and the majority-class
-rate.
+rate. Controls (the bar trained routing has to clear, since token statistics differ between
+domains and any pooled summary of them classifies): the same classifier on the routing vectors
+of the untrained routed model (the training seed's initialisation), and on the baseline's
+residual stream (every block's output, mean-pooled per window, randomly projected to L*H*K
+features).
 
 Caveat: windows of one domain are consecutive chunks of the same documents, so they are not
 independent; permutation nulls assume exchangeability and are therefore optimistic.
@@ -40,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dirroute_jax.analysis.load import Workdir, as_workdir
-from dirroute_jax.model.transformer import forward
+from dirroute_jax.model.transformer import forward, init_params
 
 PAPER = {"domain_variance_layer0": 0.070, "domain_variance_layer9": 0.00055,
          "specialists_layer0": 10, "specialists_layer9": 0, "classification": "23/24"}
@@ -165,24 +169,23 @@ def specialists(X_NxF, y_N, *, groups_F=None, permutations: int = 1000, alpha: f
 # ---------------------------------------------------------------- the analysis
 
 
-def routing_vectors(run: Workdir, num_batches: int | None = None) -> tuple[np.ndarray,
-                                                                            np.ndarray]:
-  """(X_NxF, y_N): per-window mean routing weights (F = L*H*K) of the routed model and domains."""
-  model, params = run.models["routed"], run.params["routed"]
-  L = model.cfg.num_layers
-  capture = tuple(f"blocks.{l}.attn.r" for l in range(L))
+def _window_means(model, params, batches, capture: tuple[str, ...]):
+  """(X_NxF, y_N): per held-out window, the mean over real input positions of the captured
+  activations (each B x T x ..., flattened and concatenated in `capture` order), and domains."""
 
   @jax.jit
   def window_means(p, tokens_BxT, weights_BxT):
     _, acts = forward(model, p, tokens_BxT, capture=capture)
-    r_BxLxTxHxK = jnp.stack([acts[name] for name in capture], axis=1)
     w_BxT = weights_BxT.astype(jnp.float32)
-    sum_BxLxHxK = jnp.einsum("blthk,bt->blhk", r_BxLxTxHxK, w_BxT)
-    mean = sum_BxLxHxK / jnp.maximum(w_BxT.sum(1), 1.0)[:, None, None, None]
-    return mean.reshape(mean.shape[0], -1)
+    means = []
+    for name in capture:
+      a_BxTxF = acts[name].reshape(acts[name].shape[:2] + (-1,)).astype(jnp.float32)
+      s_BxF = jnp.einsum("btf,bt->bf", a_BxTxF, w_BxT)
+      means.append(s_BxF / jnp.maximum(w_BxT.sum(1), 1.0)[:, None])
+    return jnp.concatenate(means, axis=1)
 
   xs, ys = [], []
-  for batch in run.data.eval_batches(num_batches):
+  for batch in batches:
     keep_B = (batch["domain"] >= 0) & (batch["weights"].sum(1) > 0)
     if not keep_B.any():
       continue
@@ -194,6 +197,27 @@ def routing_vectors(run: Workdir, num_batches: int | None = None) -> tuple[np.nd
   return np.concatenate(xs).astype(np.float64), np.concatenate(ys).astype(np.int64)
 
 
+def routing_vectors(run: Workdir, num_batches: int | None = None, params=None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """(X_NxF, y_N): per-window mean routing weights (F = L*H*K) of the routed model (or of the
+  given `params` for it) and domains."""
+  model = run.models["routed"]
+  capture = tuple(f"blocks.{l}.attn.r" for l in range(model.cfg.num_layers))
+  return _window_means(model, run.params["routed"] if params is None else params,
+                       run.data.eval_batches(num_batches), capture)
+
+
+def baseline_features(run: Workdir, dim: int, num_batches: int | None = None, seed: int = 0
+                      ) -> tuple[np.ndarray, np.ndarray]:
+  """(X_NxF, y_N): the baseline's residual stream leaving every block, mean-pooled per window
+  and concatenated (L*D), projected by a fixed Gaussian matrix to `dim` features: what a
+  classifier gets from a model without a router, at the routing vector's size."""
+  model = run.models["baseline"]
+  capture = tuple(f"blocks.{l}.resid_post" for l in range(model.cfg.num_layers))
+  X_NxLD, y_N = _window_means(model, run.params["baseline"],
+                              run.data.eval_batches(num_batches), capture)
+  proj_LDxF = np.random.default_rng(seed).standard_normal((X_NxLD.shape[1], dim))
+  return X_NxLD @ proj_LDxF / np.sqrt(X_NxLD.shape[1]), y_N
 
 
 def regimes(run, *, num_batches: int | None = None, permutations: int = 1000, seed: int = 0,
@@ -245,6 +269,15 @@ def regimes(run, *, num_batches: int | None = None, permutations: int = 1000, se
   spec_LxH = np.array(spec["specialist"]).reshape(L, H)
 
   pred_N = loo_nearest_centroid_predict(X_NxF, y_N)
+  # Controls: the same classifier on an untrained routed model's routing vectors (same init
+  # seed as training) and on the baseline's projected residuals. Trained routing must beat
+  # both to say that training put domain information into the router.
+  untrained = init_params(run.models["routed"], jax.random.key(int(run.cfg.seed)))
+  X_untrained, y_untrained = routing_vectors(run, num_batches, params=untrained)
+  controls = {"untrained_routing": nearest_centroid_accuracy(X_untrained, y_untrained)}
+  if "baseline" in run.models:
+    X_base, y_base = baseline_features(run, X_NxF.shape[1], num_batches, seed)
+    controls["baseline_features"] = nearest_centroid_accuracy(X_base, y_base)
   confusion_CxC = np.zeros((C, C), int)
   np.add.at(confusion_CxC, (y_N, pred_N), 1)
 
@@ -284,6 +317,7 @@ def regimes(run, *, num_batches: int | None = None, permutations: int = 1000, se
           "balanced_null_p95": float(np.quantile(acc_null_Px2[:, 1], 0.95)),
           "chance_uniform": 1.0 / int((counts_C > 0).sum()),
           "confusion": confusion_CxC.tolist(),
+          "controls": controls,
       },
   }
   return {

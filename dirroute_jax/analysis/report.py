@@ -18,6 +18,8 @@ import numpy as np
 from dirroute_jax.analysis import (ablation, causality, directions, factual, induction,
                                    linearise, plots, regimes, spectral, steering)
 from dirroute_jax.analysis.load import Workdir
+from dirroute_jax.train.evaluate import PREFIX
+from dirroute_jax.train.loop import DATA_FINGERPRINT, data_record
 
 ANALYSES: dict[str, Callable[[Workdir], dict]] = {
     "causality": causality.causality_report,
@@ -32,16 +34,32 @@ ANALYSES: dict[str, Callable[[Workdir], dict]] = {
 }
 
 
-def run_analyses(run: Workdir, names=None, *, log=print) -> dict:
+def data_summary(run: Workdir) -> dict:
+  """The corpus and tokenizer the analyses ran on (content fingerprints, token counts), and the
+  ones the workdir recorded at training time."""
+  path = os.path.join(run.path, DATA_FINGERPRINT)
+  trained_on = json.load(open(path)) if os.path.exists(path) else None
+  now = data_record(run.data)
+  return {"evaluated_on": now, "trained_on": trained_on,
+          "same_as_training": None if trained_on is None else (
+              trained_on.get("corpus") == now["corpus"]
+              and trained_on.get("tokenizer") == now["tokenizer"]),
+          "eval_batches": run.data.num_eval_batches}
+
+
+def run_analyses(run: Workdir, names=None, *, log=print, options: dict | None = None) -> dict:
+  """Runs the named analyses (default all); `options[name]` are keyword arguments for one."""
   names = list(ANALYSES) if names is None else list(names)
   unknown = [n for n in names if n not in ANALYSES]
   if unknown:
     raise ValueError(f"unknown analyses {unknown}; choose from {list(ANALYSES)}.")
+  options = options or {}
   results = {"workdir": os.path.abspath(run.path), "step": run.step,
-             "config": json.loads(run.cfg.to_json_best_effort()), "timings_sec": {}}
+             "config": json.loads(run.cfg.to_json_best_effort()), "data": data_summary(run),
+             "timings_sec": {}}
   for name in names:
     t0 = time.time()
-    results[name] = ANALYSES[name](run)
+    results[name] = ANALYSES[name](run, **options.get(name, {}))
     results["timings_sec"][name] = round(time.time() - t0, 2)
     log(f"  {name}: {results['timings_sec'][name]:.1f} s")
   return results
@@ -106,6 +124,8 @@ def render_markdown(results: dict, run: Workdir, figures: dict[str, str]) -> str
          f"trained {results['step']} steps of {run.cfg.batch_size} x {run.cfg.seq_len} tokens "
          f"on `{run.cfg.data.source}` data. The paper's model is 433M parameters trained on "
          "2.6B tokens: compare directions of effects, not magnitudes.", ""]
+  if "data" in results:
+    out += [_data(results["data"]), ""]
   for name in ANALYSES:
     if name in results:
       out += [f"## {name}", "", _SECTIONS[name](results[name]), ""]
@@ -117,13 +137,59 @@ def render_markdown(results: dict, run: Workdir, figures: dict[str, str]) -> str
   return "\n".join(out)
 
 
+def _data(d: dict) -> str:
+  now = d["evaluated_on"]
+  tokens = now.get("tokens", {})
+  domains = sorted({dom for per in tokens.values() for dom in per})
+  rows = [[split] + [per.get(dom, 0) for dom in domains] + [sum(per.values())]
+          for split, per in tokens.items()]
+  same = {None: "no record in the workdir", True: "yes", False: "NO: numbers are on a "
+          "different corpus or tokenizer than training's"}[d["same_as_training"]]
+  return "\n".join([
+      f"Corpus fingerprint `{now['corpus']}`, tokenizer `{now['tokenizer']}` (same as at "
+      f"training: {same}); held-out split: {now.get('eval_windows')} windows in "
+      f"{d['eval_batches']} batches. Tokens:", "",
+      table(["split"] + domains + ["all"], rows)])
+
+
 def _causality(r: dict) -> str:
-  rows = [[name, d["verdict"], d["pooling"], d["max_logit_change"], d["tolerance"],
-           d["leak_bound_bits_per_token"], d["max_ppl_factor_from_leak"]]
+  rows = [[name, d["verdict"], d["pooling"], d["max_logit_change"], d["tolerance"]]
           for name, d in r["models"].items()]
-  return ("**" + r["note"] + "**\n\n" + table(
-      ["model", "audit", "pooling", "max |Δlogit| at t' <= t", "tolerance",
-       "leak bound (bits/token)", "max PPL factor from leak"], rows))
+  out = ["**" + r["note"] + "**", "", table(
+      ["model", "audit", "pooling", "max |Δlogit| at t' <= t", "tolerance"], rows)]
+  leak = r.get("leak", {})
+  if leak.get("applies"):
+    ppl = leak["ppl"]
+    cols = list(ppl["routed"])
+    names = {"routed": "routed, as trained (sees the whole window)",
+             PREFIX: "routed, prefix-only routing (as when generating)",
+             "baseline": "baseline"}
+    rows = [[names[n]] + [ppl[n][c] for c in cols] for n in names if n in ppl]
+    out += ["", f"Measured leak over {_sample(leak['num_batches'], leak.get('eval_stride'))}: "
+            "same parameters, the router given the prefix mean instead of the whole window's.",
+            "",
+            table(["model"] + [f"PPL {c}" for c in cols], rows)]
+    if "reduction_vs_baseline" in leak:
+      red = leak["reduction_vs_baseline"]
+      ci = leak.get("reduction_ci95", {})
+      out += ["", "PPL reduction vs baseline: as trained " + _pct_ci(
+          red["routed"]["all"], ci.get("routed")) + "; prefix-only " + _pct_ci(
+          red[PREFIX]["all"], ci.get(PREFIX)) + "."]
+  return "\n".join(out)
+
+
+def _sample(num_batches: int, stride: float | None) -> str:
+  """Which held-out batches a number is over: all, or a fixed sample and its interval."""
+  if stride is None or stride <= 1.0:
+    return f"the whole held-out split ({num_batches} batches)"
+  return f"a fixed sample of {num_batches} held-out batches, one every {stride:.3g}"
+
+
+def _pct_ci(value: float, ci=None) -> str:
+  text = f"{100 * value:+.2f}%"
+  if ci:
+    text += f" [{100 * ci[0]:+.2f}%, {100 * ci[1]:+.2f}%]"
+  return text
 
 
 def _generic(r: dict) -> str:
@@ -187,6 +253,8 @@ def _regimes(r: dict) -> str:
                 "null p95", "majority class"],
                [["accuracy", paper["classification"], f"{c['correct']}/{c['total']} = "
                  f"{fmt(c['accuracy'])}", c["null_mean"], c["null_p95"], c["majority_rate"]],
+                *[[f"control: {k.replace('_', ' ')}", "", v, "", "", ""]
+                  for k, v in c.get("controls", {}).items()],
                 ["balanced accuracy", "", c["balanced_accuracy"], c["balanced_null_mean"],
                  c["balanced_null_p95"], c["chance_uniform"]]]),
          "", f"Caveat: {r['protocol']['caveat']}."]
@@ -232,13 +300,23 @@ def _ablation(r: dict) -> str:
                 f"single layer {paper['worst_layer']} (+{paper['worst_layer_delta_ppl']} PPL); "
                 f"routed vs baseline {paper['routed_ppl_reduction_vs_baseline']} lower.")
   red = r["control"]["routed_ppl_reduction_vs_baseline"]
+  ci = r["control"].get("routed_ppl_reduction_ci95", {})
+  ppl = routed["ppl"]
+  split = ""
+  if "all_mean" in ppl:
+    split = (f" Input-dependent routing (as trained vs r fixed at its held-out mean): "
+             f"{fmt(ppl['all_mean']['all'])} -> {fmt(ppl['as_trained']['all'])} PPL; average "
+             f"suppression (mean r vs routing off): {fmt(ppl['all_off']['all'])} -> "
+             f"{fmt(ppl['all_mean']['all'])}.")
   return "\n".join([
       table(["condition"] + [f"routed PPL {c}" for c in cols] + ["baseline PPL (control)"],
             rows), "",
+      f"Over {_sample(r['num_batches'], r.get('eval_stride'))}. "
       f"Worst single-layer knockout: layer {routed['worst_layer']} "
       f"({routed['worst_layer_delta_ppl']:+.3g} PPL). Baseline unchanged under every "
       f"intervention: {r['control']['baseline_invariant']}. PPL reduction routed vs "
-      f"baseline: " + ", ".join(f"{k} {100 * v:+.1f}%" for k, v in red.items()) + ".",
+      f"baseline (95% interval, {r['control'].get('ci_method', 'none')}): "
+      + ", ".join(f"{k} {_pct_ci(v, ci.get(k))}" for k, v in red.items()) + "." + split,
       "", paper_line])
 
 
@@ -248,8 +326,10 @@ def _factual(r: dict) -> str:
   for name, m in r["models"].items():
     s = m["summary"]
     rows.append([name, s["as_trained"]["mean_p_target"], s["routing_off"]["mean_p_target"],
+                 f"{s['as_trained']['num_at_chance']} / {s['routing_off']['num_at_chance']}",
                  s["as_trained"]["median_rank"], s["routing_off"]["median_rank"],
                  s["mover_ratio_zero_geomean"], s["null_ratio_zero_geomean"],
+                 s.get("mover_percentile_zero_mean"), s.get("mover_p_value_zero"),
                  s["mover_ratio_mean_geomean"], s["null_ratio_mean_geomean"]])
   parts = ["embedding", "heads_raw", "routing_delta", "mlps"]
   dla_rows = [["paper (' Paris')"] + [paper["dla_paris"][k] for k in parts] + ["", ""]]
@@ -259,24 +339,31 @@ def _factual(r: dict) -> str:
                     + [d["logit"], d["max_abs_residual"]])
     dla_rows.append([f"{name}: minus mean-logit null"] + [rel[k] for k in parts]
                     + [rel["sum"], ""])
-  per_prompt = [[p["prompt"], p["target"], p["subject_token"], p["as_trained"]["p_target"],
-                 p["routing_off"]["p_target"], p["as_trained"]["rank"],
+  chance = lambda c: " (AT CHANCE)" if c["at_chance"] else ""
+  per_prompt = [[p["prompt"], p["target"], " | ".join(repr(t) for t in p["target_tokens"]),
+                 p["subject_token"], f"{fmt(p['as_trained']['p_target'])}"
+                 f"{chance(p['as_trained'])}",
+                 f"{fmt(p['routing_off']['p_target'])}{chance(p['routing_off'])}",
+                 math.exp(p["chance_logprob"]), p["as_trained"]["rank"],
                  f"L{p['mover_head']['layer']}H{p['mover_head']['head']}",
                  p["mover_head"]["ratio_zero"]]
                 for p in r["models"]["routed"]["prompts"]]
   return "\n".join([
-      table(["model", "mean P(target)", "... routing off", "median rank", "... routing off",
-             "mover KO P ratio (zero)", "null (other heads)", "mover KO ratio (mean)",
-             "null"], rows),
-      f"\nPaper: P(target) with routing off {paper['p_target_routing_off']}; mover-head "
-      f"knockout raises P (x{paper['mover_knockout_p_ratio']}). Chance P = "
-      f"{fmt(r['models']['routed']['summary']['chance_p'])}.", "",
-      "Direct logit attribution of the target logit (final RMSNorm scale frozen from the "
-      "forward; parts sum to the logit, residual shown):", "",
+      table(["model", "mean P(target word)", "... routing off", "# at chance (trained / off)",
+             "median first-token rank", "... routing off", "mover KO P ratio (zero)",
+             "null (other heads)", "mover percentile among heads", "p-value",
+             "mover KO ratio (mean)", "null"], rows),
+      f"\nP(target word) is the product of the probabilities of all the target's tokens "
+      f"(teacher-forced); AT CHANCE marks P < 10x the uniform guess V^-n. Paper: P(target) with "
+      f"routing off {paper['p_target_routing_off']}; mover-head knockout raises P "
+      f"(x{paper['mover_knockout_p_ratio']}).", "",
+      "Direct logit attribution of the first target token's logit (final RMSNorm scale frozen "
+      "from the forward; parts sum to the logit, residual shown):", "",
       table(["", "embedding", "heads (raw)", "routing delta", "MLPs", "logit / sum",
              "max |residual|"], dla_rows), "",
-      table(["prompt", "target", "subject token", "P routed", "P routing off", "rank",
-             "mover head", "KO ratio"], per_prompt)])
+      table(["prompt", "target", "scored tokens", "subject token", "P routed",
+             "P routing off", "chance", "first-token rank", "mover head", "KO ratio"],
+            per_prompt)])
 
 
 def _steering(r: dict) -> str:

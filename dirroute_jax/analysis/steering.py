@@ -216,5 +216,6 @@ def steering(run, *, top_n: int | None = 16, top_k: int = 10, num_batches: int =
   result = steer_directions(run.models[names[0]], run.params[names[0]], batches,
                             run.tokenizer.decode, top_n=top_n, top_k=top_k,
                             final_scale=final_scale)
-  return {"paper": PAPER, "model": names[0], "num_batches": len(batches), "checkpoint_step": int(run.step),
+  return {"paper": PAPER, "model": names[0], "num_batches": len(batches),
+          "eval_stride": run.data.eval_stride(num_batches), "checkpoint_step": int(run.step),
           **result}

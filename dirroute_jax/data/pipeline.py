@@ -119,10 +119,17 @@ class Data:
     return len(self.eval_dataset)
 
   def eval_batches(self, num_batches: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """The first `num_batches` (default: all) eval batches; identical on every call."""
-    n = len(self.eval_dataset) if num_batches is None else min(num_batches, len(self.eval_dataset))
+    """All eval batches (`num_batches` None or 0), or a fixed sample of `num_batches` of them
+    spread evenly over the split (every `eval_stride(num_batches)`-th); identical on every call."""
+    total = len(self.eval_dataset)
+    n = total if not num_batches else min(num_batches, total)
     for i in range(n):
-      yield self.eval_dataset[i]
+      yield self.eval_dataset[i * total // n]
+
+  def eval_stride(self, num_batches: int | None = None) -> float:
+    """The sampling interval of `eval_batches(num_batches)` in batches (1.0: all of them)."""
+    total = len(self.eval_dataset)
+    return total / (total if not num_batches else min(num_batches, total))
 
 
 def resolve_cache_dir(data_cfg) -> str:

@@ -122,13 +122,16 @@ def _lhk(model_cfg) -> tuple[int, int, int]:
   return model_cfg.num_layers, model_cfg.num_heads, model_cfg.num_directions
 
 
-def routing_fixed(model_cfg, value: float, layers: Iterable[int] | None = None) -> Interventions:
-  """Every routing weight (of `layers`, default all) set to `value`; 0.0 turns routing off."""
+def routing_fixed(model_cfg, value, layers: Iterable[int] | None = None) -> Interventions:
+  """Every routing weight (of `layers`, default all) set to `value`; 0.0 turns routing off.
+
+  `value` is a number, or an L x H x K array giving each (layer, head, direction) its own
+  constant (e.g. its held-out mean: routing that no longer depends on the input)."""
   L, H, K = _lhk(model_cfg)
   mask = np.zeros((L, H, K), bool)
   mask[list(range(L)) if layers is None else list(layers)] = True
-  return Interventions(routing_value_LxHxK=jnp.full((L, H, K), value, jnp.float32),
-                       routing_mask_LxHxK=jnp.asarray(mask))
+  value_LxHxK = jnp.broadcast_to(jnp.asarray(value, jnp.float32), (L, H, K))
+  return Interventions(routing_value_LxHxK=value_LxHxK, routing_mask_LxHxK=jnp.asarray(mask))
 
 
 def routing_off(model_cfg, layers: Iterable[int] | None = None) -> Interventions:

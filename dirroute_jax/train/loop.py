@@ -29,7 +29,7 @@ from dirroute_jax.data.pipeline import make_data
 from dirroute_jax import exit_codes
 from dirroute_jax.model import attention
 from dirroute_jax.train import checkpoint, flops, lock, sharding, step as step_lib
-from dirroute_jax.train.evaluate import evaluate, to_global
+from dirroute_jax.train.evaluate import PREFIX, evaluate, to_global
 from dirroute_jax.train.metrics import MetricsWriter
 from dirroute_jax.train.samples import config_hparams, write_eval_samples
 
@@ -49,6 +49,14 @@ RESUMABLE_KEYS = ("steps", "log_every", "eval_every", "eval_batches", "checkpoin
 
 class Diverged(FloatingPointError):
   """A loss or the state became non-finite; the message says which checkpoint is usable."""
+
+
+def data_record(data) -> dict:
+  """What a run trained and is evaluated on: content fingerprints and token counts."""
+  return {"corpus": data.stats.get("corpus_fingerprint"), "tokenizer": data.tokenizer.fingerprint,
+          "tokens": {split: {d: c["tokens"] for d, c in per.items()}
+                     for split, per in data.stats.get("splits", {}).items()},
+          "eval_windows": data.stats.get("eval_windows")}
 
 
 @dataclasses.dataclass
@@ -255,7 +263,7 @@ def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
     _check_resume(cfg, ckpt, latest, fingerprint, workdir, allow_config_change, say)
   if is_main:  # only now that the resume is known to be the same run
     tokenizers.save_to_workdir(data.tokenizer, workdir)
-    (epath.Path(workdir) / DATA_FINGERPRINT).write_text(json.dumps(fingerprint))
+    (epath.Path(workdir) / DATA_FINGERPRINT).write_text(json.dumps(data_record(data), indent=1))
   trainer = step_lib.make_trainer(cfg, mesh)
   data_iter = data.train_iter(0)
   tokens_per_step = cfg.batch_size * cfg.seq_len
@@ -378,7 +386,7 @@ def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
     say(f"Stopped at step {done}; checkpoint saved in {workdir}. Rerun the same command to "
         "resume.")
   else:
-    say(_summary(eval_metrics, trainer.models, data.domains))
+    say(_summary(eval_metrics, trainer.models, data.domains, data.num_eval_batches))
   say(f"Elapsed {_fmt_time(time.time() - t_start)}")
   return RunSummary(last_step=done, interrupted=interrupted, eval_metrics=eval_metrics,
                     workdir=workdir, preempted=interrupted and preempted)
@@ -416,15 +424,20 @@ def _progress_line(done, steps, m, sec_per_step, tokens_per_step, warmup_s=None,
   return " | ".join(parts)
 
 
-def _summary(eval_metrics: dict, models, domains) -> str:
-  lines = ["Held-out perplexity:"]
-  for name in models:
+def _summary(eval_metrics: dict, models, domains, total_batches: int) -> str:
+  n = int(eval_metrics.get("eval/batches", total_batches))
+  lines = [f"Held-out perplexity ({'all' if n == total_batches else n} of {total_batches} "
+           "held-out batches):"]
+  for name in [*models, PREFIX]:
     if f"eval/{name}/perplexity" not in eval_metrics:
       continue
     per_domain = ", ".join(f"{d} {eval_metrics[f'eval/{name}/{d}/perplexity']:.2f}"
                            for d in domains if f"eval/{name}/{d}/perplexity" in eval_metrics)
-    lines.append(f"  {name:<9} {eval_metrics[f'eval/{name}/perplexity']:9.2f}   ({per_domain})")
+    lines.append(f"  {name:<13} {eval_metrics[f'eval/{name}/perplexity']:9.2f}   ({per_domain})")
   if "eval/delta/loss" in eval_metrics:
     ratio = math.exp(eval_metrics["eval/delta/loss"])
     lines.append(f"  routed / baseline perplexity = {ratio:.4f} ({100 * (ratio - 1):+.2f}%)")
+  if f"eval/{PREFIX}/perplexity" in eval_metrics:
+    lines.append(f"  ({PREFIX}: the sequence_mean router given only the prefix, as it would "
+                 "be when generating; its distance to routed is the future-token leak)")
   return "\n".join(lines)
