@@ -23,4 +23,5 @@ def get_config():
   c.eval_every = 100
   c.eval_batches = 0  # 0: the whole held-out split
   c.checkpoint_every = 500
+  c.eval_samples = ()  # no TensorBoard text samples: they cost a compile per run
   return c
