@@ -1,4 +1,4 @@
-"""The paper's 433M routed model and its 417M baseline (arXiv 2603.14923, SPEC §1).
+"""The paper's 433M routed model and its 417M baseline (arXiv 2603.14923; METHOD.md §1).
 
 Architecture: 12 layers, d_model 1536, 12 heads x 128, SwiGLU d_ff 4096, GPT-2 BPE vocab 50257
 (padded to a multiple of 128 for speed; padded logits are masked), context 1024, K = 4, router

@@ -5,7 +5,7 @@ and scripts rely on are stable: `model.routing`, `model.pooling`, `model.num_dir
 `model.router_temperature`, `seed`, `steps`, `batch_size`, `seq_len`, `log_every`,
 `eval_every`, `checkpoint_every`, `data.source`, `mesh.preset`.
 
-Choices the paper leaves open are marked [reconstructed] (see SPEC.md) and stay configurable.
+Choices the paper leaves open are marked [reconstructed] (METHOD.md) and stay configurable.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def default_model_config() -> ml_collections.ConfigDict:
   m.attention_impl = "auto"
   m.norm = "rms"  # "rms": RMSNorm pre-norm; "none": no norms at all (S-D claims to train so)
 
-  # Directional routing (SPEC §1). `routing=False` is the baseline: same module, no router.
+  # Directional routing (METHOD.md §1). `routing=False` is the baseline: same module, no router.
   m.routing = True
   m.num_directions = 4  # K
   m.router_hidden = 512

@@ -1,4 +1,4 @@
-"""Parameter accounting: the paper's 433M numbers come out of our code (SPEC §1)."""
+"""Parameter accounting: the paper's 433M numbers come out of our code (METHOD.md §1)."""
 
 import os
 import subprocess

@@ -1,4 +1,4 @@
-"""Routing ablations: held-out perplexity with the routing weights replaced (SPEC §2).
+"""Routing ablations: held-out perplexity with the routing weights replaced (METHOD.md).
 
 The paper reports routed PPL ~15, ~7.7 million with every routing weight at 0, 5,284 with every
 weight at 0.5, and +42.6 PPL for its worst single-layer knockout. This module measures the same

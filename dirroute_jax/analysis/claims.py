@@ -1,4 +1,4 @@
-"""The paper's claims (SPEC §2) checked against two interpretability reports: one for a pair
+"""The paper's claims (METHOD.md) checked against two interpretability reports: one for a pair
 trained with the paper's `sequence_mean` router, one with the causal `causal_mean` router.
 
 Each row: the claim, the paper's number, ours under each pooling, and whether the qualitative

@@ -1,4 +1,4 @@
-"""Factual recall under routing ablation, direct logit attribution, and the mover head (SPEC §2).
+"""Factual recall under routing ablation, direct logit attribution, and the mover head (METHOD.md).
 
 The paper reports that with routing disabled its 8 factual prompts ("The capital of France is"
 -> " Paris", ...) get near-zero probability; that the direct logit attribution (DLA) of " Paris"

@@ -1,4 +1,4 @@
-"""What each suppression direction writes to the logits, and what forcing it does (SPEC §2).
+"""What each suppression direction writes to the logits, and what forcing it does (METHOD.md).
 
 The paper reads directions through W_O and the unembedding and finds late-layer directions
 pointing at function words and punctuation. Two measurements per (layer, head, direction):

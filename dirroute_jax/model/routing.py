@@ -1,4 +1,4 @@
-"""Directional routing (arXiv 2603.14923, SPEC §1): the router and the suppression equation.
+"""Directional routing (arXiv 2603.14923; METHOD.md §1): the router and the suppression equation.
 
 For each head h with output o_{t,h} (before W_O) and K unit directions d_{h,k}:
 
