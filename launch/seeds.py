@@ -42,6 +42,9 @@ _COMPILE_CACHE = flags.DEFINE_string(
     "the first of a pooling reuses the compiled steps (about 20 s per run on 2 CPU cores).")
 _AGGREGATE_ONLY = flags.DEFINE_bool("aggregate_only", False,
                                     "Only rewrite the outputs from the runs already finished.")
+_CLAIMS_SEED = flags.DEFINE_integer(
+    "claims_seed", 0, "After aggregating, run every interpretability analysis on this seed's "
+    "runs and write OUT/claims.md from them (a few minutes per pooling); -1 skips it.")
 flags.mark_flags_as_required(["out"])
 
 
@@ -72,6 +75,8 @@ def main(argv):
       print("Interrupted: rerun the same command to resume; finished seeds are kept.")
       return
     paths = seeds.write_outputs(_OUT.value, _POOLINGS.value, seed_list)
+    if _CLAIMS_SEED.value >= 0:
+      paths.update(seeds.write_claims(_OUT.value, _CLAIMS_SEED.value, _POOLINGS.value))
   except (ConfigError, checkpoint.CheckpointError, checkpoint.CheckpointMismatchError,
           FloatingPointError, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -31,8 +31,8 @@ Magnitudes are not compared: our models are orders of magnitude smaller than the
 
 from __future__ import annotations
 
-import math
 
+from dirroute_jax.analysis import stats
 from dirroute_jax.analysis.report import fmt, table
 from dirroute_jax.train.evaluate import PREFIX
 
@@ -47,12 +47,10 @@ PAPER_WORST_LAYER_DEPTH = (9 + 0.5) / 12
 def interval_verdict(lo: float, hi: float, null: float = 0.0) -> str:
   """The rule for a quantity the paper says is positive, given its 95% interval: "yes" only
   when the interval excludes `null` (zero, or a control's value) on the paper's side, "no"
-  when it excludes it on the other, "no difference" when it contains it. Used for one run (an
-  interval over held-out windows) and for several seeds (an interval over seeds) alike."""
-  if not (math.isfinite(lo) and math.isfinite(hi)):
-    return NO_DIFF
+  when it excludes it on the other, "no difference" when it contains it. The same rule as
+  `stats.verdict` (intervals over seeds), in this table's words."""
   null = max(0.0, null)
-  return YES if lo > null else NO if hi < null else NO_DIFF
+  return {stats.HOLDS: YES, stats.OPPOSITE: NO}.get(stats.verdict(lo - null, hi - null), NO_DIFF)
 
 
 def _yes_no(ok: bool) -> str:

@@ -374,3 +374,32 @@ def write_outputs(out_dir: str, poolings: Iterable[str] = POOLINGS,
     f.write(to_markdown(results))
   plot_curves(out_dir, finals, paths["plot"])
   return paths
+
+
+def write_claims(out_dir: str, seed: int, poolings: Iterable[str] = POOLINGS,
+                 log=print) -> dict[str, str]:
+  """Every interpretability analysis of `seed`'s run under each pooling (report.json, report.md
+  and plots in OUT/<pooling>/seed_<seed>/report) and the claims table built from them
+  (OUT/claims.md). One seed: the analyses' own nulls and controls give its intervals."""
+  # Analysis sits above training; imported here so that aggregating needs neither.
+  from dirroute_jax.analysis import claims
+  from dirroute_jax.analysis.load import load_workdir
+  from dirroute_jax.analysis.report import run_analyses, write_report
+
+  reports, paths = {}, {}
+  for pooling in poolings:
+    workdir = workdir_of(out_dir, pooling, seed)
+    if not os.path.exists(os.path.join(workdir, FINAL)):
+      raise FileNotFoundError(f"seed {seed} under {pooling} has not finished ({workdir}); "
+                              "train it first or pick a finished --claims_seed.")
+    log(f"Interpretability report of {workdir} (a few minutes on 2 CPU cores)")
+    run = load_workdir(workdir)
+    reports[pooling] = run_analyses(run)
+    paths[f"report_{pooling}"] = write_report(reports[pooling], run,
+                                              os.path.join(workdir, "report"))["md"]
+  paths["claims"] = os.path.join(out_dir, "claims.md")
+  with open(paths["claims"], "w") as f:
+    f.write(f"Seed {seed}.\n\n" + claims.claims_table(reports) + "\n\n"
+            + claims.leak_vs_gain(reports) + "\n")
+  return paths
+
