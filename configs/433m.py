@@ -51,7 +51,6 @@ def get_config():
   c.eval_batches = 32
   c.checkpoint_every = 1000
   c.checkpoint.permanent_every = 5000
-  c.mesh.preset = "fsdp"
   c.mesh.data = 1
   c.mesh.fsdp = -1
   return c
