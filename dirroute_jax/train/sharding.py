@@ -1,13 +1,14 @@
-"""Device mesh and the logical-axis rules: ONE table, the mesh sizes decide what is sharded.
+"""Device mesh and the logical-axis rules: one table, and the mesh sizes decide what is split.
 
-Every parameter and large activation carries logical axis names (see model/). `LOGICAL_AXIS_RULES`
-maps each name onto mesh axes (data, fsdp, tensor), as MaxText does; a mesh axis of size 1
-splits nothing, so the sizes alone choose the parallelism:
+Every parameter and large activation carries logical axis names (see model/);
+`LOGICAL_AXIS_RULES` maps each name onto mesh axes (data, fsdp, tensor), as MaxText does. A
+mesh axis of size 1 splits nothing, so the sizes (config `mesh.*`) alone choose the
+parallelism:
 
   mesh.data=-1                          data parallel: parameters replicated, batch split
-  mesh.data=1 mesh.fsdp=-1              ZeRO-3/FSDP: parameters and optimizer state split along
-                                        d_model and gathered per layer by XLA; batch split too
-  mesh.data=2 mesh.fsdp=2 mesh.tensor=-1  plus Megatron tensor parallelism: heads, MLP width
+  mesh.data=1 mesh.fsdp=-1              ZeRO-3/FSDP: parameters and optimizer state split
+                                        along d_model (gathered per layer by XLA), batch split
+  mesh.data=1 mesh.fsdp=2 mesh.tensor=-1  and Megatron tensor parallelism: heads, MLP width
                                         and vocabulary split over `tensor`
 
 Shardings are derived from `jax.eval_shape`, so nothing is allocated to decide where it goes.
@@ -38,7 +39,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("heads", "tensor"),
     ("head_dim", None),
     ("mlp", "tensor"),
-    # Small (norm scales, the router, the directions): replicated whatever the mesh.
+    # Never split: small (norm scales, the router's layers, the directions' K and Dh axes).
     ("norm", None),
     ("router_hidden", None),
     ("router_hidden_in", None),
@@ -60,7 +61,9 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
   """(data, fsdp, tensor) sizes; one of them may be -1 = all remaining devices."""
   sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
   if sizes.count(-1) > 1:
-    raise ConfigError(f"at most one of mesh.data/fsdp/tensor may be -1, got {sizes}.")
+    raise ConfigError(f"at most one of mesh.data/fsdp/tensor may be -1, got "
+                      f"{dict(zip(MESH_AXES, sizes))} (mesh.data defaults to -1: to give all "
+                      "devices to another axis, set mesh.data=1 too).")
   if any(s == 0 or s < -1 for s in sizes):
     raise ConfigError(f"mesh sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}.")
   known = math.prod(s for s in sizes if s != -1)
