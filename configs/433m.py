@@ -51,7 +51,6 @@ def get_config():
   c.eval_batches = 32  # a fixed sample spread over the (large) held-out split; 0: all of it
   c.checkpoint_every = 1000
   c.checkpoint.permanent_every = 5000
-  c.mesh.preset = "fsdp"
   c.mesh.data = 1
   c.mesh.fsdp = -1
   return c

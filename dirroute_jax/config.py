@@ -3,7 +3,7 @@
 Every `configs/*.py` starts from `default_config()` and overrides sizes. Keys that users, tests
 and scripts rely on are stable: `model.routing`, `model.pooling`, `model.num_directions`,
 `model.router_temperature`, `seed`, `steps`, `batch_size`, `seq_len`, `log_every`,
-`eval_every`, `checkpoint_every`, `data.source`, `mesh.preset`.
+`eval_every`, `checkpoint_every`, `data.source`, `mesh.data`, `mesh.fsdp`, `mesh.tensor`.
 
 Choices the paper leaves open are marked [reconstructed] (METHOD.md) and stay configurable.
 """
@@ -125,11 +125,16 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.max_docs = 0  # tfds / files: documents read per split, 0 = all
   c.data.synthetic_tokens = 1 << 20  # size of the synthetic train stream
 
+  # Device mesh sizes (one may be -1: all remaining devices); they alone decide what is
+  # sharded (train/sharding.py): the batch over data x fsdp, parameters and optimizer state
+  # along d_model over fsdp, heads / MLP width / vocabulary over tensor.
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.preset = "dp"  # dp | fsdp | fsdp_tp
   c.mesh.data = -1
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
+  # Removed: a preset chose the rules apart from the sizes. Kept so that passing it gets an
+  # explanation and configs saved by older runs still load; validate_mesh_config rejects it.
+  c.mesh.preset = ml_collections.config_dict.placeholder(str)
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.keep = 3
@@ -184,6 +189,7 @@ def _need(ok: bool, msg: str) -> None:
 def validate_config(c: ml_collections.ConfigDict) -> None:
   """Checks a whole experiment config; every message names the key and a valid value."""
   validate_model_config(c.model)
+  validate_mesh_config(c.mesh)
   for key in ("steps", "batch_size", "seq_len", "grad_accum_steps", "log_every"):
     _need(int(c[key]) >= 1, f"{key} must be a positive integer, got {c[key]!r}.")
   for key in ("eval_every", "checkpoint_every", "checkpoint_every_secs"):
@@ -203,6 +209,13 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
         "--config.data.source=embedded to train on the embedded corpus).")
   _need(c.data.source != "tfds" or bool(c.data.tfds_name),
         "data.source='tfds' needs data.tfds_name (and data.tfds_data_dir with prepared files).")
+
+
+def validate_mesh_config(mesh: ml_collections.ConfigDict) -> None:
+  _need(mesh.get("preset") is None,
+        f"mesh.preset={mesh.preset!r} was removed: the mesh sizes alone decide what is sharded "
+        "now. Drop it and set sizes instead: dp is mesh.data=-1, fsdp is mesh.data=1 "
+        "mesh.fsdp=-1, fsdp_tp is e.g. mesh.data=1 mesh.fsdp=2 mesh.tensor=-1.")
 
 
 def validate_model_config(m: ml_collections.ConfigDict) -> None:

@@ -3,12 +3,14 @@ compute plan: does the run fit the accelerator before one is rented?
 
   python launch/plan.py --config=configs/433m.py --devices=4 --accelerator=v4     # v4-8
   python launch/plan.py --config=configs/433m.py --devices=16 --accelerator=v5e   # v5e-16
-  python launch/plan.py --config=configs/433m.py --devices=8 --accelerator=h100 --preset=dp
+  python launch/plan.py --config=configs/433m.py --devices=8 --accelerator=h100 \
+      --config.mesh.data=-1 --config.mesh.fsdp=1                                  # replicated
 
 Nothing is allocated (abstract inputs); the XLA:CPU numbers approximate the accelerator's (see
 dirroute_jax/train/plan.py). On the accelerator machine itself, --real_devices compiles for
 its chips and gives their exact memory analysis. Any config key can be overridden
-(--config.model.remat=full, --config.grad_accum_steps=16, --config.mesh.fsdp=...).
+(--config.model.remat=full, --config.grad_accum_steps=16); the mesh sizes decide the sharding
+(--config.mesh.data/fsdp/tensor, one may be -1; configs/433m.py shards parameters over fsdp).
 """
 
 import sys
@@ -18,14 +20,11 @@ import jax
 from ml_collections import config_flags
 
 from dirroute_jax.cli import parse_flags
-from dirroute_jax.config import ConfigError, validate_model_config
+from dirroute_jax.config import ConfigError, validate_mesh_config, validate_model_config
 from dirroute_jax.train import plan as plan_lib
-from dirroute_jax.train import sharding
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py file.", lock_config=True)
 _DEVICES = flags.DEFINE_integer("devices", 8, "Chips (GPUs) to plan for: fake CPU devices.")
-_PRESET = flags.DEFINE_enum("preset", None, sorted(sharding.RULES),
-                            "Overrides config.mesh.preset.")
 _REAL = flags.DEFINE_bool(
     "real_devices", False, "Compile for this machine's own accelerators (run on the TPU VM or "
     "GPU node: the accelerator's exact memory analysis) instead of fake CPU devices.")
@@ -40,10 +39,9 @@ def main(argv):
     jax.config.update("jax_platforms", "cpu")
     jax.config.update("jax_num_cpu_devices", _DEVICES.value)
   cfg = _CONFIG.value
-  if _PRESET.value:
-    cfg.mesh.preset = _PRESET.value
   try:
     validate_model_config(cfg.model)  # the data side is not needed for a plan
+    validate_mesh_config(cfg.mesh)
     if len(jax.devices()) < _DEVICES.value:
       raise ConfigError(f"--devices={_DEVICES.value} but only {len(jax.devices())} devices "
                         "exist (with fake CPU devices: is XLA_FLAGS setting "

@@ -2,6 +2,7 @@
 baseline in one executable, equals itself trained alone, and its widened MLP shards like the
 others' (tiny's matched d_ff, 248, divides the tensor axis)."""
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -31,10 +32,6 @@ def _train(cfg, devices, steps):
   return trainer, jax.device_get(state), losses
 
 
-def _max_diff(a, b):
-  return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(x - y).max()), a, b)))
-
-
 @pytest.fixture
 def trio_cfg(tiny_cfg):
   cfg = tiny_cfg
@@ -55,7 +52,8 @@ def test_matched_trains_in_the_joint_step_and_equals_itself_alone(trio_cfg):
     assert losses[-1][f"{name}/loss"] < losses[0][f"{name}/loss"] - 0.5, (name, losses)
   trio_cfg.models = "matched"
   _, alone, alone_losses = _train(trio_cfg, jax.devices()[:1], steps=8)
-  assert _max_diff(trio["models"]["matched"], alone["models"]["matched"]) < 1e-6
+  chex.assert_trees_all_close(trio["models"]["matched"], alone["models"]["matched"], atol=1e-6,
+                              rtol=0)
   assert alone_losses[-1]["matched/loss"] == pytest.approx(losses[-1]["matched/loss"], abs=1e-6)
 
 
@@ -64,9 +62,8 @@ def test_matched_sharded_with_tensor_parallelism_equals_single_device(trio_cfg):
     pytest.skip("needs 8 (fake) devices: XLA_FLAGS=--xla_force_host_platform_device_count=8")
   trio_cfg.models = "baseline,matched"  # routed is covered by test_train_step's sharded test
   _, single, single_losses = _train(trio_cfg, jax.devices()[:1], steps=2)
-  trio_cfg.mesh.preset = "fsdp_tp"
   trio_cfg.mesh.update(dict(data=2, fsdp=2, tensor=-1))  # the widened MLP split over tensor
   _, sharded, sharded_losses = _train(trio_cfg, jax.devices()[:8], steps=2)
-  assert _max_diff(single["models"], sharded["models"]) < 1e-5
+  chex.assert_trees_all_close(single["models"], sharded["models"], atol=1e-5, rtol=0)
   assert sharded_losses[-1]["matched/loss"] == pytest.approx(single_losses[-1]["matched/loss"],
                                                              abs=1e-5)

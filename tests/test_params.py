@@ -77,7 +77,7 @@ def test_every_config_builds():
       for key in ("seed", "steps", "batch_size", "seq_len", "log_every", "eval_every",
                   "checkpoint_every"):
         assert key in cfg, (name, key)
-      assert "source" in cfg.data and "preset" in cfg.mesh
+      assert "source" in cfg.data and all(a in cfg.mesh for a in ("data", "fsdp", "tensor"))
 
 
 def test_params_cli_prints_table():

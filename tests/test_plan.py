@@ -51,7 +51,7 @@ def test_dp_holds_everything_and_fsdp_splits_d_model(tiny_cfg):
   assert dp["baseline"][0] == F32 * (b_sh + b_rep)
   assert dp["routed"][0] == F32 * (b_sh + b_rep + r_sh + r_rep)
 
-  tiny_cfg.mesh.preset, tiny_cfg.mesh.data, tiny_cfg.mesh.fsdp = "fsdp", 1, -1
+  tiny_cfg.mesh.data, tiny_cfg.mesh.fsdp = 1, -1
   fsdp = _state_bytes(tiny_cfg, sharding.make_mesh(tiny_cfg.mesh))
   assert fsdp["baseline"][0] == F32 * (b_sh // 8 + b_rep)
   assert fsdp["routed"][0] == F32 * ((b_sh + r_sh) // 8 + b_rep + r_rep)
@@ -61,7 +61,7 @@ def test_dp_holds_everything_and_fsdp_splits_d_model(tiny_cfg):
 
 @pytest.mark.slow
 def test_compiled_plan_on_8_devices(tiny_cfg):
-  tiny_cfg.mesh.preset, tiny_cfg.mesh.data, tiny_cfg.mesh.fsdp = "fsdp", 1, -1
+  tiny_cfg.mesh.data, tiny_cfg.mesh.fsdp = 1, -1
   tiny_cfg.grad_accum_steps = 2
   plan = plan_lib.make_plan(tiny_cfg, jax.devices()[:8])
   (b_sh, b_rep), (r_sh, r_rep) = _hand_counts(tiny_cfg.model)
@@ -78,19 +78,31 @@ def test_compiled_plan_on_8_devices(tiny_cfg):
   assert 0.7 < plan.flops_per_device * 8 / plan.model_flops < 1.5
   assert plan_lib.fits(plan, "v5e") == (True, 16 * 1024**3)
   text = plan_lib.format_plan(plan, "v5e")
-  assert plan.platform == "cpu" and "preset fsdp, remat none" in text and "fits v5e (16 GiB HBM per chip): YES" in text
+  assert plan.platform == "cpu" and "(mesh data 1 x fsdp 8 x tensor 1), remat none" in text
+  assert "fits v5e (16 GiB HBM per chip): YES" in text
 
 
 @pytest.mark.slow
 def test_plan_cli(tmp_path):
   out = subprocess.run(
       [sys.executable, os.path.join(REPO, "launch", "plan.py"),
-       "--config=" + os.path.join(REPO, "configs", "tiny.py"), "--devices=4", "--preset=fsdp",
+       "--config=" + os.path.join(REPO, "configs", "tiny.py"), "--devices=4",
        "--accelerator=h100", "--config.mesh.data=1", "--config.mesh.fsdp=-1",
        "--config.model.num_layers=1", "--config.seq_len=16", "--config.batch_size=4"],
       capture_output=True, text=True, env={**os.environ, "XLA_FLAGS": ""})
   assert out.returncode == 0, out.stderr
   # It says what it is doing before the silent compile (stderr: stdout stays the plan).
   assert "Compiling the joint train step ahead of time for 4 fake CPU device(s)" in out.stderr
-  assert "devices 4 (mesh data 1 x fsdp 4 x tensor 1), preset fsdp" in out.stdout
+  assert "devices 4 (mesh data 1 x fsdp 4 x tensor 1), remat none" in out.stdout
   assert "fits h100 (80 GiB HBM per chip): YES" in out.stdout
+
+
+def test_plan_cli_explains_the_removed_preset():
+  out = subprocess.run(
+      [sys.executable, os.path.join(REPO, "launch", "plan.py"),
+       "--config=" + os.path.join(REPO, "configs", "tiny.py"), "--devices=4",
+       "--config.mesh.preset=fsdp"],
+      capture_output=True, text=True, env={**os.environ, "XLA_FLAGS": ""})
+  assert out.returncode != 0 and "Traceback" not in out.stderr
+  assert "error: mesh.preset='fsdp' was removed" in out.stderr
+  assert "fsdp is mesh.data=1 mesh.fsdp=-1" in out.stderr

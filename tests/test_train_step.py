@@ -1,13 +1,16 @@
 """The joint step: one executable for the pair, equal to training each model alone; sharded
 steps equal single-device steps; accumulation equals the full batch; LR groups and decay."""
 
+import os
+
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from dirroute_jax.config import ConfigError
+from dirroute_jax.config import ConfigError, load_config_file, validate_config
 from dirroute_jax.train import sharding, step
 from dirroute_jax.train.optimizer import make_optimizer
 
@@ -39,10 +42,6 @@ def _train(cfg, devices, steps=3):
   return trainer, jax.device_get(state), history, state
 
 
-def _max_diff(a, b):
-  return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(x - y).max()), a, b)))
-
-
 def test_pair_is_one_executable_and_equals_each_model_alone(tiny_cfg):
   cfg = _small(tiny_cfg)
   trainer, pair, history, _ = _train(cfg, jax.devices()[:1])
@@ -57,7 +56,7 @@ def test_pair_is_one_executable_and_equals_each_model_alone(tiny_cfg):
   for name in ("routed", "baseline"):
     cfg.models = name
     _, alone, alone_hist, _ = _train(cfg, jax.devices()[:1])
-    assert _max_diff(pair["models"][name], alone["models"][name]) < 1e-6
+    chex.assert_trees_all_close(pair["models"][name], alone["models"][name], atol=1e-6, rtol=0)
     assert alone_hist[-1][f"{name}/loss"] == pytest.approx(history[-1][f"{name}/loss"],
                                                            abs=1e-6)
 
@@ -75,39 +74,66 @@ def test_grad_accumulation_equals_full_batch(tiny_cfg):
   _, full, full_hist, _ = _train(cfg, jax.devices()[:1], steps=2)
   cfg.grad_accum_steps = 4
   _, accum, accum_hist, _ = _train(cfg, jax.devices()[:1], steps=2)
-  assert _max_diff(full["models"], accum["models"]) < 2e-6
+  chex.assert_trees_all_close(full["models"], accum["models"], atol=2e-6, rtol=0)
   assert accum_hist[-1]["routed/loss"] == pytest.approx(full_hist[-1]["routed/loss"], abs=1e-5)
 
 
-@pytest.mark.parametrize("preset,mesh", [("dp", dict(data=-1, fsdp=1, tensor=1)),
-                                         ("fsdp", dict(data=2, fsdp=-1, tensor=1)),
-                                         ("fsdp_tp", dict(data=2, fsdp=2, tensor=-1))])
-def test_sharded_step_equals_single_device(tiny_cfg, preset, mesh):
+# One rules table; the mesh sizes decide the placement. The query kernel is D x H x Dh =
+# 64 x 4 x 16 and the MLP's up projection D x F = 64 x 176: fsdp splits D, tensor splits H and F.
+@pytest.mark.parametrize("mesh,q_shard,mlp_shard", [
+    (dict(data=-1, fsdp=1, tensor=1), (64, 4, 16), (64, 176)),  # data parallel: replicated
+    (dict(data=2, fsdp=-1, tensor=1), (16, 4, 16), (16, 176)),  # fsdp 4
+    (dict(data=2, fsdp=2, tensor=-1), (32, 2, 16), (32, 88)),  # fsdp 2 x tensor 2
+])
+def test_sharded_step_equals_single_device(tiny_cfg, mesh, q_shard, mlp_shard):
   if len(jax.devices()) < 8:
     pytest.skip("needs 8 (fake) devices: XLA_FLAGS=--xla_force_host_platform_device_count=8")
   cfg = _small(tiny_cfg)
   cfg.batch_size, cfg.grad_accum_steps = 16, 2
   _, single, single_hist, _ = _train(cfg, jax.devices()[:1], steps=2)
-  cfg.mesh.preset = preset
   cfg.mesh.update(mesh)
   trainer, sharded, sharded_hist, live = _train(cfg, jax.devices()[:8], steps=2)
   assert trainer.train_step._cache_size() == 1
-  assert _max_diff(single["models"], sharded["models"]) < 1e-5
+  chex.assert_trees_all_close(single["models"], sharded["models"], atol=1e-5, rtol=0)
   assert sharded_hist[-1]["baseline/loss"] == pytest.approx(
       single_hist[-1]["baseline/loss"], abs=1e-5)
-  # Placement follows the preset's rules table.
   p = live["models"]["routed"]["params"]
-  q_spec = p["blocks_0"]["attn"]["query"]["kernel"].sharding.spec
-  mlp_spec = p["blocks_0"]["mlp"]["wi_up"]["kernel"].sharding.spec
+  q = p["blocks_0"]["attn"]["query"]["kernel"]
+  mlp = p["blocks_0"]["mlp"]["wi_up"]["kernel"]
+  assert q.addressable_shards[0].data.shape == q_shard
+  assert mlp.addressable_shards[0].data.shape == mlp_shard
+  # Adam's moments are placed like their parameters.
   mu = live["models"]["routed"]["opt_state"][1].inner_states["base"].inner_state[0].mu
-  expected_q = {"dp": (None, None, None), "fsdp": ("fsdp", None, None),
-                "fsdp_tp": ("fsdp", "tensor", None)}[preset]
-  assert tuple(q_spec) == expected_q
-  assert tuple(mlp_spec) == {"dp": (None, None), "fsdp": ("fsdp", None),
-                             "fsdp_tp": ("fsdp", "tensor")}[preset]
-  assert mu["blocks_0"]["attn"]["query"]["kernel"].sharding.spec == q_spec
-  shard = p["blocks_0"]["attn"]["query"]["kernel"].addressable_shards[0].data.shape
-  assert shard[0] == {"dp": 64, "fsdp": 16, "fsdp_tp": 32}[preset]
+  assert mu["blocks_0"]["attn"]["query"]["kernel"].sharding.is_equivalent_to(q.sharding, 3)
+
+
+def test_a_size_one_mesh_axis_shards_nothing(tiny_cfg):
+  cfg = _small(tiny_cfg)
+  shardings = step.make_trainer(cfg, sharding.make_mesh(cfg.mesh, jax.devices()[:8]))
+  for leaf in jax.tree.leaves(shardings.state_shardings):
+    assert leaf.is_fully_replicated  # data=-1: every parameter on every device
+
+
+def test_removed_mesh_preset_is_a_clear_error(tiny_cfg):
+  tiny_cfg.mesh.preset = "fsdp"
+  for check in (validate_config, lambda c: sharding.make_mesh(c.mesh)):
+    with pytest.raises(ConfigError, match=r"mesh.preset='fsdp' was removed.*mesh.fsdp=-1"):
+      check(tiny_cfg)
+
+
+def test_indivisible_dimension_is_a_clear_error_before_compiling(tiny_cfg):
+  cfg = _small(tiny_cfg)
+  cfg.models, cfg.model.d_ff = "baseline", 175
+  cfg.mesh.update(dict(data=1, fsdp=4, tensor=2))
+  with pytest.raises(ConfigError, match=r"'baseline' model's MLP width d_ff of 175 does not "
+                     r"divide over mesh.tensor=2 .*blocks_0/mlp/wi_gate/kernel.*mesh.tensor=1"):
+    step.make_trainer(cfg, sharding.make_mesh(cfg.mesh, jax.devices()[:8]))
+  # The paper's size: the parameter-matched baseline's d_ff of 4387 (prime factors 41 x 107).
+  cfg = load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs", "433m.py"))
+  cfg.models = "routed,baseline,matched"
+  cfg.mesh.update(dict(data=1, fsdp=4, tensor=2))
+  with pytest.raises(ConfigError, match="'matched' model's MLP width d_ff of 4387"):
+    step.make_trainer(cfg, sharding.make_mesh(cfg.mesh, jax.devices()[:8]))
 
 
 def test_batch_not_divisible_by_data_parallel_size_is_a_clear_error(tiny_cfg):

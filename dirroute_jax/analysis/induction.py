@@ -48,8 +48,8 @@ def repeated_random_tokens(num_seqs: int, doc_len: int, repeats: int, pool_P: np
     raise ValueError(f"doc_len={doc_len} exceeds the {len(pool_P)} tokens it is drawn from; "
                      "the tokens of a block must be distinct.")
   rng = np.random.default_rng(seed)
-  blocks_NxL = np.stack([rng.choice(pool_P, doc_len, replace=False) for _ in range(num_seqs)])
-  return np.tile(blocks_NxL, (1, repeats)).astype(np.int32)
+  blocks_NxW = np.stack([rng.choice(pool_P, doc_len, replace=False) for _ in range(num_seqs)])
+  return np.tile(blocks_NxW, (1, repeats)).astype(np.int32)
 
 
 def induction_scores(pattern_BxHxTxT, doc_len: int) -> np.ndarray:

@@ -24,6 +24,15 @@ H heads, Dh head_dim, K directions, S = 1 for "sequence_mean" pooling and T for 
   logits                      B x T x V      (also the forward's first return value)
 
 For a baseline model the routing names are absent and `attn.z_routed` equals `attn.z`.
+
+Parameter paths and activation names name the same modules two ways: parameters are Flax's
+nested dict, one key per module (`params["blocks_2"]["attn"]["out"]["kernel"]`, in path form
+`blocks_2/attn/out/kernel`), activations a flat dotted name (`blocks.2.attn.out`). Layer l is
+`blocks_{l}` in a parameter path and `blocks.{l}` in an activation name; the module names
+after it (`attn`, `mlp`, `embed`, `final_norm`) are the same. So `blocks.2.attn.*` is produced
+by the module whose parameters are `params["blocks_2"]["attn"]`. The last component of an
+activation name says what was captured, not a parameter: `final_norm.scale` is 1/rms(x), not
+the parameter `params["final_norm"]["scale"]`.
 """
 
 from __future__ import annotations

@@ -283,7 +283,7 @@ def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
     say(attention.attention_impl_summary(cfg.model))
     say(f"Training {', '.join(trainer.models)} for {cfg.steps} steps: batch {cfg.batch_size} x "
         f"{cfg.seq_len} tokens, {jax.device_count()} device(s), mesh {dict(mesh.shape)}, "
-        f"preset {cfg.mesh.preset}; tokenizer {data.tokenizer.name} "
+        f"tokenizer {data.tokenizer.name} "
         f"({data.stats['train_tokens']:,} train tokens)"
         + (f"; routed pooling {cfg.model.pooling}" if "routed" in trainer.models else ""))
     say(f"Metrics go to {os.path.join(workdir, 'metrics.jsonl')}, TensorBoard events to "

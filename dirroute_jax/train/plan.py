@@ -40,7 +40,6 @@ class Plan:
   devices: int
   platform: str  # what it was compiled for: "cpu" stands in for the accelerator
   mesh: dict
-  preset: str
   remat: str
   global_batch: int
   micro_batch_per_device: int
@@ -111,7 +110,7 @@ def make_plan(cfg, devices=None) -> Plan:
   n = mesh.devices.size
   return Plan(
       devices=n, platform=mesh.devices.flat[0].platform, mesh=dict(mesh.shape),
-      preset=cfg.mesh.preset, remat=_remat(cfg),
+      remat=_remat(cfg),
       global_batch=cfg.batch_size, seq_len=cfg.seq_len, grad_accum_steps=cfg.grad_accum_steps,
       micro_batch_per_device=cfg.batch_size // cfg.grad_accum_steps
       // sharding.data_parallel_size(mesh),
@@ -146,7 +145,7 @@ def _gib(b: float) -> str:
 def format_plan(plan: Plan, accelerator: str | None = None) -> str:
   mesh = " x ".join(f"{k} {v}" for k, v in plan.mesh.items())
   lines = [
-      f"devices {plan.devices} (mesh {mesh}), preset {plan.preset}, remat {plan.remat}",
+      f"devices {plan.devices} (mesh {mesh}), remat {plan.remat}",
       f"batch {plan.global_batch} x {plan.seq_len} tokens: {plan.grad_accum_steps} "
       f"micro-batch(es) of {plan.micro_batch_per_device} sequence(s) per device",
       f"{plan.platform} lower {plan.lower_seconds:.1f} s, compile {plan.compile_seconds:.1f} s",

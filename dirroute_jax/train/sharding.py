@@ -1,8 +1,17 @@
-"""Device mesh and logical-axis rules: one rules table per parallelism preset (as MaxText).
+"""Device mesh and the logical-axis rules: one table, and the mesh sizes decide what is split.
 
-Every parameter and large activation carries logical axis names (see model/); a preset maps
-them onto the mesh axes (data, fsdp, tensor). Shardings are derived from `jax.eval_shape`, so
-nothing is allocated to decide where it goes.
+Every parameter and large activation carries logical axis names (see model/);
+`LOGICAL_AXIS_RULES` maps each name onto mesh axes (data, fsdp, tensor), as MaxText does. A
+mesh axis of size 1 splits nothing, so the sizes (config `mesh.*`) alone choose the
+parallelism:
+
+  mesh.data=-1                          data parallel: parameters replicated, batch split
+  mesh.data=1 mesh.fsdp=-1              ZeRO-3/FSDP: parameters and optimizer state split
+                                        along d_model (gathered per layer by XLA), batch split
+  mesh.data=1 mesh.fsdp=2 mesh.tensor=-1  and Megatron tensor parallelism: heads, MLP width
+                                        and vocabulary split over `tensor`
+
+Shardings are derived from `jax.eval_shape`, so nothing is allocated to decide where it goes.
 """
 
 from __future__ import annotations
@@ -11,63 +20,50 @@ import math
 
 import flax.linen as nn
 import jax
-import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from dirroute_jax.config import ConfigError
+from dirroute_jax.config import ConfigError, validate_mesh_config
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # the batch is split over both: fsdp is data parallel too
 
-_ACTIVATIONS_DP = (
+LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("activation_batch", BATCH_AXES),
     ("activation_length", None),
     ("activation_embed", None),
-    ("activation_heads", None),
+    ("activation_heads", "tensor"),
     ("activation_head_dim", None),
-    ("activation_mlp", None),
+    ("activation_mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    # Never split: small (norm scales, the router's layers, the directions' K and Dh axes).
+    ("norm", None),
+    ("router_hidden", None),
+    ("router_hidden_in", None),
+    ("router_out", None),
+    ("directions", None),
+    ("head_dim_out", None),
 )
 
-RULES: dict[str, tuple[tuple[str, object], ...]] = {
-    # Parameters replicated; batch split over every device.
-    "dp": _ACTIVATIONS_DP + (
-        ("vocab", None), ("embed", None), ("heads", None), ("head_dim", None), ("mlp", None),
-        ("norm", None), ("router_hidden", None), ("router_hidden_in", None),
-        ("router_out", None), ("directions", None), ("head_dim_out", None),
-    ),
-    # ZeRO-3 style: parameters and optimizer state split along d_model over `fsdp`, gathered
-    # per layer by XLA.
-    "fsdp": _ACTIVATIONS_DP + (
-        ("vocab", None), ("embed", "fsdp"), ("heads", None), ("head_dim", None),
-        ("mlp", None), ("norm", None), ("router_hidden", None), ("router_hidden_in", None),
-        ("router_out", None), ("directions", None), ("head_dim_out", None),
-    ),
-    # fsdp plus Megatron tensor parallelism over `tensor`: heads, MLP width and vocab split.
-    "fsdp_tp": (
-        ("activation_batch", BATCH_AXES),
-        ("activation_length", None),
-        ("activation_embed", None),
-        ("activation_heads", "tensor"),
-        ("activation_head_dim", None),
-        ("activation_mlp", "tensor"),
-        ("vocab", "tensor"), ("embed", "fsdp"), ("heads", "tensor"), ("head_dim", None),
-        ("mlp", "tensor"), ("norm", None), ("router_hidden", None), ("router_hidden_in", None),
-        ("router_out", None), ("directions", None), ("head_dim_out", None),
-    ),
+_DIMENSIONS = {  # logical axis -> (what it is, how else to fix it)
+    "vocab": ("padded vocabulary", "or set model.vocab_pad_multiple to a multiple of {ways}"),
+    "embed": ("d_model", "or change model.d_model"),
+    "heads": ("num_heads", "or change model.num_heads"),
+    "mlp": ("MLP width d_ff", "or change model.d_ff (from which the 'matched' model derives "
+            "its own)"),
 }
-
-
-def rules_for(preset: str):
-  if preset not in RULES:
-    raise ConfigError(f"mesh.preset={preset!r} is unknown; use one of {sorted(RULES)}.")
-  return RULES[preset]
 
 
 def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
   """(data, fsdp, tensor) sizes; one of them may be -1 = all remaining devices."""
   sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
   if sizes.count(-1) > 1:
-    raise ConfigError(f"at most one of mesh.data/fsdp/tensor may be -1, got {sizes}.")
+    raise ConfigError(f"at most one of mesh.data/fsdp/tensor may be -1, got "
+                      f"{dict(zip(MESH_AXES, sizes))} (mesh.data defaults to -1: to give all "
+                      "devices to another axis, set mesh.data=1 too).")
   if any(s == 0 or s < -1 for s in sizes):
     raise ConfigError(f"mesh sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}.")
   known = math.prod(s for s in sizes if s != -1)
@@ -83,13 +79,15 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
 
 
 def make_mesh(mesh_cfg, devices=None) -> Mesh:
+  """The (data, fsdp, tensor) mesh over `devices` (default: all), laid out for the topology.
+
+  The axes are Auto (XLA propagates shardings from those we pin: state, batch, the logical
+  constraints); `jax.make_mesh` would otherwise make them Explicit.
+  """
+  validate_mesh_config(mesh_cfg)
   devices = jax.devices() if devices is None else list(devices)
-  shape = mesh_shape(mesh_cfg, len(devices))
-  try:
-    device_grid = jax.experimental.mesh_utils.create_device_mesh(shape, devices)
-  except Exception:  # irregular CPU/test topologies: a plain reshape is as good
-    device_grid = np.asarray(devices).reshape(shape)
-  return Mesh(device_grid, MESH_AXES)
+  return jax.make_mesh(mesh_shape(mesh_cfg, len(devices)), MESH_AXES,
+                       axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
 
 
 def data_parallel_size(mesh: Mesh) -> int:
@@ -110,13 +108,36 @@ def check_batch(batch_size: int, grad_accum_steps: int, mesh: Mesh) -> None:
         f"that is a multiple of {dp * grad_accum_steps}.")
 
 
-def logical_shardings(abstract_boxed_tree, mesh: Mesh, rules):
+def check_divisible(abstract_boxed_params, mesh: Mesh, model: str) -> None:
+  """A ConfigError, before anything compiles, for a parameter dimension that its mesh axes do
+  not divide (jax would raise an IndivisibleError from inside the first jitted call)."""
+  is_box = lambda x: isinstance(x, nn.Partitioned)
+  leaves = jax.tree_util.tree_flatten_with_path(abstract_boxed_params, is_leaf=is_box)[0]
+  for path, leaf in leaves:
+    if not is_box(leaf):
+      continue
+    mesh_axes = nn.logical_to_mesh_axes(leaf.names, LOGICAL_AXIS_RULES)
+    for size, logical, axes in zip(leaf.value.shape, leaf.names, mesh_axes):
+      axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+      ways = math.prod(mesh.shape[a] for a in axes)
+      if size % ways:
+        what, hint = _DIMENSIONS.get(logical, (f"{logical!r} dimension", ""))
+        split = " x ".join(f"mesh.{a}={mesh.shape[a]}" for a in axes)
+        biggest = max(axes, key=lambda a: mesh.shape[a])
+        raise ConfigError(
+            f"the {model!r} model's {what} of {size} does not divide over {split} (parameter "
+            f"{jax.tree_util.keystr(path, simple=True, separator='/')}); use mesh sizes that "
+            f"divide {size} (e.g. mesh.{biggest}=1){', ' if hint else ''}"
+            f"{hint.format(ways=ways)}.")
+
+
+def logical_shardings(abstract_boxed_tree, mesh: Mesh):
   """NamedShardings for a tree of (possibly `nn.Partitioned`-boxed) abstract values.
 
   Leaves without logical names (optimizer counters, the step) are replicated.
   """
   specs = nn.get_partition_spec(abstract_boxed_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+  return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_AXIS_RULES)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

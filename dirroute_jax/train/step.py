@@ -63,7 +63,7 @@ def _router_stats(captured: dict) -> dict:
 
 
 def make_trainer(cfg, mesh: jax.sharding.Mesh) -> Trainer:
-  rules = sharding.rules_for(cfg.mesh.preset)
+  rules = sharding.LOGICAL_AXIS_RULES
   sharding.check_batch(cfg.batch_size, cfg.grad_accum_steps, mesh)
   model_cfgs = model_configs(cfg)
   models = {name: build_model(mc) for name, mc in model_cfgs.items()}
@@ -76,7 +76,8 @@ def make_trainer(cfg, mesh: jax.sharding.Mesh) -> Trainer:
   state_shardings = {"step": replicated, "models": {}}
   for name, model in models.items():
     boxed = abstract_params(model)
-    p_sh = sharding.logical_shardings(boxed, mesh, rules)
+    sharding.check_divisible(boxed, mesh, name)
+    p_sh = sharding.logical_shardings(boxed, mesh)
     unboxed = nn.meta.unbox(boxed)
     opt_sh = sharding.optimizer_shardings(
         jax.eval_shape(optimizers[name].init, unboxed), unboxed, p_sh, replicated)
