@@ -1,10 +1,12 @@
 """Flag parsing for the thin `launch/*.py` entry points: a bad flag, config file or config
 override is a one-line error (exit status exit_codes.USAGE), not a traceback from inside
 ml_collections. Also launch/train.py's flags, defined here so launch/tpu.py and launch/slurm.py
-can check the flags they forward to it before renting anything."""
+can check the flags they forward to it before renting anything, and the exit statuses of every
+launcher that trains (train.py, reproduce.py, seeds.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging as std_logging
 import os
 import sys
@@ -20,6 +22,55 @@ from dirroute_jax import exit_codes
 def fail(message: str, code: int = exit_codes.USAGE):
   """Prints `error: message` to stderr and exits with `code`."""
   print(f"error: {message}", file=sys.stderr)
+  sys.exit(code)
+
+
+def _train_exit_codes() -> tuple[tuple[type[BaseException], int], ...]:
+  """What each failure of train() exits with (the table is in dirroute_jax/exit_codes.py).
+  Order matters: the first matching class wins. Imported here, not at the top: launch/tpu.py
+  and launch/slurm.py use this module without the training stack."""
+  # pylint: disable=g-import-not-at-top
+  from dirroute_jax.config import ConfigError
+  from dirroute_jax.train import checkpoint, lock
+  from dirroute_jax.train.metrics import MetricsFileError
+  # pylint: enable=g-import-not-at-top
+  return (
+      (lock.WorkdirBusyError, exit_codes.BUSY),
+      (FloatingPointError, exit_codes.DIVERGED),  # loop.Diverged, NonFiniteStateError
+      (checkpoint.CheckpointMismatchError, exit_codes.USAGE),  # another config's checkpoint
+      (checkpoint.CheckpointError, exit_codes.IO_ERROR),
+      (MetricsFileError, exit_codes.IO_ERROR),
+      (OSError, exit_codes.IO_ERROR),  # disk full, permissions, a vanished mount
+      (ConfigError, exit_codes.USAGE),
+      (ValueError, exit_codes.USAGE),  # bad data files and other input errors
+  )
+
+
+@contextlib.contextmanager
+def exit_on_train_error():
+  """`with exit_on_train_error(): train(...)`: a failure with a known cause (busy workdir,
+  divergence, a checkpoint or disk error, a bad config or data) becomes `error: <message>` on
+  stderr and its exit status from dirroute_jax/exit_codes.py; anything else stays a traceback
+  (status CRASH: a bug)."""
+  table = _train_exit_codes()
+  try:
+    yield
+  except tuple(cls for cls, _ in table) as e:
+    code = next(code for cls, code in table if isinstance(e, cls))
+    message = (f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.filename
+               else str(e))
+    fail(message, code)
+
+
+def exit_if_stopped(summary, skipped: str = "") -> None:
+  """After train() returned `summary`: nothing if it trained to `steps`. If Ctrl-C or SIGTERM
+  stopped it (a checkpoint saved), says so and exits: PREEMPTED after SIGTERM (a scheduler
+  reruns), DONE after Ctrl-C. `skipped`: what the caller leaves undone, for the message."""
+  if not summary.interrupted:
+    return
+  code = exit_codes.PREEMPTED if summary.preempted else exit_codes.DONE
+  print(f"Exiting with status {exit_codes.describe(code)}: rerun the same command to resume."
+        + (f" Not done yet: {skipped}." if skipped else ""))
   sys.exit(code)
 
 

@@ -1,4 +1,6 @@
 """Exit statuses of launch/train.py, read by launch/tpu.py, launch/slurm.py and any scheduler.
+launch/reproduce.py and launch/seeds.py exit with the same ones (cli.exit_on_train_error maps
+train()'s exceptions to them for all three).
 
 One table so a launcher can decide what to do without parsing output: only PREEMPTED means
 "run the same command again"; every other failure repeats itself if retried.

@@ -1,11 +1,17 @@
 """Reproduce the paper's findings at small scale, with and without the router's future leak.
 
-  python launch/reproduce.py --out=results/small
+  python launch/reproduce.py --out=workdirs/small
 
 Trains two routed/baseline pairs on the embedded corpus with configs/small.py (same seed, same
 batches): one with the paper's `sequence_mean` router, one with `causal_mean`. Then writes the
 interpretability report of each and a claims table (OUT/claims.md) with the paper's number
-beside ours under each pooling. Rerunning resumes whatever is unfinished.
+beside ours under each pooling. The committed results/small was copied from such an OUT
+(reports, claims.md, timings; not the workdirs): write to workdirs/, not into results/.
+
+Rerunning the same command resumes whatever is unfinished. Ctrl-C or SIGTERM saves a
+checkpoint of the run in progress and stops before its analyses; a failure (busy workdir,
+divergence, checkpoint or disk error, bad config) is one line. Exit statuses as
+launch/train.py's (dirroute_jax/exit_codes.py): 75 PREEMPTED (SIGTERM: rerun), 0 after Ctrl-C.
 """
 
 import copy
@@ -19,13 +25,14 @@ from ml_collections import config_flags
 from dirroute_jax.analysis import claims
 from dirroute_jax.analysis.load import load_workdir
 from dirroute_jax.analysis.report import run_analyses, write_report
-from dirroute_jax.cli import parse_flags
+from dirroute_jax.cli import exit_if_stopped, exit_on_train_error, parse_flags
 from dirroute_jax.train.loop import train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "..", "configs", "small.py"),
     "configs/*.py file.", lock_config=True)
-_OUT = flags.DEFINE_string("out", None, "Output directory (workdirs, reports, claims.md).")
+_OUT = flags.DEFINE_string("out", None, "Output directory (workdirs, reports, claims.md), e.g. "
+                           "workdirs/small; a committed results/ directory is copied from it.")
 _POOLINGS = flags.DEFINE_list("poolings", ["sequence_mean", "causal_mean"], "Router poolings.")
 flags.mark_flags_as_required(["out"])
 
@@ -39,7 +46,9 @@ def main(argv):
     cfg.model.pooling = pooling
     workdir = os.path.join(_OUT.value, pooling, "workdir")
     t = time.time()
-    train(cfg, workdir)
+    with exit_on_train_error():
+      summary = train(cfg, workdir)
+    exit_if_stopped(summary, skipped=f"the {pooling} report and claims.md")
     timings[f"{pooling}/train_sec"] = round(time.time() - t, 1)
     t = time.time()
     run = load_workdir(workdir)

@@ -18,16 +18,14 @@ Another size: --config=configs/small.py (and --config.eval_every etc.).
 """
 
 import os
-import sys
 
 from absl import app, flags
 import jax
 from ml_collections import config_flags
 
 from dirroute_jax.analysis import seeds
-from dirroute_jax.cli import parse_flags
+from dirroute_jax.cli import exit_if_stopped, exit_on_train_error, fail, parse_flags
 from dirroute_jax.config import ConfigError
-from dirroute_jax.train import checkpoint
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "..", "configs", "seeds.py"),
@@ -67,20 +65,22 @@ def main(argv):
   del argv
   try:
     seed_list = _seed_list()
-    if _COMPILE_CACHE.value:
-      jax.config.update("jax_compilation_cache_dir", _COMPILE_CACHE.value)
-      jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    if not _AGGREGATE_ONLY.value and not seeds.run_seeds(_CONFIG.value, _OUT.value, seed_list,
-                                                         _POOLINGS.value):
-      print("Interrupted: rerun the same command to resume; finished seeds are kept.")
-      return
+  except ConfigError as e:
+    fail(str(e))
+  if _COMPILE_CACHE.value:
+    jax.config.update("jax_compilation_cache_dir", _COMPILE_CACHE.value)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  if not _AGGREGATE_ONLY.value:
+    with exit_on_train_error():  # launch/train.py's exit statuses (dirroute_jax/exit_codes.py)
+      stopped = seeds.run_seeds(_CONFIG.value, _OUT.value, seed_list, _POOLINGS.value)
+    if stopped is not None:  # finished seeds are kept; SIGTERM exits PREEMPTED
+      exit_if_stopped(stopped, skipped="the remaining seeds and the aggregation")
+  try:
     paths = seeds.write_outputs(_OUT.value, _POOLINGS.value, seed_list)
     if _CLAIMS_SEED.value >= 0:
       paths.update(seeds.write_claims(_OUT.value, _CLAIMS_SEED.value, _POOLINGS.value))
-  except (ConfigError, checkpoint.CheckpointError, checkpoint.CheckpointMismatchError,
-          FloatingPointError, FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  except (FileNotFoundError, ValueError) as e:  # nothing finished yet, or unusable results
+    fail(str(e))
   with open(paths["markdown"]) as f:
     print(f.read())
   print("Wrote " + ", ".join(paths.values()))

@@ -15,17 +15,14 @@ PREEMPTED: rerun to resume; 2 bad flags/config, 3 diverged, 4 I/O, 5 workdir bus
 """
 
 import os
-import sys
 
 from absl import app, flags
 import jax
 
-from dirroute_jax import exit_codes
-from dirroute_jax.cli import define_train_flags, fail, parse_flags
-from dirroute_jax.config import ConfigError
-from dirroute_jax.train import checkpoint, distributed, lock
+from dirroute_jax.cli import (define_train_flags, exit_if_stopped, exit_on_train_error, fail,
+                              parse_flags)
+from dirroute_jax.train import distributed
 from dirroute_jax.train.loop import train
-from dirroute_jax.train.metrics import MetricsFileError
 
 _FLAGS = define_train_flags()
 _COMPILE_CACHE = flags.DEFINE_string(
@@ -44,20 +41,6 @@ _LOCAL_DEVICES = flags.DEFINE_string("local_device_ids", None,
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-# What each failure exits with (the table is in dirroute_jax/exit_codes.py). Order matters:
-# the first matching class wins.
-_EXIT_CODES = (
-    (lock.WorkdirBusyError, exit_codes.BUSY),
-    (FloatingPointError, exit_codes.DIVERGED),  # loop.Diverged, NonFiniteStateError
-    (checkpoint.CheckpointMismatchError, exit_codes.USAGE),  # another config's checkpoint
-    (checkpoint.CheckpointError, exit_codes.IO_ERROR),
-    (MetricsFileError, exit_codes.IO_ERROR),
-    (OSError, exit_codes.IO_ERROR),  # disk full, permissions, a vanished mount
-    (ConfigError, exit_codes.USAGE),
-    (ValueError, exit_codes.USAGE),  # bad data files and other input errors
-)
-
-
 def main(argv):
   del argv
   try:
@@ -68,18 +51,10 @@ def main(argv):
   if _COMPILE_CACHE.value:
     jax.config.update("jax_compilation_cache_dir", _COMPILE_CACHE.value)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-  try:
+  with exit_on_train_error():
     summary = train(_FLAGS.config.value, _FLAGS.workdir.value,
                     allow_config_change=_FLAGS.allow_config_change.value)
-  except tuple(cls for cls, _ in _EXIT_CODES) as e:
-    code = next(code for cls, code in _EXIT_CODES if isinstance(e, cls))
-    message = (f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.filename
-               else str(e))
-    fail(message, code)
-  if summary.preempted:
-    print(f"Exiting with status {exit_codes.describe(exit_codes.PREEMPTED)}: rerun the same "
-          "command to resume.")
-    sys.exit(exit_codes.PREEMPTED)
+  exit_if_stopped(summary)
 
 
 if __name__ == "__main__":

@@ -298,7 +298,7 @@ def test_sbatch_script_requeues_only_on_preempted(tmp_path):
     (bin_dir / "srun").write_text(f"#!/bin/bash\nexit {code}\n")
     for f in ("scontrol", "srun"):
       os.chmod(bin_dir / f, 0o755)
-    job = _slurm_job(repo_dir=str(tmp_path), venv=None)
+    job = _slurm_job(repo_dir=str(tmp_path), venv=None, check_gpu=False)  # a CPU machine
     proc = subprocess.run(["bash", "-c", slurm.sbatch_script(job)], capture_output=True,
                           text=True, env={"PATH": f"{bin_dir}:{os.environ['PATH']}",
                                           "SLURM_JOB_NODELIST": "node-1", "SLURM_JOB_ID": "7"})
@@ -317,7 +317,7 @@ def test_sbatch_script_survives_sigterm_until_training_has_saved(tmp_path):
                                 f"exit {exit_codes.PREEMPTED}\n")
   for f in ("scontrol", "srun"):
     os.chmod(bin_dir / f, 0o755)
-  script = slurm.sbatch_script(_slurm_job(repo_dir=str(tmp_path), venv=None))
+  script = slurm.sbatch_script(_slurm_job(repo_dir=str(tmp_path), venv=None, check_gpu=False))
   proc = subprocess.Popen(["bash", "-c", script], stderr=subprocess.PIPE, text=True,
                           env={"PATH": f"{bin_dir}:{os.environ['PATH']}",
                                "SLURM_JOB_NODELIST": "node-1", "SLURM_JOB_ID": "7"})

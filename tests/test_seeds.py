@@ -142,10 +142,10 @@ def test_finished_seeds_are_skipped_only_under_the_same_config(tiny_cfg, tmp_pat
       json.dump({"seed": 7, "eval": {},
                  "config": seeds._flat_config(seeds.run_config(tiny_cfg, pooling, 7))}, f)
   logs = []
-  assert seeds.run_seeds(tiny_cfg, out, [7], log=logs.append)  # nothing left to train
+  assert seeds.run_seeds(tiny_cfg, out, [7], log=logs.append) is None  # nothing left to train
   assert logs == [f"2 of 2 runs already finished in {out}; 0 to train."]
   tiny_cfg.data.cache_dir = "/elsewhere"  # does not change what is trained
-  assert seeds.run_seeds(tiny_cfg, out, [7], log=logs.append)
+  assert seeds.run_seeds(tiny_cfg, out, [7], log=logs.append) is None
   tiny_cfg.steps += 1
   with pytest.raises(ConfigError, match="different config .steps: 300 there, 301 now"):
     seeds.run_seeds(tiny_cfg, out, [7], log=logs.append)

@@ -29,7 +29,7 @@ import math
 import numpy as np
 
 from dirroute_jax.analysis.load import as_workdir
-from dirroute_jax.analysis.tokens import STOP_WORDS, is_function_token
+from dirroute_jax.analysis.tokens import STOP_WORDS, is_function_token, token_label
 from dirroute_jax.model.routing import unit_directions
 
 PAPER = {"readout": "late-layer directions -> function words/punctuation",
@@ -164,7 +164,7 @@ def directions(run, *, top_k: int = 10, random_per_head: int = 16, null_draws: i
   L, H, K, Dh, V = (cfg.num_layers, cfg.num_heads, cfg.num_directions, cfg.head_dim,
                     int(cfg.vocab_size))
   tok = run.tokenizer
-  names = [tok.decode([i]) for i in range(V)]
+  names = [token_label(tok, i) for i in range(V)]  # a partial character as <0xE2>, not U+FFFD
   function_V = np.array([is_function_token(n) for n in names])
   E_VxD = np.asarray(params["embed"]["embedding"], np.float64)[:V]
   scale_D = (np.asarray(params["final_norm"]["scale"], np.float64) if final_norm_scale

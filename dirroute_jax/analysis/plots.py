@@ -10,21 +10,46 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on a training host
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def make_plots(results: dict, out_dir: str) -> dict[str, str]:
+def make_figures(results: dict) -> dict:
+  """{key: matplotlib Figure} for every section of `results` (a report.json) that has a plot;
+  the caller closes them."""
   figures = {}
   for key, fn in _PLOTS.items():
     section = key.split("_")[0]
     if section in results and isinstance(results[section], dict):
       fig = fn(results[section])
       if fig is not None:
-        path = os.path.join(out_dir, f"{key}.png")
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        figures[key] = path
+        figures[key] = fig
   return figures
+
+
+def make_plots(results: dict, out_dir: str) -> dict[str, str]:
+  """Writes OUT_DIR/<key>.png for each of make_figures(results); returns {key: path}."""
+  paths = {}
+  for key, fig in make_figures(results).items():
+    paths[key] = os.path.join(out_dir, f"{key}.png")
+    fig.savefig(paths[key], dpi=110, bbox_inches="tight")
+    plt.close(fig)
+  return paths
+
+
+def _integer_ticks(axis, n: int) -> None:
+  """Ticks of a layer / head / k axis (0..n-1): every integer when there are few, else integers
+  only (matplotlib's default puts ticks at 0.5 steps on a short axis)."""
+  if n <= 16:
+    axis.set_ticks(range(n))
+  else:
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _legend_outside(ax, **kwargs) -> None:
+  """The legend to the right of the axes, where it cannot hide a point (savefig's tight bbox
+  keeps it in the file)."""
+  ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **kwargs)
 
 
 def _routed(section: dict):
@@ -56,14 +81,20 @@ def _induction_heads(r: dict):
   models = {n: m for n, m in r.get("models", {}).items() if isinstance(m, dict)}
   if not models:
     return None
-  fig, axes = plt.subplots(1, len(models), figsize=(4 * len(models), 3))
+  # Constrained layout and one shared "layer" label: the second panel's label used to sit
+  # on the first panel's tick labels.
+  fig, axes = plt.subplots(1, len(models), figsize=(4 * len(models), 3), sharey=True,
+                           layout="constrained")
   axes = np.atleast_1d(axes)
   vmax = max(float(np.max(m["induction_scores"])) for m in models.values())
   for ax, (name, m) in zip(axes, models.items()):
-    im = ax.imshow(np.asarray(m["induction_scores"]), vmin=0, vmax=vmax, cmap="viridis")
+    scores_LxH = np.asarray(m["induction_scores"])
+    im = ax.imshow(scores_LxH, vmin=0, vmax=vmax, cmap="viridis")
     ax.set_title(f"{name}: induction score")
     ax.set_xlabel("head")
-    ax.set_ylabel("layer")
+    _integer_ticks(ax.xaxis, scores_LxH.shape[1])
+    _integer_ticks(ax.yaxis, scores_LxH.shape[0])
+  axes[0].set_ylabel("layer")
   fig.colorbar(im, ax=list(axes), shrink=0.8,
                label=f"uniform-attention null = {r['null']['uniform_attention_induction_score']:.3f}")
   return fig
@@ -78,7 +109,7 @@ def _regimes_variance(r: dict):
   ax.semilogy(var_L, "o-", label="routed: variance of domain means")
   ax.semilogy(np.asarray(routed["domain_variance_null_p95"]), "k--",
               label="null p95 (shuffled domain labels)")
-  ax.set_xticks(range(len(var_L)))
+  _integer_ticks(ax.xaxis, len(var_L))
   ax.set_xlabel("layer")
   ax.set_ylabel("routing-weight variance across domains")
   ax.set_title("Routing regimes: does routing depend on the domain?")
@@ -92,9 +123,12 @@ def _directions_cosine(r: dict):
     return None
   cos = routed["cosine"]
   fig, ax = plt.subplots(figsize=(4.2, 3.5))
-  im = ax.imshow(np.asarray(cos["abs_mean"]), cmap="magma", vmin=0)
+  abs_mean_LxL = np.asarray(cos["abs_mean"])
+  im = ax.imshow(abs_mean_LxL, cmap="magma", vmin=0)
   ax.set_xlabel("layer")
   ax.set_ylabel("layer")
+  _integer_ticks(ax.xaxis, abs_mean_LxL.shape[1])
+  _integer_ticks(ax.yaxis, abs_mean_LxL.shape[0])
   ax.set_title(f"mean |cos| between directions\n(random null {cos['null']['analytic_abs_cos_mean']:.3f})")
   fig.colorbar(im, ax=ax, shrink=0.8)
   return fig
@@ -131,22 +165,26 @@ def _spectral_cascade(r: dict):
   ax.axhline(null["mean"], color="k", ls="--",
              label=f"null: random W_Q, W_K ({null['p05']:.1f}-{null['p95']:.1f} p05-p95)")
   ax.axhline(r["null"]["max_rank"], color="gray", ls=":", label="maximum rank min(D, 2 Dh)")
-  ax.plot([0], [r["paper"]["skew_erank_layer1"]], "r*", ms=10,
-          label="paper: first layer (7M-355M models)")
+  ax.plot([0], [r["paper"]["skew_erank_layer1"]], "r*", ms=10, clip_on=False, zorder=3,
+          label="paper: first layer (7M-355M models)")  # near 0: not cut by the axis
   ax.set_ylim(bottom=0)
-  ax.set_xticks(np.arange(len(erank_L)))
+  _integer_ticks(ax.xaxis, len(erank_L))
   ax.set_xlabel("layer")
   ax.set_ylabel("skew-part effective rank (mean over heads)")
   ax.set_title("Spectral cascade: routing rank of W_Q W_K^T per layer")
-  ax.legend(fontsize=7)
+  _legend_outside(ax, fontsize=7)  # inside, it covered the paper's point at rank ~2
   return fig
 
 
 def _linearise_ppl(r: dict):
   fig, ax = plt.subplots(figsize=(5, 3.2))
+  num_k = 0
   for name, m in r.get("models", {}).items():
-    ax.plot(100 * np.asarray(m["relative_increase_by_k"]), "o-",
+    increase_K = 100 * np.asarray(m["relative_increase_by_k"])  # k = 0..L
+    num_k = max(num_k, len(increase_K))
+    ax.plot(np.arange(len(increase_K)), increase_K, "o-",
             label=f"{name} ({m['attention']} attention)")
+  _integer_ticks(ax.xaxis, num_k)
   ax.axhline(5, color="k", ls="--", lw=0.8, label="paper's S-D bound: +5%")
   ax.set_xlabel("first k layers switched to ELU+1 linear attention (no retraining)")
   ax.set_ylabel("held-out PPL increase (%)")

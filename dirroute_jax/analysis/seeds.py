@@ -105,10 +105,11 @@ def _check_same_config(final_path: str, cfg) -> None:
 
 
 def run_seeds(base_cfg, out_dir: str, seeds: Iterable[int], poolings: Iterable[str] = POOLINGS,
-              *, log: Callable[..., None] = print) -> bool:
+              *, log: Callable[..., None] = print):
   """Trains every (seed, pooling) not finished yet; a rerun skips finished seeds and resumes a
   partly trained one from its checkpoint. Seeds are the outer loop, so an interrupted command
-  leaves whole seeds (both poolings) behind. Returns False if training was interrupted."""
+  leaves whole seeds (both poolings) behind. Returns None when every run finished, else the
+  interrupted run's RunSummary (Ctrl-C or SIGTERM: its checkpoint is saved)."""
   from dirroute_jax.train.loop import train  # here: aggregation alone needs no training stack
 
   seeds, poolings = [int(s) for s in seeds], list(poolings)
@@ -129,7 +130,7 @@ def run_seeds(base_cfg, out_dir: str, seeds: Iterable[int], poolings: Iterable[s
     t = time.time()
     summary = train(run_config(base_cfg, pooling, seed), workdir, log=log)
     if summary.interrupted:
-      return False
+      return summary
     final = {"pooling": pooling, "seed": seed, "step": summary.last_step,
              "train_sec": round(time.time() - t, 1), "eval": summary.eval_metrics,
              "config": _flat_config(run_config(base_cfg, pooling, seed))}
@@ -140,7 +141,7 @@ def run_seeds(base_cfg, out_dir: str, seeds: Iterable[int], poolings: Iterable[s
     elapsed = time.time() - t_all
     log(f"=== run {i + 1}/{len(todo)} done in {final['train_sec']:.0f}s; "
         f"{len(todo) - i - 1} left, about {elapsed / (i + 1) * (len(todo) - i - 1) / 60:.0f} min")
-  return True
+  return None
 
 
 def collect(out_dir: str, poolings: Iterable[str] = POOLINGS,

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dirroute_jax.analysis.ablation import complete
-from dirroute_jax.analysis.tokens import is_function_token
+from dirroute_jax.analysis.tokens import is_function_token, token_label
 from dirroute_jax.model import interventions as iv_lib
 from dirroute_jax.model.routing import unit_directions
 from dirroute_jax.model.transformer import Transformer, forward
@@ -111,7 +111,7 @@ def steer_directions(model: Transformer, params, batches: list[dict], decode=Non
   """Readout and forcing of the routed model's directions (see module doc).
 
   `directions` overrides the top-N selection with explicit (layer, head, k) triples.
-  `decode(list of ids) -> str` names the tokens (ids as strings when None).
+  `decode([id]) -> str` names a token (tokens.token_label; the id as a string when None).
   """
   cfg = model.cfg
   if not cfg.routing:
@@ -214,8 +214,8 @@ def steering(run, *, top_n: int | None = 16, top_k: int = 10, num_batches: int =
     return {"skipped": "no model with routing in this workdir"}
   batches = list(run.data.eval_batches(num_batches))
   result = steer_directions(run.models[names[0]], run.params[names[0]], batches,
-                            run.tokenizer.decode, top_n=top_n, top_k=top_k,
-                            final_scale=final_scale)
+                            lambda ids: token_label(run.tokenizer, ids[0]), top_n=top_n,
+                            top_k=top_k, final_scale=final_scale)
   return {"paper": PAPER, "model": names[0], "num_batches": len(batches),
           "eval_stride": run.data.eval_stride(num_batches), "checkpoint_step": int(run.step),
           **result}

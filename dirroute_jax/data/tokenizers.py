@@ -48,6 +48,11 @@ class Tokenizer(abc.ABC):
     """Like `encode` on each text; subclasses override with a multi-threaded version."""
     return [self.encode(t) for t in texts]
 
+  def token_bytes(self, token_id: int) -> bytes:
+    """The bytes one token stands for. A byte-level token can hold part of a UTF-8 character,
+    which `decode([token_id])` turns into U+FFFD; these bytes keep it."""
+    return self.decode([token_id]).encode("utf-8")
+
   @property
   def fingerprint(self) -> str:
     return f"{self.name}-{self.vocab_size}"
@@ -75,6 +80,9 @@ class ByteTokenizer(Tokenizer):
       else:
         run.append(int(i))
     return "".join(out) + run.decode("utf-8", errors="replace")
+
+  def token_bytes(self, token_id: int) -> bytes:
+    return ENDOFTEXT.encode() if int(token_id) == self.eos_id else bytes([int(token_id)])
 
 
 class GPT2Tokenizer(Tokenizer):
@@ -107,6 +115,9 @@ class GPT2Tokenizer(Tokenizer):
 
   def decode(self, ids: Sequence[int]) -> str:
     return self._enc.decode([int(i) for i in ids])
+
+  def token_bytes(self, token_id: int) -> bytes:
+    return self._enc.decode_single_token_bytes(int(token_id))
 
 
 class BPETokenizer(Tokenizer):
@@ -162,9 +173,26 @@ class BPETokenizer(Tokenizer):
   def decode(self, ids: Sequence[int]) -> str:
     return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
+  def token_bytes(self, token_id: int) -> bytes:
+    if int(token_id) == self.eos_id:
+      return ENDOFTEXT.encode()
+    return bytes(_BYTE_OF_CHAR[c] for c in self._tok.id_to_token(int(token_id)))
+
   @property
   def fingerprint(self) -> str:
     return f"bpe-{self.vocab_size}-{self._hash}"
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+  """{char: byte} of GPT-2's byte-level alphabet (HF `ByteLevel`), in which a BPE token's
+  string is written: printable Latin-1 bytes stand for themselves, the other bytes are shifted
+  to U+0100 onwards in order."""
+  printable = {*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)}
+  shifted = iter(range(256, 512))
+  return {chr(b) if b in printable else chr(next(shifted)): b for b in range(256)}
+
+
+_BYTE_OF_CHAR = _byte_level_alphabet()
 
 
 class SyntheticTokenizer(Tokenizer):
