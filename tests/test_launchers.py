@@ -1,7 +1,6 @@
 """Cloud launchers without a cloud: the TPU command sequence, the preemption loop against a
 fake gcloud, and the SLURM script run by bash against fake `srun` / `scontrol`."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -10,21 +9,9 @@ import types
 import pytest
 
 from dirroute_jax import exit_codes
+from dirroute_jax.cloud import slurm, tpu
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load(name):
-  spec = importlib.util.spec_from_file_location(f"launch_{name}",
-                                                os.path.join(REPO, "launch", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # dataclasses look their module up there
-  spec.loader.exec_module(module)
-  return module
-
-
-tpu = _load("tpu")
-slurm = _load("slurm")
 WORKDIR = "gs://bucket/dirroute/433m"
 
 
@@ -298,7 +285,7 @@ def test_sbatch_script_requeues_only_on_preempted(tmp_path):
     (bin_dir / "srun").write_text(f"#!/bin/bash\nexit {code}\n")
     for f in ("scontrol", "srun"):
       os.chmod(bin_dir / f, 0o755)
-    job = _slurm_job(repo_dir=str(tmp_path), venv=None)
+    job = _slurm_job(repo_dir=str(tmp_path), venv=None, check_gpu=False)
     proc = subprocess.run(["bash", "-c", slurm.sbatch_script(job)], capture_output=True,
                           text=True, env={"PATH": f"{bin_dir}:{os.environ['PATH']}",
                                           "SLURM_JOB_NODELIST": "node-1", "SLURM_JOB_ID": "7"})
@@ -317,7 +304,7 @@ def test_sbatch_script_survives_sigterm_until_training_has_saved(tmp_path):
                                 f"exit {exit_codes.PREEMPTED}\n")
   for f in ("scontrol", "srun"):
     os.chmod(bin_dir / f, 0o755)
-  script = slurm.sbatch_script(_slurm_job(repo_dir=str(tmp_path), venv=None))
+  script = slurm.sbatch_script(_slurm_job(repo_dir=str(tmp_path), venv=None, check_gpu=False))
   proc = subprocess.Popen(["bash", "-c", script], stderr=subprocess.PIPE, text=True,
                           env={"PATH": f"{bin_dir}:{os.environ['PATH']}",
                                "SLURM_JOB_NODELIST": "node-1", "SLURM_JOB_ID": "7"})
