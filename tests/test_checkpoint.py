@@ -563,6 +563,21 @@ def test_checksum_is_independent_of_sharding(tmp_path):
   assert ckpt_lib.state_digest(sharded) == ckpt_lib.state_digest(state)
 
 
+def test_checksum_leaf_names_are_the_saved_format():
+  # The checksums on disk are keyed by these names: a change would report every
+  # existing checkpoint as corrupt. Dict keys, namedtuple fields (optax states)
+  # and sequence indices all appear in a training state.
+  state = {'models': {'routed': {'opt_state': (optax.EmptyState(),
+                                               optax.ScaleByAdamState(
+                                                   count=jnp.zeros([]),
+                                                   mu={'w': jnp.ones(2)},
+                                                   nu={'w': jnp.ones(2)}))}},
+           'step': jnp.zeros([], jnp.int32)}
+  assert sorted(ckpt_lib.state_digest(state)) == [
+      'models/routed/opt_state/1/count', 'models/routed/opt_state/1/mu/w',
+      'models/routed/opt_state/1/nu/w', 'step']
+
+
 def test_deleted_iterator_file_is_named_as_such(tmp_path, caplog):
   state = make_state()
   it = iter(grain.MapDataset.range(100).batch(4).to_iter_dataset())

@@ -217,7 +217,7 @@ def get_tokenizer(data_cfg, texts_fn: Callable[[], Iterable[str]] | None = None,
     corpus_fingerprint = _hash_texts(texts_fn())
   path = bpe_cache_path(cache_dir, corpus_fingerprint, vocab_size)
   if os.path.exists(path):
-    return BPETokenizer.from_file(str(path))
+    return BPETokenizer.from_file(path)
   logging.info("Training a %d-token byte-level BPE; caching it at %s", vocab_size, path)
   tok = BPETokenizer.train(texts_fn(), vocab_size)
   tok.save(path)

@@ -364,8 +364,7 @@ class Checkpointer:
         print(f'WARNING: checkpoint {self._step_dir(s)} is corrupt or partial '
               f'({type(e).__name__}: {_short(e, 200)}); it is moved to '
               f'{workdir_lib.path(self.workdir, workdir_lib.CORRUPT_CHECKPOINTS)} and '
-              'the previous one '
-              'is used.', flush=True)
+              'the previous one is used.', flush=True)
         failures.append((s, e))
         continue
       self._quarantine([f for f, _ in failures])
