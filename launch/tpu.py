@@ -5,302 +5,22 @@
       --stage_data=gs://BUCKET/fineweb/sample-10BT --dry_run \
       -- --config.data.files='~/data/*.parquet'
 
-Everything after `--` goes to launch/train.py unchanged. The slice is requested as a queued
-resource, so the request waits for capacity instead of failing. When it is ACTIVE the project is
-installed on every worker (a tarball of this checkout, or `--repo` cloned), then launch/train.py
-runs on all workers at once (`--worker=all`; a multi-host slice gets `--distributed=on`, JAX finds
-the other workers by itself) and its output streams here. If the run dies (spot preemption: the
-queued resource goes SUSPENDED / FAILED, or ssh breaks) the slice is deleted, requested again and
-the same command reruns: training resumes from the newest checkpoint in the gs:// workdir. Only
-a run that was preempted is rerun: launch/train.py exiting PREEMPTED (75: it got SIGTERM and
-saved), or dying while the slice is no longer ACTIVE. Any other status (a bad flag, a
-divergence, a full disk, a bug; dirroute_jax/exit_codes.py) would repeat itself and ends the
-job. The flags after `--` are checked here, with launch/train.py's own definitions and the
-config loaded, before anything is rented. The slice is deleted at the end, also on errors and
-Ctrl-C (unless --keep).
+Everything after `--` goes to launch/train.py unchanged, and is checked here first. A preempted
+slice is deleted and requested again, and training resumes from the newest checkpoint in the
+gs:// workdir; any other failure ends the job. The slice is deleted at the end, also on errors
+and Ctrl-C (unless --keep). How it works: dirroute_jax/cloud/tpu.py.
 
-`--dry_run` (before `--`; after it is an error) prints every command in order and runs nothing. The commands come from the pure
-function `plan(job)`; `run(job)` is the thin loop that executes them (tests/test_launchers.py).
+`--dry_run` (before `--`; after it is an error) prints every command in order and runs nothing.
 """
 
-from __future__ import annotations
-
-import dataclasses
-import os
-import re
 import shlex
-import subprocess
 import sys
-import time
 
 from absl import app, flags
 
-from dirroute_jax import exit_codes
-from dirroute_jax.cli import check_train_args, fail, parse_flags
-from dirroute_jax.train.lock import STALE_SECS
+from dirroute_jax.cli import fail, parse_flags
+from dirroute_jax.cloud import tpu
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REMOTE_DIR = "~/dirroute-jax"
-REMOTE_VENV = "~/dirroute-venv"
-REMOTE_LOG = "~/dirroute-train.log"
-REMOTE_DATA = "~/data"  # --stage_data lands here: --config.data.files='~/data/*.parquet'
-ACTIVE = "ACTIVE"
-DEAD_STATES = ("SUSPENDING", "SUSPENDED", "FAILED")  # preempted or never coming: recreate
-
-# Per generation: gcloud's name prefix, chips per "N" in the type name, chips per host, the
-# runtime image (Ubuntu 22.04 + TPU driver), and where the chips usually are.
-_GENERATIONS = {
-    "v4": dict(prefix="v4", cores_per_chip=2, chips_per_host=4,
-               runtime="tpu-ubuntu2204-base", zone="us-central2-b"),
-    "v5e": dict(prefix="v5litepod", cores_per_chip=1, chips_per_host=4,
-                runtime="v2-alpha-tpuv5-lite", zone="us-west4-a"),
-    "v5p": dict(prefix="v5p", cores_per_chip=2, chips_per_host=4,
-                runtime="v2-alpha-tpuv5", zone="us-east5-a"),
-    "v6e": dict(prefix="v6e", cores_per_chip=1, chips_per_host=4,
-                runtime="v2-alpha-tpuv6e", zone="us-east5-b"),
-}
-_ALIASES = {"v5litepod": "v5e", "v5lite": "v5e"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Slice:
-  accelerator_type: str  # as gcloud spells it, e.g. v5litepod-16
-  generation: str
-  chips: int
-  hosts: int
-  runtime_version: str
-  zone: str  # a zone that offers this generation (a suggestion, not a default)
-
-
-def slice_info(accelerator_type: str) -> Slice:
-  """'v4-8' (4 chips, 1 host), 'v5e-16' = 'v5litepod-16' (16 chips, 4 hosts), 'v5p-32', ..."""
-  m = re.fullmatch(r"(v\d+[a-z]*)-(\d+)", accelerator_type.strip().lower())
-  gen = _ALIASES.get(m.group(1), m.group(1)) if m else None
-  if gen not in _GENERATIONS:
-    raise ValueError(f"accelerator type {accelerator_type!r} is unknown; use e.g. v4-8, "
-                     f"v5e-16 (= v5litepod-16), v5p-8, v6e-8 ({', '.join(_GENERATIONS)}).")
-  g, n = _GENERATIONS[gen], int(m.group(2))
-  chips = n // g["cores_per_chip"]
-  # Single-host v5e/v6e machines hold up to 8 chips; everything larger is 4 chips per host.
-  hosts = 1 if chips <= (8 if g["cores_per_chip"] == 1 else 4) else chips // g["chips_per_host"]
-  return Slice(f"{g['prefix']}-{n}", gen, chips, hosts, g["runtime"], g["zone"])
-
-
-@dataclasses.dataclass(frozen=True)
-class TpuJob:
-  """What to run where. `config` is a path inside the repo, as launch/train.py takes it."""
-  name: str
-  zone: str
-  accelerator_type: str
-  config: str
-  workdir: str
-  project: str | None = None
-  runtime_version: str | None = None  # default: the generation's (see _GENERATIONS)
-  spot: bool = False
-  repo: str | None = None  # git URL cloned on every worker; None: copy this checkout
-  ref: str = "main"
-  source: str = REPO
-  train_args: tuple[str, ...] = ()
-  stage_data: str | None = None  # gs:// folder synced to REMOTE_DATA on every worker
-  python: str = "python3.11"
-  pip_packages: tuple[str, ...] = ("jax[tpu]", "gcsfs")  # gcsfs: Orbax/epath on gs://
-
-  @property
-  def slice(self) -> Slice:
-    return slice_info(self.accelerator_type)
-
-  @property
-  def tarball(self) -> str:
-    return f"/tmp/{self.name}-dirroute-jax.tgz"
-
-
-def check_job(job: TpuJob) -> None:
-  """Fails before anything is rented: the launcher's flags, and launch/train.py's after `--`
-  (parsed with its own flag definitions, the config loaded and validated)."""
-  job.slice  # pylint: disable=pointless-statement  # validates the accelerator type
-  if not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", job.name):
-    raise ValueError(f"--name={job.name!r}: lower-case letters, digits and '-', starting with "
-                     "a letter (a GCE resource name).")
-  if not job.workdir.startswith("gs://"):
-    raise ValueError(f"--workdir={job.workdir!r} must be a gs:// path: every worker writes its "
-                     "part of each checkpoint there, and it must outlive a preempted slice.")
-  if job.stage_data and not job.stage_data.startswith("gs://"):
-    raise ValueError(f"--stage_data={job.stage_data!r} must be a gs:// folder.")
-  check_train_args(job.config, job.workdir, job.train_args, job.source)
-
-
-def _gcloud(job: TpuJob, *args: str) -> list[str]:
-  cmd = ["gcloud", "compute", "tpus", *args, f"--zone={job.zone}"]
-  return cmd + ([f"--project={job.project}"] if job.project else [])
-
-
-def create_command(job: TpuJob) -> list[str]:
-  s = job.slice
-  cmd = _gcloud(job, "queued-resources", "create", job.name, f"--node-id={job.name}")
-  cmd += [f"--accelerator-type={s.accelerator_type}",
-          f"--runtime-version={job.runtime_version or s.runtime_version}"]
-  return cmd + (["--spot"] if job.spot else [])
-
-
-def state_command(job: TpuJob) -> list[str]:
-  return _gcloud(job, "queued-resources", "describe", job.name, "--format=value(state.state)")
-
-
-def delete_command(job: TpuJob) -> list[str]:
-  # --force also deletes the TPU VM the queued resource created; --quiet skips the prompt.
-  return _gcloud(job, "queued-resources", "delete", job.name, "--force", "--quiet")
-
-
-def ssh_command(job: TpuJob, remote: str) -> list[str]:
-  return _gcloud(job, "tpu-vm", "ssh", job.name, "--worker=all", f"--command={remote}")
-
-
-def copy_commands(job: TpuJob) -> list[list[str]]:
-  """The code onto every worker: this checkout as a tarball (no venv, git or workdirs)."""
-  if job.repo:
-    return []
-  tar = ["tar", "-czf", job.tarball, "--exclude=./.venv", "--exclude=./.git",
-         "--exclude=./workdirs", "--exclude=__pycache__", "-C", job.source, "."]
-  scp = _gcloud(job, "tpu-vm", "scp", job.tarball, f"{job.name}:{REMOTE_DIR}.tgz",
-                "--worker=all")
-  return [tar, scp]
-
-
-def setup_script(job: TpuJob) -> str:
-  """Runs on every worker: Python 3.11 (the TPU images ship 3.10), the code, a venv, the
-  project plus jax[tpu]."""
-  py = job.python
-  if job.repo:
-    code = (f"rm -rf {REMOTE_DIR} && git clone --depth=1 --branch={shlex.quote(job.ref)} "
-            f"{shlex.quote(job.repo)} {REMOTE_DIR}")
-  else:
-    code = (f"rm -rf {REMOTE_DIR} && mkdir -p {REMOTE_DIR} && "
-            f"tar -xzf {REMOTE_DIR}.tgz -C {REMOTE_DIR}")
-  packages = " ".join(shlex.quote(p) for p in job.pip_packages)
-  steps = [
-      "set -e",
-      f"(command -v {py} >/dev/null || (sudo apt-get update -qq && sudo DEBIAN_FRONTEND="
-      f"noninteractive apt-get install -y -qq {py} {py}-venv))",
-      code,
-      f"{py} -m venv {REMOTE_VENV}",
-      f"{REMOTE_VENV}/bin/pip install -q -U pip",
-      f"{REMOTE_VENV}/bin/pip install -q -e {REMOTE_DIR} {packages}",
-  ]
-  if job.stage_data:  # data.files is read with a local glob: every worker needs its own copy
-    steps += [f"mkdir -p {REMOTE_DATA}",
-              f"gcloud storage rsync --recursive {shlex.quote(job.stage_data)} {REMOTE_DATA}"]
-  return " && ".join(steps)
-
-
-def train_script(job: TpuJob) -> str:
-  """Runs on every worker at once; worker 0 prints the progress, all append to REMOTE_LOG."""
-  args = [f"--config={job.config}", f"--workdir={job.workdir}"]
-  if job.slice.hosts > 1:
-    args.append("--distributed=on")  # JAX reads the worker list from the TPU metadata
-  args += list(job.train_args)
-  train = " ".join(shlex.quote(a) for a in ["launch/train.py", *args])
-  return (f"set -o pipefail; cd {REMOTE_DIR} && {REMOTE_VENV}/bin/python {train} 2>&1 "
-          f"| tee -a {REMOTE_LOG}")
-
-
-def plan(job: TpuJob) -> list[tuple[str, list[str]]]:
-  """Every command of a run without preemptions, in order, as (what, argv)."""
-  check_job(job)
-  return ([("request the slice", create_command(job)),
-           ("poll until the state is ACTIVE", state_command(job))]
-          + [("copy this checkout", c) for c in copy_commands(job)]
-          + [("install on all workers", ssh_command(job, setup_script(job))),
-             ("train on all workers", ssh_command(job, train_script(job))),
-             ("delete the slice", delete_command(job))])
-
-
-class Preempted(RuntimeError):
-  """The queued resource died (or never came up); it is deleted and requested again."""
-
-
-def _run(cmd, check=True, capture=False):
-  out = subprocess.run(cmd, check=False, text=True,
-                       stdout=subprocess.PIPE if capture else None)
-  if check and out.returncode:
-    raise subprocess.CalledProcessError(out.returncode, cmd)
-  return out
-
-
-def state(job: TpuJob, execute=_run) -> str | None:
-  """The queued resource's state, or None if it does not exist."""
-  out = execute(state_command(job), check=False, capture=True)
-  return (out.stdout.strip() or None) if out.returncode == 0 else None
-
-
-def wait_active(job: TpuJob, poll_seconds: float, execute=_run, sleep=time.sleep, log=print):
-  last = None
-  while (current := state(job, execute)) != ACTIVE:
-    if current != last:
-      log(f"[tpu] {job.name}: {current}")
-      last = current
-    if current in DEAD_STATES or current is None:
-      raise Preempted(f"queued resource {job.name} is {current}")
-    sleep(poll_seconds)
-  log(f"[tpu] {job.name}: ACTIVE")
-
-
-def run(job: TpuJob, *, max_restarts: int = 10, poll_seconds: float = 60, keep: bool = False,
-        execute=_run, sleep=time.sleep, log=print) -> int:
-  """Runs `plan(job)`, recreating the slice after a preemption; returns the exit status."""
-  check_job(job)
-  restarts = 0
-  try:
-    while True:
-      try:
-        current = state(job, execute)
-        if current in DEAD_STATES:
-          execute(delete_command(job))
-          current = None
-        if current is None:
-          execute(create_command(job))
-        wait_active(job, poll_seconds, execute, sleep, log)
-        for cmd in copy_commands(job):
-          execute(cmd)
-        execute(ssh_command(job, setup_script(job)))
-        rc = execute(ssh_command(job, train_script(job)), check=False).returncode
-        if rc == exit_codes.DONE:
-          log(f"[tpu] training finished; checkpoints and metrics in {job.workdir}")
-          return 0
-        slice_state = state(job, execute)
-        if rc == exit_codes.BUSY and restarts > 0:
-          # A slice that vanished without SIGTERM left its workdir lease behind, fresh: it
-          # goes stale STALE_SECS after its last heartbeat.
-          log(f"[tpu] the preempted slice's lease on {job.workdir} has not expired yet; "
-              f"waiting {STALE_SECS:.0f} s.")
-          sleep(STALE_SECS)
-          raise Preempted("workdir lease of the preempted slice")
-        if rc != exit_codes.PREEMPTED and slice_state == ACTIVE:
-          why = {exit_codes.USAGE: "rejected its flags or config",
-                 exit_codes.DIVERGED: "diverged (non-finite loss or state)",
-                 exit_codes.IO_ERROR: "could not read or write the workdir",
-                 exit_codes.BUSY: "found another run writing to the workdir"}.get(
-                     rc, "failed (see its output above)")
-          log(f"[tpu] launch/train.py {why}: exit status {exit_codes.describe(rc)} on a live "
-              "slice; a rerun would fail the same way, so not retrying.")
-          return rc
-        raise Preempted(f"training exited with status {exit_codes.describe(rc)} (slice state "
-                        f"{slice_state})")
-      except (Preempted, subprocess.CalledProcessError) as e:
-        restarts += 1
-        if restarts > max_restarts:
-          log(f"[tpu] {e}; giving up after {max_restarts} restarts (the checkpoint in "
-              f"{job.workdir} is intact: rerun this command to go on).")
-          return exit_codes.PREEMPTED
-        log(f"[tpu] {e}; deleting and recreating the slice (restart {restarts}/"
-            f"{max_restarts}); training resumes from the latest checkpoint.")
-        execute(delete_command(job), check=False)
-  finally:
-    if not keep:
-      log(f"[tpu] deleting {job.name}")
-      execute(delete_command(job), check=False)
-
-
-# --- command line ----------------------------------------------------------------------------
 
 def _define_flags():
   flags.DEFINE_string("name", None, "Queued resource and TPU node name.", required=True)
@@ -319,8 +39,9 @@ def _define_flags():
                       "checkout.")
   flags.DEFINE_string("ref", "main", "Branch or tag of --repo.")
   flags.DEFINE_string("stage_data", None,
-                      f"gs:// folder copied to {REMOTE_DATA} on every worker (data.files is a "
-                      f"local glob): then pass -- --config.data.files='{REMOTE_DATA}/*.parquet'.")
+                      f"gs:// folder copied to {tpu.REMOTE_DATA} on every worker (data.files "
+                      f"is a local glob): then pass -- "
+                      f"--config.data.files='{tpu.REMOTE_DATA}/*.parquet'.")
   flags.DEFINE_integer("max_restarts", 10, "Slice recreations before giving up.")
   flags.DEFINE_integer("poll_seconds", 60, "Queued-resource polling interval.")
   flags.DEFINE_bool("keep", False, "Leave the slice up at the end (you pay for it).")
@@ -329,12 +50,12 @@ def _define_flags():
 
 def main(argv):
   f = flags.FLAGS
-  job = TpuJob(name=f.name, zone=f.zone, accelerator_type=f.accelerator_type, config=f.config,
-               workdir=f.workdir, project=f.project, runtime_version=f.runtime_version,
-               spot=f.spot, repo=f.repo, ref=f.ref, stage_data=f.stage_data,
-               train_args=tuple(argv[1:]))
+  job = tpu.TpuJob(name=f.name, zone=f.zone, accelerator_type=f.accelerator_type,
+                   config=f.config, workdir=f.workdir, project=f.project,
+                   runtime_version=f.runtime_version, spot=f.spot, repo=f.repo, ref=f.ref,
+                   stage_data=f.stage_data, train_args=tuple(argv[1:]))
   try:
-    steps = plan(job)
+    steps = tpu.plan(job)
   except ValueError as e:
     fail(str(e))
   if f.dry_run:
@@ -343,7 +64,8 @@ def main(argv):
     for what, cmd in steps:
       print(f"# {what}\n{shlex.join(cmd)}")
     return
-  sys.exit(run(job, max_restarts=f.max_restarts, poll_seconds=f.poll_seconds, keep=f.keep))
+  sys.exit(tpu.run(job, max_restarts=f.max_restarts, poll_seconds=f.poll_seconds,
+                   keep=f.keep))
 
 
 if __name__ == "__main__":

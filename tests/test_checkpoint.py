@@ -23,6 +23,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
+from dirroute_jax import workdir as workdir_lib
 from dirroute_jax.train import checkpoint as ckpt_lib
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -116,7 +117,7 @@ def test_round_trip_is_bitwise(tmp_path):
     assert ckpt.save(7, state)
     ckpt.wait()
     assert ckpt.all_steps() == [7]
-    assert (tmp_path / 'checkpoints' / '7' / 'state').is_dir()
+    assert (tmp_path / workdir_lib.CHECKPOINTS / '7' / 'state').is_dir()
     restored, step = ckpt.restore(abstract_of(state))
   assert step == 7
   assert_bitwise_equal(restored, state)
@@ -238,7 +239,7 @@ def test_corrupt_latest_falls_back_to_previous(tmp_path, caplog, how):
   with ckpt_lib.Checkpointer(tmp_path) as ckpt:
     ckpt.save(10, old)
     ckpt.save(20, new)
-  corrupt(tmp_path / 'checkpoints' / '20', how)
+  corrupt(tmp_path / workdir_lib.CHECKPOINTS / '20', how)
 
   ckpt = ckpt_lib.Checkpointer(tmp_path)
   with caplog.at_level(logging.WARNING):
@@ -247,11 +248,11 @@ def test_corrupt_latest_falls_back_to_previous(tmp_path, caplog, how):
   assert_bitwise_equal(restored, old)
   warnings = [r.getMessage() for r in caplog.records
               if r.levelno >= logging.WARNING]
-  assert any(str(tmp_path / 'checkpoints' / '20') in w and 'corrupt' in w
+  assert any(str(tmp_path / workdir_lib.CHECKPOINTS / '20') in w and 'corrupt' in w
              for w in warnings), warnings
   # The bad step was moved aside, so training can write step 20 again.
   assert ckpt.all_steps() == [10]
-  assert len(list((tmp_path / 'corrupt_checkpoints').iterdir())) == 1
+  assert len(list((tmp_path / workdir_lib.CORRUPT_CHECKPOINTS).iterdir())) == 1
   assert ckpt.save(20, new)
   ckpt.wait()
   restored, step = ckpt.restore(abstract_of(new))
@@ -265,8 +266,8 @@ def test_all_corrupt_raises_clear_error(tmp_path):
   with ckpt_lib.Checkpointer(tmp_path) as ckpt:
     ckpt.save(1, state)
     ckpt.save(2, state)
-  corrupt(tmp_path / 'checkpoints' / '1', 'delete_arrays')
-  corrupt(tmp_path / 'checkpoints' / '2', 'truncate')
+  corrupt(tmp_path / workdir_lib.CHECKPOINTS / '1', 'delete_arrays')
+  corrupt(tmp_path / workdir_lib.CHECKPOINTS / '2', 'truncate')
   ckpt = ckpt_lib.Checkpointer(tmp_path)
   with pytest.raises(ckpt_lib.CheckpointError,
                      match=r'no usable checkpoint .*tried steps \[2, 1\]'):
@@ -287,7 +288,7 @@ def test_explicit_step(tmp_path):
                        match=r'step 5 .*available steps: \[1, 2\]'):
       ckpt.restore(abstract_of(a), step=5)
   # An explicitly requested corrupt step is an error, not a silent fallback.
-  corrupt(tmp_path / 'checkpoints' / '2', 'delete_arrays')
+  corrupt(tmp_path / workdir_lib.CHECKPOINTS / '2', 'delete_arrays')
   with pytest.raises(ckpt_lib.CheckpointError, match='checkpoints/2 is '):
     ckpt_lib.Checkpointer(tmp_path).restore(abstract_of(a), step=2)
 
@@ -309,7 +310,7 @@ def test_shape_mismatch_names_the_leaf(tmp_path):
   assert 'saved shape (8, 16) float32' in msg
   assert 'expected shape (12, 16) float32 (12 leaves differ)' in msg
   assert 'different config' in msg and '--workdir' in msg
-  assert str(tmp_path / 'checkpoints') in msg
+  assert str(tmp_path / workdir_lib.CHECKPOINTS) in msg
 
 
 def test_structure_mismatch_is_clear(tmp_path):
@@ -348,7 +349,7 @@ def test_data_iterator_saved_and_restored_in_same_step(tmp_path):
     # Advancing right away, before the async save finishes, must not leak in.
     expected = [next(it) for _ in range(4)]
     ckpt.wait()
-    assert sorted(p.name for p in (tmp_path / 'checkpoints' / '3').iterdir()
+    assert sorted(p.name for p in (tmp_path / workdir_lib.CHECKPOINTS / '3').iterdir()
                   if p.is_dir()) == ['checksum', 'data', 'state']
 
     # In place, on the same iterator.
@@ -470,7 +471,7 @@ def test_crash_mid_save_keeps_previous_checkpoint(tmp_path, mode):
       [sys.executable, '-c', _CRASH_SCRIPT, str(tmp_path), mode],
       env=env, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 17, proc.stderr[-2000:]
-  root = tmp_path / 'checkpoints'
+  root = tmp_path / workdir_lib.CHECKPOINTS
   finalized = ocp.utils.checkpoint_steps(root)
   abstract = {'w': jax.ShapeDtypeStruct(
       (512, 512), jnp.float32,
@@ -520,7 +521,7 @@ def test_resume_with_another_process_count_positions_data_from_step(tmp_path):
     next(it)
   with ckpt_lib.Checkpointer(tmp_path, async_save=False) as ckpt:
     ckpt.save(3, state, data_iter=it)
-  data_dir = tmp_path / "checkpoints" / "3" / "data"
+  data_dir = tmp_path / workdir_lib.CHECKPOINTS / "3" / "data"
   saved = data_dir / "process_0-of-1.json"
   assert saved.exists()
   saved.rename(data_dir / "process_0-of-2.json")  # as if 2 hosts had written it
@@ -562,12 +563,27 @@ def test_checksum_is_independent_of_sharding(tmp_path):
   assert ckpt_lib.state_digest(sharded) == ckpt_lib.state_digest(state)
 
 
+def test_checksum_leaf_names_are_the_saved_format():
+  # The checksums on disk are keyed by these names: a change would report every
+  # existing checkpoint as corrupt. Dict keys, namedtuple fields (optax states)
+  # and sequence indices all appear in a training state.
+  state = {'models': {'routed': {'opt_state': (optax.EmptyState(),
+                                               optax.ScaleByAdamState(
+                                                   count=jnp.zeros([]),
+                                                   mu={'w': jnp.ones(2)},
+                                                   nu={'w': jnp.ones(2)}))}},
+           'step': jnp.zeros([], jnp.int32)}
+  assert sorted(ckpt_lib.state_digest(state)) == [
+      'models/routed/opt_state/1/count', 'models/routed/opt_state/1/mu/w',
+      'models/routed/opt_state/1/nu/w', 'step']
+
+
 def test_deleted_iterator_file_is_named_as_such(tmp_path, caplog):
   state = make_state()
   it = iter(grain.MapDataset.range(100).batch(4).to_iter_dataset())
   with ckpt_lib.Checkpointer(tmp_path, async_save=False) as ckpt:
     ckpt.save(3, state, data_iter=it)
-  (tmp_path / 'checkpoints' / '3' / 'data' / 'process_0-of-1.json').unlink()
+  (tmp_path / workdir_lib.CHECKPOINTS / '3' / 'data' / 'process_0-of-1.json').unlink()
   fresh = iter(grain.MapDataset.range(100).batch(4).to_iter_dataset())
   with caplog.at_level(logging.WARNING), ckpt_lib.Checkpointer(tmp_path) as ckpt:
     ckpt.restore(abstract_of(state), data_iter=fresh, data_fallback=lambda s: None)
@@ -580,7 +596,7 @@ def test_corrupt_config_of_latest_step_is_skipped(tmp_path, caplog):
   with ckpt_lib.Checkpointer(tmp_path) as ckpt:
     ckpt.save(1, make_state(), config=cfg_a)
     ckpt.save(2, make_state(), config=cfg_a)
-  (tmp_path / 'checkpoints' / '2' / 'config' / 'metadata').write_text('{"seed": 1, "mo')
+  (tmp_path / workdir_lib.CHECKPOINTS / '2' / 'config' / 'metadata').write_text('{"seed": 1, "mo')
   with caplog.at_level(logging.WARNING):
     assert ckpt_lib.restore_config(tmp_path) == {'seed': 1}
   assert any('unreadable' in r.getMessage() and '/2/config' in r.getMessage()
@@ -615,5 +631,5 @@ def test_disk_full_on_save_is_a_clean_error(tmp_path):
   proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
                         env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''})
   assert 'CLEAN saving checkpoint' in proc.stdout, proc.stdout + proc.stderr[-3000:]
-  assert str(tmp_path / 'checkpoints') in proc.stdout
+  assert str(tmp_path / workdir_lib.CHECKPOINTS) in proc.stdout
   assert 'STEPS [1]' in proc.stdout

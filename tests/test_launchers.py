@@ -1,7 +1,6 @@
 """Cloud launchers without a cloud: the TPU command sequence, the preemption loop against a
 fake gcloud, and the SLURM script run by bash against fake `srun` / `scontrol`."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -10,21 +9,9 @@ import types
 import pytest
 
 from dirroute_jax import exit_codes
+from dirroute_jax.cloud import slurm, tpu
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load(name):
-  spec = importlib.util.spec_from_file_location(f"launch_{name}",
-                                                os.path.join(REPO, "launch", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # dataclasses look their module up there
-  spec.loader.exec_module(module)
-  return module
-
-
-tpu = _load("tpu")
-slurm = _load("slurm")
 WORKDIR = "gs://bucket/dirroute/433m"
 
 

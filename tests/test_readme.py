@@ -118,7 +118,7 @@ def test_sbatch_script_stops_without_gpu_jax():
   fails and prints the README's install line."""
   script = subprocess.run(
       [sys.executable, os.path.join(REPO, "launch", "slurm.py"), "--workdir=/shared/run",
-       "--dry_run"], capture_output=True, text=True, check=True, cwd=REPO,
+       "--dry_run", "--", "--config.data.files=/shared/fineweb/*.parquet"], capture_output=True, text=True, check=True, cwd=REPO,
       env=dict(os.environ, PYTHONPATH=REPO)).stdout
   check = next(line for line in script.splitlines() if "default_backend" in line)
   assert script.index(check) < script.index("\nsrun ")
@@ -129,6 +129,6 @@ def test_sbatch_script_stops_without_gpu_jax():
   assert "pip install -e '.[cuda]'" in README
   no_check = subprocess.run(
       [sys.executable, os.path.join(REPO, "launch", "slurm.py"), "--workdir=/shared/run",
-       "--dry_run", "--nocheck_gpu"], capture_output=True, text=True, check=True, cwd=REPO,
+       "--dry_run", "--nocheck_gpu", "--", "--config.data.files=/shared/fineweb/*.parquet"], capture_output=True, text=True, check=True, cwd=REPO,
       env=dict(os.environ, PYTHONPATH=REPO)).stdout
   assert "default_backend" not in no_check

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from dirroute_jax import exit_codes
+from dirroute_jax import exit_codes, workdir as workdir_lib
 from dirroute_jax.data import sources, tokenizers
 from dirroute_jax.train import checkpoint, lock, metrics
 from dirroute_jax.train.loop import config_changes
@@ -26,18 +26,18 @@ ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
 
 def test_second_writer_is_refused_naming_the_first(tmp_path):
   with lock.WorkdirLock(tmp_path):
-    held = json.loads((tmp_path / lock.LOCK_FILE).read_text())
+    held = json.loads((tmp_path / workdir_lib.WRITER_LOCK).read_text())
     assert held["pid"] == os.getpid() and held["host"] == socket.gethostname()
     with pytest.raises(lock.WorkdirBusyError, match=f"pid {os.getpid()} on host"):
       lock.WorkdirLock(tmp_path).acquire()
-  assert not (tmp_path / lock.LOCK_FILE).exists()  # released on exit
+  assert not (tmp_path / workdir_lib.WRITER_LOCK).exists()  # released on exit
   with lock.WorkdirLock(tmp_path):  # and free again
     pass
 
 
 def _stale(tmp_path, **record):
   now = time.time()
-  (tmp_path / lock.LOCK_FILE).write_text(json.dumps(
+  (tmp_path / workdir_lib.WRITER_LOCK).write_text(json.dumps(
       {"host": socket.gethostname(), "pid": os.getpid(), "started": now, "heartbeat": now,
        "id": "other", **record}))
 
@@ -47,7 +47,7 @@ def test_lease_of_a_dead_process_is_taken_over(tmp_path, capsys):
   dead.wait()
   _stale(tmp_path, pid=dead.pid)
   with lock.WorkdirLock(tmp_path, settle_secs=0):
-    assert json.loads((tmp_path / lock.LOCK_FILE).read_text())["pid"] == os.getpid()
+    assert json.loads((tmp_path / workdir_lib.WRITER_LOCK).read_text())["pid"] == os.getpid()
   assert f"pid {dead.pid} is not running" in capsys.readouterr().out
 
 
@@ -110,7 +110,7 @@ def test_keys_added_since_the_checkpoint_compare_as_defaults(tiny_cfg):
 # --- metrics.jsonl ---------------------------------------------------------------------------
 
 def test_truncated_last_metrics_line_is_dropped(tmp_path, capsys):
-  path = tmp_path / "metrics.jsonl"
+  path = tmp_path / workdir_lib.METRICS
   path.write_text('{"step": 5, "routed/loss": 3.0}\n{"step": 10, "routed/lo')
   writer = metrics.MetricsWriter(str(tmp_path), resume_step=10)
   writer.close()
@@ -119,7 +119,7 @@ def test_truncated_last_metrics_line_is_dropped(tmp_path, capsys):
 
 
 def test_damaged_metrics_line_before_the_last_names_file_and_line(tmp_path):
-  path = tmp_path / "metrics.jsonl"
+  path = tmp_path / workdir_lib.METRICS
   path.write_text('{"step": 5}\n{"step": 10, "x\n{"step": 15}\n')
   with pytest.raises(metrics.MetricsFileError, match=f"{path}:2 is damaged"):
     metrics.MetricsWriter(str(tmp_path), resume_step=15)
@@ -130,7 +130,7 @@ def test_one_row_per_step(tmp_path):
   writer.write(10, {"routed/loss": 2.0})
   writer.write(10, {"eval/routed/loss": 2.5})
   writer.close()
-  rows = metrics.read_rows(tmp_path / "metrics.jsonl")
+  rows = metrics.read_rows(tmp_path / workdir_lib.METRICS)
   assert rows == [{"step": 10, "routed/loss": 2.0, "eval/routed/loss": 2.5}]
 
 
@@ -152,7 +152,7 @@ def test_resume_tells_tensorboard_to_drop_later_events(tmp_path):
   writer.close()
   time.sleep(1.1)  # event files are named by the second
   metrics.MetricsWriter(str(tmp_path), resume_step=10).close()
-  newest = max((tmp_path / "tensorboard").iterdir(), key=lambda p: p.name)
+  newest = max((tmp_path / workdir_lib.TENSORBOARD).iterdir(), key=lambda p: p.name)
   starts = [e.step for e in _events(newest) if e.HasField("session_log")
             and e.session_log.status == e.session_log.START]
   assert starts == [11]
@@ -245,7 +245,7 @@ def test_interpret_checks_out_before_loading_or_analysing(tmp_path):
 
 
 def test_unreadable_lease_is_replaced(tmp_path, capsys):
-  (tmp_path / lock.LOCK_FILE).write_text('{"host": "x", "pi')  # a crash mid-write
+  (tmp_path / workdir_lib.WRITER_LOCK).write_text('{"host": "x", "pi')  # a crash mid-write
   with lock.WorkdirLock(tmp_path, settle_secs=0):
-    assert json.loads((tmp_path / lock.LOCK_FILE).read_text())["pid"] == os.getpid()
+    assert json.loads((tmp_path / workdir_lib.WRITER_LOCK).read_text())["pid"] == os.getpid()
   assert "unreadable lease" in capsys.readouterr().out

@@ -13,8 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from dirroute_jax import exit_codes
-from dirroute_jax.train import checkpoint, lock
+from dirroute_jax import exit_codes, workdir as workdir_lib
+from dirroute_jax.train import checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
@@ -229,7 +229,7 @@ def test_second_writer_refused_then_sigterm_saves_and_exits_preempted(tmp_path, 
   assert first.returncode == exit_codes.PREEMPTED, out
   stopped = int(out.split("Stopped at step ")[1].split(";")[0])
   assert checkpoint.Checkpointer(str(wd), read_only=True).latest_step() == stopped
-  assert not (wd / lock.LOCK_FILE).exists()  # the lease is released
+  assert not (wd / workdir_lib.WRITER_LOCK).exists()  # the lease is released
 
 
 def test_double_ctrl_c_aborts_in_one_line(tmp_path, cache):
@@ -248,7 +248,7 @@ def test_double_ctrl_c_aborts_in_one_line(tmp_path, cache):
   after = out[out.index("Interrupted"):]
   assert "Traceback" not in after and len(after.strip().splitlines()) <= 4, after
   assert "aborted without saving" in after
-  assert not (tmp_path / "abort" / lock.LOCK_FILE).exists()
+  assert not (tmp_path / "abort" / workdir_lib.WRITER_LOCK).exists()
 
 
 def test_rerun_of_a_finished_or_shortened_run_writes_nothing_new(tmp_path, cache):

@@ -10,18 +10,17 @@ import logging as std_logging
 import os
 
 from absl import logging
-from etils import epath
 
 import flax.linen as nn
 import jax
 import ml_collections
 
+from dirroute_jax import workdir as workdir_lib
 from dirroute_jax.config import default_config
 from dirroute_jax.data import tokenizers
 from dirroute_jax.data.pipeline import Data, make_data
 from dirroute_jax.model.transformer import Transformer, abstract_params, build_model
 from dirroute_jax.train import checkpoint
-from dirroute_jax.train.loop import DATA_FINGERPRINT
 from dirroute_jax.train.step import model_configs
 
 
@@ -49,7 +48,7 @@ class Workdir:
     """The run's data (held-out batches with domain labels), rebuilt from the corpus cache
     and tokenized with the run's own tokenizer."""
     data = make_data(self.cfg, tokenizer=self.tokenizer)
-    path = epath.Path(self.path) / DATA_FINGERPRINT  # a gs:// workdir too
+    path = workdir_lib.data_fingerprint(self.path)
     if path.exists():
       trained_on = json.loads(path.read_text())["corpus"]
       if trained_on != data.stats.get("corpus_fingerprint"):
@@ -88,7 +87,7 @@ class _DropReadOnlyNotice(std_logging.Filter):
 def load_workdir(path: str, *, step: int | None = None) -> Workdir:
   """Opens the run in `path` (at `step`, default the newest usable one). A damaged newest
   checkpoint (config or arrays) is skipped with a warning; raises one of LOAD_ERRORS."""
-  if not epath.Path(path).is_dir():
+  if not workdir_lib.path(path).is_dir():
     raise FileNotFoundError(f"{path} is not a directory (give the --workdir of a "
                             "launch/train.py run)")
   absl_logger = std_logging.getLogger("absl")

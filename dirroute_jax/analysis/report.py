@@ -15,11 +15,11 @@ from typing import Callable
 
 import numpy as np
 
+from dirroute_jax import workdir as workdir_lib
 from dirroute_jax.analysis import (ablation, causality, directions, factual, induction,
                                    linearise, plots, regimes, spectral, steering)
 from dirroute_jax.analysis.load import Workdir
 from dirroute_jax.train.evaluate import PREFIX
-from dirroute_jax.train.loop import DATA_FINGERPRINT, data_record
 
 ANALYSES: dict[str, Callable[[Workdir], dict]] = {
     "causality": causality.causality_report,
@@ -37,9 +37,9 @@ ANALYSES: dict[str, Callable[[Workdir], dict]] = {
 def data_summary(run: Workdir) -> dict:
   """The corpus and tokenizer the analyses ran on (content fingerprints, token counts), and the
   ones the workdir recorded at training time."""
-  path = os.path.join(run.path, DATA_FINGERPRINT)
-  trained_on = json.load(open(path)) if os.path.exists(path) else None
-  now = data_record(run.data)
+  path = workdir_lib.data_fingerprint(run.path)
+  trained_on = json.loads(path.read_text()) if path.exists() else None
+  now = run.data.record()
   return {"evaluated_on": now, "trained_on": trained_on,
           "same_as_training": None if trained_on is None else (
               trained_on.get("corpus") == now["corpus"]

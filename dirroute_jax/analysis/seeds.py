@@ -29,6 +29,7 @@ import matplotlib.ticker  # noqa: E402
 
 from dirroute_jax.analysis import stats  # noqa: E402
 from dirroute_jax.analysis.report import fmt, table  # noqa: E402
+from dirroute_jax import workdir as workdir_lib  # noqa: E402
 from dirroute_jax.config import ConfigError  # noqa: E402
 
 MODELS = ("routed", "baseline", "matched")
@@ -318,7 +319,7 @@ def to_markdown(results: dict) -> str:
 def read_curves(workdir: str) -> dict[str, tuple[list[int], list[float]]]:
   """{model: (steps, held-out perplexities)} from a run's metrics.jsonl (last row per step)."""
   rows = {}
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+  with workdir_lib.metrics(workdir).open() as f:
     for line in f:
       if line.strip():
         row = json.loads(line)

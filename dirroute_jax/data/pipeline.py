@@ -114,6 +114,15 @@ class Data:
     is exact whatever host layout wrote the checkpoint."""
     it.set_state({"next_index": int(step)})
 
+  def record(self) -> dict:
+    """What a run trains and is evaluated on: content fingerprints and token counts (written
+    to the workdir at training time, repeated in every report)."""
+    return {"corpus": self.stats.get("corpus_fingerprint"),
+            "tokenizer": self.tokenizer.fingerprint,
+            "tokens": {split: {d: c["tokens"] for d, c in per.items()}
+                       for split, per in self.stats.get("splits", {}).items()},
+            "eval_windows": self.stats.get("eval_windows")}
+
   @property
   def num_eval_batches(self) -> int:
     return len(self.eval_dataset)

@@ -19,6 +19,8 @@ import logging
 import os
 from typing import Callable, Iterable, Sequence
 
+from dirroute_jax import workdir as workdir_lib
+
 ENDOFTEXT = "<|endoftext|>"
 TOKENIZER_NAMES = ("gpt2", "bpe", "bytes")
 
@@ -297,21 +299,11 @@ def _atomic_write(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
-WORKDIR_TOKENIZER = "tokenizer.json"
-
-
-def _join(workdir: str, name: str) -> str:
-  """`workdir/name` as a string; a gs:// URL keeps its scheme (os.path would too, but a
-  string with `://` must never reach os.makedirs/open: that makes a local ./gs:/ folder)."""
-  return f"{str(workdir).rstrip('/')}/{name}" if "://" in str(workdir) else os.path.join(
-      workdir, name)
-
-
 def save_to_workdir(tokenizer: Tokenizer, workdir: str) -> None:
   """A trained BPE travels with the checkpoints: analysis must tokenize with exactly the
   tokenizer the model learned, even if the corpus (and so a retrained BPE) changes later."""
   if isinstance(tokenizer, BPETokenizer):
-    tokenizer.save(_join(workdir, WORKDIR_TOKENIZER))
+    tokenizer.save(str(workdir_lib.tokenizer(workdir)))
 
 
 def load_from_workdir(cfg, workdir: str) -> Tokenizer:
@@ -320,11 +312,9 @@ def load_from_workdir(cfg, workdir: str) -> Tokenizer:
   if data_cfg.source == "synthetic":
     return SyntheticTokenizer(cfg.model.vocab_size)
   if data_cfg.tokenizer == "bpe":
-    path = _join(workdir, WORKDIR_TOKENIZER)
-    from etils import epath  # pylint: disable=g-import-not-at-top
-
-    if not epath.Path(path).exists():
+    path = workdir_lib.tokenizer(workdir)
+    if not path.exists():
       raise FileNotFoundError(f"{path} is missing: the run's BPE tokenizer is saved there by "
                               "launch/train.py; without it token ids cannot be decoded.")
-    return BPETokenizer.from_file(path)
+    return BPETokenizer.from_file(str(path))
   return get_tokenizer(data_cfg)

@@ -33,7 +33,6 @@ import dataclasses
 import json
 import time
 from typing import Any
-import uuid
 
 from absl import logging
 from etils import epath
@@ -41,6 +40,8 @@ import grain
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+from dirroute_jax import workdir as workdir_lib
 
 PyTree = Any
 
@@ -83,10 +84,10 @@ class Checkpointer:
       raise ValueError(f'keep must be >= 1 (got {keep}): keep=0 would delete '
                        'the checkpoint just written.')
     # Orbax's tensorstore paths must be absolute; "workdirs/tiny" from a shell is common.
-    self.workdir = epath.Path(workdir)
-    if '://' not in str(workdir):
+    self.workdir = workdir_lib.path(workdir)
+    if not workdir_lib.is_remote(workdir):
       self.workdir = self.workdir.absolute()
-    self.directory = self.workdir / 'checkpoints'
+    self.directory = workdir_lib.checkpoints(self.workdir)
     self.read_only = read_only
     if not read_only:
       _check_writable(self.directory)
@@ -362,8 +363,8 @@ class Checkpointer:
             _short(e))
         print(f'WARNING: checkpoint {self._step_dir(s)} is corrupt or partial '
               f'({type(e).__name__}: {_short(e, 200)}); it is moved to '
-              f'{self.workdir / "corrupt_checkpoints"} and the previous one '
-              'is used.', flush=True)
+              f'{workdir_lib.path(self.workdir, workdir_lib.CORRUPT_CHECKPOINTS)} and '
+              'the previous one is used.', flush=True)
         failures.append((s, e))
         continue
       self._quarantine([f for f, _ in failures])
@@ -375,18 +376,18 @@ class Checkpointer:
         f'{[s for s, _ in failures]}): {details}') from failures[0][1]
 
   def _quarantine(self, steps: list[int]):
-    """Moves skipped corrupt steps to WORKDIR/corrupt_checkpoints/.
+    """Moves skipped corrupt steps to WORKDIR/corrupt_checkpoints/ (workdir.py).
 
     Without this, orbax would refuse to save those step numbers again once
     training catches up (it skips steps <= its latest), and every restart
     would warn about them anew. Moving instead of deleting keeps evidence.
     """
     if steps and not self.read_only:
-      self.move_aside(steps, 'corrupt_checkpoints')
+      self.move_aside(steps, workdir_lib.CORRUPT_CHECKPOINTS)
 
   def move_aside(self, steps: list[int], folder: str) -> epath.Path:
     """Moves finalized `steps` to WORKDIR/<folder>/<step>-<time>; returns the folder."""
-    dest_root = self.workdir / folder
+    dest_root = workdir_lib.path(self.workdir, folder)
     if jax.process_index() == 0:
       dest_root.mkdir(parents=True, exist_ok=True)
       for s in steps:
@@ -529,11 +530,8 @@ def config_to_json(config: Any) -> dict[str, Any]:
 
 def _check_writable(directory: epath.Path):
   """Fails at construction rather than at the first async save, hours in."""
-  probe = directory / f'.write-probe-{uuid.uuid4().hex}'
   try:
-    directory.mkdir(parents=True, exist_ok=True)
-    probe.write_text('ok')
-    probe.unlink()
+    workdir_lib.check_writable(directory)
   except Exception as e:  # pylint: disable=broad-exception-caught
     raise CheckpointError(
         f'cannot write checkpoints to {directory}: {type(e).__name__}: {e}'
@@ -553,19 +551,7 @@ def _with_target_shardings(tree: PyTree) -> PyTree:
 
 def _path_str(path) -> str:
   """'models/routed/opt_state/0/mu/w' for a jax key path (as orbax names it)."""
-  parts = []
-  for k in path:
-    if isinstance(k, jax.tree_util.DictKey):
-      parts.append(str(k.key))
-    elif isinstance(k, jax.tree_util.GetAttrKey):
-      parts.append(k.name)
-    elif isinstance(k, jax.tree_util.SequenceKey):
-      parts.append(str(k.idx))
-    elif isinstance(k, jax.tree_util.FlattenedIndexKey):
-      parts.append(str(k.key))
-    else:
-      parts.append(str(k))
-  return '/'.join(parts)
+  return jax.tree_util.keystr(path, simple=True, separator='/')
 
 
 def _check_fits(saved_tree: PyTree, abstract: PyTree, step_dir: epath.Path,

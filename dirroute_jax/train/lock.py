@@ -26,7 +26,8 @@ import uuid
 from absl import logging
 from etils import epath
 
-LOCK_FILE = "writer.lock"
+from dirroute_jax import workdir as workdir_lib
+
 HEARTBEAT_SECS = 30.0
 STALE_SECS = 300.0  # a lease from another host whose heartbeat is older than this is dead
 
@@ -59,7 +60,7 @@ class WorkdirLock:
 
   def __init__(self, workdir: epath.PathLike, *, heartbeat_secs: float = HEARTBEAT_SECS,
                stale_secs: float = STALE_SECS, settle_secs: float = 1.0):
-    self.path = epath.Path(workdir) / LOCK_FILE
+    self.path = workdir_lib.writer_lock(workdir)
     self.heartbeat_secs = heartbeat_secs
     self.stale_secs = stale_secs
     self.settle_secs = settle_secs

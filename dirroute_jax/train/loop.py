@@ -18,7 +18,6 @@ import signal
 import time
 
 from absl import logging
-from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
@@ -26,7 +25,7 @@ import numpy as np
 from dirroute_jax.config import ConfigError, default_config, validate_config
 from dirroute_jax.data import tokenizers
 from dirroute_jax.data.pipeline import make_data
-from dirroute_jax import exit_codes
+from dirroute_jax import exit_codes, workdir as workdir_lib
 from dirroute_jax.model import attention
 from dirroute_jax.train import checkpoint, flops, lock, sharding, step as step_lib
 from dirroute_jax.train.evaluate import PREFIX, evaluate, to_global
@@ -34,8 +33,6 @@ from dirroute_jax.train.metrics import MetricsWriter
 from dirroute_jax.train.samples import config_hparams, write_eval_samples
 
 
-DATA_FINGERPRINT = "data_fingerprint.json"  # which corpus and tokenizer the run trained on
-DIVERGED_DIR = "diverged_checkpoints"
 _AGREE_EVERY = 10  # steps between multi-process agreements on a stop or a time-based save
 
 # Config keys a resume may change: they say how long and how observably the run goes, or how
@@ -49,14 +46,6 @@ RESUMABLE_KEYS = ("steps", "log_every", "eval_every", "eval_batches", "checkpoin
 
 class Diverged(FloatingPointError):
   """A loss or the state became non-finite; the message says which checkpoint is usable."""
-
-
-def data_record(data) -> dict:
-  """What a run trained and is evaluated on: content fingerprints and token counts."""
-  return {"corpus": data.stats.get("corpus_fingerprint"), "tokenizer": data.tokenizer.fingerprint,
-          "tokens": {split: {d: c["tokens"] for d, c in per.items()}
-                     for split, per in data.stats.get("splits", {}).items()},
-          "eval_windows": data.stats.get("eval_windows")}
 
 
 @dataclasses.dataclass
@@ -109,11 +98,7 @@ class _StopFlag:
 
 def _check_workdir(workdir: str) -> None:
   try:
-    path = epath.Path(workdir)
-    path.mkdir(parents=True, exist_ok=True)
-    probe = path / f".write_probe_{os.getpid()}"
-    probe.write_text("")
-    probe.unlink()
+    workdir_lib.check_writable(workdir)
   except OSError as e:
     raise ConfigError(f"cannot write to --workdir={workdir!r} ({e.strerror or e}); choose a "
                       "directory you can write to.") from e
@@ -171,7 +156,7 @@ def _check_resume(cfg, ckpt, latest: int, fingerprint: dict, workdir: str,
         "be checked against it.")
     return
   meaning, allowed = config_changes(saved, checkpoint.config_to_json(cfg))
-  saved_fp_path = epath.Path(workdir) / DATA_FINGERPRINT
+  saved_fp_path = workdir_lib.data_fingerprint(workdir)
   if saved_fp_path.exists():
     try:
       saved_fp = json.loads(saved_fp_path.read_text())
@@ -212,7 +197,7 @@ def _diverged(ckpt, workdir: str, what: str, trusted_before: int) -> Diverged:
   suspect = [s for s in ckpt.all_steps() if s >= trusted_before]
   moved = ""
   if suspect:
-    dest = ckpt.move_aside(suspect, DIVERGED_DIR)
+    dest = ckpt.move_aside(suspect, workdir_lib.DIVERGED_CHECKPOINTS)
     moved = (f" Checkpoint(s) {suspect}, whose weights were not shown to give a finite loss, "
              f"were moved to {dest}.")
   last = ckpt.latest_step()
@@ -263,7 +248,7 @@ def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
     _check_resume(cfg, ckpt, latest, fingerprint, workdir, allow_config_change, say)
   if is_main:  # only now that the resume is known to be the same run
     tokenizers.save_to_workdir(data.tokenizer, workdir)
-    (epath.Path(workdir) / DATA_FINGERPRINT).write_text(json.dumps(data_record(data), indent=1))
+    workdir_lib.data_fingerprint(workdir).write_text(json.dumps(data.record(), indent=1))
   trainer = step_lib.make_trainer(cfg, mesh)
   data_iter = data.train_iter(0)
   tokens_per_step = cfg.batch_size * cfg.seq_len
@@ -286,9 +271,9 @@ def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
         f"tokenizer {data.tokenizer.name} "
         f"({data.stats['train_tokens']:,} train tokens)"
         + (f"; routed pooling {cfg.model.pooling}" if "routed" in trainer.models else ""))
-    say(f"Metrics go to {os.path.join(workdir, 'metrics.jsonl')}, TensorBoard events to "
-        f"{os.path.join(workdir, 'tensorboard')}, checkpoints to "
-        f"{os.path.join(workdir, 'checkpoints')}")
+    say(f"Metrics go to {workdir_lib.metrics(workdir)}, TensorBoard events to "
+        f"{workdir_lib.tensorboard(workdir)}, checkpoints to "
+        f"{workdir_lib.checkpoints(workdir)}")
     writer = MetricsWriter(workdir, resume_step=start, enabled=is_main)
     writer.hparams(config_hparams(cfg), [f"eval/{n}/perplexity" for n in trainer.models])
     eval_metrics, eval_at = {}, None

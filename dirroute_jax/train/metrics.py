@@ -17,6 +17,8 @@ from absl import logging
 from etils import epath
 import numpy as np
 
+from dirroute_jax import workdir as workdir_lib
+
 
 class MetricsFileError(ValueError):
   """metrics.jsonl has a damaged line that is not the last one."""
@@ -26,7 +28,7 @@ class MetricsWriter:
 
   def __init__(self, workdir: str, *, resume_step: int = 0, enabled: bool = True):
     self.enabled = enabled
-    self.path = epath.Path(workdir) / "metrics.jsonl"
+    self.path = workdir_lib.metrics(workdir)
     self._rows: list[dict] = []
     self._tb = None
     if not enabled:
@@ -34,11 +36,12 @@ class MetricsWriter:
     if self.path.exists():
       self._rows = [r for r in read_rows(self.path) if r["step"] <= resume_step]
       self._flush()
-    if "://" not in str(workdir):  # TensorBoard events locally; metrics.jsonl is the record
+    # TensorBoard events locally only; metrics.jsonl is the record.
+    if not workdir_lib.is_remote(workdir):
       try:
         from tensorboardX import SummaryWriter
         # purge_step: TensorBoard drops the events a crashed run logged past the checkpoint.
-        self._tb = SummaryWriter(str(self.path.parent / "tensorboard"),
+        self._tb = SummaryWriter(str(workdir_lib.tensorboard(workdir)),
                                  purge_step=resume_step + 1 if resume_step else None)
       except ImportError:
         self._tb = None

@@ -1,0 +1,86 @@
+"""The layout of a training workdir: every file and folder name in it is defined here.
+
+Everything that reads or writes a workdir asks this module for the path, so a name changes in
+one place. Paths are `etils.epath.Path`s: a local directory and a `gs://` bucket are the same
+code (a `gs://` string must never reach `os.path`/`open`, which would make a local `./gs:/`).
+
+  WORKDIR/
+    checkpoints/<step>/         one Orbax step: state/, data/ (iterator position), config/,
+                                checksum/ (train/checkpoint.py)
+    corrupt_checkpoints/<step>-<time>/
+                                steps whose arrays failed their checksums on restore, moved
+                                aside (kept as evidence) so the previous step is used
+    diverged_checkpoints/<step>-<time>/
+                                steps not shown to give a finite loss when a run diverged
+                                (train/loop.py)
+    metrics.jsonl               one JSON row per logged step (train/metrics.py)
+    tensorboard/                TensorBoard events, local workdirs only (train/metrics.py)
+    data_fingerprint.json       which corpus and tokenizer the run trained on: a resume on
+                                other data is refused, analysis warns (train/loop.py)
+    tokenizer.json              the run's trained BPE tokenizer, data.tokenizer=bpe only
+                                (data/tokenizers.py)
+    writer.lock                 the lease of the one process writing here (train/lock.py)
+
+Nothing here imports the rest of the package, so the data, train and analysis layers all may.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from etils import epath
+
+CHECKPOINTS = "checkpoints"
+CORRUPT_CHECKPOINTS = "corrupt_checkpoints"
+DIVERGED_CHECKPOINTS = "diverged_checkpoints"
+METRICS = "metrics.jsonl"
+TENSORBOARD = "tensorboard"
+DATA_FINGERPRINT = "data_fingerprint.json"
+TOKENIZER = "tokenizer.json"
+WRITER_LOCK = "writer.lock"
+
+
+def is_remote(workdir: epath.PathLike) -> bool:
+  """A URL (gs://...) rather than a local directory."""
+  return "://" in str(workdir)
+
+
+def path(workdir: epath.PathLike, name: str = "") -> epath.Path:
+  """`workdir/name` (one of the names above; none: the workdir itself)."""
+  root = epath.Path(workdir)
+  return root / name if name else root
+
+
+def checkpoints(workdir: epath.PathLike) -> epath.Path:
+  return path(workdir, CHECKPOINTS)
+
+
+def metrics(workdir: epath.PathLike) -> epath.Path:
+  return path(workdir, METRICS)
+
+
+def tensorboard(workdir: epath.PathLike) -> epath.Path:
+  return path(workdir, TENSORBOARD)
+
+
+def data_fingerprint(workdir: epath.PathLike) -> epath.Path:
+  return path(workdir, DATA_FINGERPRINT)
+
+
+def tokenizer(workdir: epath.PathLike) -> epath.Path:
+  return path(workdir, TOKENIZER)
+
+
+def writer_lock(workdir: epath.PathLike) -> epath.Path:
+  return path(workdir, WRITER_LOCK)
+
+
+def check_writable(directory: epath.PathLike) -> None:
+  """Creates `directory` and writes and deletes a probe file in it, so an unwritable workdir
+  fails at start-up rather than at the first (background) save hours in. Raises what the
+  filesystem raises (OSError, or a remote filesystem's own error); callers say what it means."""
+  directory = epath.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  probe = directory / f".write-probe-{uuid.uuid4().hex}"  # unique per process and host
+  probe.write_text("ok")
+  probe.unlink()
