@@ -95,7 +95,7 @@ def _committed_report(name: str) -> dict:
 
 def _render(r: dict) -> tuple[str, list[str]]:
   """report.md of `r` and the names of the figures drawn for it."""
-  figs = plots.make_figures(r)
+  figs = report.make_figures(r)
   try:
     keys = sorted(figs)
   finally:
