@@ -5,7 +5,6 @@ shown as their bytes rather than U+FFFD."""
 import json
 import os
 
-import numpy as np
 import pytest
 
 from dirroute_jax.analysis import plots, report

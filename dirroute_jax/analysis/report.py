@@ -23,8 +23,9 @@ import numpy as np
 from dirroute_jax.analysis import (ablation, causality, directions, factual, induction,
                                    linearise, plots, regimes, result, spectral, steering)
 from dirroute_jax.analysis.load import Workdir
-from dirroute_jax.analysis.markdown import fmt, table  # noqa: F401  (fmt: the report's API)
+from dirroute_jax.analysis.markdown import fmt, table  # noqa: F401  (seeds.py imports fmt from here)
 from dirroute_jax.train.loop import DATA_FINGERPRINT, data_record
+
 
 class Section(NamedTuple):
   """One report section: `run(workdir, **options) -> result`, and the module that renders it
@@ -37,6 +38,7 @@ class Section(NamedTuple):
     return skip.reason if skip else self.module.markdown(r)
 
   def figures(self, r: dict) -> dict:
+    # causality and steering have no plot: their modules define no `figures`.
     if result.skipped(r) or not hasattr(self.module, "figures"):
       return {}
     return self.module.figures(r)
@@ -142,7 +144,7 @@ def render_markdown(results: dict, run: Workdir, figures: dict[str, str]) -> str
          "2.6B tokens: compare directions of effects, not magnitudes.", ""]
   if "data" in results:
     out += [_data(results["data"]), ""]
-  for name in ANALYSES:
+  for name in SECTIONS:
     if name in results:
       out += [f"## {name}", "", section_markdown(name, results[name]), ""]
       for key, path in figures.items():
