@@ -1,4 +1,5 @@
-"""launch/interpret.py on a trained workdir: every section filled, plots that open."""
+"""launch/interpret.py on a trained workdir: every section filled, plots that open; and the
+report.md text and figure names of committed report.json files, unchanged."""
 
 import json
 import os
@@ -71,8 +72,7 @@ def _namespace(d: dict):
 
 
 def _committed_report(name: str) -> dict:
-  """A committed report.json, with the fields that report predates filled in, plus a skipped
-  regimes and steering section (one held-out domain; no routed model) for the skip path."""
+  """A committed report.json, with the factual fields that report predates filled in."""
   with open(os.path.join(REPO, "results", *name.split("/"), "report", "report.json")) as f:
     r = json.load(f)
   for m in r.get("factual", {}).get("models", {}).values():
@@ -84,13 +84,18 @@ def _committed_report(name: str) -> dict:
       p.setdefault("chance_logprob", -10.0)
       p.setdefault("target_tokens", [p["target"]])
       p.setdefault("subject_token", "?")
-  if "regimes" in r:
-    r["regimes_skipped"] = {"protocol": {"domains": ["prose"]}, "paper": r["regimes"]["paper"],
-                            "skipped": "skipped: one domain (prose)",
-                            "models": {"routed": "skipped: one domain (prose)",
-                                       "baseline": "n/a (no router)"}}
-    r["steering_skipped"] = {"skipped": "no model with routing in this workdir"}
   return r
+
+
+def _skipped_sections(r: dict) -> dict[str, dict]:
+  """Skipped results (one held-out domain; no routed model) to render in place of `r`'s."""
+  if "regimes" not in r:
+    return {}
+  reason = "skipped: one domain (prose)"
+  return {"regimes": {"protocol": {"domains": ["prose"]}, "paper": r["regimes"]["paper"],
+                      "skipped": reason,
+                      "models": {"routed": reason, "baseline": "n/a (no router)"}},
+          "steering": {"skipped": "no model with routing in this workdir"}}
 
 
 def _render(r: dict) -> tuple[str, list[str]]:
@@ -109,15 +114,14 @@ def _render(r: dict) -> tuple[str, list[str]]:
 @pytest.mark.parametrize("name", ["small/causal_mean", "sd_tiny"])
 def test_rendering_a_stored_report_is_unchanged(name):
   r = _committed_report(name)
-  skipped = {k[:-len("_skipped")]: r.pop(k) for k in list(r) if k.endswith("_skipped")}
-  md, keys = _render(r)
-  texts = [md, "figures: " + " ".join(keys)]
-  for section, result in skipped.items():  # the section as rendered when it was skipped
-    md, keys = _render({**r, section: result})
+  texts = []
+  for variant in [r] + [{**r, section: skipped}
+                        for section, skipped in _skipped_sections(r).items()]:
+    md, keys = _render(variant)
     texts += [md, "figures: " + " ".join(keys)]
   got = "\n\n=====\n\n".join(texts)
   path = os.path.join(GOLDEN, name.replace("/", "_") + ".md")
-  if os.environ.get("REGENERATE_GOLDEN"):
+  if os.environ.get("REGENERATE_GOLDEN"):  # after an intended change of the report's text
     with open(path, "w") as f:
       f.write(got)
   with open(path) as f:
