@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from dirroute_jax.analysis import ablation as ablation_lib
+from dirroute_jax.analysis import dla as dla_lib
 from dirroute_jax.analysis import factual as factual_lib
 from dirroute_jax.analysis import steering as steering_lib
 from dirroute_jax.analysis.load import load_workdir
@@ -185,7 +186,7 @@ def test_dla_sums_exactly_to_the_logit(tiny_cfg, pooling):
   params["blocks_1"]["attn"]["router"]["out"]["bias"][:] = rng.normal(0, 0.5, 16)
   tok = ByteTokenizer()
   capture = jax.jit(lambda p, t: forward(
-      routed, p, t, capture=factual_lib._DLA_CAPTURE + ("blocks.*.attn.out",)))
+      routed, p, t, capture=dla_lib.CAPTURE + ("blocks.*.attn.out",)))
   # One-token targets and no mean ablation: few distinct shapes to compile.
   prompts = [{"prompt": "The capital of France is", "target": "P", "subject": "France"},
              {"prompt": "Gold is", "target": "A", "subject": "Gold"}]
@@ -199,7 +200,7 @@ def test_dla_sums_exactly_to_the_logit(tiny_cfg, pooling):
     logp = jax.nn.log_softmax(logits[0, pos, :257])[target]
     assert e["as_trained"]["p_target"] == pytest.approx(float(np.exp(logp)), rel=1e-4)
     acts = {k: np.asarray(v[0]) for k, v in acts.items()}
-    dla = factual_lib.direct_logit_attribution(routed.cfg, params, acts, pos, target)["dla"]
+    dla = dla_lib.direct_logit_attribution(routed.cfg, params, acts, pos, target)["dla"]
     parts = dla["embedding"] + dla["heads_raw"] + dla["routing_delta"] + dla["mlps"]
     assert parts == pytest.approx(float(logits[0, pos, target]), abs=1e-5)
     assert abs(dla["routing_delta"]) > 1e-4  # routing is on and does something here

@@ -7,6 +7,8 @@ scored too): no "holds?" may read "yes" for a model that learned nothing.
 
 import copy
 import dataclasses
+import json
+import os
 
 import jax
 import pytest
@@ -75,3 +77,19 @@ def test_interval_verdict():
 def test_paper_layer_is_the_relative_depth():
   assert claims.paper_layer(12) == 9 and claims.paper_layer(2) == 1
   assert claims.paper_layer(4) == 3 and claims.paper_layer(1) == 0
+
+
+def test_claims_table_of_committed_reports_is_unchanged():
+  """claims.py reads reports back from report.json: the table of the committed small reports
+  (with the at-chance count those reports predate set to 0) is a persisted format."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  reports = {}
+  for pooling in ("causal_mean", "sequence_mean"):
+    with open(os.path.join(repo, "results", "small", pooling, "report", "report.json")) as f:
+      r = json.load(f)
+    for m in r["factual"]["models"].values():
+      for cond in ("as_trained", "routing_off"):
+        m["summary"][cond].setdefault("num_at_chance", 0)
+    reports[pooling] = r
+  with open(os.path.join(repo, "tests", "golden", "claims_small.md")) as f:
+    assert claims.claims_table(reports) + "\n" == f.read()

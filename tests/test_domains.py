@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dirroute_jax.analysis import plots, regimes, report
+from dirroute_jax.analysis import regimes, report
 from dirroute_jax.config import default_model_config
 from dirroute_jax.data import pipeline
 from test_data import DOCS, DirrouteTestText, _cfg
@@ -82,13 +82,13 @@ def test_tfds_not_prepared_says_how_to_prepare(tmp_path):
     pipeline.make_data(cfg)
 
 
-def test_regimes_with_one_domain_is_skipped_with_a_reason(tmp_path):
+def test_regimes_with_one_domain_is_skipped_with_a_reason():
   model_cfg = default_model_config()
   run = types.SimpleNamespace(models={"routed": types.SimpleNamespace(cfg=model_cfg)},
                               data=types.SimpleNamespace(domains=("files",)))
   out = regimes.regimes(run)
   assert out["skipped"].startswith("skipped: routing regimes compare domains")
   assert "domain=glob" in out["skipped"]
-  assert report._regimes(out) == out["skipped"]
-  assert "regimes_variance" not in plots.make_plots({"regimes": out}, str(tmp_path))
+  assert report.section_markdown("regimes", out) == out["skipped"]
+  assert report.make_figures({"regimes": out}) == {}
   json.dumps(out)

@@ -5,10 +5,9 @@ shown as their bytes rather than U+FFFD."""
 import json
 import os
 
-import numpy as np
 import pytest
 
-from dirroute_jax.analysis import plots
+from dirroute_jax.analysis import plots, report
 from dirroute_jax.analysis.tokens import show_bytes, token_label
 from dirroute_jax.data import tokenizers
 
@@ -20,7 +19,7 @@ REPORT = os.path.join(REPO, "results", "small", "causal_mean", "report", "report
 @pytest.fixture(scope="module")
 def figures():
   with open(REPORT) as f:
-    figs = plots.make_figures(json.load(f))
+    figs = report.make_figures(json.load(f))
   for fig in figs.values():
     fig.canvas.draw()  # lay out, so window extents are final
   yield figs

@@ -1,12 +1,17 @@
-"""launch/interpret.py on a trained workdir: every section filled, plots that open."""
+"""launch/interpret.py on a trained workdir: every section filled, plots that open; and the
+report.md text and figure names of committed report.json files, unchanged."""
 
 import json
 import os
 import subprocess
 import sys
+import types
 
 import matplotlib.image
 import numpy as np
+import pytest
+
+from dirroute_jax.analysis import plots, report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECTIONS = ("causality", "ablation", "factual", "induction", "regimes", "directions",
@@ -54,3 +59,70 @@ def test_interpret_missing_workdir_is_a_clear_error(tmp_path):
       capture_output=True, text=True, env={**os.environ, "XLA_FLAGS": ""})
   assert proc.returncode != 0
   assert "cannot load" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --- Rendering a stored report.json: report.md text and figure names are a persisted format.
+
+GOLDEN = os.path.join(REPO, "tests", "golden")
+
+
+def _namespace(d: dict):
+  return types.SimpleNamespace(**{k: _namespace(v) if isinstance(v, dict) else v
+                                  for k, v in d.items()})
+
+
+def _committed_report(name: str) -> dict:
+  """A committed report.json, with the factual fields that report predates filled in."""
+  with open(os.path.join(REPO, "results", *name.split("/"), "report", "report.json")) as f:
+    r = json.load(f)
+  for m in r.get("factual", {}).get("models", {}).values():
+    for cond in ("as_trained", "routing_off"):
+      m["summary"][cond].setdefault("num_at_chance", 0)
+    for p in m["prompts"]:
+      for cond in ("as_trained", "routing_off"):
+        p[cond].setdefault("at_chance", False)
+      p.setdefault("chance_logprob", -10.0)
+      p.setdefault("target_tokens", [p["target"]])
+      p.setdefault("subject_token", "?")
+  return r
+
+
+def _skipped_sections(r: dict) -> dict[str, dict]:
+  """Skipped results (one held-out domain; no routed model) to render in place of `r`'s."""
+  if "regimes" not in r:
+    return {}
+  reason = "skipped: one domain (prose)"
+  return {"regimes": {"protocol": {"domains": ["prose"]}, "paper": r["regimes"]["paper"],
+                      "skipped": reason,
+                      "models": {"routed": reason, "baseline": "n/a (no router)"}},
+          "steering": {"skipped": "no model with routing in this workdir"}}
+
+
+def _render(r: dict) -> tuple[str, list[str]]:
+  """report.md of `r` and the names of the figures drawn for it."""
+  figs = report.make_figures(r)
+  try:
+    keys = sorted(figs)
+  finally:
+    for fig in figs.values():
+      plots.plt.close(fig)
+  run = types.SimpleNamespace(cfg=_namespace(r["config"]))
+  md = report.render_markdown(r, run, {k: f"/elsewhere/{k}.png" for k in keys})
+  return md, keys
+
+
+@pytest.mark.parametrize("name", ["small/causal_mean", "sd_tiny"])
+def test_rendering_a_stored_report_is_unchanged(name):
+  r = _committed_report(name)
+  texts = []
+  for variant in [r] + [{**r, section: skipped}
+                        for section, skipped in _skipped_sections(r).items()]:
+    md, keys = _render(variant)
+    texts += [md, "figures: " + " ".join(keys)]
+  got = "\n\n=====\n\n".join(texts)
+  path = os.path.join(GOLDEN, name.replace("/", "_") + ".md")
+  if os.environ.get("REGENERATE_GOLDEN"):  # after an intended change of the report's text
+    with open(path, "w") as f:
+      f.write(got)
+  with open(path) as f:
+    assert got == f.read()

@@ -41,6 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dirroute_jax.analysis import plots, result as result_lib
+from dirroute_jax.analysis.markdown import fmt, pct_ci, sample, table
 from dirroute_jax.model import interventions as iv_lib
 from dirroute_jax.model.transformer import Transformer, forward, init_params
 from dirroute_jax.train import evaluate
@@ -265,3 +267,68 @@ def ablation(run, *, num_batches: int | None = None) -> dict:
       "control": "baseline under the same interventions (must be unchanged)",
       "checkpoint_step": int(run.step)}
   return result
+
+
+def per_layer_delta_ppl(r: dict, model: str = "routed") -> list[float] | None:
+  """Held-out PPL change when one layer's routing is switched off, per layer (None for a model
+  the section did not measure)."""
+  m = result_lib.model(r, model)
+  return None if m is None else m.get("per_layer_delta_ppl")
+
+
+def worst_layer(r: dict, model: str = "routed") -> int:
+  """The layer whose single knockout raises PPL most."""
+  return r["models"][model]["worst_layer"]
+
+
+def markdown(r: dict) -> str:
+  routed, paper = r["models"]["routed"], r["paper"]
+  base = r["models"]["baseline"]
+  cols = ["all"] + list(r["domains"])
+  rows = []
+  for cond in r["conditions"]:
+    rows.append([cond] + [routed["ppl"][cond][c] for c in cols] + [base["ppl"][cond]["all"]])
+  paper_line = (f"Paper: routed PPL ~{fmt(paper['routed_ppl'])}, all weights 0 "
+                f"~{fmt(paper['all_off_ppl'])}, all 0.5 {fmt(paper['all_0.5_ppl'])}; worst "
+                f"single layer {paper['worst_layer']} (+{paper['worst_layer_delta_ppl']} PPL); "
+                f"routed vs baseline {paper['routed_ppl_reduction_vs_baseline']} lower.")
+  red = r["control"]["routed_ppl_reduction_vs_baseline"]
+  ci = r["control"].get("routed_ppl_reduction_ci95", {})
+  ppl = routed["ppl"]
+  split = ""
+  if "all_mean" in ppl:
+    split = (f" Input-dependent routing (as trained vs r fixed at its held-out mean): "
+             f"{fmt(ppl['all_mean']['all'])} -> {fmt(ppl['as_trained']['all'])} PPL; average "
+             f"suppression (mean r vs routing off): {fmt(ppl['all_off']['all'])} -> "
+             f"{fmt(ppl['all_mean']['all'])}.")
+  return "\n".join([
+      table(["condition"] + [f"routed PPL {c}" for c in cols] + ["baseline PPL (control)"],
+            rows), "",
+      f"Over {sample(r['num_batches'], r.get('eval_stride'))}. "
+      f"Worst single-layer knockout: layer {worst_layer(r)} "
+      f"({routed['worst_layer_delta_ppl']:+.3g} PPL). Baseline unchanged under every "
+      f"intervention: {r['control']['baseline_invariant']}. PPL reduction routed vs "
+      f"baseline (95% interval, {r['control'].get('ci_method', 'none')}): "
+      + ", ".join(f"{k} {pct_ci(v, ci.get(k))}" for k, v in red.items()) + "." + split,
+      "", paper_line])
+
+
+def figures(r: dict) -> dict:
+  """Single-layer knockout: Δ PPL per layer, routed beside the baseline (its bars are 0)."""
+  per_layer = {name: per_layer_delta_ppl(r, name) for name in r.get("models", {})}
+  per_layer = {name: d for name, d in per_layer.items() if d is not None}
+  if not per_layer:
+    return {}
+  fig, ax = plots.plt.subplots(figsize=(6, 3.2))
+  width = 0.8 / len(per_layer)
+  for i, (name, deltas) in enumerate(per_layer.items()):
+    x = np.arange(len(deltas)) + i * width
+    ax.bar(x, deltas, width, label=f"{name}" + (" (control)" if name == "baseline" else ""))
+  ax.axhline(0, color="k", lw=0.6)
+  num_layers = len(next(iter(per_layer.values())))
+  ax.set_xticks(np.arange(num_layers) + 0.4 - width / 2, [str(l) for l in range(num_layers)])
+  ax.set_xlabel("layer whose routing is switched off (the baseline has none: its bars are 0)")
+  ax.set_ylabel("Δ held-out PPL")
+  ax.set_title("Single-layer routing knockout: Δ perplexity per layer")
+  ax.legend()
+  return {"ablation_layers": fig}

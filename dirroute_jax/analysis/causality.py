@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from dirroute_jax.analysis.ablation import paired_bootstrap_reduction
+from dirroute_jax.analysis.markdown import pct_ci, sample, table
 from dirroute_jax.model.transformer import Transformer, forward
 from dirroute_jax.train import evaluate
 
@@ -125,3 +126,29 @@ def causality_report(run, *, seq_len: int | None = None, num_batches: int | None
                  "leak is measured, not bounded: the routed model's perplexity with prefix-only "
                  "routing (what it sees when generating) is its causal number.")
   return out
+
+
+def markdown(r: dict) -> str:
+  rows = [[name, d["verdict"], d["pooling"], d["max_logit_change"], d["tolerance"]]
+          for name, d in r["models"].items()]
+  out = ["**" + r["note"] + "**", "", table(
+      ["model", "audit", "pooling", "max |Δlogit| at t' <= t", "tolerance"], rows)]
+  leak = r.get("leak", {})
+  if leak.get("applies"):
+    ppl = leak["ppl"]
+    cols = list(ppl["routed"])
+    names = {"routed": "routed, as trained (sees the whole window)",
+             evaluate.PREFIX: "routed, prefix-only routing (as when generating)",
+             "baseline": "baseline"}
+    rows = [[names[n]] + [ppl[n][c] for c in cols] for n in names if n in ppl]
+    out += ["", f"Measured leak over {sample(leak['num_batches'], leak.get('eval_stride'))}: "
+            "same parameters, the router given the prefix mean instead of the whole window's.",
+            "",
+            table(["model"] + [f"PPL {c}" for c in cols], rows)]
+    if "reduction_vs_baseline" in leak:
+      red = leak["reduction_vs_baseline"]
+      ci = leak.get("reduction_ci95", {})
+      out += ["", "PPL reduction vs baseline: as trained " + pct_ci(
+          red["routed"]["all"], ci.get("routed")) + "; prefix-only " + pct_ci(
+          red[evaluate.PREFIX]["all"], ci.get(evaluate.PREFIX)) + "."]
+  return "\n".join(out)

@@ -31,9 +31,8 @@ Magnitudes are not compared: our models are orders of magnitude smaller than the
 
 from __future__ import annotations
 
-
-from dirroute_jax.analysis import stats
-from dirroute_jax.analysis.report import fmt, table
+from dirroute_jax.analysis import ablation, dla, result, stats
+from dirroute_jax.analysis.markdown import fmt, table
 from dirroute_jax.train.evaluate import PREFIX
 
 
@@ -63,8 +62,7 @@ def paper_layer(num_layers: int) -> int:
 
 
 def _routed(report: dict, section: str):
-  m = report.get(section, {}).get("models", {}).get("routed")
-  return m if isinstance(m, dict) else None
+  return result.model(report.get(section, {}))
 
 
 def _pct_ci(value: float, ci) -> str:
@@ -95,7 +93,7 @@ def _rows_for(r: dict) -> dict[str, tuple[str, str | None]]:
     mean, on, off = ppl["all_mean"]["all"], ppl["as_trained"]["all"], ppl["all_off"]["all"]
     out["mean_routing"] = (f"as trained {fmt(on)} / r at held-out mean {fmt(mean)} / off "
                            f"{fmt(off)}", _yes_no(mean > 1.01 * on))
-  fs = r["factual"]["models"]["routed"]["summary"]
+  fs = result.model(r["factual"])["summary"]
   on, off = fs["as_trained"]["mean_p_target"], fs["routing_off"]["mean_p_target"]
   n_prompts = r["factual"]["num_prompts"]
   at_chance = fs["as_trained"].get("num_at_chance", n_prompts)
@@ -103,11 +101,10 @@ def _rows_for(r: dict) -> dict[str, tuple[str, str | None]]:
   out["factual_off"] = (
       f"mean P(word) {fmt(on)} -> {fmt(off)}; at chance as trained {at_chance}/{n_prompts}",
       _yes_no(recalls and off < 0.1 * on))
-  dla = fs["mean_dla_relative_to_mean_logit"]
-  parts = ("embedding", "heads_raw", "routing_delta", "mlps")
-  out["dla"] = (" / ".join(f"{dla[p]:+.2f}" for p in parts),
-                _yes_no(recalls and dla["routing_delta"] > 1.0
-                        and dla["routing_delta"] == max(dla[p] for p in parts)))
+  rel = dla.relative(fs)
+  out["dla"] = (" / ".join(f"{rel[p]:+.2f}" for p in dla.PARTS),
+                _yes_no(recalls and rel["routing_delta"] > 1.0
+                        and rel["routing_delta"] == max(rel[p] for p in dla.PARTS)))
   pct, pval = fs.get("mover_percentile_zero_mean"), fs.get("mover_p_value_zero")
   out["mover"] = (f"x{fs['mover_ratio_zero_geomean']:.2f} (other heads x"
                   f"{fs['null_ratio_zero_geomean']:.2f}; mean percentile among heads "
@@ -121,8 +118,8 @@ def _rows_for(r: dict) -> dict[str, tuple[str, str | None]]:
   out["induction_ko"] = (f"{100 * ind['accuracy_strongest_head_knocked_out']:.1f}%",
                          _yes_no(ind["accuracy_strongest_head_knocked_out"]
                                  >= 0.9 * ind["accuracy"] and ind["accuracy"] > 0.5))
-  deltas = ab["models"]["routed"]["per_layer_delta_ppl"]
-  worst = ab["models"]["routed"]["worst_layer"]
+  deltas = ablation.per_layer_delta_ppl(ab)
+  worst = ablation.worst_layer(ab)
   L = len(deltas)
   others = [d for l, d in enumerate(deltas) if l != worst]
   dominates = bool(others) and deltas[worst] > 3 * max(max(others), 1e-9) and (
@@ -163,8 +160,8 @@ def _rows_for(r: dict) -> dict[str, tuple[str, str | None]]:
     out["cosine"] = (f"mean |cos| {fmt(cos['off_diagonal_abs_mean'])} (random "
                      f"{fmt(cos['null']['analytic_abs_cos_mean'])})",
                      NO_DIFF if indistinguishable else NO)
-  sp = r.get("spectral", {}).get("models", {}).get("routed")
-  if isinstance(sp, dict):
+  sp = _routed(r, "spectral")
+  if sp:
     c = sp["offset0"]["cascade"]
     null = r["spectral"].get("null", {}).get("offset0", {}).get("skew_erank", {})
     p05 = null.get("p05", float("nan"))

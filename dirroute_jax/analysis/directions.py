@@ -28,7 +28,9 @@ import math
 
 import numpy as np
 
+from dirroute_jax.analysis import plots, result as result_lib
 from dirroute_jax.analysis.load import as_workdir
+from dirroute_jax.analysis.markdown import fmt, table
 from dirroute_jax.analysis.tokens import STOP_WORDS, is_function_token, token_label
 from dirroute_jax.model.routing import unit_directions
 
@@ -252,3 +254,47 @@ def directions(run, *, top_k: int = 10, random_per_head: int = 16, null_draws: i
           "cosine": cosine,
       }, "baseline": "n/a (the baseline has no directions)"},
   }
+
+
+def markdown(r: dict) -> str:
+  routed = r["models"]["routed"]
+  cos = routed["cosine"]
+  rows = [[f"layer {l}", share, routed["function_share_random_per_layer"][l]]
+          for l, share in enumerate(routed["function_share_per_layer"])]
+  last = routed["readout"][-1]
+  examples = []
+  for h, per_head in enumerate(last[:4]):
+    for k, d in enumerate(per_head[:2]):
+      examples.append([f"L{len(routed['readout']) - 1} H{h} d{k}",
+                       " ".join(repr(t) for t in d["top"][:6]),
+                       " ".join(repr(t) for t in d["bottom"][:6])])
+  return "\n".join([
+      table(["readout of directions", "function-token share of top/bottom tokens",
+             "random directions (null)"], rows),
+      f"\nVocabulary base rate of function tokens: {fmt(routed['function_share_vocab'])}. "
+      f"Paper: {r['paper']['readout']}.", "",
+      table(["direction", "top tokens (readout +)", "bottom tokens (readout -)"], examples), "",
+      table(["cross-layer cosine", "ours", "random-direction null", "verdict"],
+            [["off-diagonal mean |cos|", cos["off_diagonal_abs_mean"],
+              cos["null"]["analytic_abs_cos_mean"], cos["verdict_abs"]],
+             ["off-diagonal mean cos", cos["off_diagonal_signed_mean"], 0.0,
+              cos["verdict_signed"]]]),
+      "", cos["note"]])
+
+
+def figures(r: dict) -> dict:
+  """Mean |cos| between the directions of every pair of layers, with the random null."""
+  routed = result_lib.model(r)
+  if routed is None:
+    return {}
+  cos = routed["cosine"]
+  fig, ax = plots.plt.subplots(figsize=(4.2, 3.5))
+  abs_mean_LxL = np.asarray(cos["abs_mean"])
+  im = ax.imshow(abs_mean_LxL, cmap="magma", vmin=0)
+  ax.set_xlabel("layer")
+  ax.set_ylabel("layer")
+  plots.integer_ticks(ax.xaxis, abs_mean_LxL.shape[1])
+  plots.integer_ticks(ax.yaxis, abs_mean_LxL.shape[0])
+  ax.set_title(f"mean |cos| between directions\n(random null {cos['null']['analytic_abs_cos_mean']:.3f})")
+  fig.colorbar(im, ax=ax, shrink=0.8)
+  return {"directions_cosine": fig}

@@ -25,15 +25,8 @@ Protocol choices (the paper leaves them open):
   * Batching. Causal models (baseline, causal-mean router) score all prompts in one right-padded
     batch (padding after position t cannot change position t); the sequence-mean router pools
     the whole sequence, so its prompts are only batched with prompts of the same length.
-  * DLA at the prompt's last position, standard linearisation of the final RMSNorm: its
-    1/rms(x) is frozen at the value of the real forward (capture `final_norm.scale`), so
-        logit[target] = sum_parts part_D . (inv_rms * scale_D * E[target]_D)
-    exactly, with parts: embedding (= resid_pre of block 0), per layer and head `heads_raw`
-    (z_h @ W_O_h, the head before suppression), per layer and head `routing_delta`
-    ((z_routed_h - z_h) @ W_O_h, what suppression changed; heads_raw + routing_delta = the
-    attention output), per layer `mlp`. Null: the same decomposition of the MEAN logit over the
-    vocabulary (`dla_mean_logit`): a part that moves every logit equally does not change P, so
-    only `dla` - `dla_mean_logit` matters for the prediction.
+  * DLA at the prompt's last position, of the first target token's logit: `dla.py` (the
+    decomposition, its mean-logit null, and its table and figure in this section).
   * Mover head = argmax over (layer, head) of the attention from the last position to the
     subject position (as trained). Knockout replaces the head's output before W_O at every
     position by zero or by its mean `z_routed` over held-out tokens (as trained). Null: the
@@ -54,7 +47,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dirroute_jax.analysis import dla
 from dirroute_jax.analysis.ablation import complete
+from dirroute_jax.analysis.markdown import fmt, table
 from dirroute_jax.model import interventions as iv_lib
 from dirroute_jax.model.transformer import Transformer, forward
 
@@ -63,15 +58,13 @@ DEFAULT_PROMPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prom
 
 # The paper's numbers (433M model): compare directions of effects, not magnitudes.
 PAPER = {"p_target_routing_off": "near zero on all 8 prompts",
-         "dla_paris": {"embedding": -0.12, "heads_raw": -4.94, "routing_delta": 25.57,
-                       "mlps": -3.81},
+         "dla_paris": dict(dla.PAPER_PARIS),
          "mover_knockout_p_ratio": 1.07}
 
 # A target is "at chance" when P(whole word) is below 10x the uniform guess V**-n_tokens.
 AT_CHANCE_LOG = math.log(10.0)
 
-_DLA_CAPTURE = ("blocks.0.resid_pre", "blocks.*.attn.z", "blocks.*.attn.z_routed",
-                "blocks.*.mlp.out", "blocks.*.attn.pattern", "final_norm.scale")
+_CAPTURE = dla.CAPTURE + ("blocks.*.attn.pattern",)  # the pattern finds the mover head
 
 
 def load_prompts(path: str = DEFAULT_PROMPTS) -> list[dict]:
@@ -150,7 +143,7 @@ def _score(model: Transformer, params, tokens_BxT, pos_B, label_B, iv):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _capture(model: Transformer, params, tokens_BxT, iv):
-  return forward(model, params, tokens_BxT, interventions=iv, capture=_DLA_CAPTURE)
+  return forward(model, params, tokens_BxT, interventions=iv, capture=_CAPTURE)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -193,40 +186,6 @@ def head_means(model: Transformer, params, batches) -> np.ndarray:
                                               batch["weights"]), np.float64)
     count += float(np.sum(batch["weights"]))
   return (total / max(count, 1.0)).astype(np.float32)
-
-
-def direct_logit_attribution(model_cfg, params, acts: dict, pos: int, target: int) -> dict:
-  """Decomposes logit[target] at `pos` of one sequence (activations without the batch axis).
-
-  Returns {"dla": parts, "dla_mean_logit": the same parts for the mean logit (null)}, parts =
-  {"embedding", "heads_raw", "routing_delta", "mlps" (totals), "sum", "per_layer": [{"heads_raw":
-  [H], "routing_delta": [H], "mlp"}]}.
-  """
-  V = model_cfg.vocab_size
-  f64 = lambda a: np.asarray(a, np.float64)
-  E_VxD = f64(params["embed"]["embedding"])[:V]
-  inv_rms = f64(acts["final_norm.scale"])[pos, 0]
-  scale_D = f64(params["final_norm"]["scale"])
-  out = {}
-  for key, row_D in (("dla", E_VxD[target]), ("dla_mean_logit", E_VxD.mean(axis=0))):
-    u_D = inv_rms * scale_D * row_D  # d logit / d (final residual), RMS frozen
-    per_layer = []
-    for l in range(model_cfg.num_layers):
-      W_O_HxDhxD = f64(params[f"blocks_{l}"]["attn"]["out"]["kernel"])
-      z_HxDh = f64(acts[f"blocks.{l}.attn.z"])[pos]
-      zr_HxDh = f64(acts[f"blocks.{l}.attn.z_routed"])[pos]
-      wu_HxDh = W_O_HxDhxD @ u_D
-      per_layer.append({"heads_raw": np.sum(z_HxDh * wu_HxDh, axis=1).tolist(),
-                        "routing_delta": np.sum((zr_HxDh - z_HxDh) * wu_HxDh, axis=1).tolist(),
-                        "mlp": float(f64(acts[f"blocks.{l}.mlp.out"])[pos] @ u_D)})
-    parts = {"embedding": float(f64(acts["blocks.0.resid_pre"])[pos] @ u_D),
-             "heads_raw": float(sum(sum(p["heads_raw"]) for p in per_layer)),
-             "routing_delta": float(sum(sum(p["routing_delta"]) for p in per_layer)),
-             "mlps": float(sum(p["mlp"] for p in per_layer))}
-    parts["sum"] = sum(parts.values())
-    parts["per_layer"] = per_layer
-    out[key] = parts
-  return out
 
 
 def _prompt_rows(tokenizer, prompts):
@@ -310,10 +269,8 @@ def factual_recall(models: dict[str, Transformer], params: dict, tokenizer,
                     "p_first_token": math.exp(logp[ks[0]]), "rank": int(rank[ks[0]]),
                     "at_chance": word < entry["chance_logprob"] + AT_CHANCE_LOG}
       pos, logits_V, acts = caps[i]
-      dla = direct_logit_attribution(cfg, prm, acts, pos, p["target_ids"][0])
-      dla["dla"]["logit"] = float(logits_V[p["target_ids"][0]])
-      dla["dla"]["residual"] = dla["dla"]["logit"] - dla["dla"]["sum"]
-      entry.update(dla)
+      target = p["target_ids"][0]
+      entry.update(dla.attribute(cfg, prm, acts, pos, target, logits_V[target]))
       mv = dict(movers[i])
       base_logp = entry["as_trained"]["target_logprob"]
       for m in modes:
@@ -351,15 +308,7 @@ def _summary(per_prompt: list[dict], null_ratios: dict[str, list[float]],
               "num_at_chance": int(sum(col(lambda e: e[c]["at_chance"])))}
   out["geomean_p_ratio_off_vs_trained"] = _geomean(col(
       lambda e: e["routing_off"]["p_target"] / e["as_trained"]["p_target"]))
-  parts = ("embedding", "heads_raw", "routing_delta", "mlps", "sum")
-  for key in ("dla", "dla_mean_logit"):
-    out[f"mean_{key}"] = {k: float(np.mean(col(lambda e: e[key][k]))) for k in parts}
-  out["mean_dla"]["logit"] = float(np.mean(col(lambda e: e["dla"]["logit"])))
-  out["mean_dla"]["max_abs_residual"] = float(np.max(np.abs(col(
-      lambda e: e["dla"]["residual"]))))
-  # What matters for P(target): each part's push on the target logit beyond the mean logit.
-  out["mean_dla_relative_to_mean_logit"] = {
-      k: out["mean_dla"][k] - out["mean_dla_mean_logit"][k] for k in parts}
+  out.update(dla.summarize(per_prompt))
   for m, nulls in null_ratios.items():
     out[f"mover_ratio_{m}_geomean"] = _geomean(col(lambda e: e["mover_head"][f"ratio_{m}"]))
     out[f"null_ratio_{m}_geomean"] = _geomean(nulls) if nulls else None
@@ -396,3 +345,46 @@ def factual(run, prompts_path: str = DEFAULT_PROMPTS, *, num_batches: int | None
       "knockout": "head output before W_O replaced at every position (zero / held-out mean)",
       "mean_batches": n, "checkpoint_step": int(run.step)}
   return result
+
+
+def markdown(r: dict) -> str:
+  paper = r["paper"]
+  rows = []
+  for name, m in r["models"].items():
+    s = m["summary"]
+    rows.append([name, s["as_trained"]["mean_p_target"], s["routing_off"]["mean_p_target"],
+                 f"{s['as_trained']['num_at_chance']} / {s['routing_off']['num_at_chance']}",
+                 s["as_trained"]["median_rank"], s["routing_off"]["median_rank"],
+                 s["mover_ratio_zero_geomean"], s["null_ratio_zero_geomean"],
+                 s.get("mover_percentile_zero_mean"), s.get("mover_p_value_zero"),
+                 s["mover_ratio_mean_geomean"], s["null_ratio_mean_geomean"]])
+  chance = lambda c: " (AT CHANCE)" if c["at_chance"] else ""
+  per_prompt = [[p["prompt"], p["target"], " | ".join(repr(t) for t in p["target_tokens"]),
+                 p["subject_token"], f"{fmt(p['as_trained']['p_target'])}"
+                 f"{chance(p['as_trained'])}",
+                 f"{fmt(p['routing_off']['p_target'])}{chance(p['routing_off'])}",
+                 math.exp(p["chance_logprob"]), p["as_trained"]["rank"],
+                 f"L{p['mover_head']['layer']}H{p['mover_head']['head']}",
+                 p["mover_head"]["ratio_zero"]]
+                for p in r["models"]["routed"]["prompts"]]
+  return "\n".join([
+      table(["model", "mean P(target word)", "... routing off", "# at chance (trained / off)",
+             "median first-token rank", "... routing off", "mover KO P ratio (zero)",
+             "null (other heads)", "mover percentile among heads", "p-value",
+             "mover KO ratio (mean)", "null"], rows),
+      f"\nP(target word) is the product of the probabilities of all the target's tokens "
+      f"(teacher-forced); AT CHANCE marks P < 10x the uniform guess V^-n. Paper: P(target) with "
+      f"routing off {paper['p_target_routing_off']}; mover-head knockout raises P "
+      f"(x{paper['mover_knockout_p_ratio']}).", "",
+      dla.markdown(paper, _summaries(r)), "",
+      table(["prompt", "target", "scored tokens", "subject token", "P routed",
+             "P routing off", "chance", "first-token rank", "mover head", "KO ratio"],
+            per_prompt)])
+
+
+def figures(r: dict) -> dict:
+  return {"factual_dla": dla.figure(r["paper"], _summaries(r))}
+
+
+def _summaries(r: dict) -> dict[str, dict]:
+  return {name: m["summary"] for name, m in r.get("models", {}).items()}

@@ -33,7 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dirroute_jax.analysis import plots, result as result_lib
 from dirroute_jax.analysis.load import as_workdir
+from dirroute_jax.analysis.markdown import fmt, table
 from dirroute_jax.model import interventions as iv_lib
 from dirroute_jax.model.transformer import forward
 
@@ -191,3 +193,52 @@ def _model_induction(model, params, tokens_NxT: np.ndarray, doc_len: int, vocab:
       "knockout_accuracy": knockout_LxH.tolist(),
       "knockout_control_median_other_heads": float(np.median(others)) if others.size else "n/a",
   }
+
+
+def markdown(r: dict) -> str:
+  routed, base, null, paper = r["models"]["routed"], r["models"]["baseline"], r["null"], r["paper"]
+  rows = [
+      ["induction accuracy (repeated half)", paper["routed_accuracy"], routed["accuracy"],
+       base["accuracy"], f"chance {fmt(null['chance_accuracy'])}; first block "
+       f"{fmt(routed['first_block_accuracy'])}"],
+      ["... routing off", paper["routed_accuracy_routing_off"],
+       routed["accuracy_routing_off"], "n/a", "the baseline row above"],
+      ["... strongest induction head knocked out",
+       paper["routed_accuracy_strongest_head_knocked_out"],
+       routed["accuracy_strongest_head_knocked_out"],
+       base["accuracy_strongest_head_knocked_out"],
+       f"median other single-head knockout {fmt(routed['knockout_control_median_other_heads'])}"
+       f" / {fmt(base['knockout_control_median_other_heads'])}"],
+      ["strongest head (layer, head): score", "",
+       f"{tuple(routed['strongest_head'])}: {fmt(routed['strongest_score'])}",
+       f"{tuple(base['strongest_head'])}: {fmt(base['strongest_score'])}",
+       f"uniform attention {fmt(null['uniform_attention_induction_score'])}"],
+  ]
+  p = r["protocol"]
+  return (table(["claim", "paper", "routed", "baseline", "null / control"], rows)
+          + f"\n\nProtocol: {p['construction']}; doc_len {p['doc_len']}, repeats "
+            f"{p['repeats']}, {p['num_seqs']} sequences; {p['knockout']}.")
+
+
+def figures(r: dict) -> dict:
+  """Induction score per layer and head, one panel per model, on one colour scale."""
+  models = result_lib.models(r)
+  if not models:
+    return {}
+  # Constrained layout and one shared "layer" label: the second panel's label used to sit
+  # on the first panel's tick labels.
+  fig, axes = plots.plt.subplots(1, len(models), figsize=(4 * len(models), 3), sharey=True,
+                                 layout="constrained")
+  axes = np.atleast_1d(axes)
+  vmax = max(float(np.max(m["induction_scores"])) for m in models.values())
+  for ax, (name, m) in zip(axes, models.items()):
+    scores_LxH = np.asarray(m["induction_scores"])
+    im = ax.imshow(scores_LxH, vmin=0, vmax=vmax, cmap="viridis")
+    ax.set_title(f"{name}: induction score")
+    ax.set_xlabel("head")
+    plots.integer_ticks(ax.xaxis, scores_LxH.shape[1])
+    plots.integer_ticks(ax.yaxis, scores_LxH.shape[0])
+  axes[0].set_ylabel("layer")
+  fig.colorbar(im, ax=list(axes), shrink=0.8,
+               label=f"uniform-attention null = {r['null']['uniform_attention_induction_score']:.3f}")
+  return {"induction_heads": fig}

@@ -12,9 +12,11 @@ from __future__ import annotations
 import math
 
 import jax
+import numpy as np
 
-from dirroute_jax.analysis import ablation
+from dirroute_jax.analysis import ablation, plots
 from dirroute_jax.analysis.load import as_workdir
+from dirroute_jax.analysis.markdown import table
 
 PAPER = {"sd_first7_of_125M": "< 5% PPL increase", "standard": "collapses"}
 
@@ -46,3 +48,40 @@ def linearise(run, *, num_batches: int | None = None) -> dict:
       "ppl": "exp(token-weighted mean CE) over held-out eval batches",
       "checkpoint_step": int(run.step)}
   return out
+
+
+def markdown(r: dict) -> str:
+  models = r["models"]
+  L = len(next(iter(models.values()))["ppl_by_k"]) - 1
+  rows = []
+  for k in range(L + 1):
+    row = [k]
+    for m in models.values():
+      row += [m["ppl_by_k"][k], f"{100 * m['relative_increase_by_k'][k]:+.1f}%"]
+    rows.append(row)
+  header = ["first k layers linear"]
+  for name, m in models.items():
+    header += [f"{name} ({m['attention']}) PPL", "vs k=0"]
+  return (table(header, rows) + f"\n\nPaper: S-D, first 7 of a 125M model linearised: "
+          f"{r['paper']['sd_first7_of_125M']}; standard attention {r['paper']['standard']}.")
+
+
+def figures(r: dict) -> dict:
+  """PPL increase vs the number of leading layers linearised, beside the paper's bound."""
+  fig, ax = plots.plt.subplots(figsize=(5, 3.2))
+  num_k = 0
+  for name, m in r.get("models", {}).items():
+    increase_K = 100 * np.asarray(m["relative_increase_by_k"])  # k = 0..L
+    num_k = max(num_k, len(increase_K))
+    ax.plot(np.arange(len(increase_K)), increase_K, "o-",
+            label=f"{name} ({m['attention']} attention)")
+  plots.integer_ticks(ax.xaxis, num_k)
+  ax.axhline(5, color="k", ls="--", lw=0.8, label="paper's S-D bound: +5%")
+  ax.set_xlabel("first k layers switched to ELU+1 linear attention (no retraining)")
+  ax.set_ylabel("held-out PPL increase (%)")
+  worst = max(max(m["relative_increase_by_k"]) for m in r["models"].values())
+  if worst > 2.0:  # a collapse (> +200%) would flatten everything else on a linear axis
+    ax.set_yscale("symlog", linthresh=10)
+  ax.set_title("Linearisation: PPL cost vs k")
+  ax.legend(fontsize=8)
+  return {"linearise_ppl": fig}

@@ -43,7 +43,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dirroute_jax.analysis import plots, result as result_lib
 from dirroute_jax.analysis.load import Workdir, as_workdir
+from dirroute_jax.analysis.markdown import fmt, table
 from dirroute_jax.model.transformer import forward, init_params
 
 PAPER = {"domain_variance_layer0": 0.070, "domain_variance_layer9": 0.00055,
@@ -252,7 +254,7 @@ def regimes(run, *, num_batches: int | None = None, permutations: int = 1000, se
               f"{len(present) or len(domains)} ({', '.join(present or domains)}). Label "
               "domains with `domain=glob` entries in data.files (or data.domain_key, or "
               "`domain=name` in data.tfds_name); see README, Data.")
-    return {"protocol": {"domains": domains}, "paper": dict(PAPER), "skipped": reason,
+    return {"protocol": {"domains": domains}, "paper": dict(PAPER), result_lib.SKIPPED: reason,
             "models": {"routed": reason, "baseline": "n/a (no router)"}}
   C = len(domains)
 
@@ -337,3 +339,45 @@ def regimes(run, *, num_batches: int | None = None, permutations: int = 1000, se
       "models": {"routed": routed,
                  "baseline": "n/a (no routing weights: the baseline has no router)"},
   }
+
+
+def markdown(r: dict) -> str:
+  routed, paper = r["models"]["routed"], r["paper"]
+  var_L = routed["domain_variance_per_layer"]
+  rows = [[f"layer {l}", var_L[l], routed["domain_variance_null_p95"][l],
+           routed["specialists"]["per_layer"][l]] for l in range(len(var_L))]
+  c = routed["classification"]
+  out = [table(["layer", "routing variance across domains", "null p95 (shuffled labels)",
+                "specialist heads"], rows), "",
+         f"Paper: variance {paper['domain_variance_layer0']} (layer 0) vs "
+         f"{paper['domain_variance_layer9']} (layer 9); specialists "
+         f"{paper['specialists_layer0']} vs {paper['specialists_layer9']}. Specialist "
+         f"criterion: {routed['specialists']['criterion']}", "",
+         table(["nearest-centroid domain classification", "paper", "ours", "null mean",
+                "null p95", "majority class"],
+               [["accuracy", paper["classification"], f"{c['correct']}/{c['total']} = "
+                 f"{fmt(c['accuracy'])}", c["null_mean"], c["null_p95"], c["majority_rate"]],
+                *[[f"control: {k.replace('_', ' ')}", "", v, "", "", ""]
+                  for k, v in c.get("controls", {}).items()],
+                ["balanced accuracy", "", c["balanced_accuracy"], c["balanced_null_mean"],
+                 c["balanced_null_p95"], c["chance_uniform"]]]),
+         "", f"Caveat: {r['protocol']['caveat']}."]
+  return "\n".join(out)
+
+
+def figures(r: dict) -> dict:
+  """Routing-weight variance across domains per layer, beside the shuffled-label null."""
+  routed = result_lib.model(r)
+  if routed is None:
+    return {}
+  var_L = np.asarray(routed["domain_variance_per_layer"])
+  fig, ax = plots.plt.subplots(figsize=(5, 3.2))
+  ax.semilogy(var_L, "o-", label="routed: variance of domain means")
+  ax.semilogy(np.asarray(routed["domain_variance_null_p95"]), "k--",
+              label="null p95 (shuffled domain labels)")
+  plots.integer_ticks(ax.xaxis, len(var_L))
+  ax.set_xlabel("layer")
+  ax.set_ylabel("routing-weight variance across domains")
+  ax.set_title("Routing regimes: does routing depend on the domain?")
+  ax.legend(fontsize=8)
+  return {"regimes_variance": fig}

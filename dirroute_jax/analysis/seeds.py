@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
 from dirroute_jax.analysis import stats  # noqa: E402
-from dirroute_jax.analysis.report import fmt, table  # noqa: E402
+from dirroute_jax.analysis.markdown import fmt, table  # noqa: E402
 from dirroute_jax import workdir as workdir_lib  # noqa: E402
 from dirroute_jax.config import ConfigError  # noqa: E402
 

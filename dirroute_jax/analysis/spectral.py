@@ -44,7 +44,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from dirroute_jax.analysis import plots, result as result_lib
 from dirroute_jax.analysis.load import as_workdir
+from dirroute_jax.analysis.markdown import fmt, table
 
 PAPER = {"skew_erank_layer1": 2.0, "trend": "routing effective rank grows with depth",
          "scale": "7M-355M parameters",
@@ -206,3 +208,59 @@ def spectral(run, *, offsets: int | None = None, energy: float = 0.9, null_draws
       "null_draws": null_draws, "seed": seed,
   }
   return out
+
+
+def markdown(r: dict) -> str:
+  """Per-layer means over heads, each model beside the random-weight null, per RoPE view."""
+  null, paper, p = r["null"], r["paper"], r["protocol"]
+  models = result_lib.models(r)
+  stats = {"skew_share": "skew share", "skew_erank": "skew erank", "skew_rank90": "skew rank90"}
+  header = ["layer"] + [f"{n} {label}" for label in stats.values() for n in [*models, "null"]]
+  out = []
+  for view, title in (("offset0", "RoPE offset 0: the content kernel W_Q W_K^T (default)"),
+                      ("offset_mean", f"RoPE averaged over offsets 0..{p['offsets_T'] - 1}")):
+    rows = []
+    for l in range(len(next(iter(models.values()))[view]["per_layer"]["skew_erank"])
+                   if models else 0):
+      row = [f"layer {l}"]
+      for key in stats:
+        n = null[view][key]
+        row += [m[view]["per_layer"][key][l] for m in models.values()]
+        row += [f"{fmt(n['mean'])} [{fmt(n['p05'])}, {fmt(n['p95'])}]"]
+      rows.append(row)
+    slopes = ", ".join(f"{n} {fmt(m[view]['cascade']['slope_per_layer'])}"
+                       for n, m in models.items())
+    out += [f"**{title}** (null: mean [p05, p95])", "", table(header, rows), "",
+            f"Skew erank slope per layer: {slopes}.", ""]
+  out += [f"{n}: {m}" for n, m in r["models"].items() if isinstance(m, str)]
+  out += [f"Null: {p['null']}; analytic skew share {fmt(null['analytic_skew_share'])}, "
+          f"maximum rank min(D, 2 Dh) = {null['max_rank']}, {null['heads_drawn']} heads. "
+          f"Paper: skew erank {fmt(paper['skew_erank_layer1'])} at layer 1, {paper['trend']} "
+          f"({paper['scale']}; {paper['definition']}).", "",
+          f"Definitions: {p['split']}; erank = {p['erank']}; rank90 = {p['rank90']}; "
+          f"{p['zero']}. RoPE offset_mean: {p['rope_offset_mean']}."]
+  return "\n".join(out)
+
+
+def figures(r: dict) -> dict:
+  """Per-layer mean skew (routing) effective rank, offset-0 kernel, beside the random null."""
+  models = result_lib.models(r)
+  if not models:
+    return {}
+  null = r["null"]["offset0"]["skew_erank"]
+  fig, ax = plots.plt.subplots(figsize=(5.5, 3.4))
+  for name, m in models.items():
+    erank_L = np.asarray(m["offset0"]["per_layer"]["skew_erank"])
+    ax.plot(np.arange(len(erank_L)), erank_L, "o-", label=name)
+  ax.axhline(null["mean"], color="k", ls="--",
+             label=f"null: random W_Q, W_K ({null['p05']:.1f}-{null['p95']:.1f} p05-p95)")
+  ax.axhline(r["null"]["max_rank"], color="gray", ls=":", label="maximum rank min(D, 2 Dh)")
+  ax.plot([0], [r["paper"]["skew_erank_layer1"]], "r*", ms=10, clip_on=False, zorder=3,
+          label="paper: first layer (7M-355M models)")  # near 0: not cut by the axis
+  ax.set_ylim(bottom=0)
+  plots.integer_ticks(ax.xaxis, len(erank_L))
+  ax.set_xlabel("layer")
+  ax.set_ylabel("skew-part effective rank (mean over heads)")
+  ax.set_title("Spectral cascade: routing rank of W_Q W_K^T per layer")
+  plots.legend_outside(ax, fontsize=7)  # inside, it covered the paper's point at rank ~2
+  return {"spectral_cascade": fig}

@@ -30,7 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dirroute_jax.analysis import result as result_lib
 from dirroute_jax.analysis.ablation import complete
+from dirroute_jax.analysis.markdown import table
 from dirroute_jax.analysis.tokens import is_function_token, token_label
 from dirroute_jax.model import interventions as iv_lib
 from dirroute_jax.model.routing import unit_directions
@@ -211,7 +213,7 @@ def steering(run, *, top_n: int | None = 16, top_k: int = 10, num_batches: int =
   """
   names = [n for n, m in run.models.items() if m.cfg.routing]
   if not names:
-    return {"skipped": "no model with routing in this workdir"}
+    return {result_lib.SKIPPED: "no model with routing in this workdir"}
   batches = list(run.data.eval_batches(num_batches))
   result = steer_directions(run.models[names[0]], run.params[names[0]], batches,
                             lambda ids: token_label(run.tokenizer, ids[0]), top_n=top_n,
@@ -219,3 +221,28 @@ def steering(run, *, top_n: int | None = 16, top_k: int = 10, num_batches: int =
   return {"paper": PAPER, "model": names[0], "num_batches": len(batches),
           "eval_stride": run.data.eval_stride(num_batches), "checkpoint_step": int(run.step),
           **result}
+
+
+def markdown(r: dict) -> str:
+  s = r["summary"]
+  rows = [["directions whose forcing (r=1 vs r=0) lowers their promoted tokens' mass",
+           s["frac_promoted_delta_negative"], s["null_frac_promoted_delta_negative"]],
+          ["... raises their suppressed tokens' mass", s["frac_suppressed_delta_positive"],
+           s["null_frac_suppressed_delta_positive"]],
+          ["mean Δ mass of promoted tokens", s["mean_delta_promoted"],
+           s["null_mean_delta_promoted"]],
+          ["mean Δ mass of suppressed tokens", s["mean_delta_suppressed"],
+           s["null_mean_delta_suppressed"]]]
+  rows += [[f"function-token share of promoted tokens, layer {l}", v,
+            s["function_token_share_of_vocab"]]
+           for l, v in s["function_token_share_of_promoted_by_layer"].items()]
+  top = [[f"L{d['layer']} H{d['head']} d{d['direction']}",
+          " ".join(repr(t) for t in d["promoted"][:6]),
+          d["mass_promoted"]["delta_r1_minus_r0"], d["mass_promoted"]["z"]]
+         for d in r["directions"][:8]]
+  return "\n".join([
+      f"Expected sign: {s['expected_sign']}. {r['num_measured']} of "
+      f"{r['num_directions_total']} directions measured (largest readout norm).", "",
+      table(["measure", "ours", "null (an unrelated direction forced)"], rows), "",
+      table(["direction", "promoted tokens (readout)", "Δ mass r=1 vs r=0", "z vs null"],
+            top), "", f"Paper: {r['paper']['readout']}."])
