@@ -85,7 +85,7 @@ def test_claims_table_of_committed_reports_is_unchanged():
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   reports = {}
   for pooling in ("causal_mean", "sequence_mean"):
-    with open(os.path.join(repo, "results", "small", pooling, "report", "report.json")) as f:
+    with open(os.path.join(repo, "tests", "golden", "reports", f"small_{pooling}.json")) as f:
       r = json.load(f)
     for m in r["factual"]["models"].values():
       for cond in ("as_trained", "routing_off"):

@@ -12,8 +12,8 @@ from dirroute_jax.analysis.tokens import show_bytes, token_label
 from dirroute_jax.data import tokenizers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# A real report (configs/small.py, causal_mean), committed.
-REPORT = os.path.join(REPO, "results", "small", "causal_mean", "report", "report.json")
+# A real report (configs/small.py, causal_mean, from an earlier version), kept as test input.
+REPORT = os.path.join(REPO, "tests", "golden", "reports", "small_causal_mean.json")
 
 
 @pytest.fixture(scope="module")

@@ -73,7 +73,7 @@ def _namespace(d: dict):
 
 def _committed_report(name: str) -> dict:
   """A committed report.json, with the factual fields that report predates filled in."""
-  with open(os.path.join(REPO, "results", *name.split("/"), "report", "report.json")) as f:
+  with open(os.path.join(REPO, "tests", "golden", "reports", name.replace("/", "_") + ".json")) as f:
     r = json.load(f)
   for m in r.get("factual", {}).get("models", {}).values():
     for cond in ("as_trained", "routing_off"):
