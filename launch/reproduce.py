@@ -5,8 +5,8 @@
 Trains two routed/baseline pairs on the embedded corpus with configs/small.py (same seed, same
 batches): one with the paper's `sequence_mean` router, one with `causal_mean`. Then writes the
 interpretability report of each and a claims table (OUT/claims.md) with the paper's number
-beside ours under each pooling. The committed results/small was copied from such an OUT
-(reports, claims.md, timings; not the workdirs): write to workdirs/, not into results/.
+beside ours under each pooling. One seed per pooling: REPRODUCTION.md's numbers come from
+launch/seeds.py (five seeds, intervals). Write to workdirs/, not into the committed results/.
 
 Rerunning the same command resumes whatever is unfinished. Ctrl-C or SIGTERM saves a
 checkpoint of the run in progress and stops before its analyses; a failure (busy workdir,
