@@ -16,6 +16,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def pytest_collection_modifyitems(config, items):
+  # A test on the trained workdir is end to end: it waits for `trained_workdir` to train.
+  for item in items:
+    if "trained_workdir" in getattr(item, "fixturenames", ()):
+      item.add_marker(pytest.mark.slow)
   if jax.default_backend() == "cpu":
     skip = pytest.mark.skip(reason="needs an accelerator (GPU/TPU); this machine is CPU-only")
     for item in items:

@@ -80,6 +80,7 @@ def _batches(vocab, n=2, B=4, T=16, seed=0):
 # ----------------------------------------------------------------------------- ablation
 
 
+@pytest.mark.slow
 def test_ablation_on_trained_workdir(run, trained_workdir):
   r = ablation_lib.ablation(run)
   json.dumps(r)
@@ -111,6 +112,7 @@ def test_conditions_share_one_compiled_shape(tiny_cfg):
              for s in shapes.values())
 
 
+@pytest.mark.slow
 def test_ablation_known_answers(tiny_cfg):
   routed, params, baseline, base_params = _pair(tiny_cfg, layers=1)
   # Router output bias +10: sigmoid(5 * ~10) == 1.0 in float32, so as trained every r = 1.
@@ -137,6 +139,7 @@ def test_ablation_known_answers(tiny_cfg):
 # ----------------------------------------------------------------------------- factual
 
 
+@pytest.mark.slow
 def test_factual_on_trained_workdir(run):
   r = factual_lib.factual(run)
   json.dumps(r)
@@ -178,6 +181,7 @@ def test_mover_head_finder_picks_planted_head():
                                                            "attention": 1.0}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pooling", ["causal_mean", "sequence_mean"])
 def test_dla_sums_exactly_to_the_logit(tiny_cfg, pooling):
   routed, params, _, _ = _pair(tiny_cfg, layers=2, pooling=pooling, seed=1)
@@ -214,6 +218,7 @@ def test_dla_sums_exactly_to_the_logit(tiny_cfg, pooling):
 # ----------------------------------------------------------------------------- steering
 
 
+@pytest.mark.slow
 def test_steering_on_trained_workdir(run):
   r = steering_lib.steering(run, top_n=6, top_k=5, num_batches=1)
   json.dumps(r)
@@ -226,6 +231,7 @@ def test_steering_on_trained_workdir(run):
   assert _finite(r["summary"])
 
 
+@pytest.mark.slow
 def test_steering_sign_on_hand_built_direction(tiny_cfg):
   """Plant direction (0, 0, 0) along head 0's mean output (coefficient > 0 on almost every
   token) and make head 0 dominate the logits: forcing r = 1 removes the component, so the

@@ -54,6 +54,7 @@ def test_induction_scores_planted_pattern():
   assert scores[0] < 0.05
 
 
+@pytest.mark.slow
 def test_induction_end_to_end(run):
   out = ind_lib.induction(run, doc_len=16, num_seqs=16, seed=0)
   json.dumps(out)
@@ -124,6 +125,7 @@ def test_domain_variance_known_answer():
   np.testing.assert_allclose(reg_lib.domain_variance(X, y), [0.25])  # means 0, 1
 
 
+@pytest.mark.slow
 def test_regimes_end_to_end(run):
   out = reg_lib.regimes(run, num_batches=6, permutations=50)
   json.dumps(out)
@@ -160,6 +162,7 @@ def test_readout_planted_top_and_bottom_token():
   assert bottom[0] == 2
 
 
+@pytest.mark.slow
 def test_cosine_null_matches_analytic():
   dim, n_per_layer, L, draws = 16, 8, 3, 300
   layer = np.repeat(np.arange(L), n_per_layer)

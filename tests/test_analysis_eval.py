@@ -50,6 +50,7 @@ def _models_and_params(cfg):
   return models, {n: init_params(m, key) for n, m in models.items()}
 
 
+@pytest.mark.slow
 def test_routed_prefix_is_the_same_params_with_prefix_pooling(tiny_cfg):
   cfg = _small(tiny_cfg, "sequence_mean")
   models, params = _models_and_params(cfg)
@@ -75,6 +76,7 @@ def test_routed_prefix_is_the_same_params_with_prefix_pooling(tiny_cfg):
       models, params, _batches(), DOMAINS))
 
 
+@pytest.mark.slow
 def test_training_eval_reports_routed_prefix(tiny_cfg):
   cfg = _small(tiny_cfg, "sequence_mean")
   mesh = sharding.make_mesh(cfg.mesh)
@@ -90,6 +92,7 @@ def test_training_eval_reports_routed_prefix(tiny_cfg):
     assert m[key] == pytest.approx(ref[key], rel=1e-5), key
 
 
+@pytest.mark.slow
 def test_mean_routing_fixes_every_weight_at_its_own_value(tiny_cfg):
   cfg = _small(tiny_cfg, "causal_mean")
   models, params = _models_and_params(cfg)
@@ -119,6 +122,7 @@ def test_paired_bootstrap_interval():
   assert lo < 0 < hi  # pure noise: the interval straddles zero
 
 
+@pytest.mark.slow
 def test_factual_scores_whole_words_and_flags_chance(tiny_cfg):
   cfg = _small(tiny_cfg, "causal_mean")
   models, params = _models_and_params(cfg)

@@ -29,6 +29,7 @@ def test_audit_verdicts(tiny_cfg, routing, pooling, causal):
 
 @pytest.mark.parametrize("pooling,code,verdict", [("sequence_mean", 1, "LEAK"),
                                                   ("causal_mean", 0, "CAUSAL")])
+@pytest.mark.slow
 def test_audit_cli(pooling, code, verdict):
   proc = subprocess.run(
       [sys.executable, os.path.join(REPO, "launch", "audit.py"),

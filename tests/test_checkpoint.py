@@ -110,6 +110,7 @@ def corrupt(step_dir, how):
     raise ValueError(how)
 
 
+@pytest.mark.slow
 def test_round_trip_is_bitwise(tmp_path):
   state = make_state()
   with ckpt_lib.Checkpointer(tmp_path) as ckpt:
@@ -158,6 +159,7 @@ def test_save_skips_old_steps_unless_new(tmp_path):
     assert ckpt.all_steps() == [5]
 
 
+@pytest.mark.slow
 def test_retention_keeps_last_n_and_permanent_multiples(tmp_path):
   state = make_state()
   with ckpt_lib.Checkpointer(tmp_path, keep=2, permanent_every=4) as ckpt:
@@ -189,6 +191,7 @@ def test_keep_zero_is_rejected(tmp_path):
 @pytest.mark.skipif(len(jax.devices()) < 8,
                     reason='needs XLA_FLAGS=--xla_force_host_platform_device_'
                     'count=8')
+@pytest.mark.slow
 def test_restore_onto_other_shardings(tmp_path):
   state = make_state()
   mesh8 = jax.make_mesh((8,), ('d',))
@@ -233,6 +236,7 @@ def test_restore_onto_other_shardings(tmp_path):
 @pytest.mark.parametrize(
     'how', ['truncate', 'delete_arrays', 'delete_metadata', 'delete_item',
             'overwrite', 'bitflip'])
+@pytest.mark.slow
 def test_corrupt_latest_falls_back_to_previous(tmp_path, caplog, how):
   # d_model=64: the arrays fill a data file larger than orbax's index files.
   old, new = make_state(seed=1, d_model=64), make_state(seed=2, d_model=64)

@@ -43,6 +43,7 @@ def untrained_rows(trained_workdir):
   return claims._rows_for(report)
 
 
+@pytest.mark.slow
 def test_claims_table_from_reports(trained_report):
   md = claims.claims_table({"causal_mean": trained_report, "again": trained_report})
   lines = md.splitlines()

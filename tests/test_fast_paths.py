@@ -27,6 +27,7 @@ def _reference_router(params, x_BxTxD, pooling, depth, temperature, act=nn.gelu)
   return jax.nn.sigmoid(temperature * z.reshape(z.shape[:-1] + (3, 2)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pooling", ["causal_mean", "sequence_mean"])
 @pytest.mark.parametrize("depth,hidden", [(0, 16), (2, 16), (2, 48)])  # 48 > D: pools first
 def test_router_equals_pool_then_mlp(pooling, depth, hidden):
@@ -56,6 +57,7 @@ def _float32_arrays_of_shape(fn, shape, *args):
   return found
 
 
+@pytest.mark.slow
 def test_bf16_causal_router_makes_no_float32_copy_of_its_input():
   B, T, D = 2, 8, 40  # D differs from hidden (16) so the two widths are told apart
   x = jax.random.normal(jax.random.key(0), (B, T, D)).astype(jnp.bfloat16)
@@ -68,6 +70,7 @@ def test_bf16_causal_router_makes_no_float32_copy_of_its_input():
   assert _float32_arrays_of_shape(loss, (B, T, 16), params, x)
 
 
+@pytest.mark.slow
 def test_bf16_suppression_stays_bf16_and_tracks_float32():
   rng = np.random.default_rng(0)
   B, T, H, K, Dh = 2, 6, 3, 4, 16
@@ -120,6 +123,7 @@ def _loss_and_grads(model, params, tokens, capture=()):
   return jax.value_and_grad(loss)(params)
 
 
+@pytest.mark.slow
 def test_auto_on_cpu_is_xla_and_equals_the_explicit_path(tiny_cfg):
   assert tiny_cfg.model.attention_impl == "auto"
   model = build_model(tiny_cfg.model)
@@ -133,6 +137,7 @@ def test_auto_on_cpu_is_xla_and_equals_the_explicit_path(tiny_cfg):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_cudnn_on_cpu_is_a_clear_error(tiny_cfg):
   tiny_cfg.model.attention_impl = "cudnn"
   tiny_cfg.model.dtype = "bfloat16"

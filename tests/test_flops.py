@@ -9,6 +9,7 @@ from dirroute_jax.config import load_config_file
 from dirroute_jax.train import flops, sharding, step
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pooling", ["causal_mean", "sequence_mean"])
 def test_analytic_flops_match_xla_cost_analysis(tiny_cfg, pooling):
   cfg = tiny_cfg

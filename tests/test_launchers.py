@@ -293,6 +293,7 @@ def test_sbatch_script_requeues_only_on_preempted(tmp_path):
     assert (tmp_path / "requeued").exists() == (code == exit_codes.PREEMPTED)
 
 
+@pytest.mark.slow
 def test_sbatch_script_survives_sigterm_until_training_has_saved(tmp_path):
   """SLURM signals the batch script as well as the tasks: the script must outlive the
   training step (which saves, then exits PREEMPTED) to requeue the job."""

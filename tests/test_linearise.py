@@ -6,6 +6,7 @@ from dirroute_jax.analysis import ablation, linearise
 from dirroute_jax.analysis.load import load_workdir
 
 
+@pytest.mark.slow
 def test_linearise_on_trained_workdir(trained_workdir):
   run = load_workdir(trained_workdir)
   result = linearise.linearise(run, num_batches=2)

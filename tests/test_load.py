@@ -6,11 +6,13 @@ import os
 import jax
 import numpy as np
 import optax
+import pytest
 
 from dirroute_jax.analysis.load import load_workdir
 from dirroute_jax.model.transformer import forward
 
 
+@pytest.mark.slow
 def test_analysis_forward_reproduces_training_eval(trained_workdir):
   run = load_workdir(trained_workdir)
   assert run.step == 80 and set(run.models) == {"routed", "baseline"}

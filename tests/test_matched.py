@@ -40,6 +40,7 @@ def trio_cfg(tiny_cfg):
   return cfg
 
 
+@pytest.mark.slow
 def test_matched_trains_in_the_joint_step_and_equals_itself_alone(trio_cfg):
   trainer, trio, losses = _train(trio_cfg, jax.devices()[:1], steps=8)
   assert trainer.train_step._cache_size() == 1  # one executable for the three models
@@ -57,6 +58,7 @@ def test_matched_trains_in_the_joint_step_and_equals_itself_alone(trio_cfg):
   assert alone_losses[-1]["matched/loss"] == pytest.approx(losses[-1]["matched/loss"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_matched_sharded_with_tensor_parallelism_equals_single_device(trio_cfg):
   if len(jax.devices()) < 8:
     pytest.skip("needs 8 (fake) devices: XLA_FLAGS=--xla_force_host_platform_device_count=8")

@@ -58,6 +58,7 @@ def test_causal_mean_pool_is_prefix_mean():
   np.testing.assert_allclose(seq[:, 0], x.mean(axis=1), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pooling", ["causal_mean", "sequence_mean"])
 def test_routing_off_equals_baseline_with_shared_weights(tiny_cfg, pooling):
   tiny_cfg.model.pooling = pooling
@@ -78,6 +79,7 @@ def test_routing_off_equals_baseline_with_shared_weights(tiny_cfg, pooling):
   assert float(jnp.abs(on_logits - base_logits).max()) > 1e-3  # routing does something
 
 
+@pytest.mark.slow
 def test_k1_r1_removes_the_direction(tiny_cfg):
   tiny_cfg.model.num_directions = 1
   model, _ = _pair(tiny_cfg.model)
@@ -147,6 +149,7 @@ def test_head_knockout_changes_only_that_head(tiny_cfg, mean):
                                 np.asarray(clean["blocks.0.attn.z_routed"]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("routing_on", [True, False])
 def test_causal_mask_and_pattern(tiny_cfg, routing_on):
   tiny_cfg.model.routing = routing_on
@@ -207,6 +210,7 @@ def test_padded_vocab_is_masked(tiny_cfg):
   np.testing.assert_allclose(np.asarray(probs[..., :2000].sum(-1)), 1.0, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_tracks_float32(tiny_cfg):
   model32 = build_model(tiny_cfg.model)
   tiny_cfg.model.dtype = "bfloat16"
@@ -231,6 +235,7 @@ def test_bad_model_config_is_a_clear_error(tiny_cfg, key, value):
     build_model(tiny_cfg.model)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["full", "dots"])
 def test_remat_changes_nothing_but_memory(tiny_cfg, policy):
   import optax

@@ -17,6 +17,7 @@ def counts_433m():
   return params.count_pair(load_config_file(os.path.join(REPO, "configs", "433m.py")).model)
 
 
+@pytest.mark.slow
 def test_433m_matches_paper(counts_433m):
   routed, baseline = counts_433m["routed"], counts_433m["baseline"]
   assert routed.by_component["routers"] == 12 * 1_336_880 == 16_042_560

@@ -41,6 +41,7 @@ def test_readme_names_commands_and_snippets():
   assert len(python_blocks()) >= 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(python_blocks())))
 def test_python_snippet_runs(index, trained_workdir, capsys):
   code = python_blocks()[index].replace('"workdirs/tiny"', repr(trained_workdir))

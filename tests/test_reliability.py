@@ -211,6 +211,7 @@ def _launch(name, *args):
                         capture_output=True, text=True, env=ENV, cwd=REPO)
 
 
+@pytest.mark.slow
 def test_train_config_file_errors_are_one_line(tmp_path):
   bad = tmp_path / "bad.py"
   bad.write_text("def get_config(:\n")

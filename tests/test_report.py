@@ -18,6 +18,7 @@ SECTIONS = ("causality", "ablation", "factual", "induction", "regimes", "directi
             "steering")
 
 
+@pytest.mark.slow
 def test_interpret_writes_json_markdown_and_plots(trained_workdir, tmp_path):
   out = tmp_path / "report"
   proc = subprocess.run(
@@ -52,6 +53,7 @@ def test_interpret_writes_json_markdown_and_plots(trained_workdir, tmp_path):
     assert f"]({png})" in md
 
 
+@pytest.mark.slow
 def test_interpret_missing_workdir_is_a_clear_error(tmp_path):
   proc = subprocess.run(
       [sys.executable, os.path.join(REPO, "launch", "interpret.py"),

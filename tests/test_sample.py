@@ -29,6 +29,7 @@ def _model(tiny_cfg, name="routed", **model_overrides):
   return model, init_params(model, jax.random.key(7))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["routed", "baseline", "sd"])
 def test_cached_logits_equal_full_forward_at_every_position(tiny_cfg, name):
   model, params = _model(tiny_cfg, name)
@@ -42,6 +43,7 @@ def test_cached_logits_equal_full_forward_at_every_position(tiny_cfg, name):
                              atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_greedy_cached_equals_greedy_full_forward(trained_workdir):
   from dirroute_jax.analysis.load import load_workdir
   run = load_workdir(trained_workdir)

@@ -39,6 +39,7 @@ def test_linear_attention_is_causal_and_normalised():
                              @ np.asarray(v[0, :, 1]), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["rms", "none"])
 def test_sd_model_trains_as_third_model(tiny_cfg, norm):
   cfg = tiny_cfg

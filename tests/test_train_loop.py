@@ -58,6 +58,7 @@ RUN = ("--config.steps=120", "--config.checkpoint_every=10", "--config.log_every
        "--config.eval_every=60")
 
 
+@pytest.mark.slow
 def test_losses_fall_and_sigkill_resume_is_bitwise(tmp_path, cache):
   straight = tmp_path / "straight"
   out = _run(straight, cache, *RUN).stdout
@@ -97,6 +98,7 @@ def test_losses_fall_and_sigkill_resume_is_bitwise(tmp_path, cache):
       assert m_b[s]["baseline/loss"] == m[s]["baseline/loss"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_and_exits_cleanly(tmp_path, cache):
   wd = tmp_path / "interrupted"
   proc = subprocess.Popen(_cmd(wd, cache, "--config.steps=100000", "--config.log_every=1000",
@@ -123,6 +125,7 @@ def _all_finite(workdir):
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state)), step
 
 
+@pytest.mark.slow
 def test_a_non_finite_state_is_never_saved(tmp_path, cache):
   # An LR of inf turns 58 of the 183 leaves into inf/NaN in the first update, while the loss
   # of that step (computed before the update) is still finite.
@@ -135,6 +138,7 @@ def test_a_non_finite_state_is_never_saved(tmp_path, cache):
   assert checkpoint.Checkpointer(str(wd), read_only=True).all_steps() == []
 
 
+@pytest.mark.slow
 def test_divergence_keeps_only_checkpoints_that_gave_a_finite_loss(tmp_path, cache):
   """LR 1e9: the step-2 state is finite but its loss (at step 3) is NaN. It must not be left
   as "the last good checkpoint", and a rerun with a sane LR must be possible, but only when
@@ -177,6 +181,7 @@ def test_bad_input_is_a_clear_error(tmp_path, cache, overrides, message):
   assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_unwritable_workdir_and_mismatched_checkpoint(tmp_path, cache):
   blocker = tmp_path / "file"
   blocker.write_text("")
@@ -203,6 +208,7 @@ def _start(workdir, cache, *overrides):
   raise AssertionError("".join(lines))
 
 
+@pytest.mark.slow
 def test_ctrl_c_with_periodic_checkpoints_saves_the_step_it_reports(tmp_path, cache):
   # log_every=1: the main thread waits in the metrics fetch most of the time, which is where
   # a Ctrl-C used to land after the save had already been decided against.
@@ -216,6 +222,7 @@ def test_ctrl_c_with_periodic_checkpoints_saves_the_step_it_reports(tmp_path, ca
   assert checkpoint.Checkpointer(str(wd), read_only=True).latest_step() == stopped
 
 
+@pytest.mark.slow
 def test_second_writer_refused_then_sigterm_saves_and_exits_preempted(tmp_path, cache):
   wd = tmp_path / "shared"
   first, _ = _start(wd, cache, "--config.log_every=1", "--config.checkpoint_every=0")
@@ -232,6 +239,7 @@ def test_second_writer_refused_then_sigterm_saves_and_exits_preempted(tmp_path, 
   assert not (wd / workdir_lib.WRITER_LOCK).exists()  # the lease is released
 
 
+@pytest.mark.slow
 def test_double_ctrl_c_aborts_in_one_line(tmp_path, cache):
   # Bigger steps, so the second Ctrl-C lands while the first is still being honoured.
   proc, lines = _start(tmp_path / "abort", cache, "--config.log_every=1",
@@ -251,6 +259,7 @@ def test_double_ctrl_c_aborts_in_one_line(tmp_path, cache):
   assert not (tmp_path / "abort" / workdir_lib.WRITER_LOCK).exists()
 
 
+@pytest.mark.slow
 def test_rerun_of_a_finished_or_shortened_run_writes_nothing_new(tmp_path, cache):
   wd = tmp_path / "finished"
   # A time-based interval too short to skip any step: a save after each one.
@@ -275,6 +284,7 @@ def _limit_file_size():
   resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
 
 
+@pytest.mark.slow
 def test_a_failed_save_stops_training_with_one_line(tmp_path, cache):
   """The first checkpoint (~6 MB) cannot be written under a 1 MB file-size limit, as on a
   full disk: training stops at the first logged step after orbax reports the failure, before

@@ -42,6 +42,7 @@ def _train(cfg, devices, steps=3):
   return trainer, jax.device_get(state), history, state
 
 
+@pytest.mark.slow
 def test_pair_is_one_executable_and_equals_each_model_alone(tiny_cfg):
   cfg = _small(tiny_cfg)
   trainer, pair, history, _ = _train(cfg, jax.devices()[:1])
@@ -61,6 +62,7 @@ def test_pair_is_one_executable_and_equals_each_model_alone(tiny_cfg):
                                                            abs=1e-6)
 
 
+@pytest.mark.slow
 def test_pair_starts_from_identical_shared_weights(tiny_cfg):
   _, pair, _, _ = _train(_small(tiny_cfg), jax.devices()[:1], steps=0)
   routed, base = pair["models"]["routed"]["params"], pair["models"]["baseline"]["params"]
@@ -69,6 +71,7 @@ def test_pair_starts_from_identical_shared_weights(tiny_cfg):
                                 base["blocks_1"]["mlp"]["wo"]["kernel"])
 
 
+@pytest.mark.slow
 def test_grad_accumulation_equals_full_batch(tiny_cfg):
   cfg = _small(tiny_cfg)
   _, full, full_hist, _ = _train(cfg, jax.devices()[:1], steps=2)
@@ -85,6 +88,7 @@ def test_grad_accumulation_equals_full_batch(tiny_cfg):
     (dict(data=2, fsdp=-1, tensor=1), (16, 4, 16), (16, 176)),  # fsdp 4
     (dict(data=2, fsdp=2, tensor=-1), (32, 2, 16), (32, 88)),  # fsdp 2 x tensor 2
 ])
+@pytest.mark.slow
 def test_sharded_step_equals_single_device(tiny_cfg, mesh, q_shard, mlp_shard):
   if len(jax.devices()) < 8:
     pytest.skip("needs 8 (fake) devices: XLA_FLAGS=--xla_force_host_platform_device_count=8")
