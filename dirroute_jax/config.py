@@ -249,6 +249,18 @@ def validate_model_config(m: ml_collections.ConfigDict) -> None:
          f"model.router_temperature={m.router_temperature} must be > 0.")
 
 
+def flatten(d: dict, prefix: str = "") -> dict:
+  """{"model": {"d_model": 64}} -> {"model.d_model": 64}: the form configs are compared in
+  (resume checks) and merged back from (`ConfigDict.update_from_flattened_dict`)."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
 def load_config_file(path: str) -> ml_collections.ConfigDict:
   """Loads `get_config()` from a `configs/*.py` file (as absl's config_flags does)."""
   import importlib.util

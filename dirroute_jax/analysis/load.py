@@ -16,7 +16,7 @@ import jax
 import ml_collections
 
 from dirroute_jax import workdir as workdir_lib
-from dirroute_jax.config import default_config
+from dirroute_jax.config import default_config, flatten
 from dirroute_jax.data import tokenizers
 from dirroute_jax.data.pipeline import Data, make_data
 from dirroute_jax.model.transformer import Transformer, abstract_params, build_model
@@ -62,18 +62,8 @@ class Workdir:
 def config_from_json(saved: dict) -> ml_collections.ConfigDict:
   """The saved config merged over today's defaults (keys added since then get defaults)."""
   cfg = default_config()
-  cfg.update_from_flattened_dict(_flatten(saved))
+  cfg.update_from_flattened_dict(flatten(saved))
   return cfg
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
 
 
 class _DropReadOnlyNotice(std_logging.Filter):

@@ -30,7 +30,7 @@ import matplotlib.ticker  # noqa: E402
 from dirroute_jax.analysis import stats  # noqa: E402
 from dirroute_jax.analysis.markdown import fmt, table  # noqa: E402
 from dirroute_jax import workdir as workdir_lib  # noqa: E402
-from dirroute_jax.config import ConfigError  # noqa: E402
+from dirroute_jax.config import ConfigError, flatten  # noqa: E402
 
 MODELS = ("routed", "baseline", "matched")
 # The sequence_mean routed model evaluated with prefix-only routing (what it would see when
@@ -81,10 +81,7 @@ def workdir_of(out_dir: str, pooling: str, seed: int) -> str:
 
 def _flat_config(cfg) -> dict:
   """{"model.d_model": 64, ...}, as JSON would give it back."""
-  def walk(d, prefix):
-    for k, v in d.items():
-      yield from walk(v, f"{prefix}{k}.") if isinstance(v, dict) else [(prefix + k, v)]
-  return json.loads(json.dumps(dict(walk(cfg.to_dict(), ""))))
+  return json.loads(json.dumps(flatten(cfg.to_dict())))
 
 
 # Keys that may change between a run and its rerun without changing what was trained.

@@ -22,7 +22,7 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from dirroute_jax.config import ConfigError, default_config, validate_config
+from dirroute_jax.config import ConfigError, default_config, flatten, validate_config
 from dirroute_jax.data import tokenizers
 from dirroute_jax.data.pipeline import make_data
 from dirroute_jax import exit_codes, workdir as workdir_lib
@@ -118,22 +118,12 @@ def _max_over_processes(value: int) -> int:
   return int(np.max(multihost_utils.process_allgather(np.int32(value))))
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def config_changes(saved: dict, requested: dict) -> tuple[list[str], list[str]]:
   """(changes that alter what the run means, allowed changes), as 'key: old -> new'.
 
   A key the saved config lacks (added to the code since) counts as its default value."""
-  old, new = _flatten(saved), _flatten(requested)
-  defaults = _flatten(checkpoint.config_to_json(default_config()))
+  old, new = flatten(saved), flatten(requested)
+  defaults = flatten(checkpoint.config_to_json(default_config()))
   meaning, allowed = [], []
   for key in sorted(new):
     before = old.get(key, defaults.get(key, new[key]))
