@@ -287,8 +287,9 @@ def _limit_file_size():
 @pytest.mark.slow
 def test_a_failed_save_stops_training_with_one_line(tmp_path, cache):
   """The first checkpoint (~6 MB) cannot be written under a 1 MB file-size limit, as on a
-  full disk: training stops at the first logged step after orbax reports the failure, before
-  the next save, with an I/O status and no traceback."""
+  full disk: training stops at the first logged step after orbax reports the failure, and at
+  the latest at the next save (step 20; when the background write fails is up to the machine's
+  load), with an I/O status and no traceback."""
   _run(tmp_path / "warm", cache, "--config.steps=1")  # the data cache, written without a limit
   wd = tmp_path / "full"
   proc = subprocess.run(_cmd(wd, cache, "--config.steps=40", "--config.checkpoint_every=10",
@@ -300,5 +301,5 @@ def test_a_failed_save_stops_training_with_one_line(tmp_path, cache):
   lines = proc.stderr.strip().splitlines()
   assert lines[-1].startswith("error: saving checkpoint") and "Traceback" not in proc.stderr
   assert len(lines) <= 6, proc.stderr  # orbax's own one-line log records, then ours
-  assert max(_metrics(wd)) < 20  # stopped before the next save was due
+  assert max(_metrics(wd)) <= 20  # never past the next save (was: to step 40, exit 0)
   assert checkpoint.Checkpointer(str(wd), read_only=True).all_steps() == []
