@@ -37,6 +37,15 @@ def _train_cmd(workdir, cache, *extra):
           f"--config.data.cache_dir={cache}", *extra]
 
 
+def _build_cache(tmp_path):
+  """Builds the corpus and token cache once, so that the training processes only read it."""
+  cache = tmp_path / "cache"
+  cfg = load_config_file(os.path.join(REPO, "configs", "tiny.py"))
+  cfg.data.tokenizer, cfg.data.cache_dir, cfg.seq_len, cfg.batch_size = "bytes", str(cache), 32, 8
+  make_data(cfg)
+  return cache
+
+
 def _start(cmd, devices, log_path):
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
@@ -72,11 +81,7 @@ def _restore_state(workdir):
 
 @pytest.mark.slow
 def test_two_processes_equal_one_process_with_two_devices(tmp_path):
-  cache = tmp_path / "cache"
-  # Build the corpus and token cache once, so the three processes below only read it.
-  cfg = load_config_file(os.path.join(REPO, "configs", "tiny.py"))
-  cfg.data.tokenizer, cfg.data.cache_dir, cfg.seq_len, cfg.batch_size = "bytes", str(cache), 32, 8
-  make_data(cfg)
+  cache = _build_cache(tmp_path)
 
   port = _free_port()
   procs = [_start(_train_cmd(tmp_path / "one", cache), 2, tmp_path / "one.log")]

@@ -2,25 +2,19 @@
 its part of the checkpoint), and every process must exit PREEMPTED, also the one that got no
 signal, so that a launcher reruns the job."""
 
-import os
 import signal
 import time
 
 import pytest
 
 from dirroute_jax import exit_codes
-from dirroute_jax.config import load_config_file
-from dirroute_jax.data.pipeline import make_data
 from dirroute_jax.train import checkpoint
-from test_distributed import REPO, _free_port, _start, _train_cmd
+from test_distributed import _build_cache, _free_port, _start, _train_cmd
 
 
 @pytest.mark.slow
 def test_sigterm_to_one_process_stops_both_at_one_saved_step(tmp_path):
-  cache = tmp_path / "cache"
-  cfg = load_config_file(os.path.join(REPO, "configs", "tiny.py"))
-  cfg.data.tokenizer, cfg.data.cache_dir, cfg.seq_len, cfg.batch_size = "bytes", str(cache), 32, 8
-  make_data(cfg)
+  cache = _build_cache(tmp_path)
   port = _free_port()
   procs = [_start(_train_cmd(tmp_path / "wd", cache, f"--coordinator_address=127.0.0.1:{port}",
                              "--num_processes=2", f"--process_id={i}", "--config.steps=100000",
