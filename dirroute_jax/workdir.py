@@ -20,6 +20,7 @@ code (a `gs://` string must never reach `os.path`/`open`, which would make a loc
     tokenizer.json              the run's trained BPE tokenizer, data.tokenizer=bpe only
                                 (data/tokenizers.py)
     writer.lock                 the lease of the one process writing here (train/lock.py)
+    profile/                    jax.profiler traces of config.profile_steps (train/loop.py)
 
 Nothing here imports the rest of the package, so the data, train and analysis layers all may.
 """
@@ -38,6 +39,7 @@ TENSORBOARD = "tensorboard"
 DATA_FINGERPRINT = "data_fingerprint.json"
 TOKENIZER = "tokenizer.json"
 WRITER_LOCK = "writer.lock"
+PROFILE = "profile"
 
 
 def is_remote(workdir: epath.PathLike) -> bool:
@@ -69,6 +71,10 @@ def data_fingerprint(workdir: epath.PathLike) -> epath.Path:
 
 def tokenizer(workdir: epath.PathLike) -> epath.Path:
   return path(workdir, TOKENIZER)
+
+
+def profile(workdir: epath.PathLike) -> epath.Path:
+  return path(workdir, PROFILE)
 
 
 def writer_lock(workdir: epath.PathLike) -> epath.Path:

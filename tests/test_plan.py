@@ -93,7 +93,8 @@ def test_plan_cli(tmp_path):
   assert out.returncode == 0, out.stderr
   # It says what it is doing before the silent compile (stderr: stdout stays the plan).
   assert "Compiling the joint train step ahead of time for 4 fake CPU device(s)" in out.stderr
-  assert "devices 4 (mesh data 1 x fsdp 4 x tensor 1), remat none" in out.stdout
+  assert "devices 4 x cpu (mesh data 1 x fsdp 4 x tensor 1), remat none" in out.stdout
+  assert "compiler: XLA:CPU (fake devices standing in for the chips: an estimate" in out.stdout
   assert "fits h100 (80 GiB HBM per chip): YES" in out.stdout
 
 

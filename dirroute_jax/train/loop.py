@@ -27,7 +27,8 @@ from dirroute_jax.data import tokenizers
 from dirroute_jax.data.pipeline import make_data
 from dirroute_jax import exit_codes, workdir as workdir_lib
 from dirroute_jax.model import attention
-from dirroute_jax.train import checkpoint, flops, lock, sharding, step as step_lib
+from dirroute_jax.train import checkpoint, flops, lock, plan as plan_lib, sharding, step as step_lib
+from dirroute_jax.train import profile as profile_lib
 from dirroute_jax.train.evaluate import PREFIX, evaluate, to_global
 from dirroute_jax.train.metrics import MetricsWriter
 from dirroute_jax.train.samples import config_hparams, write_eval_samples
@@ -41,7 +42,7 @@ _AGREE_EVERY = 10  # steps between multi-process agreements on a stop or a time-
 RESUMABLE_KEYS = ("steps", "log_every", "eval_every", "eval_batches", "checkpoint_every",
                   "checkpoint_every_secs", "checkpoint.keep", "checkpoint.permanent_every",
                   "data.cache_dir", "data.worker_count", "grad_accum_steps", "model.remat",
-                  "mesh.")
+                  "mesh.", "profile_steps")
 
 
 class Diverged(FloatingPointError):
@@ -255,7 +256,9 @@ def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
       say(f"Resumed from step {start} in {workdir}")
     else:
       state, start = trainer.init_state(jax.random.key(cfg.seed)), 0
-    say(attention.attention_impl_summary(cfg.model))
+    say(attention.attention_impl_summary(cfg.model, trainer.mesh.devices.flat[0]))
+    train_step = _compile_train_step(trainer, state, say)
+    profiler = profile_lib.ProfileWindow(cfg.get("profile_steps", ""), workdir, say)
     say(f"Training {', '.join(trainer.models)} for {cfg.steps} steps: batch {cfg.batch_size} x "
         f"{cfg.seq_len} tokens, {jax.device_count()} device(s), mesh {dict(mesh.shape)}, "
         f"tokenizer {data.tokenizer.name} "
@@ -282,7 +285,9 @@ def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
     try:
       for done in range(start + 1, cfg.steps + 1):
         batch = to_global(trainer, next(data_iter))
-        state, metrics = trainer.train_step(state, batch)
+        with profiler.step(done):
+          state, metrics = train_step(state, batch)
+        profiler.after(done, state)
         is_log = done % cfg.log_every == 0 or done == cfg.steps
         # Decided once, before the blocking fetch below (during which a signal may arrive):
         # a stop seen here is always saved; one that arrives later stops the next step.
@@ -348,6 +353,7 @@ def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
           if not eval_metrics:
             eval_metrics = run_eval()
             writer.write(done, eval_metrics)
+      profiler.close()  # a window that runs past the last step ends with it
       ckpt.close()  # waits for the last save; raises if it failed
     except BaseException:
       # Already failing: report that error, not a second one from the in-flight save.
@@ -365,6 +371,16 @@ def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
   say(f"Elapsed {_fmt_time(time.time() - t_start)}")
   return RunSummary(last_step=done, interrupted=interrupted, eval_metrics=eval_metrics,
                     workdir=workdir, preempted=interrupted and preempted)
+
+
+def _compile_train_step(trainer, state, say):
+  """The train step compiled ahead of time for `state` and the batch layout, and a line saying
+  how much of the device's memory it needs (from its compiler's memory analysis), with a
+  warning above plan.WARN_FRACTION: a run close to the edge says so before its first step."""
+  compiled = trainer.train_step.lower(state, plan_lib.abstract_batch(trainer)).compile()
+  line, _ = plan_lib.memory_report(compiled, trainer.mesh.local_devices[0])
+  say(line)
+  return compiled
 
 
 def _save(ckpt, step, state, data_iter, cfg, workdir, trusted_before, force=False):
