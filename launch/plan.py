@@ -16,6 +16,7 @@ accelerator machine itself, --real_devices compiles for its own chips. `--device
 (--config.model.remat=full, --config.grad_accum_steps=16); the mesh sizes decide the sharding.
 """
 
+import json
 import sys
 
 from absl import app, flags
@@ -30,6 +31,8 @@ _TARGET = flags.DEFINE_string(
     "target", None, "A pod to compile for with its own compiler: " +
     ", ".join(targets_lib.known_names()) + " (--list_targets describes them).")
 _LIST = flags.DEFINE_bool("list_targets", False, "List the known targets and exit.")
+_JSON = flags.DEFINE_string("json", None, "Also write the plan as JSON to this path "
+                            "(benchmarks/plan_targets.py collects them).")
 _DEVICES = flags.DEFINE_integer("devices", None, "Fake CPU devices standing in for N chips "
                                 "(without --target); default 8.")
 _REAL = flags.DEFINE_bool(
@@ -125,6 +128,9 @@ def main(argv):
   print(plan_lib.format_plan(plan, _ACCELERATOR.value), end="")
   if note:
     print(note)
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(plan_lib.to_json(plan, fallback=note), f, indent=1)
 
 
 if __name__ == "__main__":

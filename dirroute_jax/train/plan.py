@@ -210,6 +210,14 @@ def make_plan(cfg, devices=None, hbm_bytes: int | None = None,
       lower_seconds=t1 - t0, compile_seconds=t2 - t1)
 
 
+def to_json(plan: Plan, **extra) -> dict:
+  """The plan as plain JSON, with the derived numbers a table needs."""
+  out = dataclasses.asdict(plan)
+  out.update(peak_bytes=plan.peak_bytes, state_bytes=plan.state_bytes,
+             flops_per_device=plan.flops_per_device, jax_version=jax.__version__, **extra)
+  return out
+
+
 def fits(plan: Plan, accelerator: str | None = None) -> tuple[bool, int]:
   """(whether the peak fits one chip's HBM, that HBM in bytes): the target's own HBM, or that of
   `accelerator` (a key of ACCELERATORS) for a plan on fake devices."""
