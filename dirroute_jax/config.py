@@ -22,7 +22,7 @@ ROUTER_ACTIVATIONS = ("gelu", "relu", "silu", "tanh")
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots")
 ATTENTIONS = ("dot", "sd")
-ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")
 NORMS = ("rms", "none")
 
 

@@ -405,8 +405,9 @@ def _progress_line(done, steps, m, sec_per_step, tokens_per_step, warmup_s=None,
   if evals:
     parts.append("eval ppl " + " ".join(evals))
   if warmup_s is not None:
-    parts.append(f"warming up: first {warmup_steps} step(s) took {warmup_s:.1f}s incl. "
-                 "compile; throughput from the next line on")
+    # The step was compiled before the loop (its memory line); the first steps still warm up.
+    parts.append(f"warming up: first {warmup_steps} step(s) took {warmup_s:.1f}s; "
+                 "throughput from the next line on")
   elif math.isfinite(sec_per_step):
     parts.append(f"{tokens_per_step / sec_per_step:,.0f} tok/s")
     if "perf/mfu" in m:
