@@ -67,8 +67,8 @@ def resolve_attention_impl(requested: str, dtype, head_dim: int,
     return _resolve_splash(requested, device)
   problems = []
   if not _is_nvidia(device):
-    problems.append(f"cuDNN needs an NVIDIA GPU; the devices are {device.platform} "
-                    f"({device.device_kind})")
+    kind = "" if device.device_kind == device.platform else f" ({device.device_kind})"
+    problems.append(f"cuDNN needs an NVIDIA GPU; the devices are {device.platform}{kind}")
   else:
     capability = tuple(int(v) for v in str(device.compute_capability).split("."))
     max_dh = 256 if capability >= (9, 0) else 128
