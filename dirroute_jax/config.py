@@ -137,6 +137,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.mesh.data = -1
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
+  # Slices joined over the data-center network (TPU multi-slice): the outer level of the mesh,
+  # data parallel only. 0: the number of slices the devices span (1 on one slice or GPU node).
+  c.mesh.dcn_data = 0
   # Removed: a preset chose the rules apart from the sizes. Kept so that passing it gets an
   # explanation and configs saved by older runs still load; validate_mesh_config rejects it.
   c.mesh.preset = ml_collections.config_dict.placeholder(str)

@@ -77,8 +77,9 @@ def test_tiny_pair_compiles_for_a_tpu_slice(tiny_cfg, pooling):
   plan = _plan(tiny_cfg, "v5e-4")
   assert plan.platform == "tpu" and plan.device_kind == "TPU v5 lite"
   assert plan.compiler.startswith("TPU compiler (libtpu ")
-  assert plan.mesh == {"data": 1, "fsdp": 4, "tensor": 1}
-  assert all("Attention: XLA" in line for line in plan.kernels.values())
+  assert plan.mesh == {"dcn_data": 1, "data": 1, "fsdp": 4, "tensor": 1}
+  # On a TPU `auto` runs the Pallas splash kernel, compiled by Mosaic into the step.
+  assert all("Attention: Pallas splash attention" in line for line in plan.kernels.values())
   _check_memory(plan, tiny_cfg, padded=True)
   assert plan.xla_flops > 0  # the TPU compiler gives a FLOP count (not the model FLOPs)
   text = plan_lib.format_plan(plan)
