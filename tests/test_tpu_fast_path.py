@@ -101,3 +101,24 @@ def test_tiny_pair_compiles_for_two_tpu_slices(tiny_cfg):
   assert plan.micro_batch_per_device == tiny_cfg.batch_size // 8
   assert all("Pallas splash attention" in line for line in plan.kernels.values())
   assert plan.temp_bytes > 0 and plan_lib.fits(plan)[0]
+
+
+def test_tpu_launcher_requests_a_multi_slice_queued_resource():
+  from dirroute_jax.cloud import tpu
+
+  job = tpu.TpuJob(name="dirroute-ms", zone="us-west4-a", accelerator_type="v5e-16",
+                   config="configs/433m.py", workdir="gs://bucket/run", num_slices=2,
+                   train_args=("--config.data.files=~/data/*.parquet",))
+  cmds = [c for _, c in tpu.plan(job)]
+  create = cmds[0]
+  assert create[3:6] == ["queued-resources", "create", "dirroute-ms"]
+  assert "--node-count=2" in create and "--node-prefix=dirroute-ms" in create
+  assert not any(a.startswith("--node-id") for a in create)
+  ssh = [c for c in cmds if c[3:5] == ["queued-resources", "ssh"]]
+  assert len(ssh) == 2 and all("--node=all" in c and "--worker=all" in c for c in ssh)
+  assert any(c[3:5] == ["queued-resources", "scp"] and "--node=all" in c for c in cmds)
+  train = next(a for a in ssh[1] if a.startswith("--command="))
+  assert "--distributed=on" in train
+  with pytest.raises(ValueError, match="--num_slices=0"):
+    tpu.plan(tpu.TpuJob(name="x", zone="z", accelerator_type="v5e-16", config="configs/433m.py",
+                        workdir="gs://b/r", num_slices=0))

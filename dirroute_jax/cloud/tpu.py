@@ -93,6 +93,7 @@ class TpuJob:
   source: str = REPO
   train_args: tuple[str, ...] = ()
   stage_data: str | None = None  # gs:// folder synced to REMOTE_DATA on every worker
+  num_slices: int = 1  # >1: a multi-slice queued resource (slices joined over the DCN)
   python: str = "python3.11"
   pip_packages: tuple[str, ...] = ("jax[tpu]", "gcsfs")  # gcsfs: Orbax/epath on gs://
 
@@ -109,6 +110,8 @@ def check_job(job: TpuJob) -> None:
   """Fails before anything is rented: the launcher's flags, and launch/train.py's after `--`
   (parsed with its own flag definitions, the config loaded and validated)."""
   job.slice  # pylint: disable=pointless-statement  # validates the accelerator type
+  if job.num_slices < 1:
+    raise ValueError(f"--num_slices={job.num_slices}: give 1 (one slice) or more.")
   if not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", job.name):
     raise ValueError(f"--name={job.name!r}: lower-case letters, digits and '-', starting with "
                      "a letter (a GCE resource name).")
@@ -127,7 +130,11 @@ def _gcloud(job: TpuJob, *args: str) -> list[str]:
 
 def create_command(job: TpuJob) -> list[str]:
   s = job.slice
-  cmd = _gcloud(job, "queued-resources", "create", job.name, f"--node-id={job.name}")
+  if job.num_slices > 1:  # nodes NAME-0, NAME-1, ...; the runtime sets the slices' DCN env
+    nodes = [f"--node-count={job.num_slices}", f"--node-prefix={job.name}"]
+  else:
+    nodes = [f"--node-id={job.name}"]
+  cmd = _gcloud(job, "queued-resources", "create", job.name, *nodes)
   cmd += [f"--accelerator-type={s.accelerator_type}",
           f"--runtime-version={job.runtime_version or s.runtime_version}"]
   return cmd + (["--spot"] if job.spot else [])
@@ -143,6 +150,9 @@ def delete_command(job: TpuJob) -> list[str]:
 
 
 def ssh_command(job: TpuJob, remote: str) -> list[str]:
+  if job.num_slices > 1:  # every worker of every slice at once
+    return _gcloud(job, "queued-resources", "ssh", job.name, "--node=all", "--worker=all",
+                   f"--command={remote}")
   return _gcloud(job, "tpu-vm", "ssh", job.name, "--worker=all", f"--command={remote}")
 
 
@@ -152,8 +162,12 @@ def copy_commands(job: TpuJob) -> list[list[str]]:
     return []
   tar = ["tar", "-czf", job.tarball, "--exclude=./.venv", "--exclude=./.git",
          "--exclude=./workdirs", "--exclude=__pycache__", "-C", job.source, "."]
-  scp = _gcloud(job, "tpu-vm", "scp", job.tarball, f"{job.name}:{REMOTE_DIR}.tgz",
-                "--worker=all")
+  if job.num_slices > 1:
+    scp = _gcloud(job, "queued-resources", "scp", job.tarball,
+                  f"{job.name}:{REMOTE_DIR}.tgz", "--node=all", "--worker=all")
+  else:
+    scp = _gcloud(job, "tpu-vm", "scp", job.tarball, f"{job.name}:{REMOTE_DIR}.tgz",
+                  "--worker=all")
   return [tar, scp]
 
 
@@ -186,8 +200,10 @@ def setup_script(job: TpuJob) -> str:
 def train_script(job: TpuJob) -> str:
   """Runs on every worker at once; worker 0 prints the progress, all append to REMOTE_LOG."""
   args = [f"--config={job.config}", f"--workdir={job.workdir}"]
-  if job.slice.hosts > 1:
-    args.append("--distributed=on")  # JAX reads the worker list from the TPU metadata
+  if job.slice.hosts > 1 or job.num_slices > 1:
+    # JAX reads the worker list (and, across slices, the DCN coordinator the multi-slice
+    # runtime sets) from the TPU metadata; the mesh's dcn_data axis spans the slices.
+    args.append("--distributed=on")
   args += list(job.train_args)
   train = " ".join(shlex.quote(a) for a in ["launch/train.py", *args])
   return (f"set -o pipefail; cd {REMOTE_DIR} && {REMOTE_VENV}/bin/python {train} 2>&1 "
