@@ -116,7 +116,7 @@ class Attention(nn.Module):
   router_activation: str = "gelu"
   router_temperature: float = 5.0
   pooling: str = "causal_mean"
-  attention_impl: str = "auto"  # "auto" | "xla" | "cudnn": see model/kernels.py
+  attention_impl: str = "auto"  # "auto" | "xla" | "cudnn" | "splash": see model/kernels.py
   attention: str = "dot"  # "dot": softmax(q.k); "sd": softmax(h_t^T (S - D) h_s)
   linear: bool = False  # ELU+1 linear attention instead of softmax (a post-hoc analysis)
   decode: bool = False  # incremental decoding with a "cache" collection (model/sampling.py)
@@ -207,7 +207,7 @@ class Attention(nn.Module):
           q_BxTxHxDh, k_BxTxHxDh, v_BxTxHxDh)
       self._sow(capture, "pattern", pattern_BxHxTxT)
     else:
-      # No pattern needed: a fused kernel may skip materialising it (cuDNN flash attention).
+      # No pattern needed: a fused kernel may skip materialising it (cuDNN, splash).
       impl = kernels.kernel_in_trace(self.attention_impl, self.dtype, Dh)
       z_BxTxHxDh = kernels.causal_attention(q_BxTxHxDh, k_BxTxHxDh, v_BxTxHxDh, impl)
     self._sow(capture, "z", z_BxTxHxDh)
