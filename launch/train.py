@@ -14,7 +14,13 @@ SIGTERM saves at the next step. Exit statuses: dirroute_jax/exit_codes.py (SIGTE
 PREEMPTED: rerun to resume; 2 bad flags/config, 3 diverged, 4 I/O, 5 workdir busy).
 """
 
-import os
+# Before anything slow: a SIGTERM or Ctrl-C during imports and start-up is recorded, and
+# acted on once training's own handler is in place (dirroute_jax/train/signals.py).
+from dirroute_jax.train import signals  # pylint: disable=g-bad-import-order
+
+signals.install_early()
+
+import os  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from absl import app, flags
 import jax

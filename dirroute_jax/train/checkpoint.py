@@ -103,15 +103,21 @@ class Checkpointer:
         read_only=read_only,
         create=not read_only,
     )
-    # Explicit handlers let a fresh process read metadata before any save.
-    handlers = {
-        STATE: ocp.StandardCheckpointHandler(),
-        DATA: grain.checkpoint.CheckpointHandler(),
-        CONFIG: ocp.JsonCheckpointHandler(),
-        CHECKSUM: ocp.JsonCheckpointHandler(),
-    }
+    # Explicit handlers let a fresh process read metadata before any save. A handler
+    # registry, not `item_handlers=` (deprecated since orbax 0.11): one entry per item and
+    # direction, the same handler for both.
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    for item, handler, save_args, restore_args in (
+        (STATE, ocp.StandardCheckpointHandler(), ocp.args.StandardSave,
+         ocp.args.StandardRestore),
+        (DATA, grain.checkpoint.CheckpointHandler(), grain.checkpoint.CheckpointSave,
+         grain.checkpoint.CheckpointRestore),
+        (CONFIG, ocp.JsonCheckpointHandler(), ocp.args.JsonSave, ocp.args.JsonRestore),
+        (CHECKSUM, ocp.JsonCheckpointHandler(), ocp.args.JsonSave, ocp.args.JsonRestore)):
+      registry.add(item, save_args, handler)
+      registry.add(item, restore_args, handler)
     self._mngr = ocp.CheckpointManager(
-        self.directory, options=options, item_handlers=handlers)
+        self.directory, options=options, handler_registry=registry)
 
   # --- saving -----------------------------------------------------------------
 

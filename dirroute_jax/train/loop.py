@@ -28,6 +28,7 @@ from dirroute_jax.data.pipeline import make_data
 from dirroute_jax import exit_codes, workdir as workdir_lib
 from dirroute_jax.model import attention
 from dirroute_jax.train import checkpoint, flops, lock, sharding, step as step_lib
+from dirroute_jax.train import signals as stop_signals
 from dirroute_jax.train.evaluate import PREFIX, evaluate, to_global
 from dirroute_jax.train.metrics import MetricsWriter
 from dirroute_jax.train.samples import config_hparams, write_eval_samples
@@ -58,8 +59,10 @@ class RunSummary:
 
 
 class _StopFlag:
-  """Ctrl-C or SIGTERM ends the current step, saves and exits; a second signal aborts at once
-  with one line (no traceback through JAX and Orbax's threads)."""
+  """Ctrl-C or SIGTERM ends the current step, saves and exits; a second Ctrl-C aborts at once
+  with one line (no traceback through JAX and Orbax's threads). A repeated SIGTERM is not a
+  second Ctrl-C: schedulers send it more than once (SLURM signals the job step and srun
+  forwards it), and aborting then would lose the save the first one asked for."""
 
   def __init__(self, on_abort=lambda: None):
     self.stop = False
@@ -70,6 +73,11 @@ class _StopFlag:
   def __enter__(self):
     def handler(signum, frame):
       del frame
+      if self.stop and signum == signal.SIGTERM:
+        if self.signum != signal.SIGTERM:  # Ctrl-C, then the scheduler: rerun when it can
+          self.signum = signal.SIGTERM
+        print("\nSIGTERM again: still finishing this step and saving.", flush=True)
+        return
       if self.stop:
         print(f"\n{signal.Signals(signum).name} again: aborted without saving; the last "
               "complete checkpoint is intact.", flush=True)
@@ -84,6 +92,9 @@ class _StopFlag:
         self._previous[sig] = signal.signal(sig, handler)
       except ValueError:  # not the main thread: no handler, signals behave as usual
         pass
+    if self._previous:  # signals that came before this handler existed (train/signals.py)
+      for signum in stop_signals.take_pending():
+        handler(signum, None)
     return self
 
   def __exit__(self, *exc):
@@ -222,6 +233,12 @@ def train(cfg, workdir: str, *, log=print, allow_config_change: bool = False) ->
 def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
   t_start = time.time()
   is_main = jax.process_index() == 0
+  early = _max_over_processes(stop.level)
+  if early:  # a signal during start-up: nothing trained, nothing to save, the workdir as it was
+    say(f"{'SIGTERM' if early == 2 else 'Ctrl-C'} before training began: stopping; the "
+        f"workdir is unchanged. Rerun the same command to start or resume.")
+    return RunSummary(last_step=0, interrupted=True, eval_metrics={}, workdir=workdir,
+                      preempted=early == 2)
   if cfg.model.pooling == "sequence_mean" and "routed" in cfg.models:
     say("WARNING: pooling=sequence_mean is the paper's router and is NOT causal: every "
         "position's routing sees the whole sequence, future tokens included. Its perplexity "
