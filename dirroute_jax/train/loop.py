@@ -247,7 +247,8 @@ def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
   mesh = sharding.make_mesh(cfg.mesh)
   data = make_data(cfg, process_index=jax.process_index(), process_count=jax.process_count())
   ckpt = checkpoint.Checkpointer(workdir, keep=cfg.checkpoint.keep,
-                                 permanent_every=cfg.checkpoint.permanent_every)
+                                 permanent_every=cfg.checkpoint.permanent_every,
+                                 step_leaf="step")
   fingerprint = {"corpus": data.stats.get("corpus_fingerprint"),
                  "tokenizer": data.tokenizer.fingerprint}
   latest = ckpt.latest_step()
@@ -268,7 +269,8 @@ def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
   with jax.set_mesh(mesh):
     if latest is not None:
       state, start = ckpt.restore(trainer.abstract_state(), data_iter=data_iter,
-                                  data_fallback=lambda s: data.seek(data_iter, s))
+                                  data_fallback=lambda s: data.seek(data_iter, s),
+                                  data_verify=lambda s: _data_position_error(data_iter, s))
       say(f"Resumed from step {start} in {workdir}")
     else:
       state, start = trainer.init_state(jax.random.key(cfg.seed)), 0
@@ -382,6 +384,17 @@ def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
   say(f"Elapsed {_fmt_time(time.time() - t_start)}")
   return RunSummary(last_step=done, interrupted=interrupted, eval_metrics=eval_metrics,
                     workdir=workdir, preempted=interrupted and preempted)
+
+
+def _data_position_error(data_iter, step: int) -> str | None:
+  """Batches are a pure function of the step (data/pipeline.py: Data.seek), so the restored
+  iterator of step N must stand at index N; why not, or None. An iterator whose state has no
+  index (grain's multi-worker prefetch) cannot be checked."""
+  position = data_iter.get_state()
+  index = position.get("next_index") if isinstance(position, dict) else None
+  if index is None or int(index) == int(step):
+    return None
+  return f"its next_index is {index}, the step's batches start at {step}"
 
 
 def _save(ckpt, step, state, data_iter, cfg, workdir, trusted_before, force=False):
