@@ -250,3 +250,128 @@ def test_unreadable_lease_is_replaced(tmp_path, capsys):
   with lock.WorkdirLock(tmp_path, settle_secs=0):
     assert json.loads((tmp_path / workdir_lib.WRITER_LOCK).read_text())["pid"] == os.getpid()
   assert "unreadable lease" in capsys.readouterr().out
+
+
+# --- a restarted run recognises its own lease (issue 22) --------------------------------------
+
+def test_a_restarted_process_with_the_same_pid_takes_over_its_old_lease(tmp_path, capsys):
+  # A container's trainer is pid 1 every time: after kill -9 and a restart the pid is alive
+  # again, but it is another process (another start time).
+  me = lock._identity()
+  if me["proc_start"] is None:
+    pytest.skip("needs /proc")
+  _stale(tmp_path, **{**me, "proc_start": str(int(me["proc_start"]) - 100)})
+  with lock.WorkdirLock(tmp_path, settle_secs=0):
+    assert json.loads((tmp_path / workdir_lib.WRITER_LOCK).read_text())["id"] != "other"
+  assert "now another process" in capsys.readouterr().out
+
+
+def test_the_live_holder_itself_is_still_busy(tmp_path):
+  _stale(tmp_path, **lock._identity())
+  with pytest.raises(lock.WorkdirBusyError, match=f"pid {os.getpid()} on host"):
+    lock.WorkdirLock(tmp_path, settle_secs=0).acquire()
+
+
+def test_a_lease_from_before_a_reboot_is_stale(tmp_path):
+  _stale(tmp_path, **{**lock._identity(), "boot_id": "another-boot"})
+  with lock.WorkdirLock(tmp_path, settle_secs=0):
+    pass
+
+
+def _other_namespace_lease(tmp_path, heartbeat):
+  _stale(tmp_path, pid=1, pid_ns="4026531999", heartbeat_secs=0.2, heartbeat=heartbeat,
+         boot_id=lock._identity()["boot_id"])
+
+
+def test_a_dead_lease_of_another_container_on_this_host_is_taken_over(tmp_path):
+  # pid 1 of a previous container: not checkable from here; its heartbeat stopped.
+  _other_namespace_lease(tmp_path, time.time())
+  t0 = time.time()
+  with lock.WorkdirLock(tmp_path, settle_secs=0):
+    pass
+  assert time.time() - t0 < 5
+
+
+def test_a_live_lease_of_another_container_on_this_host_is_busy(tmp_path):
+  import threading
+  stop = threading.Event()
+
+  def beat():
+    while not stop.wait(0.05):
+      _other_namespace_lease(tmp_path, time.time())
+
+  _other_namespace_lease(tmp_path, time.time())
+  thread = threading.Thread(target=beat)
+  thread.start()
+  try:
+    with pytest.raises(lock.WorkdirBusyError, match="pid 1 on host"):
+      lock.WorkdirLock(tmp_path, settle_secs=0).acquire()
+  finally:
+    stop.set()
+    thread.join()
+
+
+# --- signals (issue 22) -----------------------------------------------------------------------
+
+_SIGNALS = """
+import os, signal, sys, time
+from dirroute_jax.train import signals
+signals.install_early()
+if sys.argv[1] == "early":
+  os.kill(os.getpid(), signal.SIGTERM)  # before the loop's handler exists
+from dirroute_jax.train.loop import _StopFlag
+with _StopFlag() as stop:
+  if sys.argv[1] == "twice":
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.2)
+  print("LEVEL", stop.level, flush=True)
+"""
+
+
+@pytest.mark.parametrize("when", ["twice", "early"])
+def test_sigterm_twice_or_before_the_handler_still_saves_and_preempts(when):
+  proc = subprocess.run([sys.executable, "-c", _SIGNALS, when], capture_output=True, text=True,
+                        env=ENV, timeout=120)
+  assert proc.returncode == 0 and "LEVEL 2" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+  assert "aborted" not in proc.stdout
+
+
+# --- output nobody reads (issue 22) -----------------------------------------------------------
+
+def test_a_closed_stdout_does_not_end_the_process():
+  script = ("import sys\nfrom dirroute_jax import cli\ncli.tolerate_closed_output()\n"
+            "for i in range(20000):\n  print('progress line', i, flush=True)\n"
+            "open(sys.argv[1], 'w').write('done')\n")
+  r, w = os.pipe()
+  os.close(r)  # `| head` that has exited
+  marker = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"closed_stdout_{os.getpid()}")
+  proc = subprocess.run([sys.executable, "-c", script, marker], stdout=w, stderr=subprocess.PIPE,
+                        text=True, env=ENV, timeout=120)
+  os.close(w)
+  assert proc.returncode == 0, proc.stderr
+  assert open(marker).read() == "done" and "Traceback" not in proc.stderr
+  os.unlink(marker)
+
+
+# --- config files that raise (issue 22) -------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("body, says", [
+    ("import no_such_module_here\n", "ModuleNotFoundError"),
+    ("def get_config():\n  return undefined_name\n", "NameError"),
+    ("def get_config():\n  return 1 / 0\n", "ZeroDivisionError"),
+    ("raise RuntimeError('broken')\n", "RuntimeError: broken"),
+])
+def test_a_config_file_that_raises_is_one_line(tmp_path, body, says):
+  bad = tmp_path / "raises.py"
+  bad.write_text(body)
+  proc = _launch("train", f"--config={bad}", f"--workdir={tmp_path}/w")
+  assert proc.returncode == exit_codes.USAGE, proc.stderr
+  assert says in proc.stderr and str(bad) in proc.stderr, proc.stderr
+  assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+  proc = _launch("tpu", "--name=x", "--zone=z", "--accelerator_type=v4-8",
+                 "--workdir=gs://b/w", f"--config={bad}", "--dry_run")
+  assert proc.returncode == exit_codes.USAGE and says in proc.stderr, proc.stderr
+  assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
