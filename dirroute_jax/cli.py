@@ -47,18 +47,24 @@ def _train_exit_codes() -> tuple[tuple[type[BaseException], int], ...]:
 
 
 @contextlib.contextmanager
-def exit_on_train_error():
-  """`with exit_on_train_error(): train(...)`: a failure with a known cause (busy workdir,
-  divergence, a checkpoint or disk error, a bad config or data) becomes `error: <message>` on
-  stderr and its exit status from dirroute_jax/exit_codes.py; anything else stays a traceback
-  (status CRASH: a bug)."""
+def exit_on_train_error(workdir: str | None = None):
+  """`with exit_on_train_error(workdir): train(...)`: a failure with a known cause (busy
+  workdir, divergence, a checkpoint or disk error, a bad config or data) becomes
+  `error: <message>` on stderr and its exit status from dirroute_jax/exit_codes.py; anything
+  else stays a traceback (status CRASH: a bug). An OS error that names no file (a full disk
+  while writing metrics) names `workdir`."""
   table = _train_exit_codes()
   try:
     yield
   except tuple(cls for cls, _ in table) as e:
     code = next(code for cls, code in table if isinstance(e, cls))
-    message = (f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.filename
-               else str(e))
+    if isinstance(e, OSError) and e.filename:
+      message = f"{e.strerror}: {e.filename}"
+    elif isinstance(e, OSError) and e.errno is not None and workdir:
+      message = (f"{e.strerror or e} while writing under --workdir={workdir}; free space or fix "
+                 "the directory, then rerun to resume from the last complete checkpoint")
+    else:
+      message = str(e)
     fail(message, code)
 
 

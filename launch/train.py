@@ -57,7 +57,7 @@ def main(argv):
   if _COMPILE_CACHE.value:
     jax.config.update("jax_compilation_cache_dir", _COMPILE_CACHE.value)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-  with exit_on_train_error():
+  with exit_on_train_error(_FLAGS.workdir.value):
     summary = train(_FLAGS.config.value, _FLAGS.workdir.value,
                     allow_config_change=_FLAGS.allow_config_change.value)
   exit_if_stopped(summary)

@@ -375,3 +375,42 @@ def test_a_config_file_that_raises_is_one_line(tmp_path, body, says):
                  "--workdir=gs://b/w", f"--config={bad}", "--dry_run")
   assert proc.returncode == exit_codes.USAGE and says in proc.stderr, proc.stderr
   assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+# --- damaged files of a workdir are named (issue 22) ------------------------------------------
+
+def test_a_latin1_txt_file_is_an_error_naming_file_and_line(tmp_path):
+  path = tmp_path / "book.txt"
+  path.write_bytes("first line\nna\xefve caf\xe9\n".encode("latin-1"))
+  corpus = sources.files_corpus(str(path), "text", 0.0)
+  with pytest.raises(ValueError, match=f"{path}:2 is not valid UTF-8"):
+    list(corpus.iter_docs())
+
+
+def test_a_damaged_tokenizer_json_is_named(tmp_path, tiny_cfg):
+  (tmp_path / workdir_lib.TOKENIZER).write_bytes(b"\x00garbage")
+  tiny_cfg.data.tokenizer = "bpe"
+  with pytest.raises(ValueError, match=f"{tmp_path / workdir_lib.TOKENIZER} is damaged"):
+    tokenizers.load_from_workdir(tiny_cfg, str(tmp_path))
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00junk", b"not json", b"[1, 2]"])
+def test_a_damaged_data_fingerprint_is_named_not_raised(tmp_path, content):
+  (tmp_path / workdir_lib.DATA_FINGERPRINT).write_bytes(content)
+  record, why = workdir_lib.read_data_fingerprint(tmp_path)
+  assert record is None and f"{tmp_path / workdir_lib.DATA_FINGERPRINT} is damaged" in why
+
+
+@pytest.mark.slow
+def test_sample_and_interpret_give_one_line_for_unreadable_checkpoints(tmp_path, tiny_cfg):
+  import jax.numpy as jnp
+
+  with checkpoint.Checkpointer(tmp_path, async_save=False) as ckpt:
+    ckpt.save(1, {"step": jnp.int32(1), "w": jnp.ones(3)}, config=tiny_cfg)
+  (tmp_path / workdir_lib.CHECKPOINTS / "1" / "state" / "_METADATA").write_text("")
+  for launcher, extra in (("sample", "--prompt=a"), ("interpret", f"--out={tmp_path}/r")):
+    proc = _launch(launcher, f"--workdir={tmp_path}", extra)
+    assert proc.returncode == exit_codes.USAGE, proc.stderr
+    assert "Traceback" not in proc.stderr and "no usable checkpoint" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: "), proc.stderr
+    assert "moved to" not in proc.stdout + proc.stderr

@@ -186,7 +186,7 @@ def test_unwritable_workdir_and_mismatched_checkpoint(tmp_path, cache):
   blocker = tmp_path / "file"
   blocker.write_text("")
   proc = _run(blocker / "workdir", cache, "--config.steps=2", check=False)
-  assert proc.returncode == exit_codes.USAGE and "cannot write" in proc.stderr
+  assert proc.returncode == exit_codes.IO_ERROR and "cannot write" in proc.stderr
   wd = tmp_path / "shapes"
   _run(wd, cache, "--config.steps=2", "--config.checkpoint_every=2")
   proc = _run(wd, cache, "--config.steps=4", "--config.model.d_model=32", check=False)

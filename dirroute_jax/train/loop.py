@@ -107,12 +107,16 @@ class _StopFlag:
     return 0 if not self.stop else (2 if self.signum == signal.SIGTERM else 1)
 
 
+class WorkdirError(OSError):
+  """The workdir cannot be written: exit_codes.IO_ERROR, like any other workdir I/O failure."""
+
+
 def _check_workdir(workdir: str) -> None:
   try:
     workdir_lib.check_writable(workdir)
   except OSError as e:
-    raise ConfigError(f"cannot write to --workdir={workdir!r} ({e.strerror or e}); choose a "
-                      "directory you can write to.") from e
+    raise WorkdirError(f"cannot write to --workdir={workdir!r} ({e.strerror or e}); choose a "
+                       "directory you can write to.") from e
 
 
 def _fmt_time(seconds: float) -> str:
@@ -157,12 +161,11 @@ def _check_resume(cfg, ckpt, latest: int, fingerprint: dict, workdir: str,
         "be checked against it.")
     return
   meaning, allowed = config_changes(saved, checkpoint.config_to_json(cfg))
-  saved_fp_path = workdir_lib.data_fingerprint(workdir)
-  if saved_fp_path.exists():
-    try:
-      saved_fp = json.loads(saved_fp_path.read_text())
-    except json.JSONDecodeError:
-      saved_fp = {}
+  saved_fp, damaged = workdir_lib.read_data_fingerprint(workdir)
+  if damaged:
+    say(f"WARNING: {damaged}; the data cannot be compared with the checkpoint's (the config "
+        "still is). It is rewritten now.")
+  if saved_fp is not None:
     for key in ("corpus", "tokenizer"):
       if key in saved_fp and saved_fp[key] != fingerprint[key]:
         meaning.append(f"{key} fingerprint: {saved_fp[key]} -> {fingerprint[key]} (the "
