@@ -414,3 +414,15 @@ def test_sample_and_interpret_give_one_line_for_unreadable_checkpoints(tmp_path,
     assert "Traceback" not in proc.stderr and "no usable checkpoint" in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: "), proc.stderr
     assert "moved to" not in proc.stdout + proc.stderr
+
+
+def test_an_os_error_without_a_file_names_the_workdir(capsys):
+  import errno
+
+  from dirroute_jax import cli
+  with pytest.raises(SystemExit) as e:
+    with cli.exit_on_train_error("/runs/full"):
+      raise OSError(errno.ENOSPC, "No space left on device")
+  assert e.value.code == exit_codes.IO_ERROR
+  err = capsys.readouterr().err
+  assert "No space left on device while writing under --workdir=/runs/full" in err

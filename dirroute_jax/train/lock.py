@@ -146,16 +146,20 @@ class WorkdirLock:
     """Waits a little over one heartbeat interval of `holder`; a live one refreshes its
     lease in that time. The reason it is dead, or None."""
     every = float(holder.get("heartbeat_secs", self.heartbeat_secs))
-    wait = every * 1.5 + 1.0
-    print(f"{self.path} is held by pid {holder.get('pid')} of another container on this host "
-          f"(pid namespace {holder.get('pid_ns')}); waiting {wait:.0f} s for its heartbeat.",
-          flush=True)
-    time.sleep(wait)
+    window = every * 1.5 + 1.0
+    # Time already passed since its last beat counts: a restart a minute later waits not at all.
+    wait = max(0.0, window - (_now() - float(holder.get("heartbeat", 0))))
+    if wait:
+      print(f"{self.path} is held by pid {holder.get('pid')} of another container on this "
+            f"host (pid namespace {holder.get('pid_ns')}); waiting {wait:.0f} s for its "
+            "heartbeat.", flush=True)
+      time.sleep(wait)
     now = self.read()
     if now is None or now.get("id") != holder.get("id"):
       return "it was released meanwhile"
     if float(now.get("heartbeat", 0)) == float(holder.get("heartbeat", 0)):
-      return f"its heartbeat did not advance in {wait:.0f} s"
+      return (f"it runs in another pid namespace (a previous container) and its heartbeat "
+              f"did not advance in {window:.0f} s")
     return None
 
   @staticmethod
