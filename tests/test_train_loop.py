@@ -367,3 +367,42 @@ def test_sigterm_during_start_up_exits_preempted(tmp_path, cache):
   proc.send_signal(signal.SIGTERM)
   out = proc.communicate(timeout=300)[0]
   assert proc.returncode == exit_codes.PREEMPTED, out
+
+
+def _unshare_works():
+  import shutil
+  if not shutil.which("unshare"):
+    return False
+  return subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
+                        capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _unshare_works(), reason="needs unshare --pid (root or user namespaces)")
+def test_a_restarted_container_takes_back_its_own_workdir(tmp_path, cache):
+  """The trainer as pid 1 of its own pid namespace (a container), killed with SIGKILL, then
+  started again the same way at once: it must not be refused as 'in use by pid 1'."""
+  wd = tmp_path / "container"
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  cmd = ["unshare", "--pid", "--fork", "--mount-proc",
+         *_cmd(wd, cache, "--config.steps=100000", "--config.log_every=1", *SHORT[:1],
+               "--config.eval_every=0")]
+  first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env=env)
+  for line in first.stdout:
+    if line.startswith("step "):
+      break
+  holder = json.loads((wd / workdir_lib.WRITER_LOCK).read_text())
+  assert holder["pid"] == 1
+  children = open(f"/proc/{first.pid}/task/{first.pid}/children").read().split()
+  os.kill(int(children[0]), signal.SIGKILL)  # pid 1 of the namespace: the whole container
+  first.wait(timeout=60)
+  second = subprocess.run(
+      ["unshare", "--pid", "--fork", "--mount-proc", *_cmd(wd, cache, "--config.steps=12",
+                                                           *SHORT)],
+      capture_output=True, text=True, env=env, timeout=600)
+  assert second.returncode == exit_codes.DONE, second.stdout + second.stderr
+  # The namespace's inode may be reused (then: pid 1 is another process, by its start time),
+  # or not (then: another pid namespace whose heartbeat stopped).
+  assert "taking over" in second.stdout, second.stdout
+  assert ("now another process" in second.stdout or "another pid namespace" in second.stdout)
