@@ -195,6 +195,13 @@ def _unraisable(hook):
   def quiet(info):
     if isinstance(info.exc_value, RuntimeError) and str(info.exc_value) == "Event loop is closed":
       return
+    # After a failed read (a truncated or zeroed array file) orbax's pending read coroutines
+    # are collected unfinished, each with a traceback (148 for the tiny model); the failure
+    # itself is reported once, by the restore that falls back.
+    code = getattr(info.object, "cr_code", None)
+    if code is not None and any(f"{os.sep}{lib}{os.sep}" in code.co_filename
+                                for lib in ("orbax", "tensorstore", "asyncio")):
+      return
     hook(info)
 
   return quiet

@@ -426,3 +426,45 @@ def test_an_os_error_without_a_file_names_the_workdir(capsys):
   assert e.value.code == exit_codes.IO_ERROR
   err = capsys.readouterr().err
   assert "No space left on device while writing under --workdir=/runs/full" in err
+
+
+def test_unfinished_orbax_coroutines_are_not_reported_one_by_one():
+  import types
+
+  from dirroute_jax import cli
+  seen = []
+  hook = cli._unraisable(seen.append)
+  namespace = {}
+  exec(compile("async def read():\n  pass\n", os.path.join(os.sep, "site-packages", "orbax",
+                                                          "checkpoint", "read.py"), "exec"),
+       namespace)
+  coro = namespace["read"]()
+  hook(types.SimpleNamespace(exc_value=RuntimeError("coroutine ignored GeneratorExit"),
+                             object=coro))
+  coro.close()
+  ours = _ours()
+  hook(types.SimpleNamespace(exc_value=RuntimeError("ours"), object=ours))
+  ours.close()
+  assert [str(i.exc_value) for i in seen] == ["ours"]
+
+
+async def _ours_coroutine():
+  pass
+
+
+def _ours():
+  return _ours_coroutine()
+
+
+def test_another_runs_valid_tokenizer_is_warned_about(tmp_path, tiny_cfg, caplog):
+  import logging as std_logging
+
+  from dirroute_jax.analysis.load import Workdir
+  tok = tokenizers.BPETokenizer.train(["hello world " * 50, "routing directions"] * 5, 300)
+  tok.save(str(tmp_path / workdir_lib.TOKENIZER))
+  (tmp_path / workdir_lib.DATA_FINGERPRINT).write_text(json.dumps({"tokenizer": "bpe-2048-x"}))
+  tiny_cfg.data.tokenizer = "bpe"
+  run = Workdir(path=str(tmp_path), step=1, cfg=tiny_cfg, models={}, params={})
+  with caplog.at_level(std_logging.WARNING):
+    assert run.tokenizer.fingerprint == tok.fingerprint
+  assert any("not the one the run trained with" in r.getMessage() for r in caplog.records)
