@@ -12,10 +12,14 @@ One table so a launcher can decide what to do without parsing output: only PREEM
                       config differs from the checkpoint's
   3     DIVERGED      a loss or the state became non-finite                     no
   4     IO_ERROR      checkpoint or workdir unreadable/unwritable (disk full,   no
-                      every checkpoint corrupt, ...)
-  5     BUSY          another process is writing to the same workdir           no (wait)
-  75    PREEMPTED     SIGTERM: a checkpoint was saved at the next step, rerun   yes
-                      the same command to resume (75 = EX_TEMPFAIL)
+                      a read-only workdir, every checkpoint corrupt, ...)
+  5     BUSY          another process is writing to the same workdir; after a  no (wait)
+                      preemption or a dropped connection the launchers wait
+                      for that lease, then rerun
+  75    PREEMPTED     SIGTERM (once or more, also during start-up): a           yes
+                      checkpoint was saved at the next step (or nothing was
+                      trained yet), rerun the same command to resume
+                      (75 = EX_TEMPFAIL)
   130   ABORTED       a second Ctrl-C: stopped at once without saving           no
 
 launch/audit.py uses its own two: 1 = a model LEAKs, USAGE = it could not run.
