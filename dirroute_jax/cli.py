@@ -187,6 +187,15 @@ def tolerate_closed_output() -> None:
       setattr(sys, name, _ClosedOutputTolerant(stream))
 
 
+class _NoOrphanedReads(std_logging.Filter):
+  """asyncio logs "Task/Future exception was never retrieved" for each read orbax had in
+  flight when a restore failed (a damaged step, or one a trainer deleted under a reader): one
+  multi-line record per array. The failure itself is reported once, by the restore."""
+
+  def filter(self, record):
+    return "exception was never retrieved" not in record.getMessage()
+
+
 def _unraisable(hook):
   """After a failed write, tensorstore's pending callbacks post to orbax's already-closed event
   loop, each a traceback ("Event loop is closed", dozens); the failure itself is reported once.
@@ -239,6 +248,7 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
       a.startswith(("--verbosity", "-v")) for a in argv[1:]):
     logging.set_verbosity(logging.WARNING)
     logging.get_absl_handler().addFilter(_NoLibraryTracebacks())
+    std_logging.getLogger("asyncio").addFilter(_NoOrphanedReads())
     sys.unraisablehook = _unraisable(sys.unraisablehook)
   return rest
 

@@ -449,7 +449,12 @@ class Checkpointer:
           continue
         raise  # Older steps come from the same run; falling back won't help.
       except Exception as e:  # pylint: disable=broad-exception-caught
-        if not self._step_dir(s).exists():
+        # A reader that finds a newer step than the one that failed has a
+        # trainer beside it: the failed step is being deleted by its retention
+        # (orbax removes a step's items one by one), not damaged.
+        removed = not self._step_dir(s).exists() or (
+            self.read_only and any(n > s for n in self.all_steps()))
+        if removed:
           logging.info('Checkpoint %s was removed while being read (a running '
                        'trainer\'s retention); trying the newest one left.',
                        self._step_dir(s))
