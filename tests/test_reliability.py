@@ -319,6 +319,8 @@ from dirroute_jax.train import signals
 signals.install_early()
 if sys.argv[1] == "early":
   os.kill(os.getpid(), signal.SIGTERM)  # before the loop's handler exists
+if sys.argv[1] == "early_ctrl_c":
+  os.kill(os.getpid(), signal.SIGINT)  # was swallowed during start-up: trained to the end
 from dirroute_jax.train.loop import _StopFlag
 with _StopFlag() as stop:
   if sys.argv[1] == "twice":
@@ -330,11 +332,12 @@ with _StopFlag() as stop:
 """
 
 
-@pytest.mark.parametrize("when", ["twice", "early"])
-def test_sigterm_twice_or_before_the_handler_still_saves_and_preempts(when):
+@pytest.mark.parametrize("when, level", [("twice", 2), ("early", 2), ("early_ctrl_c", 1)])
+def test_sigterm_twice_or_before_the_handler_still_saves_and_preempts(when, level):
   proc = subprocess.run([sys.executable, "-c", _SIGNALS, when], capture_output=True, text=True,
                         env=ENV, timeout=120)
-  assert proc.returncode == 0 and "LEVEL 2" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+  assert proc.returncode == 0 and f"LEVEL {level}" in proc.stdout, (
+      proc.stdout + proc.stderr[-2000:])
   assert "aborted" not in proc.stdout
 
 
