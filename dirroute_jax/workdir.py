@@ -27,6 +27,7 @@ Nothing here imports the rest of the package, so the data, train and analysis la
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from etils import epath
@@ -67,6 +68,21 @@ def tensorboard(workdir: epath.PathLike) -> epath.Path:
 
 def data_fingerprint(workdir: epath.PathLike) -> epath.Path:
   return path(workdir, DATA_FINGERPRINT)
+
+
+def read_data_fingerprint(workdir: epath.PathLike) -> tuple[dict | None, str | None]:
+  """(the record in data_fingerprint.json, None); (None, None) if there is none; (None, why)
+  if it is damaged (not UTF-8, not JSON, not an object), the message naming the file."""
+  p = data_fingerprint(workdir)
+  if not p.exists():
+    return None, None
+  try:
+    record = json.loads(p.read_bytes().decode("utf-8"))
+    if not isinstance(record, dict):
+      raise ValueError(f"a JSON {type(record).__name__}, not an object")
+  except (UnicodeDecodeError, ValueError) as e:
+    return None, f"{p} is damaged ({type(e).__name__}: {str(e)[:120]})"
+  return record, None
 
 
 def tokenizer(workdir: epath.PathLike) -> epath.Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging as std_logging
 import os
 
@@ -41,16 +40,29 @@ class Workdir:
 
   @functools.cached_property
   def tokenizer(self) -> tokenizers.Tokenizer:
-    return tokenizers.load_from_workdir(self.cfg, self.path)
+    tok = tokenizers.load_from_workdir(self.cfg, self.path)
+    record, _ = workdir_lib.read_data_fingerprint(self.path)
+    trained_with = (record or {}).get("tokenizer")
+    if trained_with is not None and trained_with != tok.fingerprint:
+      # A valid tokenizer.json of another run decodes without error, into the wrong text.
+      logging.warning(
+          "The tokenizer of %s (%s) is not the one the run trained with (%s, recorded in %s); "
+          "token ids will be encoded and decoded wrongly. Restore the run's own %s.", self.path,
+          tok.fingerprint, trained_with, workdir_lib.data_fingerprint(self.path),
+          workdir_lib.tokenizer(self.path).name)
+    return tok
 
   @functools.cached_property
   def data(self) -> Data:
     """The run's data (held-out batches with domain labels), rebuilt from the corpus cache
     and tokenized with the run's own tokenizer."""
     data = make_data(self.cfg, tokenizer=self.tokenizer)
-    path = workdir_lib.data_fingerprint(self.path)
-    if path.exists():
-      trained_on = json.loads(path.read_text())["corpus"]
+    record, damaged = workdir_lib.read_data_fingerprint(self.path)
+    if damaged:
+      logging.warning("%s; the corpus cannot be compared with the one the run trained on.",
+                      damaged)
+    if record is not None and "corpus" in record:
+      trained_on = record["corpus"]
       if trained_on != data.stats.get("corpus_fingerprint"):
         logging.warning(
             "The corpus has changed since %s was trained (fingerprint %s, now %s: a "

@@ -28,7 +28,7 @@ from dirroute_jax.data.pipeline import make_data
 from dirroute_jax import exit_codes, workdir as workdir_lib
 from dirroute_jax.model import attention
 from dirroute_jax.train import checkpoint, flops, lock, plan as plan_lib, sharding, step as step_lib
-from dirroute_jax.train import profile as profile_lib
+from dirroute_jax.train import profile as profile_lib, signals as stop_signals
 from dirroute_jax.train.evaluate import PREFIX, evaluate, to_global
 from dirroute_jax.train.metrics import MetricsWriter
 from dirroute_jax.train.samples import config_hparams, write_eval_samples
@@ -59,8 +59,10 @@ class RunSummary:
 
 
 class _StopFlag:
-  """Ctrl-C or SIGTERM ends the current step, saves and exits; a second signal aborts at once
-  with one line (no traceback through JAX and Orbax's threads)."""
+  """Ctrl-C or SIGTERM ends the current step, saves and exits; a second Ctrl-C aborts at once
+  with one line (no traceback through JAX and Orbax's threads). A repeated SIGTERM is not a
+  second Ctrl-C: schedulers send it more than once (SLURM signals the job step and srun
+  forwards it), and aborting then would lose the save the first one asked for."""
 
   def __init__(self, on_abort=lambda: None):
     self.stop = False
@@ -71,6 +73,11 @@ class _StopFlag:
   def __enter__(self):
     def handler(signum, frame):
       del frame
+      if self.stop and signum == signal.SIGTERM:
+        if self.signum != signal.SIGTERM:  # Ctrl-C, then the scheduler: rerun when it can
+          self.signum = signal.SIGTERM
+        print("\nSIGTERM again: still finishing this step and saving.", flush=True)
+        return
       if self.stop:
         print(f"\n{signal.Signals(signum).name} again: aborted without saving; the last "
               "complete checkpoint is intact.", flush=True)
@@ -85,6 +92,9 @@ class _StopFlag:
         self._previous[sig] = signal.signal(sig, handler)
       except ValueError:  # not the main thread: no handler, signals behave as usual
         pass
+    if self._previous:  # signals that came before this handler existed (train/signals.py)
+      for signum in stop_signals.take_pending():
+        handler(signum, None)
     return self
 
   def __exit__(self, *exc):
@@ -97,12 +107,16 @@ class _StopFlag:
     return 0 if not self.stop else (2 if self.signum == signal.SIGTERM else 1)
 
 
+class WorkdirError(OSError):
+  """The workdir cannot be written: exit_codes.IO_ERROR, like any other workdir I/O failure."""
+
+
 def _check_workdir(workdir: str) -> None:
   try:
     workdir_lib.check_writable(workdir)
   except OSError as e:
-    raise ConfigError(f"cannot write to --workdir={workdir!r} ({e.strerror or e}); choose a "
-                      "directory you can write to.") from e
+    raise WorkdirError(f"cannot write to --workdir={workdir!r} ({e.strerror or e}); choose a "
+                       "directory you can write to.") from e
 
 
 def _fmt_time(seconds: float) -> str:
@@ -147,12 +161,11 @@ def _check_resume(cfg, ckpt, latest: int, fingerprint: dict, workdir: str,
         "be checked against it.")
     return
   meaning, allowed = config_changes(saved, checkpoint.config_to_json(cfg))
-  saved_fp_path = workdir_lib.data_fingerprint(workdir)
-  if saved_fp_path.exists():
-    try:
-      saved_fp = json.loads(saved_fp_path.read_text())
-    except json.JSONDecodeError:
-      saved_fp = {}
+  saved_fp, damaged = workdir_lib.read_data_fingerprint(workdir)
+  if damaged:
+    say(f"WARNING: {damaged}; the data cannot be compared with the checkpoint's (the config "
+        "still is). It is rewritten now.")
+  if saved_fp is not None:
     for key in ("corpus", "tokenizer"):
       if key in saved_fp and saved_fp[key] != fingerprint[key]:
         meaning.append(f"{key} fingerprint: {saved_fp[key]} -> {fingerprint[key]} (the "
@@ -223,6 +236,12 @@ def train(cfg, workdir: str, *, log=print, allow_config_change: bool = False) ->
 def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
   t_start = time.time()
   is_main = jax.process_index() == 0
+  early = _max_over_processes(stop.level)
+  if early:  # a signal during start-up: nothing trained, nothing to save, the workdir as it was
+    say(f"{'SIGTERM' if early == 2 else 'Ctrl-C'} before training began: stopping; the "
+        f"workdir is unchanged. Rerun the same command to start or resume.")
+    return RunSummary(last_step=0, interrupted=True, eval_metrics={}, workdir=workdir,
+                      preempted=early == 2)
   if cfg.model.pooling == "sequence_mean" and "routed" in cfg.models:
     say("WARNING: pooling=sequence_mean is the paper's router and is NOT causal: every "
         "position's routing sees the whole sequence, future tokens included. Its perplexity "
@@ -231,7 +250,8 @@ def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
   mesh = sharding.make_mesh(cfg.mesh)
   data = make_data(cfg, process_index=jax.process_index(), process_count=jax.process_count())
   ckpt = checkpoint.Checkpointer(workdir, keep=cfg.checkpoint.keep,
-                                 permanent_every=cfg.checkpoint.permanent_every)
+                                 permanent_every=cfg.checkpoint.permanent_every,
+                                 step_leaf="step")
   fingerprint = {"corpus": data.stats.get("corpus_fingerprint"),
                  "tokenizer": data.tokenizer.fingerprint}
   latest = ckpt.latest_step()
@@ -252,7 +272,8 @@ def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
   with jax.set_mesh(mesh):
     if latest is not None:
       state, start = ckpt.restore(trainer.abstract_state(), data_iter=data_iter,
-                                  data_fallback=lambda s: data.seek(data_iter, s))
+                                  data_fallback=lambda s: data.seek(data_iter, s),
+                                  data_verify=lambda s: _data_position_error(data_iter, s))
       say(f"Resumed from step {start} in {workdir}")
     else:
       state, start = trainer.init_state(jax.random.key(cfg.seed)), 0
@@ -381,6 +402,17 @@ def _compile_train_step(trainer, state, say):
   line, _ = plan_lib.memory_report(compiled, trainer.mesh.local_devices[0])
   say(line)
   return compiled
+
+
+def _data_position_error(data_iter, step: int) -> str | None:
+  """Batches are a pure function of the step (data/pipeline.py: Data.seek), so the restored
+  iterator of step N must stand at index N; why not, or None. An iterator whose state has no
+  index (grain's multi-worker prefetch) cannot be checked."""
+  position = data_iter.get_state()
+  index = position.get("next_index") if isinstance(position, dict) else None
+  if index is None or int(index) == int(step):
+    return None
+  return f"its next_index is {index}, the step's batches start at {step}"
 
 
 def _save(ckpt, step, state, data_iter, cfg, workdir, trusted_before, force=False):
