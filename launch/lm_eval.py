@@ -13,12 +13,18 @@ dirroute_jax/export/lm_eval_adapter.py). lm-eval's datasets download on first us
 
 import json
 import os
+import sys
 
-from absl import app, flags
+# Python puts this file's folder first on sys.path, where `import lm_eval` would find this
+# script (launch/lm_eval.py) instead of lm-evaluation-harness.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
-from dirroute_jax import exit_codes
-from dirroute_jax.analysis.load import LOAD_ERRORS, load_workdir
-from dirroute_jax.cli import fail, parse_flags
+from absl import app, flags  # noqa: E402  pylint: disable=g-import-not-at-top
+
+from dirroute_jax import exit_codes  # noqa: E402
+from dirroute_jax.analysis.load import LOAD_ERRORS, load_workdir  # noqa: E402
+from dirroute_jax.cli import fail, parse_flags  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A launch/train.py workdir.")
 _TASKS = flags.DEFINE_string("tasks", None, "lm-eval task names, comma-separated.")

@@ -39,7 +39,7 @@ try:
   from lm_eval.api.registry import register_model
   from lm_eval import utils as lm_utils
 except ImportError as e:  # one line, said where it is used (launch/lm_eval.py, tests)
-  raise ImportError("lm-evaluation-harness is not installed: pip install -e '.[eval]'") from e
+  raise ImportError(f"lm-evaluation-harness does not import ({e}): pip install -e '.[eval]'") from e
 
 from dirroute_jax.model import interventions as iv
 from dirroute_jax.model import sampling
