@@ -236,7 +236,7 @@ def test_launcher_exports_the_trained_baseline_equal_on_held_out_text(trained_wo
   tok = transformers.AutoTokenizer.from_pretrained(str(out))
   model = transformers.AutoModelForCausalLM.from_pretrained(str(out))
   batch = next(run.data.eval_batches(1))
-  window = np.asarray(batch["window"])[:2, :-1]
+  window = np.asarray(batch["inputs"])[:2]
   text = run.tokenizer.decode(window[0][window[0] != run.tokenizer.eos_id][:40])
   assert tok(text)["input_ids"] == run.tokenizer.encode(text)
   ours = np.asarray(forward(run.models["baseline"], run.params["baseline"], window)[0])
