@@ -168,7 +168,7 @@ def tokenizer_json(tokenizer: tok_lib.Tokenizer) -> str:
   elif isinstance(tokenizer, tok_lib.ByteTokenizer):
     # Each byte is one token (no merges); ByteLevel writes byte b as the character whose
     # vocab id is b, so id = byte value as in ByteTokenizer.
-    vocab = {char: b for char, b in tok_lib._BYTE_OF_CHAR.items()}  # pylint: disable=protected-access
+    vocab = dict(tok_lib._BYTE_OF_CHAR)  # pylint: disable=protected-access
     vocab[tok_lib.ENDOFTEXT] = tokenizer.eos_id
     tok = hf.Tokenizer(hf.models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)

@@ -165,7 +165,8 @@ class DirrouteLM(TemplateLM):
     return self.tokenizer.decode(tokens)
 
   # -- scoring --
-  def token_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+  def token_logprobs(self, sequences: Sequence[Sequence[int]]
+                     ) -> list[tuple[np.ndarray, np.ndarray]]:
     """For each token sequence s: (log p(s[t] | s[:t]) for t >= 1, greedy flags), float64.
     Sequences longer than max_length + 1 keep their last max_length + 1 tokens."""
     seqs = [list(s)[-(self.max_length + 1):] for s in sequences]
