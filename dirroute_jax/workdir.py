@@ -21,6 +21,8 @@ code (a `gs://` string must never reach `os.path`/`open`, which would make a loc
                                 (data/tokenizers.py)
     writer.lock                 the lease of the one process writing here (train/lock.py)
     profile/                    jax.profiler traces of config.profile_steps (train/loop.py)
+    params_only.json            only in a params-only copy (export/params_only.py): the dtype
+                                its params are stored in; analysis/load.py casts them back
 
 Nothing here imports the rest of the package, so the data, train and analysis layers all may.
 """
@@ -41,6 +43,7 @@ DATA_FINGERPRINT = "data_fingerprint.json"
 TOKENIZER = "tokenizer.json"
 WRITER_LOCK = "writer.lock"
 PROFILE = "profile"
+PARAMS_ONLY = "params_only.json"
 
 
 def is_remote(workdir: epath.PathLike) -> bool:
@@ -106,3 +109,7 @@ def check_writable(directory: epath.PathLike) -> None:
   probe = directory / f".write-probe-{uuid.uuid4().hex}"  # unique per process and host
   probe.write_text("ok")
   probe.unlink()
+
+
+def params_only(workdir: epath.PathLike) -> epath.Path:
+  return path(workdir, PARAMS_ONLY)

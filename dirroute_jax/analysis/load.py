@@ -12,6 +12,7 @@ from absl import logging
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from dirroute_jax import workdir as workdir_lib
@@ -98,12 +99,26 @@ def load_workdir(path: str, *, step: int | None = None) -> Workdir:
   cfg = config_from_json(checkpoint.restore_config(path, step=step))
   models = {name: build_model(mc) for name, mc in model_configs(cfg).items()}
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  # A params-only copy (export/params_only.py) may store bf16: restore as stored (the
+  # checksums are of those bits), then cast to the float32 the models hold.
+  stored = _params_only_dtype(path)
   abstract = {
-      name: jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+      name: jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, stored or s.dtype,
+                                                        sharding=device),
                          nn.meta.unbox(abstract_params(model)))
       for name, model in models.items()}
   params, step = checkpoint.restore_params(path, abstract, step=step)
+  if stored is not None:
+    params = jax.tree.map(lambda x: x.astype(jnp.float32), params)
   return Workdir(path=path, step=step, cfg=cfg, models=models, params=params)
+
+
+def _params_only_dtype(path: str):
+  """The dtype a params-only copy stores its params in; None for a training workdir."""
+  marker = workdir_lib.params_only(path)
+  if not marker.exists():
+    return None
+  return jnp.dtype(json.loads(marker.read_text())["dtype"])
 
 
 def as_workdir(run_or_path) -> Workdir:
