@@ -105,13 +105,15 @@ def _fake_device(platform="gpu", kind="NVIDIA H100 80GB HBM3", capability="9.0",
     (_fake_device(), "bfloat16", 12, "xla", "multiple of 8"),
     (_fake_device(kind="Tesla V100", capability="7.0"), "bfloat16", 64, "xla", "8.0"),
     (_fake_device(version="rocm 6.0"), "bfloat16", 64, "xla", "NVIDIA"),
-    (_fake_device("tpu", "TPU v5 lite", None, "tpu"), "bfloat16", 128, "xla", "tpu"),
+    (_fake_device("tpu", "TPU v5 lite", None, "tpu"), "bfloat16", 128, "splash", "TPU v5 lite"),
+    # A compile-only CUDA device (launch/plan.py --target) names no "cuda" version: its kind does.
+    (_fake_device(version="PJRT C API"), "bfloat16", 128, "cudnn", "H100"),
 ])
 def test_auto_picks_cudnn_only_where_it_runs(device, dtype, head_dim, impl, why):
   got, reason = resolve_attention_impl("auto", dtype, head_dim, device)
   assert got == impl and why in reason
   assert resolve_attention_impl("xla", dtype, head_dim, device)[0] == "xla"
-  if impl == "xla":
+  if impl != "cudnn":
     with pytest.raises(ConfigError, match="attention_impl='cudnn' cannot run here"):
       resolve_attention_impl("cudnn", dtype, head_dim, device)
 

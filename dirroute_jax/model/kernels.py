@@ -42,9 +42,12 @@ ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_heads",
 def _is_nvidia(device) -> bool:
   if device.platform != "gpu":
     return False
-  # A real CUDA client says "cuda ..."; a compile-only one says "PJRT C API": ask the chip.
+  # A real CUDA client says "cuda ...", a ROCm one "rocm ..."; a compile-only one says "PJRT C
+  # API": then ask the chip.
   version = str(getattr(device.client, "platform_version", "")).lower()
-  return "cuda" in version or device.device_kind.upper().startswith("NVIDIA")
+  if "cuda" in version or "rocm" in version:
+    return "cuda" in version
+  return device.device_kind.upper().startswith("NVIDIA")
 
 
 def resolve_attention_impl(requested: str, dtype, head_dim: int,
