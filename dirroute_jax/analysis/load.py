@@ -85,7 +85,7 @@ def load_workdir(path: str, *, step: int | None = None) -> Workdir:
     absl_logger.addFilter(_DropReadOnlyNotice())
   cfg = config_from_json(checkpoint.restore_config(path, step=step))
   models = {name: build_model(mc) for name, mc in model_configs(cfg).items()}
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  device = jax.sharding.make_single_device_sharding(jax.local_devices()[0])
   abstract = {
       name: jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
                          nn.meta.unbox(abstract_params(model)))
