@@ -77,7 +77,7 @@ def _on_cloud_tpu_vm(pci_devices: str = "/sys/bus/pci/devices") -> bool:
 
 def _cpu_collectives() -> None:
   """Cross-process collectives on CPU (the localhost test) need gloo: the default in the jax we
-  test (0.10), but older releases defaulted to none, which fails at the first all-reduce."""
+  test (0.10, 0.12), but older releases defaulted to none, which fails at the first all-reduce."""
   if jax.config.values.get("jax_cpu_collectives_implementation") in (None, "none"):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
 
