@@ -5,7 +5,8 @@
 # orbax-checkpoint and grain, then runs the quick suite and one short training run that is
 # killed with SIGKILL after a checkpoint, rerun, and compared bitwise with an uninterrupted run
 # (tests/test_train_loop.py::test_losses_fall_and_sigkill_resume_is_bitwise).
-# Python: $NEWEST_PYTHON, else pyenv's 3.12.1, else python3.12 on PATH.
+# Python: $NEWEST_PYTHON, else pyenv's 3.12.1, else python3.12 on PATH. The venv: $NEWEST_VENV,
+# else .venv-newest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py="${NEWEST_PYTHON:-$HOME/.pyenv/versions/3.12.1/bin/python3}"
@@ -17,8 +18,9 @@ if [[ -z "$py" ]] || ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 12)
        "install ~/.pyenv/versions/3.12.1 or python3.12 on PATH." >&2
   exit 1
 fi
-rm -rf .venv-newest
-"$py" -m venv .venv-newest && . .venv-newest/bin/activate && pip install -q -e '.[test]'
+venv="${NEWEST_VENV:-.venv-newest}"
+rm -rf "$venv"
+"$py" -m venv "$venv" && . "$venv/bin/activate" && pip install -q -e '.[test]'
 echo "# $(python --version): $(pip list 2>/dev/null | grep -iE '^(jax|jaxlib|flax|orbax-checkpoint|grain|optax|chex) ' | tr -s ' ' | paste -sd, -)"
 # The point of this stage: fail if pip fell back to the jax that .ci/run already tests.
 python -c 'import jax, sys; v = tuple(map(int, jax.__version__.split(".")[:2])); sys.exit(f"error: jax {jax.__version__} on the newest stack; expected >= 0.11" if v < (0, 11) else 0)'
