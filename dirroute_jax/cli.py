@@ -47,18 +47,24 @@ def _train_exit_codes() -> tuple[tuple[type[BaseException], int], ...]:
 
 
 @contextlib.contextmanager
-def exit_on_train_error():
-  """`with exit_on_train_error(): train(...)`: a failure with a known cause (busy workdir,
-  divergence, a checkpoint or disk error, a bad config or data) becomes `error: <message>` on
-  stderr and its exit status from dirroute_jax/exit_codes.py; anything else stays a traceback
-  (status CRASH: a bug)."""
+def exit_on_train_error(workdir: str | None = None):
+  """`with exit_on_train_error(workdir): train(...)`: a failure with a known cause (busy
+  workdir, divergence, a checkpoint or disk error, a bad config or data) becomes
+  `error: <message>` on stderr and its exit status from dirroute_jax/exit_codes.py; anything
+  else stays a traceback (status CRASH: a bug). An OS error that names no file (a full disk
+  while writing metrics) names `workdir`."""
   table = _train_exit_codes()
   try:
     yield
   except tuple(cls for cls, _ in table) as e:
     code = next(code for cls, code in table if isinstance(e, cls))
-    message = (f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.filename
-               else str(e))
+    if isinstance(e, OSError) and e.filename:
+      message = f"{e.strerror}: {e.filename}"
+    elif isinstance(e, OSError) and e.errno is not None and workdir:
+      message = (f"{e.strerror or e} while writing under --workdir={workdir}; free space or fix "
+                 "the directory, then rerun to resume from the last complete checkpoint")
+    else:
+      message = str(e)
     fail(message, code)
 
 
@@ -100,6 +106,30 @@ def config_file_error(path: str) -> str | None:
   return None
 
 
+def config_raised(e: BaseException, argv) -> str | None:
+  """One line for an exception raised by the code of the --config file in `argv` (a NameError,
+  an ImportError, 1/0 at import or in get_config()), naming file and line; None if `e` did
+  not come from that file."""
+  paths = [a[len("--config="):].split(":", 1)[0] for a in argv if a.startswith("--config=")]
+  if not paths or not isinstance(e, Exception):
+    return None
+  path = os.path.realpath(paths[-1])
+  line, seen = None, set()
+  while e is not None and line is None and id(e) not in seen:  # absl may wrap the error
+    seen.add(id(e))
+    tb = e.__traceback__
+    while tb is not None:  # the innermost frame in the file: where it raised
+      if os.path.realpath(tb.tb_frame.f_code.co_filename) == path:
+        line = tb.tb_lineno
+      tb = tb.tb_next
+    if line is None:
+      e = e.__cause__ or e.__context__
+  if line is None:
+    return None
+  return (f"--config file {paths[-1]}:{line} raised {type(e).__name__}: {_one_line(e)}; fix "
+          "the file (it is Python, run when the flags are parsed).")
+
+
 class _NoLibraryTracebacks(std_logging.Filter):
   """Orbax logs an error in its background threads with the whole traceback (a full disk:
   ~200 lines); the run then stops with one line of its own. Keep orbax's line, drop its
@@ -111,6 +141,61 @@ class _NoLibraryTracebacks(std_logging.Filter):
     return True
 
 
+class _ClosedOutputTolerant:
+  """sys.stdout / sys.stderr that survive their reader going away (`train.py | head`, an ssh
+  connection that dropped): a progress line nobody reads must not end a run that saves every
+  few minutes. On a broken pipe the stream's file descriptor is pointed at /dev/null (so
+  Python's own flush at exit finds nothing broken) and writing goes on there."""
+
+  def __init__(self, stream):
+    self._stream = stream
+    self.closed_pipe = False
+
+  def _drop(self):
+    self.closed_pipe = True
+    with contextlib.suppress(OSError, ValueError):
+      devnull = os.open(os.devnull, os.O_WRONLY)
+      os.dup2(devnull, self._stream.fileno())
+      os.close(devnull)
+
+  def write(self, text):
+    try:
+      return self._stream.write(text)
+    except BrokenPipeError:
+      self._drop()
+      with contextlib.suppress(OSError, ValueError):
+        self._stream.write(text)
+      return len(text)
+
+  def flush(self):
+    try:
+      self._stream.flush()
+    except BrokenPipeError:
+      self._drop()
+      with contextlib.suppress(OSError, ValueError):
+        self._stream.flush()
+
+  def __getattr__(self, name):
+    return getattr(self._stream, name)
+
+
+def tolerate_closed_output() -> None:
+  """Makes a closed stdout or stderr harmless for the rest of the process."""
+  for name in ("stdout", "stderr"):
+    stream = getattr(sys, name)
+    if stream is not None and not isinstance(stream, _ClosedOutputTolerant):
+      setattr(sys, name, _ClosedOutputTolerant(stream))
+
+
+class _NoOrphanedReads(std_logging.Filter):
+  """asyncio logs "Task/Future exception was never retrieved" for each read orbax had in
+  flight when a restore failed (a damaged step, or one a trainer deleted under a reader): one
+  multi-line record per array. The failure itself is reported once, by the restore."""
+
+  def filter(self, record):
+    return "exception was never retrieved" not in record.getMessage()
+
+
 def _unraisable(hook):
   """After a failed write, tensorstore's pending callbacks post to orbax's already-closed event
   loop, each a traceback ("Event loop is closed", dozens); the failure itself is reported once.
@@ -118,6 +203,13 @@ def _unraisable(hook):
 
   def quiet(info):
     if isinstance(info.exc_value, RuntimeError) and str(info.exc_value) == "Event loop is closed":
+      return
+    # After a failed read (a truncated or zeroed array file) orbax's pending read coroutines
+    # are collected unfinished, each with a traceback (148 for the tiny model); the failure
+    # itself is reported once, by the restore that falls back.
+    code = getattr(info.object, "cr_code", None)
+    if code is not None and any(f"{os.sep}{lib}{os.sep}" in code.co_filename
+                                for lib in ("orbax", "tensorstore", "asyncio")):
       return
     hook(info)
 
@@ -139,16 +231,24 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
     rest = flag_values(argv)
     if is_config_file:  # load it now, so its errors are flag errors too
       flag_values["config"].value  # pylint: disable=pointless-statement
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    if is_config_file and (why := config_raised(e, argv[1:])):
+      fail(why)
+    if not isinstance(e, (flags.Error, AttributeError, KeyError, TypeError, ValueError,
+                          OSError)):
+      raise
     overrides = [a for a in argv[1:] if a.startswith("--config.")]
     hint = (f" Overrides given: {' '.join(overrides)}. Keys must exist in the --config file's "
             "get_config() (see dirroute_jax/config.py), with values of the same type."
             if overrides else " Run with --helpfull to list flags.")
     fail(f"bad flag or config override ({type(e).__name__}: {_one_line(e)}).{hint}")
+  if flag_values is flags.FLAGS:
+    tolerate_closed_output()
   if flag_values is flags.FLAGS and not any(
       a.startswith(("--verbosity", "-v")) for a in argv[1:]):
     logging.set_verbosity(logging.WARNING)
     logging.get_absl_handler().addFilter(_NoLibraryTracebacks())
+    std_logging.getLogger("asyncio").addFilter(_NoOrphanedReads())
     sys.unraisablehook = _unraisable(sys.unraisablehook)
   return rest
 
@@ -205,6 +305,11 @@ def check_train_args(config: str, workdir: str, train_args: list[str] | tuple[st
     validate_config(holders.config.value)
   except ConfigError as e:
     raise ValueError(f"the flags after `--` give a bad config: {e}") from None
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    if (why := config_raised(e, argv)):
+      raise ValueError(why) from None
+    if not isinstance(e, (flags.Error, AttributeError, KeyError, TypeError, ValueError,
+                          OSError)):
+      raise
     raise ValueError(f"launch/train.py would reject the flags after `--` "
                      f"({type(e).__name__}: {_one_line(e)}).") from None

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import copy
 
+import re
+
 import ml_collections
 
 POOLINGS = ("causal_mean", "sequence_mean")
@@ -20,7 +22,7 @@ ROUTER_ACTIVATIONS = ("gelu", "relu", "silu", "tanh")
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots")
 ATTENTIONS = ("dot", "sd")
-ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash")
 NORMS = ("rms", "none")
 
 
@@ -93,6 +95,9 @@ def default_config() -> ml_collections.ConfigDict:
   # Also save when this many seconds have passed since the last save (0: off): bounds the work
   # a crash can lose whatever the step time. Several processes agree on it at log steps.
   c.checkpoint_every_secs = 0.0
+  # "START:STOP" traces steps START..STOP-1 with jax.profiler into WORKDIR/profile (TensorBoard's
+  # profile tab, XProf, Perfetto); "" is off. Start after the first steps (compile, warm-up).
+  c.profile_steps = ""
 
   c.optim = ml_collections.ConfigDict()
   c.optim.peak_lr = 3e-4
@@ -132,6 +137,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.mesh.data = -1
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
+  # Slices joined over the data-center network (TPU multi-slice): the outer level of the mesh,
+  # data parallel only. 0: the number of slices the devices span (1 on one slice or GPU node).
+  c.mesh.dcn_data = 0
   # Removed: a preset chose the rules apart from the sizes. Kept so that passing it gets an
   # explanation and configs saved by older runs still load; validate_mesh_config rejects it.
   c.mesh.preset = ml_collections.config_dict.placeholder(str)
@@ -186,6 +194,17 @@ def _need(ok: bool, msg: str) -> None:
     raise ConfigError(msg)
 
 
+def parse_profile_steps(spec: str) -> tuple[int, int] | None:
+  """`profile_steps` "START:STOP" -> (START, STOP), "" -> None; a ConfigError otherwise."""
+  if not spec:
+    return None
+  m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(spec))
+  _need(bool(m) and 1 <= int(m.group(1)) < int(m.group(2)),
+        f"profile_steps={spec!r}: use START:STOP with 1 <= START < STOP (steps START..STOP-1 "
+        "are traced), e.g. --config.profile_steps=10:13, or '' for no trace.")
+  return int(m.group(1)), int(m.group(2))
+
+
 def validate_config(c: ml_collections.ConfigDict) -> None:
   """Checks a whole experiment config; every message names the key and a valid value."""
   validate_model_config(c.model)
@@ -194,6 +213,7 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     _need(int(c[key]) >= 1, f"{key} must be a positive integer, got {c[key]!r}.")
   for key in ("eval_every", "checkpoint_every", "checkpoint_every_secs"):
     _need(c[key] >= 0, f"{key} must be >= 0 (0 disables it), got {c[key]!r}.")
+  parse_profile_steps(c.get("profile_steps", ""))
   _need(int(c.eval_batches) >= 0,
         f"eval_batches must be >= 0 (0: the whole held-out split), got {c.eval_batches!r}.")
   _need(c.batch_size % c.grad_accum_steps == 0,

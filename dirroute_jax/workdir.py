@@ -20,12 +20,16 @@ code (a `gs://` string must never reach `os.path`/`open`, which would make a loc
     tokenizer.json              the run's trained BPE tokenizer, data.tokenizer=bpe only
                                 (data/tokenizers.py)
     writer.lock                 the lease of the one process writing here (train/lock.py)
+    profile/                    jax.profiler traces of config.profile_steps (train/loop.py)
+    params_only.json            only in a params-only copy (export/params_only.py): the dtype
+                                its params are stored in; analysis/load.py casts them back
 
 Nothing here imports the rest of the package, so the data, train and analysis layers all may.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from etils import epath
@@ -38,6 +42,8 @@ TENSORBOARD = "tensorboard"
 DATA_FINGERPRINT = "data_fingerprint.json"
 TOKENIZER = "tokenizer.json"
 WRITER_LOCK = "writer.lock"
+PROFILE = "profile"
+PARAMS_ONLY = "params_only.json"
 
 
 def is_remote(workdir: epath.PathLike) -> bool:
@@ -67,8 +73,27 @@ def data_fingerprint(workdir: epath.PathLike) -> epath.Path:
   return path(workdir, DATA_FINGERPRINT)
 
 
+def read_data_fingerprint(workdir: epath.PathLike) -> tuple[dict | None, str | None]:
+  """(the record in data_fingerprint.json, None); (None, None) if there is none; (None, why)
+  if it is damaged (not UTF-8, not JSON, not an object), the message naming the file."""
+  p = data_fingerprint(workdir)
+  if not p.exists():
+    return None, None
+  try:
+    record = json.loads(p.read_bytes().decode("utf-8"))
+    if not isinstance(record, dict):
+      raise ValueError(f"a JSON {type(record).__name__}, not an object")
+  except (UnicodeDecodeError, ValueError) as e:
+    return None, f"{p} is damaged ({type(e).__name__}: {str(e)[:120]})"
+  return record, None
+
+
 def tokenizer(workdir: epath.PathLike) -> epath.Path:
   return path(workdir, TOKENIZER)
+
+
+def profile(workdir: epath.PathLike) -> epath.Path:
+  return path(workdir, PROFILE)
 
 
 def writer_lock(workdir: epath.PathLike) -> epath.Path:
@@ -84,3 +109,7 @@ def check_writable(directory: epath.PathLike) -> None:
   probe = directory / f".write-probe-{uuid.uuid4().hex}"  # unique per process and host
   probe.write_text("ok")
   probe.unlink()
+
+
+def params_only(workdir: epath.PathLike) -> epath.Path:
+  return path(workdir, PARAMS_ONLY)

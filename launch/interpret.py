@@ -51,6 +51,7 @@ def main(argv):
     options["factual"] = {"prompts_path": _PROMPTS.value}
   try:
     run = load_workdir(_WORKDIR.value, step=_STEP.value)
+    run.tokenizer  # pylint: disable=pointless-statement  # a damaged tokenizer.json: one line
   except LOAD_ERRORS as e:
     fail(f"cannot load {_WORKDIR.value!r}: {e}")
   print(f"Loaded {', '.join(run.models)} at step {run.step} from {run.path}; running "

@@ -11,8 +11,8 @@ import sys
 
 from absl import app, flags
 
-from dirroute_jax.analysis.load import load_workdir
-from dirroute_jax.cli import parse_flags
+from dirroute_jax.analysis.load import LOAD_ERRORS, load_workdir
+from dirroute_jax.cli import fail, parse_flags
 from dirroute_jax.model.sampling import is_incremental
 from dirroute_jax.train.samples import sample_models
 
@@ -32,8 +32,9 @@ def main(argv):
   del argv
   try:
     run = load_workdir(_WORKDIR.value, step=_STEP.value)
-  except (FileNotFoundError, ValueError) as e:
-    sys.exit(f"error: cannot load {_WORKDIR.value!r}: {e}")
+    tokenizer = run.tokenizer  # a damaged tokenizer.json is a load error too
+  except LOAD_ERRORS as e:
+    fail(f"cannot load {_WORKDIR.value!r}: {e}")
   print(f"Loaded {', '.join(run.models)} at step {run.step} from {run.path}; temperature "
         f"{_TEMPERATURE.value}, top_k {_TOP_K.value}, seed {_SEED.value}")
   for name, model in run.models.items():
@@ -42,7 +43,7 @@ def main(argv):
             "token by token: it re-pools the whole prefix at every step (a full forward per "
             "token). It was trained seeing whole sequences, so its samples show it out of "
             "distribution.")
-  length = len(run.tokenizer.encode(_PROMPT.value)) + _MAX_NEW.value
+  length = len(tokenizer.encode(_PROMPT.value)) + _MAX_NEW.value
   if length > run.cfg.seq_len:
     print(f"note: prompt + new tokens = {length} tokens, beyond the {run.cfg.seq_len} positions "
           "the models were trained on.")

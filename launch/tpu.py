@@ -34,6 +34,9 @@ def _define_flags():
   flags.DEFINE_string("runtime_version", None,
                       "TPU VM image; default tpu-ubuntu2204-base (v4), v2-alpha-tpuv5-lite "
                       "(v5e), v2-alpha-tpuv5 (v5p), v2-alpha-tpuv6e (v6e).")
+  flags.DEFINE_integer("num_slices", 1, "Slices of --accelerator_type joined over the "
+                       "data-center network (a multi-slice queued resource: --node-count); the "
+                       "batch is split over them (mesh.dcn_data), the parameters are not.")
   flags.DEFINE_bool("spot", False, "Spot capacity: cheaper, preemptible (the run resumes).")
   flags.DEFINE_string("repo", None, "git URL to clone on the workers; default: copy this "
                       "checkout.")
@@ -53,14 +56,16 @@ def main(argv):
   job = tpu.TpuJob(name=f.name, zone=f.zone, accelerator_type=f.accelerator_type,
                    config=f.config, workdir=f.workdir, project=f.project,
                    runtime_version=f.runtime_version, spot=f.spot, repo=f.repo, ref=f.ref,
-                   stage_data=f.stage_data, train_args=tuple(argv[1:]))
+                   stage_data=f.stage_data, num_slices=f.num_slices,
+                   train_args=tuple(argv[1:]))
   try:
     steps = tpu.plan(job)
   except ValueError as e:
     fail(str(e))
   if f.dry_run:
     s = job.slice
-    print(f"# {s.accelerator_type}: {s.chips} chips on {s.hosts} host(s)")
+    print(f"# {s.accelerator_type}: {s.chips} chips on {s.hosts} host(s)"
+          + (f", x {job.num_slices} slices" if job.num_slices > 1 else ""))
     for what, cmd in steps:
       print(f"# {what}\n{shlex.join(cmd)}")
     return

@@ -14,7 +14,13 @@ SIGTERM saves at the next step. Exit statuses: dirroute_jax/exit_codes.py (SIGTE
 PREEMPTED: rerun to resume; 2 bad flags/config, 3 diverged, 4 I/O, 5 workdir busy).
 """
 
-import os
+# Before anything slow: a SIGTERM or Ctrl-C during imports and start-up is recorded, and
+# acted on once training's own handler is in place (dirroute_jax/train/signals.py).
+from dirroute_jax.train import signals  # pylint: disable=g-bad-import-order
+
+signals.install_early()
+
+import os  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from absl import app, flags
 import jax
@@ -51,7 +57,7 @@ def main(argv):
   if _COMPILE_CACHE.value:
     jax.config.update("jax_compilation_cache_dir", _COMPILE_CACHE.value)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-  with exit_on_train_error():
+  with exit_on_train_error(_FLAGS.workdir.value):
     summary = train(_FLAGS.config.value, _FLAGS.workdir.value,
                     allow_config_change=_FLAGS.allow_config_change.value)
   exit_if_stopped(summary)

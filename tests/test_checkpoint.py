@@ -408,7 +408,7 @@ def test_config_json_round_trip(tmp_path):
 
 
 def test_restore_params_only(tmp_path):
-  state = make_state()
+  state = make_state(step=4)
   with ckpt_lib.Checkpointer(tmp_path) as ckpt:
     ckpt.save(4, state)
   abstract = {name: abstract_of(m['params'])
@@ -433,7 +433,7 @@ def test_unwritable_workdir_fails_at_construction(tmp_path):
 
 def test_readers_write_nothing(tmp_path):
   with ckpt_lib.Checkpointer(tmp_path) as ckpt:
-    ckpt.save(1, make_state(), config={'a': 1})
+    ckpt.save(1, make_state(step=1), config={'a': 1})
   before = sorted(str(p) for p in tmp_path.rglob('*'))
   assert ckpt_lib.restore_config(tmp_path) == {'a': 1}
   ckpt_lib.restore_params(tmp_path, {'routed': abstract_of(
@@ -637,3 +637,125 @@ def test_disk_full_on_save_is_a_clean_error(tmp_path):
   assert 'CLEAN saving checkpoint' in proc.stdout, proc.stdout + proc.stderr[-3000:]
   assert str(tmp_path / workdir_lib.CHECKPOINTS) in proc.stdout
   assert 'STEPS [1]' in proc.stdout
+
+
+# --- every item of a step is verified (issue 22) ----------------------------------------------
+
+def _range_iter(at=0):
+  it = iter(grain.MapDataset.range(100).batch(4).to_iter_dataset())
+  for _ in range(at):
+    next(it)
+  return it
+
+
+def _position_error(it):
+  def verify(step):
+    index = it.get_state()['next_index']
+    return None if index == step else f'next_index {index}'
+  return verify
+
+
+def test_a_data_position_that_does_not_fit_the_step_is_replaced(tmp_path, capsys):
+  state = make_state()
+  with ckpt_lib.Checkpointer(tmp_path, async_save=False) as ckpt:
+    ckpt.save(3, state, data_iter=_range_iter(3))
+  saved = tmp_path / workdir_lib.CHECKPOINTS / '3' / 'data' / 'process_0-of-1.json'
+  saved.write_text('{"next_index": 1}')  # edited: would replay batches 1 and 2
+  fresh, seeks = _range_iter(), []
+  with ckpt_lib.Checkpointer(tmp_path) as ckpt:
+    _, step = ckpt.restore(abstract_of(state), data_iter=fresh, data_verify=_position_error(fresh),
+                           data_fallback=seeks.append)
+  assert step == 3 and seeks == [3]
+  assert f'{saved.parent} does not belong to step 3' in capsys.readouterr().out
+
+
+def test_a_deleted_checksum_item_does_not_turn_verification_off(tmp_path):
+  old, new = make_state(seed=1, d_model=64, step=10), make_state(seed=2, d_model=64, step=20)
+  with ckpt_lib.Checkpointer(tmp_path) as ckpt:
+    ckpt.save(10, old)
+    ckpt.save(20, new)
+  step_dir = tmp_path / workdir_lib.CHECKPOINTS / '20'
+  shutil.rmtree(step_dir / 'checksum')
+  corrupt(step_dir, 'bitflip')
+  with ckpt_lib.Checkpointer(tmp_path) as ckpt:
+    restored, step = ckpt.restore(abstract_of(old))
+    assert step == 10
+    assert_bitwise_equal(restored, old)
+  # Readers too (params only), without moving anything.
+  params, step = ckpt_lib.restore_params(
+      tmp_path, {'routed': abstract_of(old['models']['routed']['params'])})
+  assert step == 10
+
+
+def test_a_step_directory_copied_under_another_name_is_not_that_step(tmp_path):
+  state = make_state(step=7)
+  with ckpt_lib.Checkpointer(tmp_path) as ckpt:
+    ckpt.save(7, state)
+  root = tmp_path / workdir_lib.CHECKPOINTS
+  shutil.copytree(root / '7', root / '9')
+  (root / '9' / 'commit_success.txt').unlink(missing_ok=True)
+  with ckpt_lib.Checkpointer(tmp_path, step_leaf='step') as ckpt:
+    _, step = ckpt.restore(abstract_of(state))
+  assert step == 7
+  shutil.copytree(root / '7', root / '9')
+  _, step = ckpt_lib.restore_params(
+      tmp_path, {'routed': abstract_of(state['models']['routed']['params'])})
+  assert step == 7
+
+
+@pytest.mark.parametrize('partial', ['no_data', 'state_only'])
+def test_a_step_missing_an_item_falls_back_to_the_previous_one(tmp_path, partial):
+  old, new = make_state(seed=1, step=3), make_state(seed=2, step=5)
+  with ckpt_lib.Checkpointer(tmp_path, async_save=False) as ckpt:
+    ckpt.save(3, old, data_iter=_range_iter(3))
+    ckpt.save(5, new, data_iter=_range_iter(5))
+  step_dir = tmp_path / workdir_lib.CHECKPOINTS / '5'
+  if partial == 'no_data':
+    shutil.rmtree(step_dir / 'data')
+  else:  # an interrupted copy: the state item and nothing else
+    for p in step_dir.iterdir():
+      if p.name != 'state':
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+  fresh = _range_iter()
+  with ckpt_lib.Checkpointer(tmp_path) as ckpt:
+    restored, step = ckpt.restore(abstract_of(old), data_iter=fresh,
+                                  data_fallback=lambda s: None,
+                                  data_verify=_position_error(fresh))
+  assert step == 3 and fresh.get_state()['next_index'] == 3
+  assert_bitwise_equal(restored, old)
+
+
+def test_a_reader_retries_when_retention_removes_the_step_it_reads(tmp_path, capsys):
+  """A trainer with keep=1 beside a reader: the step the reader listed is deleted before it
+  is read. The reader takes the newest step instead, and moves nothing."""
+  writer = ckpt_lib.Checkpointer(tmp_path, keep=1, async_save=False)
+  writer.save(1, make_state(seed=1, step=1), config={'a': 1})
+  reader = ckpt_lib.Checkpointer(tmp_path, read_only=True)
+  real = reader._saved_tree
+  saved = []
+
+  def trainer_saves_meanwhile(step):
+    if not saved:  # the writer saves step 2 and retention deletes step 1
+      saved.append(writer.save(2, make_state(seed=2, step=2), config={'a': 1}))
+    return real(step)
+
+  reader._saved_tree = trainer_saves_meanwhile
+  params, step = reader.restore_subtree(
+      {'models': {'routed': {'params': abstract_of(make_state()['models']['routed']['params'])}}})
+  assert step == 2 and saved == [True]
+  assert 'corrupt' not in capsys.readouterr().out
+  assert not (tmp_path / workdir_lib.CORRUPT_CHECKPOINTS).exists()
+  writer.close()
+
+
+def test_a_reader_moves_nothing_and_says_so(tmp_path, capsys):
+  with ckpt_lib.Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, make_state(step=1))
+    ckpt.save(2, make_state(step=2))
+  corrupt(tmp_path / workdir_lib.CHECKPOINTS / '2', 'delete_arrays')
+  _, step = ckpt_lib.restore_params(
+      tmp_path, {'routed': abstract_of(make_state()['models']['routed']['params'])})
+  assert step == 1
+  out = capsys.readouterr().out
+  assert 'a reader moves nothing' in out and 'moved to' not in out
+  assert not (tmp_path / workdir_lib.CORRUPT_CHECKPOINTS).exists()

@@ -336,3 +336,109 @@ def test_sbatch_script_survives_sigterm_until_training_has_saved(tmp_path):
   proc.send_signal(subprocess.signal.SIGTERM)
   assert proc.wait(timeout=30) == exit_codes.PREEMPTED
   assert (tmp_path / "requeued").read_text().split() == ["requeue", "7"]
+
+
+# --- reruns exactly when a rerun can help (issue 22) ------------------------------------------
+
+def test_run_reconnects_after_a_dropped_connection_on_a_live_slice():
+  # ssh's own 255 with the slice still ACTIVE: the connection dropped, the slice did not.
+  fake = FakeGcloud([None, "ACTIVE"], [tpu.SSH_LOST, 0])
+  rc = tpu.run(_job("v4-8"), poll_seconds=0, execute=fake, sleep=lambda s: None,
+               log=lambda *a: None)
+  assert rc == 0 and fake.verbs().count("train") == 2
+  assert fake.verbs().count("delete") == 1 and fake.verbs()[-1] == "delete"  # only at the end
+  assert fake.verbs().count("create") == 1 and fake.verbs().count("ssh") == 1  # installed once
+
+
+def test_run_waits_for_a_run_still_training_after_a_dropped_connection():
+  fake, slept = FakeGcloud([None, "ACTIVE"], [tpu.SSH_LOST, exit_codes.BUSY, 0]), []
+  rc = tpu.run(_job("v4-8"), poll_seconds=0, execute=fake, sleep=slept.append,
+               log=lambda *a: None)
+  assert rc == 0 and fake.verbs().count("train") == 3 and tpu.STALE_SECS in slept
+  assert fake.verbs().count("delete") == 1
+
+
+def test_a_diverged_run_is_not_rerun_when_describe_fails():
+  fake = FakeGcloud([None, "ACTIVE", None], [exit_codes.DIVERGED])
+  rc = tpu.run(_job("v4-8"), poll_seconds=0, execute=fake, sleep=lambda s: None,
+               log=lambda *a: None)
+  assert rc == exit_codes.DIVERGED and fake.verbs().count("train") == 1
+
+
+def test_a_live_slice_is_not_taken_for_dead_on_one_failed_describe():
+  fake = FakeGcloud([None, "ACTIVE", None, "ACTIVE"], [exit_codes.CRASH])
+  rc = tpu.run(_job("v4-8"), poll_seconds=0, execute=fake, sleep=lambda s: None,
+               log=lambda *a: None)
+  assert rc == exit_codes.CRASH and fake.verbs().count("train") == 1
+
+
+def test_a_run_stopped_by_ctrl_c_is_not_reported_finished():
+  import signal
+
+  class CtrlC(FakeGcloud):
+    def __call__(self, cmd, check=True, capture=False):
+      out = super().__call__(cmd, check, capture)
+      if "--command=" in " ".join(cmd) and "launch/train.py" in _remote(cmd):
+        os.kill(os.getpid(), signal.SIGINT)  # pressed while training ran; train.py saved
+      return out
+
+  fake, logged = CtrlC([None, "ACTIVE"], [exit_codes.DONE]), []
+  try:
+    rc = tpu.run(_job("v4-8"), poll_seconds=0, execute=fake, sleep=lambda s: None,
+                 log=logged.append)
+  except KeyboardInterrupt:
+    pytest.fail("the Ctrl-C that training handled escaped tpu.run as KeyboardInterrupt")
+  assert rc == exit_codes.DONE and fake.verbs()[-1] == "delete"
+  assert any("stopped by Ctrl-C" in line for line in logged), logged
+  assert not any("training finished" in line for line in logged), logged
+
+
+def _readme_exit_table():
+  text = open(os.path.join(REPO, "README.md")).read()
+  rows = {}
+  for line in text[text.index("## Reliability"):].splitlines():
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if line.startswith("|") and cells[0].isdigit():
+      rows[int(cells[0])] = (cells[1], cells[3])
+    elif rows:
+      break
+  return rows
+
+
+def test_exit_table_readme_and_launchers_agree():
+  table = _readme_exit_table()
+  assert table == {code: (exit_codes.NAMES[code], exit_codes.LAUNCHER_ACTION[code])
+                   for code in exit_codes.NAMES}
+  doc_rows = {int(line.split()[0]): line.split()[1] for line in exit_codes.__doc__.splitlines()
+              if line.strip() and line.split()[0].isdigit()}
+  assert doc_rows == exit_codes.NAMES
+  # tpu.py: a status on a live slice reruns exactly when the table says so.
+  for code in exit_codes.NAMES:
+    fake = FakeGcloud([None, "ACTIVE"], [code, 0])
+    rc = tpu.run(_job("v4-8"), poll_seconds=0, execute=fake, sleep=lambda s: None,
+                 log=lambda *a: None)
+    reruns = fake.verbs().count("train") == 2
+    assert reruns == (code in exit_codes.RERUN), code
+    assert rc == (0 if reruns else code)
+
+
+def test_sbatch_script_requeues_exactly_on_the_rerun_statuses(tmp_path):
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  (bin_dir / "scontrol").write_text(
+      f"#!/bin/bash\n[[ $1 == requeue ]] && echo \"$@\" >> {tmp_path}/requeued\necho node-1\n")
+  (bin_dir / "sleep").write_text("#!/bin/bash\n")  # the lease wait, instantly
+  for code in (*exit_codes.NAMES, tpu.SSH_LOST):
+    for restart in (0, 1):
+      (tmp_path / "requeued").unlink(missing_ok=True)
+      (bin_dir / "srun").write_text(f"#!/bin/bash\nexit {code}\n")
+      for f in ("scontrol", "srun", "sleep"):
+        os.chmod(bin_dir / f, 0o755)
+      job = _slurm_job(repo_dir=str(tmp_path), venv=None, check_gpu=False)
+      proc = subprocess.run(["bash", "-c", slurm.sbatch_script(job)], capture_output=True,
+                            text=True, env={"PATH": f"{bin_dir}:{os.environ['PATH']}",
+                                            "SLURM_JOB_NODELIST": "node-1", "SLURM_JOB_ID": "7",
+                                            "SLURM_RESTART_COUNT": str(restart)})
+      assert proc.returncode == code
+      want = code in exit_codes.RERUN or (restart and code in exit_codes.RERUN_AFTER_PREEMPTION)
+      assert (tmp_path / "requeued").exists() == bool(want), (code, restart)

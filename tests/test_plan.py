@@ -65,7 +65,7 @@ def test_compiled_plan_on_8_devices(tiny_cfg):
   tiny_cfg.grad_accum_steps = 2
   plan = plan_lib.make_plan(tiny_cfg, jax.devices()[:8])
   (b_sh, b_rep), (r_sh, r_rep) = _hand_counts(tiny_cfg.model)
-  assert plan.mesh == {"data": 1, "fsdp": 8, "tensor": 1}
+  assert plan.mesh == {"dcn_data": 1, "data": 1, "fsdp": 8, "tensor": 1}
   assert plan.params_bytes == {"baseline": F32 * (b_sh // 8 + b_rep),
                                "routed": F32 * ((b_sh + r_sh) // 8 + b_rep + r_rep)}
   # XLA's arguments are this device's state plus its rows of the batch (3 x [B/8, T] x 4 B);
@@ -78,7 +78,7 @@ def test_compiled_plan_on_8_devices(tiny_cfg):
   assert 0.7 < plan.flops_per_device * 8 / plan.model_flops < 1.5
   assert plan_lib.fits(plan, "v5e") == (True, 16 * 1024**3)
   text = plan_lib.format_plan(plan, "v5e")
-  assert plan.platform == "cpu" and "(mesh data 1 x fsdp 8 x tensor 1), remat none" in text
+  assert plan.platform == "cpu" and "(mesh dcn_data 1 x data 1 x fsdp 8 x tensor 1), remat none" in text
   assert "fits v5e (16 GiB HBM per chip): YES" in text
 
 
@@ -93,7 +93,8 @@ def test_plan_cli(tmp_path):
   assert out.returncode == 0, out.stderr
   # It says what it is doing before the silent compile (stderr: stdout stays the plan).
   assert "Compiling the joint train step ahead of time for 4 fake CPU device(s)" in out.stderr
-  assert "devices 4 (mesh data 1 x fsdp 4 x tensor 1), remat none" in out.stdout
+  assert "devices 4 x cpu (mesh dcn_data 1 x data 1 x fsdp 4 x tensor 1), remat none" in out.stdout
+  assert "compiler: XLA:CPU (fake devices standing in for the chips: an estimate" in out.stdout
   assert "fits h100 (80 GiB HBM per chip): YES" in out.stdout
 
 

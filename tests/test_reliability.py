@@ -250,3 +250,224 @@ def test_unreadable_lease_is_replaced(tmp_path, capsys):
   with lock.WorkdirLock(tmp_path, settle_secs=0):
     assert json.loads((tmp_path / workdir_lib.WRITER_LOCK).read_text())["pid"] == os.getpid()
   assert "unreadable lease" in capsys.readouterr().out
+
+
+# --- a restarted run recognises its own lease (issue 22) --------------------------------------
+
+def test_a_restarted_process_with_the_same_pid_takes_over_its_old_lease(tmp_path, capsys):
+  # A container's trainer is pid 1 every time: after kill -9 and a restart the pid is alive
+  # again, but it is another process (another start time).
+  me = lock._identity()
+  if me["proc_start"] is None:
+    pytest.skip("needs /proc")
+  _stale(tmp_path, **{**me, "proc_start": str(int(me["proc_start"]) - 100)})
+  with lock.WorkdirLock(tmp_path, settle_secs=0):
+    assert json.loads((tmp_path / workdir_lib.WRITER_LOCK).read_text())["id"] != "other"
+  assert "now another process" in capsys.readouterr().out
+
+
+def test_the_live_holder_itself_is_still_busy(tmp_path):
+  _stale(tmp_path, **lock._identity())
+  with pytest.raises(lock.WorkdirBusyError, match=f"pid {os.getpid()} on host"):
+    lock.WorkdirLock(tmp_path, settle_secs=0).acquire()
+
+
+def test_a_lease_from_before_a_reboot_is_stale(tmp_path):
+  _stale(tmp_path, **{**lock._identity(), "boot_id": "another-boot"})
+  with lock.WorkdirLock(tmp_path, settle_secs=0):
+    pass
+
+
+def _other_namespace_lease(tmp_path, heartbeat):
+  _stale(tmp_path, pid=1, pid_ns="4026531999", heartbeat_secs=0.2, heartbeat=heartbeat,
+         boot_id=lock._identity()["boot_id"])
+
+
+def test_a_dead_lease_of_another_container_on_this_host_is_taken_over(tmp_path):
+  # pid 1 of a previous container: not checkable from here; its heartbeat stopped.
+  _other_namespace_lease(tmp_path, time.time())
+  t0 = time.time()
+  with lock.WorkdirLock(tmp_path, settle_secs=0):
+    pass
+  assert time.time() - t0 < 5
+
+
+def test_a_live_lease_of_another_container_on_this_host_is_busy(tmp_path):
+  import threading
+  stop = threading.Event()
+
+  def beat():
+    while not stop.wait(0.05):
+      _other_namespace_lease(tmp_path, time.time())
+
+  _other_namespace_lease(tmp_path, time.time())
+  thread = threading.Thread(target=beat)
+  thread.start()
+  try:
+    with pytest.raises(lock.WorkdirBusyError, match="pid 1 on host"):
+      lock.WorkdirLock(tmp_path, settle_secs=0).acquire()
+  finally:
+    stop.set()
+    thread.join()
+
+
+# --- signals (issue 22) -----------------------------------------------------------------------
+
+_SIGNALS = """
+import os, signal, sys, time
+from dirroute_jax.train import signals
+signals.install_early()
+if sys.argv[1] == "early":
+  os.kill(os.getpid(), signal.SIGTERM)  # before the loop's handler exists
+if sys.argv[1] == "early_ctrl_c":
+  os.kill(os.getpid(), signal.SIGINT)  # was swallowed during start-up: trained to the end
+from dirroute_jax.train.loop import _StopFlag
+with _StopFlag() as stop:
+  if sys.argv[1] == "twice":
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.2)
+  print("LEVEL", stop.level, flush=True)
+"""
+
+
+@pytest.mark.parametrize("when, level", [("twice", 2), ("early", 2), ("early_ctrl_c", 1)])
+def test_sigterm_twice_or_before_the_handler_still_saves_and_preempts(when, level):
+  proc = subprocess.run([sys.executable, "-c", _SIGNALS, when], capture_output=True, text=True,
+                        env=ENV, timeout=120)
+  assert proc.returncode == 0 and f"LEVEL {level}" in proc.stdout, (
+      proc.stdout + proc.stderr[-2000:])
+  assert "aborted" not in proc.stdout
+
+
+# --- output nobody reads (issue 22) -----------------------------------------------------------
+
+def test_a_closed_stdout_does_not_end_the_process():
+  script = ("import sys\nfrom dirroute_jax import cli\ncli.tolerate_closed_output()\n"
+            "for i in range(20000):\n  print('progress line', i, flush=True)\n"
+            "open(sys.argv[1], 'w').write('done')\n")
+  r, w = os.pipe()
+  os.close(r)  # `| head` that has exited
+  marker = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"closed_stdout_{os.getpid()}")
+  proc = subprocess.run([sys.executable, "-c", script, marker], stdout=w, stderr=subprocess.PIPE,
+                        text=True, env=ENV, timeout=120)
+  os.close(w)
+  assert proc.returncode == 0, proc.stderr
+  assert open(marker).read() == "done" and "Traceback" not in proc.stderr
+  os.unlink(marker)
+
+
+# --- config files that raise (issue 22) -------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("body, says", [
+    ("import no_such_module_here\n", "ModuleNotFoundError"),
+    ("def get_config():\n  return undefined_name\n", "NameError"),
+    ("def get_config():\n  return 1 / 0\n", "ZeroDivisionError"),
+    ("raise RuntimeError('broken')\n", "RuntimeError: broken"),
+])
+def test_a_config_file_that_raises_is_one_line(tmp_path, body, says):
+  bad = tmp_path / "raises.py"
+  bad.write_text(body)
+  proc = _launch("train", f"--config={bad}", f"--workdir={tmp_path}/w")
+  assert proc.returncode == exit_codes.USAGE, proc.stderr
+  assert says in proc.stderr and str(bad) in proc.stderr, proc.stderr
+  assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+  proc = _launch("tpu", "--name=x", "--zone=z", "--accelerator_type=v4-8",
+                 "--workdir=gs://b/w", f"--config={bad}", "--dry_run")
+  assert proc.returncode == exit_codes.USAGE and says in proc.stderr, proc.stderr
+  assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+# --- damaged files of a workdir are named (issue 22) ------------------------------------------
+
+def test_a_latin1_txt_file_is_an_error_naming_file_and_line(tmp_path):
+  path = tmp_path / "book.txt"
+  path.write_bytes("first line\nna\xefve caf\xe9\n".encode("latin-1"))
+  corpus = sources.files_corpus(str(path), "text", 0.0)
+  with pytest.raises(ValueError, match=f"{path}:2 is not valid UTF-8"):
+    list(corpus.iter_docs())
+
+
+def test_a_damaged_tokenizer_json_is_named(tmp_path, tiny_cfg):
+  (tmp_path / workdir_lib.TOKENIZER).write_bytes(b"\x00garbage")
+  tiny_cfg.data.tokenizer = "bpe"
+  with pytest.raises(ValueError, match=f"{tmp_path / workdir_lib.TOKENIZER} is damaged"):
+    tokenizers.load_from_workdir(tiny_cfg, str(tmp_path))
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00junk", b"not json", b"[1, 2]"])
+def test_a_damaged_data_fingerprint_is_named_not_raised(tmp_path, content):
+  (tmp_path / workdir_lib.DATA_FINGERPRINT).write_bytes(content)
+  record, why = workdir_lib.read_data_fingerprint(tmp_path)
+  assert record is None and f"{tmp_path / workdir_lib.DATA_FINGERPRINT} is damaged" in why
+
+
+@pytest.mark.slow
+def test_sample_and_interpret_give_one_line_for_unreadable_checkpoints(tmp_path, tiny_cfg):
+  import jax.numpy as jnp
+
+  with checkpoint.Checkpointer(tmp_path, async_save=False) as ckpt:
+    ckpt.save(1, {"step": jnp.int32(1), "w": jnp.ones(3)}, config=tiny_cfg)
+  (tmp_path / workdir_lib.CHECKPOINTS / "1" / "state" / "_METADATA").write_text("")
+  for launcher, extra in (("sample", "--prompt=a"), ("interpret", f"--out={tmp_path}/r")):
+    proc = _launch(launcher, f"--workdir={tmp_path}", extra)
+    assert proc.returncode == exit_codes.USAGE, proc.stderr
+    assert "Traceback" not in proc.stderr and "no usable checkpoint" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: "), proc.stderr
+    assert "moved to" not in proc.stdout + proc.stderr
+
+
+def test_an_os_error_without_a_file_names_the_workdir(capsys):
+  import errno
+
+  from dirroute_jax import cli
+  with pytest.raises(SystemExit) as e:
+    with cli.exit_on_train_error("/runs/full"):
+      raise OSError(errno.ENOSPC, "No space left on device")
+  assert e.value.code == exit_codes.IO_ERROR
+  err = capsys.readouterr().err
+  assert "No space left on device while writing under --workdir=/runs/full" in err
+
+
+def test_unfinished_orbax_coroutines_are_not_reported_one_by_one():
+  import types
+
+  from dirroute_jax import cli
+  seen = []
+  hook = cli._unraisable(seen.append)
+  namespace = {}
+  exec(compile("async def read():\n  pass\n", os.path.join(os.sep, "site-packages", "orbax",
+                                                          "checkpoint", "read.py"), "exec"),
+       namespace)
+  coro = namespace["read"]()
+  hook(types.SimpleNamespace(exc_value=RuntimeError("coroutine ignored GeneratorExit"),
+                             object=coro))
+  coro.close()
+  ours = _ours()
+  hook(types.SimpleNamespace(exc_value=RuntimeError("ours"), object=ours))
+  ours.close()
+  assert [str(i.exc_value) for i in seen] == ["ours"]
+
+
+async def _ours_coroutine():
+  pass
+
+
+def _ours():
+  return _ours_coroutine()
+
+
+def test_another_runs_valid_tokenizer_is_warned_about(tmp_path, tiny_cfg, caplog):
+  import logging as std_logging
+
+  from dirroute_jax.analysis.load import Workdir
+  tok = tokenizers.BPETokenizer.train(["hello world " * 50, "routing directions"] * 5, 300)
+  tok.save(str(tmp_path / workdir_lib.TOKENIZER))
+  (tmp_path / workdir_lib.DATA_FINGERPRINT).write_text(json.dumps({"tokenizer": "bpe-2048-x"}))
+  tiny_cfg.data.tokenizer = "bpe"
+  run = Workdir(path=str(tmp_path), step=1, cfg=tiny_cfg, models={}, params={})
+  with caplog.at_level(std_logging.WARNING):
+    assert run.tokenizer.fingerprint == tok.fingerprint
+  assert any("not the one the run trained with" in r.getMessage() for r in caplog.records)

@@ -186,7 +186,7 @@ def test_unwritable_workdir_and_mismatched_checkpoint(tmp_path, cache):
   blocker = tmp_path / "file"
   blocker.write_text("")
   proc = _run(blocker / "workdir", cache, "--config.steps=2", check=False)
-  assert proc.returncode == exit_codes.USAGE and "cannot write" in proc.stderr
+  assert proc.returncode == exit_codes.IO_ERROR and "cannot write" in proc.stderr
   wd = tmp_path / "shapes"
   _run(wd, cache, "--config.steps=2", "--config.checkpoint_every=2")
   proc = _run(wd, cache, "--config.steps=4", "--config.model.d_model=32", check=False)
@@ -303,3 +303,106 @@ def test_a_failed_save_stops_training_with_one_line(tmp_path, cache):
   assert len(lines) <= 6, proc.stderr  # orbax's own one-line log records, then ours
   assert max(_metrics(wd)) <= 20  # never past the next save (was: to step 40, exit 0)
   assert checkpoint.Checkpointer(str(wd), read_only=True).all_steps() == []
+
+
+# --- damaged steps, closed stdout, early signals (issue 22) -----------------------------------
+
+SHORT = ("--config.checkpoint_every=10", "--config.log_every=5", "--config.eval_every=0")
+
+
+@pytest.mark.slow
+def test_damaged_newest_steps_resume_exactly_from_what_is_sound(tmp_path, cache):
+  """Against a clean resume of the same run: a data position edited in the newest step, a
+  copy of it under a later step number (no commit marker), a garbage data_fingerprint.json;
+  and, in another copy, the newest step without its data item. Both continue exactly."""
+  import shutil
+
+  clean = tmp_path / "clean"
+  _run(clean, cache, "--config.steps=20", *SHORT)
+  edited, no_data, from10 = tmp_path / "edited", tmp_path / "no_data", tmp_path / "from10"
+  for copy in (edited, no_data, from10):
+    shutil.copytree(clean, copy)
+  shutil.rmtree(from10 / "checkpoints" / "20")  # no_data's reference: a clean resume from 10
+  (edited / "checkpoints" / "20" / "data" / "process_0-of-1.json").write_text(
+      '{"next_index": 10}')
+  shutil.copytree(edited / "checkpoints" / "20", edited / "checkpoints" / "25")
+  (edited / "checkpoints" / "25" / "commit_success.txt").unlink(missing_ok=True)
+  (edited / workdir_lib.DATA_FINGERPRINT).write_bytes(b"\xff\x00junk")
+  shutil.rmtree(no_data / "checkpoints" / "20" / "data")
+
+  _run(clean, cache, "--config.steps=30", *SHORT)
+  out = _run(edited, cache, "--config.steps=30", *SHORT).stdout
+  assert "Resumed from step 20" in out and "holds the state of step 20, not 25" in out, out
+  assert "does not belong to step 20" in out and "data_fingerprint.json is damaged" in out
+  out = _run(no_data, cache, "--config.steps=30", *SHORT).stdout
+  assert "Resumed from step 10" in out, out
+  _run(from10, cache, "--config.steps=30", *SHORT)
+  for wd, ref in ((edited, clean), (no_data, from10)):
+    got, want = _metrics(wd), _metrics(ref)
+    for s in (25, 30):
+      assert got[s]["routed/loss"] == want[s]["routed/loss"], (wd, s)
+
+
+@pytest.mark.slow
+def test_a_closed_stdout_does_not_stop_training(tmp_path, cache):
+  wd = tmp_path / "head"
+  proc = subprocess.Popen(_cmd(wd, cache, "--config.steps=20", "--config.log_every=1",
+                               "--config.checkpoint_every=10", "--config.eval_every=0"),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
+  for _ in range(3):  # `| head -n 3`
+    proc.stdout.readline()
+  proc.stdout.close()
+  err = proc.stderr.read()
+  assert proc.wait(timeout=300) == exit_codes.DONE, err
+  assert checkpoint.Checkpointer(str(wd), read_only=True).latest_step() == 20
+
+
+@pytest.mark.slow
+def test_sigterm_during_start_up_exits_preempted(tmp_path, cache):
+  proc = subprocess.Popen(_cmd(tmp_path / "early", cache, "--config.steps=20"),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
+  time.sleep(1.0)  # importing; the loop's handler is not installed yet
+  proc.send_signal(signal.SIGTERM)
+  out = proc.communicate(timeout=300)[0]
+  assert proc.returncode == exit_codes.PREEMPTED, out
+
+
+def _unshare_works():
+  import shutil
+  if not shutil.which("unshare"):
+    return False
+  return subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
+                        capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _unshare_works(), reason="needs unshare --pid (root or user namespaces)")
+def test_a_restarted_container_takes_back_its_own_workdir(tmp_path, cache):
+  """The trainer as pid 1 of its own pid namespace (a container), killed with SIGKILL, then
+  started again the same way at once: it must not be refused as 'in use by pid 1'."""
+  wd = tmp_path / "container"
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  cmd = ["unshare", "--pid", "--fork", "--mount-proc",
+         *_cmd(wd, cache, "--config.steps=100000", "--config.log_every=1", *SHORT[:1],
+               "--config.eval_every=0")]
+  first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env=env)
+  for line in first.stdout:
+    if line.startswith("step "):
+      break
+  holder = json.loads((wd / workdir_lib.WRITER_LOCK).read_text())
+  assert holder["pid"] == 1
+  children = open(f"/proc/{first.pid}/task/{first.pid}/children").read().split()
+  os.kill(int(children[0]), signal.SIGKILL)  # pid 1 of the namespace: the whole container
+  first.wait(timeout=60)
+  second = subprocess.run(
+      ["unshare", "--pid", "--fork", "--mount-proc", *_cmd(wd, cache, "--config.steps=12",
+                                                           *SHORT)],
+      capture_output=True, text=True, env=env, timeout=600)
+  assert second.returncode == exit_codes.DONE, second.stdout + second.stderr
+  # The namespace's inode may be reused (then: pid 1 is another process, by its start time),
+  # or not (then: another pid namespace whose heartbeat stopped).
+  assert "taking over" in second.stdout, second.stdout
+  assert ("now another process" in second.stdout or "another pid namespace" in second.stdout)

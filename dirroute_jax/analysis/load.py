@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging as std_logging
 import os
 
@@ -13,6 +12,7 @@ from absl import logging
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from dirroute_jax import workdir as workdir_lib
@@ -41,16 +41,29 @@ class Workdir:
 
   @functools.cached_property
   def tokenizer(self) -> tokenizers.Tokenizer:
-    return tokenizers.load_from_workdir(self.cfg, self.path)
+    tok = tokenizers.load_from_workdir(self.cfg, self.path)
+    record, _ = workdir_lib.read_data_fingerprint(self.path)
+    trained_with = (record or {}).get("tokenizer")
+    if trained_with is not None and trained_with != tok.fingerprint:
+      # A valid tokenizer.json of another run decodes without error, into the wrong text.
+      logging.warning(
+          "The tokenizer of %s (%s) is not the one the run trained with (%s, recorded in %s); "
+          "token ids will be encoded and decoded wrongly. Restore the run's own %s.", self.path,
+          tok.fingerprint, trained_with, workdir_lib.data_fingerprint(self.path),
+          workdir_lib.tokenizer(self.path).name)
+    return tok
 
   @functools.cached_property
   def data(self) -> Data:
     """The run's data (held-out batches with domain labels), rebuilt from the corpus cache
     and tokenized with the run's own tokenizer."""
     data = make_data(self.cfg, tokenizer=self.tokenizer)
-    path = workdir_lib.data_fingerprint(self.path)
-    if path.exists():
-      trained_on = json.loads(path.read_text())["corpus"]
+    record, damaged = workdir_lib.read_data_fingerprint(self.path)
+    if damaged:
+      logging.warning("%s; the corpus cannot be compared with the one the run trained on.",
+                      damaged)
+    if record is not None and "corpus" in record:
+      trained_on = record["corpus"]
       if trained_on != data.stats.get("corpus_fingerprint"):
         logging.warning(
             "The corpus has changed since %s was trained (fingerprint %s, now %s: a "
@@ -86,12 +99,26 @@ def load_workdir(path: str, *, step: int | None = None) -> Workdir:
   cfg = config_from_json(checkpoint.restore_config(path, step=step))
   models = {name: build_model(mc) for name, mc in model_configs(cfg).items()}
   device = jax.sharding.make_single_device_sharding(jax.local_devices()[0])
+  # A params-only copy (export/params_only.py) may store bf16: restore as stored (the
+  # checksums are of those bits), then cast to the float32 the models hold.
+  stored = _params_only_dtype(path)
   abstract = {
-      name: jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+      name: jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, stored or s.dtype,
+                                                        sharding=device),
                          nn.meta.unbox(abstract_params(model)))
       for name, model in models.items()}
   params, step = checkpoint.restore_params(path, abstract, step=step)
+  if stored is not None:
+    params = jax.tree.map(lambda x: x.astype(jnp.float32), params)
   return Workdir(path=path, step=step, cfg=cfg, models=models, params=params)
+
+
+def _params_only_dtype(path: str):
+  """The dtype a params-only copy stores its params in; None for a training workdir."""
+  marker = workdir_lib.params_only(path)
+  if not marker.exists():
+    return None
+  return jnp.dtype(json.loads(marker.read_text())["dtype"])
 
 
 def as_workdir(run_or_path) -> Workdir:

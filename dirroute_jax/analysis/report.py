@@ -62,8 +62,7 @@ ANALYSES: dict[str, Callable[..., dict]] = {name: s.run for name, s in SECTIONS.
 def data_summary(run: Workdir) -> dict:
   """The corpus and tokenizer the analyses ran on (content fingerprints, token counts), and the
   ones the workdir recorded at training time."""
-  path = workdir_lib.data_fingerprint(run.path)
-  trained_on = json.loads(path.read_text()) if path.exists() else None
+  trained_on, _ = workdir_lib.read_data_fingerprint(run.path)  # damaged: warned when loading
   now = run.data.record()
   return {"evaluated_on": now, "trained_on": trained_on,
           "same_as_training": None if trained_on is None else (

@@ -90,6 +90,12 @@ def venv_commands(job: SlurmJob) -> list[list[str]]:
           [pip, "install", "-q", "-e", f"{job.repo_dir}[cuda]"]]
 
 
+def _any_of(codes) -> str:
+  """A bash test: $status is one of `codes` (exit_codes.RERUN...: one table for both
+  launchers)."""
+  return "[[ " + " || ".join(f"$status -eq {c}" for c in codes) + " ]]"
+
+
 def sbatch_script(job: SlurmJob) -> str:
   """The whole batch script; a pure function of `job`."""
   check_job(job)
@@ -135,11 +141,11 @@ def sbatch_script(job: SlurmJob) -> str:
       "status=0",
       f"srun --kill-on-bad-exit=1 --ntasks-per-node={job.tasks_per_node} "
       f"bash -c {shlex.quote(per_task)} _ \"${{TRAIN_ARGS[@]}}\" || status=$?",
-      f"if [[ $status -eq {exit_codes.PREEMPTED} ]]; then  # SIGTERM: saved, resume in a new "
-      "allocation",
-      '  echo "preempted (status 75): requeueing job $SLURM_JOB_ID"',
+      f"if {_any_of(exit_codes.RERUN)}; then  # SIGTERM: saved, resume in a new allocation",
+      '  echo "preempted (status $status): requeueing job $SLURM_JOB_ID"',
       '  scontrol requeue "$SLURM_JOB_ID"',
-      f"elif [[ $status -eq {exit_codes.BUSY} && ${{SLURM_RESTART_COUNT:-0}} -gt 0 ]]; then",
+      f"elif {_any_of(exit_codes.RERUN_AFTER_PREEMPTION)} && [[ ${{SLURM_RESTART_COUNT:-0}} -gt 0 ]]; "
+      "then",
       "  # Requeued after a node died without SIGTERM: its workdir lease expires "
       f"{int(STALE_SECS)} s after its last heartbeat.",
       f'  echo "workdir lease of the previous run not expired; requeueing in {int(STALE_SECS)} s"',

@@ -8,7 +8,9 @@ workers by itself) and its output streams to the caller. If the run dies (spot p
 queued resource goes SUSPENDED / FAILED, or ssh breaks) the slice is deleted, requested again and
 the same command reruns: training resumes from the newest checkpoint in the gs:// workdir. Only
 a run that was preempted is rerun: launch/train.py exiting PREEMPTED (75: it got SIGTERM and
-saved), or dying while the slice is no longer ACTIVE. Any other status (a bad flag, a
+saved), or dying while the slice is no longer ACTIVE. An ssh connection that drops (status 255)
+while the slice stays ACTIVE is reconnected: the same command runs again on the same slice, and
+waits for the lease if the earlier run is still training there. Any other status (a bad flag, a
 divergence, a full disk, a bug; dirroute_jax/exit_codes.py) would repeat itself and ends the
 job. The flags for launch/train.py are checked first, with its own definitions and the config
 loaded, before anything is rented. The slice is deleted at the end, also on errors and Ctrl-C
@@ -93,6 +95,7 @@ class TpuJob:
   source: str = REPO
   train_args: tuple[str, ...] = ()
   stage_data: str | None = None  # gs:// folder synced to REMOTE_DATA on every worker
+  num_slices: int = 1  # >1: a multi-slice queued resource (slices joined over the DCN)
   python: str = "3.12"  # the workers' Python: the newest jax needs >= 3.12 (README)
   extras: str = "tpu,gcs"  # pyproject's jax[tpu] (+ the matching libtpu) and gcsfs for gs://
 
@@ -109,6 +112,8 @@ def check_job(job: TpuJob) -> None:
   """Fails before anything is rented: the launcher's flags, and launch/train.py's after `--`
   (parsed with its own flag definitions, the config loaded and validated)."""
   job.slice  # pylint: disable=pointless-statement  # validates the accelerator type
+  if job.num_slices < 1:
+    raise ValueError(f"--num_slices={job.num_slices}: give 1 (one slice) or more.")
   if not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", job.name):
     raise ValueError(f"--name={job.name!r}: lower-case letters, digits and '-', starting with "
                      "a letter (a GCE resource name).")
@@ -127,7 +132,11 @@ def _gcloud(job: TpuJob, *args: str) -> list[str]:
 
 def create_command(job: TpuJob) -> list[str]:
   s = job.slice
-  cmd = _gcloud(job, "queued-resources", "create", job.name, f"--node-id={job.name}")
+  if job.num_slices > 1:  # nodes NAME-0, NAME-1, ...; the runtime sets the slices' DCN env
+    nodes = [f"--node-count={job.num_slices}", f"--node-prefix={job.name}"]
+  else:
+    nodes = [f"--node-id={job.name}"]
+  cmd = _gcloud(job, "queued-resources", "create", job.name, *nodes)
   cmd += [f"--accelerator-type={s.accelerator_type}",
           f"--runtime-version={job.runtime_version or s.runtime_version}"]
   return cmd + (["--spot"] if job.spot else [])
@@ -143,6 +152,9 @@ def delete_command(job: TpuJob) -> list[str]:
 
 
 def ssh_command(job: TpuJob, remote: str) -> list[str]:
+  if job.num_slices > 1:  # every worker of every slice at once
+    return _gcloud(job, "queued-resources", "ssh", job.name, "--node=all", "--worker=all",
+                   f"--command={remote}")
   return _gcloud(job, "tpu-vm", "ssh", job.name, "--worker=all", f"--command={remote}")
 
 
@@ -152,8 +164,12 @@ def copy_commands(job: TpuJob) -> list[list[str]]:
     return []
   tar = ["tar", "-czf", job.tarball, "--exclude=./.venv", "--exclude=./.git",
          "--exclude=./workdirs", "--exclude=__pycache__", "-C", job.source, "."]
-  scp = _gcloud(job, "tpu-vm", "scp", job.tarball, f"{job.name}:{REMOTE_DIR}.tgz",
-                "--worker=all")
+  if job.num_slices > 1:
+    scp = _gcloud(job, "queued-resources", "scp", job.tarball,
+                  f"{job.name}:{REMOTE_DIR}.tgz", "--node=all", "--worker=all")
+  else:
+    scp = _gcloud(job, "tpu-vm", "scp", job.tarball, f"{job.name}:{REMOTE_DIR}.tgz",
+                  "--worker=all")
   return [tar, scp]
 
 
@@ -188,8 +204,10 @@ def setup_script(job: TpuJob) -> str:
 def train_script(job: TpuJob) -> str:
   """Runs on every worker at once; worker 0 prints the progress, all append to REMOTE_LOG."""
   args = [f"--config={job.config}", f"--workdir={job.workdir}"]
-  if job.slice.hosts > 1:
-    args.append("--distributed=on")  # JAX reads the worker list from the TPU metadata
+  if job.slice.hosts > 1 or job.num_slices > 1:
+    # JAX reads the worker list (and, across slices, the DCN coordinator the multi-slice
+    # runtime sets) from the TPU metadata; the mesh's dcn_data axis spans the slices.
+    args.append("--distributed=on")
   args += list(job.train_args)
   train = " ".join(shlex.quote(a) for a in ["launch/train.py", *args])
   return (f"set -o pipefail; cd {REMOTE_DIR} && {REMOTE_VENV}/bin/python {train} 2>&1 "
@@ -237,11 +255,57 @@ def wait_active(job: TpuJob, poll_seconds: float, execute=_run, sleep=time.sleep
   log(f"[tpu] {job.name}: ACTIVE")
 
 
+SSH_LOST = 255  # ssh's own status: the connection dropped (or the slice went away under it)
+# Statuses train.py reports itself after looking at its input or its losses: a new slice would
+# see the same, whatever state the slice is in now (a failed `describe` must not rerun them).
+_FINAL = (exit_codes.USAGE, exit_codes.DIVERGED)
+
+
+def slice_state(job: TpuJob, execute=_run, sleep=time.sleep, tries: int = 3,
+                pause: float = 5.0) -> str | None:
+  """`state(job)`, asked again when it says nothing: one failed `describe` (gcloud's own
+  hiccup) must not make a live slice look deleted."""
+  for i in range(tries):
+    current = state(job, execute)
+    if current is not None or i == tries - 1:
+      return current
+    sleep(pause)
+  return None
+
+
+def _train_once(job: TpuJob, execute, log) -> tuple[int, bool]:
+  """Runs the training command; (its status, whether Ctrl-C was pressed meanwhile). The first
+  Ctrl-C reaches the workers through ssh (train.py saves and stops); a second one aborts."""
+  import signal  # pylint: disable=g-import-not-at-top
+  pressed = []
+
+  def on_sigint(signum, frame):
+    if pressed:
+      raise KeyboardInterrupt
+    pressed.append(True)
+    log("[tpu] Ctrl-C: training saves and stops (Ctrl-C again to abort; the slice is "
+        "deleted either way).")
+
+  try:
+    previous = signal.signal(signal.SIGINT, on_sigint)
+  except ValueError:  # not the main thread
+    previous = None
+  try:
+    rc = execute(ssh_command(job, train_script(job)), check=False).returncode
+  finally:
+    if previous is not None:
+      signal.signal(signal.SIGINT, previous)
+  return rc, bool(pressed)
+
+
 def run(job: TpuJob, *, max_restarts: int = 10, poll_seconds: float = 60, keep: bool = False,
         execute=_run, sleep=time.sleep, log=print) -> int:
-  """Runs `plan(job)`, recreating the slice after a preemption; returns the exit status."""
+  """Runs `plan(job)`, recreating the slice after a preemption and reconnecting after a
+  dropped connection; returns the exit status (exit_codes.LAUNCHER_ACTION)."""
   check_job(job)
   restarts = 0
+  installed = False  # the code is on the current slice's workers
+  resumable = False  # the last attempt was preempted or lost its connection
   try:
     while True:
       try:
@@ -251,35 +315,59 @@ def run(job: TpuJob, *, max_restarts: int = 10, poll_seconds: float = 60, keep: 
           current = None
         if current is None:
           execute(create_command(job))
+          installed = False
         wait_active(job, poll_seconds, execute, sleep, log)
-        for cmd in copy_commands(job):
-          execute(cmd)
-        execute(ssh_command(job, setup_script(job)))
-        rc = execute(ssh_command(job, train_script(job)), check=False).returncode
+        if not installed:
+          for cmd in copy_commands(job):
+            execute(cmd)
+          execute(ssh_command(job, setup_script(job)))
+          installed = True
+        rc, interrupted = _train_once(job, execute, log)
+        if interrupted:
+          log(f"[tpu] stopped by Ctrl-C (training exited {exit_codes.describe(rc)}); the "
+              f"checkpoint in {job.workdir} is intact: rerun this command to resume.")
+          return rc
         if rc == exit_codes.DONE:
           log(f"[tpu] training finished; checkpoints and metrics in {job.workdir}")
           return 0
-        slice_state = state(job, execute)
-        if rc == exit_codes.BUSY and restarts > 0:
-          # A slice that vanished without SIGTERM left its workdir lease behind, fresh: it
-          # goes stale STALE_SECS after its last heartbeat.
-          log(f"[tpu] the preempted slice's lease on {job.workdir} has not expired yet; "
-              f"waiting {STALE_SECS:.0f} s.")
+        if rc in exit_codes.RERUN_AFTER_PREEMPTION and resumable:
+          # The run before this one vanished without releasing its lease (a slice gone
+          # without SIGTERM), or still trains after our connection to it dropped: its lease
+          # goes stale STALE_SECS after its last heartbeat, or is released when it ends.
+          log(f"[tpu] the previous run's lease on {job.workdir} is still held (a vanished "
+              f"slice's, or the run still training after a dropped connection); waiting "
+              f"{STALE_SECS:.0f} s, then trying again on the same slice.")
           sleep(STALE_SECS)
-          raise Preempted("workdir lease of the preempted slice")
-        if rc != exit_codes.PREEMPTED and slice_state == ACTIVE:
+          continue
+        if rc in _FINAL:
+          slice_now = ACTIVE  # reported by train.py itself: the slice does not matter
+        else:
+          slice_now = slice_state(job, execute, sleep)
+        if rc == SSH_LOST and slice_now == ACTIVE:
+          restarts += 1
+          resumable = True
+          if restarts > max_restarts:
+            raise Preempted("ssh connection dropped too often")
+          log(f"[tpu] the ssh connection dropped (status {SSH_LOST}) but {job.name} is "
+              f"ACTIVE: reconnecting (attempt {restarts}/{max_restarts}); training resumes "
+              "from the latest checkpoint, or is waited for if it still runs.")
+          continue
+        if rc not in exit_codes.RERUN and slice_now == ACTIVE:
           why = {exit_codes.USAGE: "rejected its flags or config",
                  exit_codes.DIVERGED: "diverged (non-finite loss or state)",
                  exit_codes.IO_ERROR: "could not read or write the workdir",
-                 exit_codes.BUSY: "found another run writing to the workdir"}.get(
+                 exit_codes.BUSY: "found another run writing to the workdir",
+                 exit_codes.ABORTED: "was aborted (a second Ctrl-C on a worker)"}.get(
                      rc, "failed (see its output above)")
           log(f"[tpu] launch/train.py {why}: exit status {exit_codes.describe(rc)} on a live "
               "slice; a rerun would fail the same way, so not retrying.")
           return rc
         raise Preempted(f"training exited with status {exit_codes.describe(rc)} (slice state "
-                        f"{slice_state})")
+                        f"{slice_now})")
       except (Preempted, subprocess.CalledProcessError) as e:
         restarts += 1
+        resumable = True
+        installed = False
         if restarts > max_restarts:
           log(f"[tpu] {e}; giving up after {max_restarts} restarts (the checkpoint in "
               f"{job.workdir} is intact: rerun this command to go on).")
@@ -287,6 +375,9 @@ def run(job: TpuJob, *, max_restarts: int = 10, poll_seconds: float = 60, keep: 
         log(f"[tpu] {e}; deleting and recreating the slice (restart {restarts}/"
             f"{max_restarts}); training resumes from the latest checkpoint.")
         execute(delete_command(job), check=False)
+  except KeyboardInterrupt:
+    log(f"[tpu] aborted by Ctrl-C; the last complete checkpoint in {job.workdir} is intact.")
+    return exit_codes.ABORTED
   finally:
     if not keep:
       log(f"[tpu] deleting {job.name}")

@@ -245,8 +245,15 @@ def _row_domains(path: str, key: str) -> list[str | None] | None:
 
 def _read_txt(path: str, text_key: str) -> Iterator[str]:
   del text_key
-  with open(path, encoding="utf-8", errors="replace") as f:
-    yield f.read()
+  # Strict, as for .jsonl: a latin-1 file decoded with errors="replace" would train on U+FFFD.
+  with open(path, "rb") as f:
+    raw = f.read()
+  try:
+    yield raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = raw.count(b"\n", 0, e.start) + 1
+    raise ValueError(f"{path}:{line} is not valid UTF-8 (byte {e.start}: "
+                     f"{raw[e.start:e.start + 4]!r}); re-encode the file as UTF-8.") from None
 
 
 def _read_jsonl(path: str, text_key: str) -> Iterator[str]:

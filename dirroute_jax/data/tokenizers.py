@@ -316,5 +316,10 @@ def load_from_workdir(cfg, workdir: str) -> Tokenizer:
     if not path.exists():
       raise FileNotFoundError(f"{path} is missing: the run's BPE tokenizer is saved there by "
                               "launch/train.py; without it token ids cannot be decoded.")
-    return BPETokenizer.from_file(str(path))
+    try:
+      return BPETokenizer.from_file(str(path))
+    except Exception as e:  # pylint: disable=broad-exception-caught  # HF raises its own types
+      raise ValueError(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                       "); it is the run's BPE tokenizer, written by launch/train.py: restore "
+                       "it from a copy, or rerun training on this workdir to rewrite it.") from None
   return get_tokenizer(data_cfg)

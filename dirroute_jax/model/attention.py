@@ -13,9 +13,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dirroute_jax.config import ConfigError
-from dirroute_jax.model import routing
+from dirroute_jax.model import kernels, routing
 from dirroute_jax.model.interventions import LayerInterventions, wants
+# The kernel choice lives in model/kernels.py; these names stay importable from here.
+from dirroute_jax.model.kernels import attention_impl_summary, resolve_attention_impl  # noqa: F401
 
 Array = jax.Array
 
@@ -51,52 +52,6 @@ def causal_attention_with_pattern(q_BxTxHxDh, k_BxTxHxDh, v_BxTxHxDh):
   pattern_BxHxTxT = jax.nn.softmax(scores_BxHxTxT, axis=-1)
   o = jnp.einsum("bhqk,bkhd->bqhd", pattern_BxHxTxT.astype(v_BxTxHxDh.dtype), v_BxTxHxDh)
   return o, pattern_BxHxTxT
-
-
-def resolve_attention_impl(requested: str, dtype, head_dim: int,
-                           device: jax.Device | None = None) -> tuple[str, str]:
-  """The kernel the fused attention path runs, "xla" or "cudnn", and why.
-
-  `jax.nn.dot_product_attention(implementation=None)` is XLA's unfused softmax(QK^T)V on every
-  platform (it materialises B x H x T x T scores); cuDNN's flash attention must be asked for.
-  "auto" asks for it where cuDNN accepts the call: an NVIDIA GPU of compute capability >= 8.0,
-  bf16 compute, head_dim a multiple of 8 and <= 128 (256 on Hopper and later); the mask is
-  always plain causal here. Elsewhere (CPU, TPU, ...) XLA's path. "cudnn" where it cannot run
-  is a ConfigError rather than an error from inside the kernel.
-  """
-  if requested == "xla":
-    return "xla", "model.attention_impl=xla"
-  device = device or jax.devices()[0]
-  problems = []
-  if device.platform != "gpu" or "cuda" not in getattr(device.client, "platform_version",
-                                                       "").lower():
-    problems.append(f"cuDNN needs an NVIDIA GPU; the devices are {device.platform}")
-  else:
-    capability = tuple(int(v) for v in str(device.compute_capability).split("."))
-    max_dh = 256 if capability >= (9, 0) else 128
-    if capability < (8, 0):
-      problems.append(f"cuDNN flash attention needs compute capability >= 8.0, "
-                      f"{device.device_kind} has {device.compute_capability}")
-    if head_dim % 8 or head_dim > max_dh:
-      problems.append(f"cuDNN needs head_dim a multiple of 8 and <= {max_dh}, got {head_dim}")
-  if jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
-    problems.append(f"cuDNN needs bf16/fp16 compute (model.dtype=bfloat16), the model runs "
-                    f"{jnp.dtype(dtype).name}")
-  if requested == "cudnn" and problems:
-    raise ConfigError(f"model.attention_impl='cudnn' cannot run here: {'; '.join(problems)}. "
-                      "Use model.attention_impl=auto (cuDNN where possible) or xla.")
-  if problems:
-    return "xla", f"auto: {problems[0]}"
-  return "cudnn", (f"model.attention_impl={requested}: {device.device_kind}, "
-                   f"{jnp.dtype(dtype).name}, head_dim {head_dim}")
-
-
-def attention_impl_summary(model_cfg) -> str:
-  """One line for the run's log: which attention kernel training uses and why."""
-  impl, why = resolve_attention_impl(model_cfg.attention_impl, model_cfg.dtype,
-                                     model_cfg.head_dim)
-  name = {"xla": "XLA (unfused softmax)", "cudnn": "cuDNN flash attention"}[impl]
-  return f"Attention: {name} ({why})"
 
 
 def causal_linear_attention(q_BxTxHxDh, k_BxTxHxDh, v_BxTxHxDh):
@@ -161,7 +116,7 @@ class Attention(nn.Module):
   router_activation: str = "gelu"
   router_temperature: float = 5.0
   pooling: str = "causal_mean"
-  attention_impl: str = "auto"  # "auto" | "xla" | "cudnn": see resolve_attention_impl
+  attention_impl: str = "auto"  # "auto" | "xla" | "cudnn" | "splash": see model/kernels.py
   attention: str = "dot"  # "dot": softmax(q.k); "sd": softmax(h_t^T (S - D) h_s)
   linear: bool = False  # ELU+1 linear attention instead of softmax (a post-hoc analysis)
   decode: bool = False  # incremental decoding with a "cache" collection (model/sampling.py)
@@ -252,10 +207,9 @@ class Attention(nn.Module):
           q_BxTxHxDh, k_BxTxHxDh, v_BxTxHxDh)
       self._sow(capture, "pattern", pattern_BxHxTxT)
     else:
-      # No pattern needed: a fused kernel may skip materialising it (cuDNN flash attention).
-      impl, _ = resolve_attention_impl(self.attention_impl, self.dtype, Dh)
-      z_BxTxHxDh = jax.nn.dot_product_attention(q_BxTxHxDh, k_BxTxHxDh, v_BxTxHxDh,
-                                                is_causal=True, implementation=impl)
+      # No pattern needed: a fused kernel may skip materialising it (cuDNN, splash).
+      impl = kernels.kernel_in_trace(self.attention_impl, self.dtype, Dh)
+      z_BxTxHxDh = kernels.causal_attention(q_BxTxHxDh, k_BxTxHxDh, v_BxTxHxDh, impl)
     self._sow(capture, "z", z_BxTxHxDh)
 
     if self.routing:

@@ -79,7 +79,10 @@ class Checkpointer:
 
   def __init__(self, workdir: epath.PathLike, *, keep: int = 3,
                permanent_every: int = 0, async_save: bool = True,
-               read_only: bool = False):
+               read_only: bool = False, step_leaf: str | None = None):
+    """`step_leaf`: the top-level leaf of the state that holds its step number
+    (the training state's 'step'); a restored step whose leaf disagrees with
+    its directory's name is damaged. None: not checked."""
     if keep < 1:
       raise ValueError(f'keep must be >= 1 (got {keep}): keep=0 would delete '
                        'the checkpoint just written.')
@@ -89,6 +92,7 @@ class Checkpointer:
       self.workdir = self.workdir.absolute()
     self.directory = workdir_lib.checkpoints(self.workdir)
     self.read_only = read_only
+    self.step_leaf = step_leaf
     if not read_only:
       _check_writable(self.directory)
     policies = [_policies.LatestN(keep)]
@@ -103,15 +107,21 @@ class Checkpointer:
         read_only=read_only,
         create=not read_only,
     )
-    # Explicit handlers let a fresh process read metadata before any save.
-    handlers = {
-        STATE: ocp.StandardCheckpointHandler(),
-        DATA: grain.checkpoint.CheckpointHandler(),
-        CONFIG: ocp.JsonCheckpointHandler(),
-        CHECKSUM: ocp.JsonCheckpointHandler(),
-    }
+    # Explicit handlers let a fresh process read metadata before any save. A handler
+    # registry, not `item_handlers=` (deprecated since orbax 0.11): one entry per item and
+    # direction, the same handler for both.
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    for item, handler, save_args, restore_args in (
+        (STATE, ocp.StandardCheckpointHandler(), ocp.args.StandardSave,
+         ocp.args.StandardRestore),
+        (DATA, grain.checkpoint.CheckpointHandler(), grain.checkpoint.CheckpointSave,
+         grain.checkpoint.CheckpointRestore),
+        (CONFIG, ocp.JsonCheckpointHandler(), ocp.args.JsonSave, ocp.args.JsonRestore),
+        (CHECKSUM, ocp.JsonCheckpointHandler(), ocp.args.JsonSave, ocp.args.JsonRestore)):
+      registry.add(item, save_args, handler)
+      registry.add(item, restore_args, handler)
     self._mngr = ocp.CheckpointManager(
-        self.directory, options=options, item_handlers=handlers)
+        self.directory, options=options, handler_registry=registry)
 
   # --- saving -----------------------------------------------------------------
 
@@ -200,8 +210,8 @@ class Checkpointer:
   # --- restoring --------------------------------------------------------------
 
   def restore(self, abstract_state: PyTree, *, step: int | None = None,
-              data_iter: Any = None,
-              data_fallback: Any = None) -> tuple[PyTree, int]:
+              data_iter: Any = None, data_fallback: Any = None,
+              data_verify: Any = None) -> tuple[PyTree, int]:
     """Restores the state onto the shardings of `abstract_state`.
 
     Args:
@@ -218,6 +228,17 @@ class Checkpointer:
         processes: grain saves one file per process); it must position
         `data_iter` itself, e.g. from the step when batches are a pure
         function of it. Without it, such a step is an error.
+      data_verify: called with the step after the iterator position was
+        restored; returns why that position does not belong to the step, or
+        None. A position that does not fit is replaced via `data_fallback`,
+        with a warning naming the file.
+
+    A step is used only if every item it was saved with is there and checks
+    out: the arrays against their checksums, the checksum item itself (its
+    absence turns verification off only for steps whose own metadata shows
+    they were saved without one), the iterator item, and the `step` leaf
+    against the directory's name (a copied or renamed step directory).
+    Anything else makes the step damaged, and the newest older one is used.
 
     Returns:
       (state, step).
@@ -230,25 +251,50 @@ class Checkpointer:
     abstract_state = _with_target_shardings(abstract_state)
 
     def restore_step(step):
-      _check_fits(self._saved_tree(step), abstract_state,
-                  self._step_dir(step), partial=False)
+      step_dir = self._step_dir(step)
+      _check_fits(self._saved_tree(step), abstract_state, step_dir,
+                  partial=False)
       args = {STATE: ocp.args.StandardRestore(abstract_state)}
+      saved_items = self._saved_items(step)
       if data_iter is not None:
-        if not (self._step_dir(step) / DATA).exists():
-          # Orbax commits all items of a step atomically: this step was
-          # saved without an iterator, which falling back would not fix.
-          raise CheckpointMismatchError(
-              f'{self._step_dir(step)} holds no data-iterator state (saved '
-              'without data_iter); restore without data_iter.')
-        own_file = (self._step_dir(step) / DATA /
+        own_file = (step_dir / DATA /
                     f'process_{jax.process_index()}-of-{jax.process_count()}.json')
-        if own_file.exists() or data_fallback is None:
+        if not (step_dir / DATA).exists():
+          if saved_items is None or DATA in saved_items:
+            # Saved with an iterator that is gone now (deleted, a partial
+            # copy): the step is incomplete, like one with a missing array.
+            raise CheckpointCorruptError(
+                f'{step_dir / DATA} is missing, though the step was saved '
+                'with it')
+          if data_fallback is None:
+            # This step was saved without an iterator, which falling back
+            # would not fix.
+            raise CheckpointMismatchError(
+                f'{step_dir} holds no data-iterator state (saved without '
+                'data_iter); restore without data_iter.')
+          logging.warning('%s was saved without a data-iterator position; '
+                          'positioning the iterator from the step.', step_dir)
+        elif own_file.exists() or data_fallback is None:
           args[DATA] = grain.checkpoint.CheckpointRestore(data_iter)
         else:
           logging.warning('%s; positioning the data iterator from the step '
                           'instead.', _why_no_iterator_file(own_file))
       restored = self._restore_items(step, args)
-      _verify(restored[STATE], restored.get(CHECKSUM), self._step_dir(step))
+      _verify(restored[STATE], restored.get(CHECKSUM), step_dir,
+              checksum_saved=saved_items is None or CHECKSUM in saved_items)
+      _check_step(restored[STATE], step, step_dir, self.step_leaf)
+      if data_iter is not None and DATA in args and data_verify is not None:
+        why = data_verify(step)
+        if why is not None:
+          if data_fallback is None:
+            raise CheckpointCorruptError(f'{step_dir / DATA} is damaged: {why}')
+          logging.warning('%s does not belong to step %d (%s); positioning '
+                          'the data iterator from the step instead.',
+                          step_dir / DATA, step, why)
+          print(f'WARNING: {step_dir / DATA} does not belong to step {step} '
+                f'({why}); the data iterator is positioned from the step.',
+                flush=True)
+          args.pop(DATA)
       if data_iter is not None and DATA not in args:
         data_fallback(step)
       return restored[STATE]
@@ -266,18 +312,34 @@ class Checkpointer:
     abstract_subtree = _with_target_shardings(abstract_subtree)
 
     def restore_step(step):
-      _check_fits(self._saved_tree(step), abstract_subtree,
-                  self._step_dir(step), partial=True)
+      saved_tree = self._saved_tree(step)
+      _check_fits(saved_tree, abstract_subtree, self._step_dir(step),
+                  partial=True)
+      wanted = abstract_subtree
+      # The saved step number comes along, to be checked against the
+      # directory's name (a few bytes).
+      key = self.step_leaf
+      add_step = (key is not None and isinstance(saved_tree, Mapping)
+                  and key in saved_tree and isinstance(wanted, Mapping)
+                  and key not in wanted)
+      if add_step:
+        leaf = saved_tree[key]
+        wanted = {**wanted, key: jax.ShapeDtypeStruct(
+            tuple(leaf.shape), leaf.dtype, sharding=_default_sharding())}
       args = ocp.args.PyTreeRestore(
-          item=abstract_subtree,
-          restore_args=ocp.checkpoint_utils.construct_restore_args(
-              abstract_subtree),
+          item=wanted,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
           partial_restore=True)
       with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
         restored = ckptr.restore(self._step_dir(step) / STATE, args=args)
-      sums = self._restore_items(step, {})[CHECKSUM] if (
-          self._step_dir(step) / CHECKSUM).exists() else None
-      _verify(restored, sums, self._step_dir(step))
+      saved_items = self._saved_items(step)
+      sums = (self._restore_items(step, {})[CHECKSUM]
+              if (self._step_dir(step) / CHECKSUM).exists() else None)
+      _verify(restored, sums, self._step_dir(step),
+              checksum_saved=saved_items is None or CHECKSUM in saved_items)
+      _check_step(restored, step, self._step_dir(step), self.step_leaf)
+      if add_step:
+        restored = {k: v for k, v in restored.items() if k != key}
       return restored
 
     return self._restore_with_fallback(restore_step, step)
@@ -289,23 +351,34 @@ class Checkpointer:
     warning: every step of a run holds the same config.
     """
     steps = self.all_steps()
-    candidates = [int(step)] if step is not None else list(reversed(steps))
-    for s in candidates:
-      if (self._step_dir(s) / CONFIG).exists():
-        args = ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()})
-        try:
-          config = self._mngr.restore(s, args=args)[CONFIG]
-          if not isinstance(config, dict):
-            raise ValueError(f'not a JSON object: {type(config).__name__}')
-          return config
-        except Exception as e:  # pylint: disable=broad-exception-caught
-          if step is not None:
-            raise CheckpointError(
-                f'the config saved in {self._step_dir(s) / CONFIG} is '
-                f'unreadable ({type(e).__name__}: {_short(e)})') from e
-          logging.warning('The config saved in %s is unreadable (%s: %s); '
-                          'using an older step\'s.', self._step_dir(s) / CONFIG,
-                          type(e).__name__, _short(e))
+    tried = set()
+    for _ in range(_MAX_ROUNDS):
+      # Newest first, listed again after a step vanished under a reader (a
+      # trainer's retention deletes old steps while this one reads).
+      s = int(step) if step is not None else next(
+          (s for s in reversed(self.all_steps()) if s not in tried), None)
+      if s is None or s in tried:
+        break
+      tried.add(s)
+      if not (self._step_dir(s) / CONFIG).exists():
+        continue
+      args = ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()})
+      try:
+        config = self._mngr.restore(s, args=args)[CONFIG]
+        if not isinstance(config, dict):
+          raise ValueError(f'not a JSON object: {type(config).__name__}')
+        return config
+      except Exception as e:  # pylint: disable=broad-exception-caught
+        if not self._step_dir(s).exists():
+          continue
+        if step is not None:
+          raise CheckpointError(
+              f'the config saved in {self._step_dir(s) / CONFIG} is '
+              f'unreadable ({type(e).__name__}: {_short(e)})') from e
+        logging.warning('The config saved in %s is unreadable (%s: %s); '
+                        'using an older step\'s.', self._step_dir(s) / CONFIG,
+                        type(e).__name__, _short(e))
+    steps = self.all_steps() or steps
     where = f'step {step}' if step is not None else 'any step'
     raise FileNotFoundError(
         f'no saved config for {where} in {self.directory} (none readable); '
@@ -315,6 +388,16 @@ class Checkpointer:
 
   def _step_dir(self, step: int) -> epath.Path:
     return self.directory / str(step)
+
+  def _saved_items(self, step: int) -> set[str] | None:
+    """The items the step's own metadata (orbax's `_CHECKPOINT_METADATA`,
+    written with the step) says it was saved with; None if that file is
+    missing or unreadable (a partial copy: then every item is expected)."""
+    try:
+      meta = json.loads((self._step_dir(step) / _STEP_METADATA).read_text())
+      return set(meta['item_handlers'])
+    except Exception:  # pylint: disable=broad-exception-caught
+      return None
 
   def _restore_items(self, step: int, args: dict[str, Any]) -> dict[str, Any]:
     """Restores `args` plus the checksums (if the step has them) of `step`."""
@@ -350,25 +433,52 @@ class Checkpointer:
             f'{type(e).__name__}: {e}') from e
     if not steps:
       raise FileNotFoundError(f'no checkpoint in {self.directory}')
-    failures = []
-    for s in reversed(steps):
+    failures, tried = [], set()
+    # Newest first. The list is read again after each step: a trainer beside a
+    # reader saves new steps and deletes old ones (retention) meanwhile, and a
+    # step that vanished while being read is not damaged, just gone.
+    for _ in range(_MAX_ROUNDS):
+      s = next((s for s in reversed(self.all_steps()) if s not in tried), None)
+      if s is None:
+        break
+      tried.add(s)
       try:
         restored = restore_step(s)
       except CheckpointMismatchError:
+        if not self._step_dir(s).exists():
+          continue
         raise  # Older steps come from the same run; falling back won't help.
       except Exception as e:  # pylint: disable=broad-exception-caught
+        # A reader that finds a newer step than the one that failed has a
+        # trainer beside it: the failed step is being deleted by its retention
+        # (orbax removes a step's items one by one), not damaged.
+        removed = not self._step_dir(s).exists() or (
+            self.read_only and any(n > s for n in self.all_steps()))
+        if removed:
+          logging.info('Checkpoint %s was removed while being read (a running '
+                       'trainer\'s retention); trying the newest one left.',
+                       self._step_dir(s))
+          continue
+        what = (f'it is moved to '
+                f'{workdir_lib.path(self.workdir, workdir_lib.CORRUPT_CHECKPOINTS)}'
+                if not self.read_only else
+                'it is left where it is (a reader moves nothing)')
         logging.warning(
             'Checkpoint %s is corrupt or partial (%s: %s); falling back to '
             'the previous one.', self._step_dir(s), type(e).__name__,
             _short(e))
         print(f'WARNING: checkpoint {self._step_dir(s)} is corrupt or partial '
-              f'({type(e).__name__}: {_short(e, 200)}); it is moved to '
-              f'{workdir_lib.path(self.workdir, workdir_lib.CORRUPT_CHECKPOINTS)} and '
+              f'({type(e).__name__}: {_short(e, 200)}); {what} and '
               'the previous one is used.', flush=True)
         failures.append((s, e))
         continue
-      self._quarantine([f for f, _ in failures])
+      self._quarantine([f for f, _ in failures if f > s])
       return restored, s
+    if not failures:
+      raise FileNotFoundError(
+          f'no checkpoint in {self.directory} (steps {sorted(tried)} were '
+          'removed while being read; is a trainer with checkpoint.keep=1 '
+          'saving there? Try again)')
     details = '; '.join(
         f'step {s}: {type(e).__name__}: {_short(e)}' for s, e in failures)
     raise CheckpointError(
@@ -412,7 +522,8 @@ def restore_config(workdir: epath.PathLike, *,
 
 def restore_params(workdir: epath.PathLike,
                    abstract_params_by_model: Mapping[str, PyTree], *,
-                   step: int | None = None) -> tuple[dict[str, PyTree], int]:
+                   step: int | None = None,
+                   step_leaf: str | None = 'step') -> tuple[dict[str, PyTree], int]:
   """Restores only `params` of each named model, e.g. on one CPU for analysis.
 
   Args:
@@ -420,18 +531,23 @@ def restore_params(workdir: epath.PathLike,
     abstract_params_by_model: {model name: abstract params}, with target
       shardings (or none: first local device).
     step: default: the newest usable step.
+    step_leaf: see `Checkpointer` (the training state's is 'step').
 
   Returns:
     ({model name: params}, step).
   """
   subtree = {'models': {name: {'params': p}
                         for name, p in abstract_params_by_model.items()}}
-  with Checkpointer(workdir, read_only=True) as ckpt:
+  with Checkpointer(workdir, read_only=True, step_leaf=step_leaf) as ckpt:
     restored, step = ckpt.restore_subtree(subtree, step=step)
   return {name: m['params'] for name, m in restored['models'].items()}, step
 
 
 _U32 = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}
+_STEP_METADATA = '_CHECKPOINT_METADATA'  # orbax's per-step metadata file
+# Passes over the step list before a reader gives up (steps keep coming and going
+# while a trainer saves beside it).
+_MAX_ROUNDS = 50
 
 
 def _leaf_digest(x: jax.Array) -> dict[str, jax.Array]:
@@ -477,9 +593,19 @@ def state_digest(state: PyTree) -> dict[str, dict[str, Any]]:
 
 
 def _verify(restored: PyTree, saved_sums: dict[str, Any] | None,
-            step_dir: epath.Path):
-  """Raises CheckpointCorruptError unless `restored` matches `saved_sums`."""
+            step_dir: epath.Path, checksum_saved: bool = True):
+  """Raises CheckpointCorruptError unless `restored` matches `saved_sums`.
+
+  `checksum_saved`: whether the step's metadata says it was written with a
+  checksum item (or cannot say). Only a step saved without one (an older
+  version) is restored unverified: deleting the item must not turn the check
+  off.
+  """
   if saved_sums is None:
+    if checksum_saved:
+      raise CheckpointCorruptError(
+          f'{step_dir / CHECKSUM} is missing, though the step was saved with '
+          'it: its arrays cannot be verified')
     logging.warning('%s has no checksums (saved by an older version); its '
                     'arrays are not verified.', step_dir)
     return
@@ -493,6 +619,24 @@ def _verify(restored: PyTree, saved_sums: dict[str, Any] | None,
             f'leaf {unknown[0]!r} has no saved checksum')
     raise CheckpointCorruptError(
         f'{step_dir} is damaged: {what}; its files were changed after the save')
+
+
+def _check_step(restored: PyTree, step: int, step_dir: epath.Path,
+                step_leaf: str | None):
+  """The saved step leaf, not the directory's name, says which step this is:
+  a step directory copied or renamed would otherwise skip or repeat steps."""
+  if step_leaf is None or not isinstance(restored, Mapping) or (
+      step_leaf not in restored):
+    return
+  saved = int(jax.device_get(restored[step_leaf]))
+  if saved != int(step):
+    raise CheckpointCorruptError(
+        f'{step_dir} holds the state of step {saved}, not {step} (a copied or '
+        'renamed step directory)')
+
+
+def _default_sharding():
+  return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
 
 def _why_no_iterator_file(own_file: epath.Path) -> str:

@@ -4,8 +4,12 @@ Two runs on one workdir overwrite each other's checkpoints and metrics without e
 noticing, so the second one is refused with a message naming the first. The lease is a small
 JSON file (host, pid, start time, heartbeat) that a background thread refreshes every
 `heartbeat_secs`; it is removed on exit. After a crash it is stale, and taken over with a
-warning, when its pid is no longer alive on this host, or (from another host, where the pid
-cannot be checked) when its heartbeat is older than `stale_secs`.
+warning, when its process is no longer alive on this host, or (from another host, where the
+pid cannot be checked) when its heartbeat is older than `stale_secs`. A process is named by
+pid, start time (/proc/<pid>/stat), boot id and pid namespace: a restarted container's trainer
+is pid 1 again, and must not take the lease its previous self left for its own. A holder in
+another pid namespace of this host (a previous container) is watched for one heartbeat
+interval instead.
 
 It works through etils.epath, so the same code guards a local path and a gs:// one. Object
 stores have no exclusive create, so a take-over is confirmed by reading the file back after a
@@ -55,6 +59,38 @@ def _pid_alive(pid: int) -> bool:
   return True
 
 
+def _read(path: str) -> str | None:
+  try:
+    with open(path, encoding="ascii", errors="replace") as f:
+      return f.read().strip()
+  except OSError:
+    return None
+
+
+def _proc_start(pid: int) -> str | None:
+  """The start time of process `pid` (clock ticks since boot, /proc/<pid>/stat field 22), or
+  None (not Linux, or no such process). With the boot id it tells a restarted container's
+  pid 1 from the pid 1 that held the lease before."""
+  stat = _read(f"/proc/{pid}/stat")
+  if not stat or ")" not in stat:
+    return None
+  fields = stat.rsplit(")", 1)[1].split()  # after "(comm)", which may hold spaces
+  return fields[19] if len(fields) > 19 else None
+
+
+def _pid_namespace() -> str | None:
+  try:
+    return str(os.stat("/proc/self/ns/pid").st_ino)
+  except OSError:
+    return None
+
+
+def _identity() -> dict:
+  """What identifies this process instance beyond its pid (Linux; empty fields elsewhere)."""
+  return {"boot_id": _read("/proc/sys/kernel/random/boot_id"), "pid_ns": _pid_namespace(),
+          "proc_start": _proc_start(os.getpid())}
+
+
 class WorkdirLock:
   """`with WorkdirLock(workdir): ...` holds the lease; raises WorkdirBusyError if taken."""
 
@@ -79,12 +115,51 @@ class WorkdirLock:
       return None
 
   def stale_reason(self, holder: dict) -> str | None:
-    """Why `holder`'s lease is dead, or None if it may still be running."""
+    """Why `holder`'s lease is dead, or None if it may still be running (or, from another
+    pid namespace on this host, cannot be told from here: see `_watch`)."""
     age = _now() - float(holder.get("heartbeat", 0))
-    if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", -1))):
-      return f"its pid {holder.get('pid')} is not running on this host"
+    if holder.get("host") == socket.gethostname():
+      me, pid = _identity(), int(holder.get("pid", -1))
+      if holder.get("boot_id") and me["boot_id"] and holder["boot_id"] != me["boot_id"]:
+        return "this host has rebooted since"
+      same_ns = not holder.get("pid_ns") or holder["pid_ns"] == me["pid_ns"]
+      if same_ns:
+        # A pid alone names itself after a restart (pid 1 in every container): the process
+        # is the holder only if its start time matches too.
+        if not _pid_alive(pid):
+          return f"its pid {pid} is not running on this host"
+        started = holder.get("proc_start")
+        if started and _proc_start(pid) not in (None, started):
+          return (f"its pid {pid} is now another process (started at another time: the run "
+                  "was restarted)")
     if age > self.stale_secs:
       return f"its heartbeat is {age:.0f} s old (stale after {self.stale_secs:.0f} s)"
+    return None
+
+  def _unverifiable(self, holder: dict) -> bool:
+    """A holder on this host in another pid namespace (a previous container): its pid means
+    nothing here, so only its heartbeat can tell whether it runs."""
+    return (holder.get("host") == socket.gethostname() and bool(holder.get("pid_ns"))
+            and holder.get("pid_ns") != _identity()["pid_ns"])
+
+  def _watch(self, holder: dict) -> str | None:
+    """Waits a little over one heartbeat interval of `holder`; a live one refreshes its
+    lease in that time. The reason it is dead, or None."""
+    every = float(holder.get("heartbeat_secs", self.heartbeat_secs))
+    window = every * 1.5 + 1.0
+    # Time already passed since its last beat counts: a restart a minute later waits not at all.
+    wait = max(0.0, window - (_now() - float(holder.get("heartbeat", 0))))
+    if wait:
+      print(f"{self.path} is held by pid {holder.get('pid')} of another container on this "
+            f"host (pid namespace {holder.get('pid_ns')}); waiting {wait:.0f} s for its "
+            "heartbeat.", flush=True)
+      time.sleep(wait)
+    now = self.read()
+    if now is None or now.get("id") != holder.get("id"):
+      return "it was released meanwhile"
+    if float(now.get("heartbeat", 0)) == float(holder.get("heartbeat", 0)):
+      return (f"it runs in another pid namespace (a previous container) and its heartbeat "
+              f"did not advance in {window:.0f} s")
     return None
 
   @staticmethod
@@ -99,7 +174,8 @@ class WorkdirLock:
     self.path.parent.mkdir(parents=True, exist_ok=True)
     now = _now()
     self._record = {"host": socket.gethostname(), "pid": os.getpid(), "started": now,
-                    "heartbeat": now, "id": uuid.uuid4().hex}
+                    "heartbeat": now, "id": uuid.uuid4().hex,
+                    "heartbeat_secs": self.heartbeat_secs, **_identity()}
     holder = self.read()
     if holder is None and self.path.exists():  # being created right now, or left half-written
       time.sleep(max(self.settle_secs, 0.2))
@@ -110,6 +186,8 @@ class WorkdirLock:
     took_over = holder is not None
     if holder is not None:
       reason = self.stale_reason(holder)
+      if reason is None and self._unverifiable(holder):
+        reason = self._watch(holder)
       if reason is None:
         raise self._busy(holder)
       logging.warning("Taking over the stale lease %s of %s: %s.", self.path,

@@ -27,7 +27,8 @@ from dirroute_jax.data import tokenizers
 from dirroute_jax.data.pipeline import make_data
 from dirroute_jax import exit_codes, workdir as workdir_lib
 from dirroute_jax.model import attention
-from dirroute_jax.train import checkpoint, flops, lock, sharding, step as step_lib
+from dirroute_jax.train import checkpoint, flops, lock, plan as plan_lib, sharding, step as step_lib
+from dirroute_jax.train import profile as profile_lib, signals as stop_signals
 from dirroute_jax.train.evaluate import PREFIX, evaluate, to_global
 from dirroute_jax.train.metrics import MetricsWriter
 from dirroute_jax.train.samples import config_hparams, write_eval_samples
@@ -41,7 +42,7 @@ _AGREE_EVERY = 10  # steps between multi-process agreements on a stop or a time-
 RESUMABLE_KEYS = ("steps", "log_every", "eval_every", "eval_batches", "checkpoint_every",
                   "checkpoint_every_secs", "checkpoint.keep", "checkpoint.permanent_every",
                   "data.cache_dir", "data.worker_count", "grad_accum_steps", "model.remat",
-                  "mesh.")
+                  "mesh.", "profile_steps")
 
 
 class Diverged(FloatingPointError):
@@ -58,8 +59,10 @@ class RunSummary:
 
 
 class _StopFlag:
-  """Ctrl-C or SIGTERM ends the current step, saves and exits; a second signal aborts at once
-  with one line (no traceback through JAX and Orbax's threads)."""
+  """Ctrl-C or SIGTERM ends the current step, saves and exits; a second Ctrl-C aborts at once
+  with one line (no traceback through JAX and Orbax's threads). A repeated SIGTERM is not a
+  second Ctrl-C: schedulers send it more than once (SLURM signals the job step and srun
+  forwards it), and aborting then would lose the save the first one asked for."""
 
   def __init__(self, on_abort=lambda: None):
     self.stop = False
@@ -70,6 +73,11 @@ class _StopFlag:
   def __enter__(self):
     def handler(signum, frame):
       del frame
+      if self.stop and signum == signal.SIGTERM:
+        if self.signum != signal.SIGTERM:  # Ctrl-C, then the scheduler: rerun when it can
+          self.signum = signal.SIGTERM
+        print("\nSIGTERM again: still finishing this step and saving.", flush=True)
+        return
       if self.stop:
         print(f"\n{signal.Signals(signum).name} again: aborted without saving; the last "
               "complete checkpoint is intact.", flush=True)
@@ -84,6 +92,9 @@ class _StopFlag:
         self._previous[sig] = signal.signal(sig, handler)
       except ValueError:  # not the main thread: no handler, signals behave as usual
         pass
+    if self._previous:  # signals that came before this handler existed (train/signals.py)
+      for signum in stop_signals.take_pending():
+        handler(signum, None)
     return self
 
   def __exit__(self, *exc):
@@ -96,12 +107,16 @@ class _StopFlag:
     return 0 if not self.stop else (2 if self.signum == signal.SIGTERM else 1)
 
 
+class WorkdirError(OSError):
+  """The workdir cannot be written: exit_codes.IO_ERROR, like any other workdir I/O failure."""
+
+
 def _check_workdir(workdir: str) -> None:
   try:
     workdir_lib.check_writable(workdir)
   except OSError as e:
-    raise ConfigError(f"cannot write to --workdir={workdir!r} ({e.strerror or e}); choose a "
-                      "directory you can write to.") from e
+    raise WorkdirError(f"cannot write to --workdir={workdir!r} ({e.strerror or e}); choose a "
+                       "directory you can write to.") from e
 
 
 def _fmt_time(seconds: float) -> str:
@@ -146,12 +161,11 @@ def _check_resume(cfg, ckpt, latest: int, fingerprint: dict, workdir: str,
         "be checked against it.")
     return
   meaning, allowed = config_changes(saved, checkpoint.config_to_json(cfg))
-  saved_fp_path = workdir_lib.data_fingerprint(workdir)
-  if saved_fp_path.exists():
-    try:
-      saved_fp = json.loads(saved_fp_path.read_text())
-    except json.JSONDecodeError:
-      saved_fp = {}
+  saved_fp, damaged = workdir_lib.read_data_fingerprint(workdir)
+  if damaged:
+    say(f"WARNING: {damaged}; the data cannot be compared with the checkpoint's (the config "
+        "still is). It is rewritten now.")
+  if saved_fp is not None:
     for key in ("corpus", "tokenizer"):
       if key in saved_fp and saved_fp[key] != fingerprint[key]:
         meaning.append(f"{key} fingerprint: {saved_fp[key]} -> {fingerprint[key]} (the "
@@ -222,6 +236,12 @@ def train(cfg, workdir: str, *, log=print, allow_config_change: bool = False) ->
 def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
   t_start = time.time()
   is_main = jax.process_index() == 0
+  early = _max_over_processes(stop.level)
+  if early:  # a signal during start-up: nothing trained, nothing to save, the workdir as it was
+    say(f"{'SIGTERM' if early == 2 else 'Ctrl-C'} before training began: stopping; the "
+        f"workdir is unchanged. Rerun the same command to start or resume.")
+    return RunSummary(last_step=0, interrupted=True, eval_metrics={}, workdir=workdir,
+                      preempted=early == 2)
   if cfg.model.pooling == "sequence_mean" and "routed" in cfg.models:
     say("WARNING: pooling=sequence_mean is the paper's router and is NOT causal: every "
         "position's routing sees the whole sequence, future tokens included. Its perplexity "
@@ -230,7 +250,8 @@ def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
   mesh = sharding.make_mesh(cfg.mesh)
   data = make_data(cfg, process_index=jax.process_index(), process_count=jax.process_count())
   ckpt = checkpoint.Checkpointer(workdir, keep=cfg.checkpoint.keep,
-                                 permanent_every=cfg.checkpoint.permanent_every)
+                                 permanent_every=cfg.checkpoint.permanent_every,
+                                 step_leaf="step")
   fingerprint = {"corpus": data.stats.get("corpus_fingerprint"),
                  "tokenizer": data.tokenizer.fingerprint}
   latest = ckpt.latest_step()
@@ -251,11 +272,14 @@ def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
   with jax.set_mesh(mesh):
     if latest is not None:
       state, start = ckpt.restore(trainer.abstract_state(), data_iter=data_iter,
-                                  data_fallback=lambda s: data.seek(data_iter, s))
+                                  data_fallback=lambda s: data.seek(data_iter, s),
+                                  data_verify=lambda s: _data_position_error(data_iter, s))
       say(f"Resumed from step {start} in {workdir}")
     else:
       state, start = trainer.init_state(jax.random.key(cfg.seed)), 0
-    say(attention.attention_impl_summary(cfg.model))
+    say(attention.attention_impl_summary(cfg.model, trainer.mesh.devices.flat[0]))
+    train_step = _compile_train_step(trainer, state, say)
+    profiler = profile_lib.ProfileWindow(cfg.get("profile_steps", ""), workdir, say)
     say(f"Training {', '.join(trainer.models)} for {cfg.steps} steps: batch {cfg.batch_size} x "
         f"{cfg.seq_len} tokens, {jax.device_count()} device(s), mesh {dict(mesh.shape)}, "
         f"tokenizer {data.tokenizer.name} "
@@ -282,7 +306,9 @@ def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
     try:
       for done in range(start + 1, cfg.steps + 1):
         batch = to_global(trainer, next(data_iter))
-        state, metrics = trainer.train_step(state, batch)
+        with profiler.step(done):
+          state, metrics = train_step(state, batch)
+        profiler.after(done, state)
         is_log = done % cfg.log_every == 0 or done == cfg.steps
         # Decided once, before the blocking fetch below (during which a signal may arrive):
         # a stop seen here is always saved; one that arrives later stops the next step.
@@ -348,6 +374,7 @@ def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
           if not eval_metrics:
             eval_metrics = run_eval()
             writer.write(done, eval_metrics)
+      profiler.close()  # a window that runs past the last step ends with it
       ckpt.close()  # waits for the last save; raises if it failed
     except BaseException:
       # Already failing: report that error, not a second one from the in-flight save.
@@ -365,6 +392,27 @@ def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
   say(f"Elapsed {_fmt_time(time.time() - t_start)}")
   return RunSummary(last_step=done, interrupted=interrupted, eval_metrics=eval_metrics,
                     workdir=workdir, preempted=interrupted and preempted)
+
+
+def _compile_train_step(trainer, state, say):
+  """The train step compiled ahead of time for `state` and the batch layout, and a line saying
+  how much of the device's memory it needs (from its compiler's memory analysis), with a
+  warning above plan.WARN_FRACTION: a run close to the edge says so before its first step."""
+  compiled = trainer.train_step.lower(state, plan_lib.abstract_batch(trainer)).compile()
+  line, _ = plan_lib.memory_report(compiled, trainer.mesh.local_devices[0])
+  say(line)
+  return compiled
+
+
+def _data_position_error(data_iter, step: int) -> str | None:
+  """Batches are a pure function of the step (data/pipeline.py: Data.seek), so the restored
+  iterator of step N must stand at index N; why not, or None. An iterator whose state has no
+  index (grain's multi-worker prefetch) cannot be checked."""
+  position = data_iter.get_state()
+  index = position.get("next_index") if isinstance(position, dict) else None
+  if index is None or int(index) == int(step):
+    return None
+  return f"its next_index is {index}, the step's batches start at {step}"
 
 
 def _save(ckpt, step, state, data_iter, cfg, workdir, trusted_before, force=False):
@@ -389,8 +437,9 @@ def _progress_line(done, steps, m, sec_per_step, tokens_per_step, warmup_s=None,
   if evals:
     parts.append("eval ppl " + " ".join(evals))
   if warmup_s is not None:
-    parts.append(f"warming up: first {warmup_steps} step(s) took {warmup_s:.1f}s incl. "
-                 "compile; throughput from the next line on")
+    # The step was compiled before the loop (its memory line); the first steps still warm up.
+    parts.append(f"warming up: first {warmup_steps} step(s) took {warmup_s:.1f}s; "
+                 "throughput from the next line on")
   elif math.isfinite(sec_per_step):
     parts.append(f"{tokens_per_step / sec_per_step:,.0f} tok/s")
     if "perf/mfu" in m:

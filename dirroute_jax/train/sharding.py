@@ -1,8 +1,8 @@
 """Device mesh and the logical-axis rules: one table, and the mesh sizes decide what is split.
 
 Every parameter and large activation carries logical axis names (see model/);
-`LOGICAL_AXIS_RULES` maps each name onto mesh axes (data, fsdp, tensor), as MaxText does. A
-mesh axis of size 1 splits nothing, so the sizes (config `mesh.*`) alone choose the
+`LOGICAL_AXIS_RULES` maps each name onto mesh axes (dcn_data, data, fsdp, tensor), as MaxText
+does. A mesh axis of size 1 splits nothing, so the sizes (config `mesh.*`) alone choose the
 parallelism:
 
   mesh.data=-1                          data parallel: parameters replicated, batch split
@@ -10,6 +10,15 @@ parallelism:
                                         along d_model (gathered per layer by XLA), batch split
   mesh.data=1 mesh.fsdp=2 mesh.tensor=-1  and Megatron tensor parallelism: heads, MLP width
                                         and vocabulary split over `tensor`
+  mesh.dcn_data=2 (+ any of the above)  two TPU slices joined over the data-center network:
+                                        the batch is split over slices too, parameters never
+                                        (each slice holds its own copy; only the gradient
+                                        all-reduce crosses the slow network)
+
+`mesh.dcn_data` is the outer level of a two-level mesh (MaxText's `dcn_data_parallelism`):
+when the devices span several slices (`device.slice_index`), the mesh is built by
+`mesh_utils.create_hybrid_device_mesh` so that every other axis stays inside a slice; it
+defaults to the number of slices.
 
 Shardings are derived from `jax.eval_shape`, so nothing is allocated to decide where it goes.
 """
@@ -24,8 +33,10 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from dirroute_jax.config import ConfigError, validate_mesh_config
 
-MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")  # the batch is split over both: fsdp is data parallel too
+MESH_AXES = ("dcn_data", "data", "fsdp", "tensor")
+ICI_AXES = MESH_AXES[1:]  # inside one slice
+# The batch is split over all three: fsdp is data parallel too, and so are the slices.
+BATCH_AXES = ("dcn_data", "data", "fsdp")
 
 LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("activation_batch", BATCH_AXES),
@@ -57,37 +68,57 @@ _DIMENSIONS = {  # logical axis -> (what it is, how else to fix it)
 }
 
 
-def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
-  """(data, fsdp, tensor) sizes; one of them may be -1 = all remaining devices."""
-  sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
+def _num_slices(devices) -> int:
+  return len({getattr(d, "slice_index", 0) or 0 for d in devices})
+
+
+def mesh_shape(mesh_cfg, num_devices: int, num_slices: int = 1) -> tuple[int, int, int, int]:
+  """(dcn_data, data, fsdp, tensor) sizes; one of data/fsdp/tensor may be -1 = all remaining
+  devices of a slice. `mesh.dcn_data` (default: `num_slices`) must equal the slices there are
+  when the devices span several."""
+  dcn = int(mesh_cfg.get("dcn_data", None) or num_slices)
+  sizes = [int(mesh_cfg[a]) for a in ICI_AXES]
+  if dcn < 1 or (num_slices > 1 and dcn != num_slices) or num_devices % dcn:
+    raise ConfigError(f"mesh.dcn_data={dcn} does not fit {num_devices} devices in {num_slices} "
+                      f"slice(s); use mesh.dcn_data={num_slices} (the number of slices).")
+  per_slice = num_devices // dcn
   if sizes.count(-1) > 1:
     raise ConfigError(f"at most one of mesh.data/fsdp/tensor may be -1, got "
-                      f"{dict(zip(MESH_AXES, sizes))} (mesh.data defaults to -1: to give all "
+                      f"{dict(zip(ICI_AXES, sizes))} (mesh.data defaults to -1: to give all "
                       "devices to another axis, set mesh.data=1 too).")
   if any(s == 0 or s < -1 for s in sizes):
-    raise ConfigError(f"mesh sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}.")
+    raise ConfigError(f"mesh sizes must be positive or -1, got {dict(zip(ICI_AXES, sizes))}.")
   known = math.prod(s for s in sizes if s != -1)
+  where = f"{per_slice} devices per slice" if dcn > 1 else f"{num_devices} devices"
   if -1 in sizes:
-    if num_devices % known:
-      raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))}: {num_devices} devices are not "
-                        f"divisible by the fixed axes' product {known}.")
-    sizes[sizes.index(-1)] = num_devices // known
-  if math.prod(sizes) != num_devices:
-    raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices "
-                      f"but {num_devices} are available; set one mesh axis to -1.")
-  return tuple(sizes)
+    if per_slice % known:
+      raise ConfigError(f"mesh {dict(zip(ICI_AXES, sizes))}: {where} are not divisible by the "
+                        f"fixed axes' product {known}.")
+    sizes[sizes.index(-1)] = per_slice // known
+  if math.prod(sizes) != per_slice:
+    raise ConfigError(f"mesh {dict(zip(ICI_AXES, sizes))} needs {math.prod(sizes)} devices "
+                      f"but {where} are available; set one mesh axis to -1.")
+  return (dcn, *sizes)
 
 
 def make_mesh(mesh_cfg, devices=None) -> Mesh:
-  """The (data, fsdp, tensor) mesh over `devices` (default: all), laid out for the topology.
+  """The (dcn_data, data, fsdp, tensor) mesh over `devices` (default: all), laid out for the
+  topology: inside a slice by `jax.make_mesh`, across slices by the hybrid-mesh helper.
 
   The axes are Auto (XLA propagates shardings from those we pin: state, batch, the logical
   constraints); `jax.make_mesh` would otherwise make them Explicit.
   """
   validate_mesh_config(mesh_cfg)
   devices = jax.devices() if devices is None else list(devices)
-  return jax.make_mesh(mesh_shape(mesh_cfg, len(devices)), MESH_AXES,
-                       axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+  slices = _num_slices(devices)
+  shape = mesh_shape(mesh_cfg, len(devices), slices)
+  axis_types = (AxisType.Auto,) * len(MESH_AXES)
+  if slices > 1:  # jax.make_mesh rejects devices of several slices
+    from jax.experimental import mesh_utils
+    grid = mesh_utils.create_hybrid_device_mesh(
+        (1, *shape[1:]), (shape[0], 1, 1, 1), devices, allow_split_physical_axes=True)
+    return Mesh(grid, MESH_AXES, axis_types=axis_types)
+  return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
 
 
 def data_parallel_size(mesh: Mesh) -> int:
@@ -104,7 +135,8 @@ def check_batch(batch_size: int, grad_accum_steps: int, mesh: Mesh) -> None:
     raise ConfigError(
         f"the micro-batch of {micro} sequences (batch_size={batch_size} / grad_accum_steps="
         f"{grad_accum_steps}) does not divide over the {dp} data-parallel devices "
-        f"(mesh data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']}); use a batch_size "
+        f"(mesh dcn_data x data x fsdp = {mesh.shape['dcn_data']} x {mesh.shape['data']} x "
+        f"{mesh.shape['fsdp']}); use a batch_size "
         f"that is a multiple of {dp * grad_accum_steps}.")
 
 

@@ -10,6 +10,7 @@ Batches: {"inputs": int32[B, T], "targets": int32[B, T], "weights": float32[B, T
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Callable
 
@@ -20,6 +21,7 @@ import ml_collections
 import optax
 
 from dirroute_jax.config import model_configs
+from dirroute_jax.model import kernels
 from dirroute_jax.model.transformer import Transformer, abstract_params, build_model, forward
 from dirroute_jax.train import sharding
 from dirroute_jax.train.optimizer import learning_rate_schedule, make_optimizer
@@ -44,9 +46,41 @@ class Trainer:
 
   def abstract_state(self):
     """ShapeDtypeStructs with target shardings: what a checkpoint restores into."""
-    shapes = jax.eval_shape(self.init_state, jax.random.key(0))
+    with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):  # shapes only: see OnMesh
+      shapes = jax.eval_shape(self.init_state, jax.random.key(0))
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                         shapes, self.state_shardings)
+
+
+class OnMesh:
+  """A jitted function that is traced, lowered and run under its mesh (`jax.set_mesh`).
+
+  Under the mesh the model's logical sharding constraints bind (outside one, Flax drops them
+  silently, and XLA's propagation alone once gave q, k and v different shardings), and the
+  attention kernel is picked for the mesh's devices (model/kernels.py), so a plan compiled for
+  compile-only accelerators is the program the run executes. Anything else (`_cache_size`,
+  `eval_shape`, ...) is the jitted function's.
+  """
+
+  def __init__(self, jitted, mesh: jax.sharding.Mesh):
+    self._jitted, self._mesh = jitted, mesh
+
+  def _on_mesh(self):
+    try:
+      return jax.set_mesh(self._mesh)
+    except ValueError:  # called inside a trace (jax.eval_shape, an outer jit): it has a mesh
+      return contextlib.nullcontext()
+
+  def __call__(self, *args, **kwargs):
+    with self._on_mesh():
+      return self._jitted(*args, **kwargs)
+
+  def lower(self, *args, **kwargs):
+    with self._on_mesh():
+      return self._jitted.lower(*args, **kwargs)
+
+  def __getattr__(self, name):
+    return getattr(self._jitted, name)
 
 
 def _cross_entropy_sums(logits_BxTxV, targets_BxT, weights_BxT):
@@ -65,7 +99,9 @@ def _router_stats(captured: dict) -> dict:
 def make_trainer(cfg, mesh: jax.sharding.Mesh) -> Trainer:
   rules = sharding.LOGICAL_AXIS_RULES
   sharding.check_batch(cfg.batch_size, cfg.grad_accum_steps, mesh)
-  model_cfgs = model_configs(cfg)
+  # The attention kernel is decided here, once, for the devices the step is compiled for.
+  model_cfgs = {name: kernels.with_kernel(mc, mesh.devices.flat[0])
+                for name, mc in model_configs(cfg).items()}
   models = {name: build_model(mc) for name, mc in model_cfgs.items()}
   optimizers = {name: make_optimizer(cfg.optim, cfg.steps) for name in models}
   schedule = learning_rate_schedule(cfg.optim, cfg.steps)
@@ -75,7 +111,8 @@ def make_trainer(cfg, mesh: jax.sharding.Mesh) -> Trainer:
   # their params, counters replicated.
   state_shardings = {"step": replicated, "models": {}}
   for name, model in models.items():
-    boxed = abstract_params(model)
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # traced as the step is (OnMesh)
+      boxed = abstract_params(model)
     sharding.check_divisible(boxed, mesh, name)
     p_sh = sharding.logical_shardings(boxed, mesh)
     unboxed = nn.meta.unbox(boxed)
@@ -162,9 +199,10 @@ def make_trainer(cfg, mesh: jax.sharding.Mesh) -> Trainer:
   return Trainer(
       cfg=cfg, mesh=mesh, models=models, optimizers=optimizers,
       state_shardings=state_shardings, batch_sharding=batch_sh, rules=rules,
-      init_state=jax.jit(init_state, out_shardings=state_shardings),
-      train_step=jax.jit(train_step, in_shardings=(state_shardings, batch_shardings),
-                         out_shardings=(state_shardings, replicated), donate_argnums=(0,)),
-      eval_step=jax.jit(eval_step, in_shardings=(state_shardings, batch_shardings),
-                        out_shardings=replicated),
+      init_state=OnMesh(jax.jit(init_state, out_shardings=state_shardings), mesh),
+      train_step=OnMesh(jax.jit(train_step, in_shardings=(state_shardings, batch_shardings),
+                                out_shardings=(state_shardings, replicated),
+                                donate_argnums=(0,)), mesh),
+      eval_step=OnMesh(jax.jit(eval_step, in_shardings=(state_shardings, batch_shardings),
+                               out_shardings=replicated), mesh),
   )
