@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# CI, stage 3 (after .ci/run's stages 1-2): the newest end of pyproject.toml's ranges. `.ci/run` tests
-# where pip resolves to jax 0.10.2 (the last jax for 3.11); this builds a fresh venv on
+# CI, stage 3 (run by .ci/run after its stages 1-2): the newest end of pyproject.toml's ranges.
+# Stages 1-2 test Python 3.11, where pip resolves to jax 0.10.2 (the last jax for 3.11); this
+# builds a fresh venv on
 # Python 3.12, where the same `pip install -e '.[test]'` resolves to the newest jax, flax,
 # orbax-checkpoint and grain, then runs the quick suite and one short training run that is
 # killed with SIGKILL after a checkpoint, rerun, and compared bitwise with an uninterrupted run
