@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # CI, stage 3 (run by .ci/run after its stages 1-2): the newest end of pyproject.toml's ranges.
 # Stages 1-2 test Python 3.11, where pip resolves to jax 0.10.2 (the last jax for 3.11); this
-# builds a fresh venv on
-# Python 3.12, where the same `pip install -e '.[test]'` resolves to the newest jax, flax,
-# orbax-checkpoint and grain, then runs the quick suite and one short training run that is
+# builds a fresh venv on Python 3.12, where the same `pip install -e '.[test]'` resolves to the
+# newest jax, flax, orbax-checkpoint and grain, then runs the quick suite and one short training run that is
 # killed with SIGKILL after a checkpoint, rerun, and compared bitwise with an uninterrupted run
 # (tests/test_train_loop.py::test_losses_fall_and_sigkill_resume_is_bitwise).
 # Python: $NEWEST_PYTHON, else pyenv's 3.12.1, else python3.12 on PATH. The venv: $NEWEST_VENV,
