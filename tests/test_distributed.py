@@ -74,7 +74,7 @@ def _restore_state(workdir):
   path = os.path.join(str(workdir), "checkpoints", str(STEPS), "state")
   ckptr = ocp.StandardCheckpointer()
   tree = ckptr.metadata(path).item_metadata.tree
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  device = jax.sharding.make_single_device_sharding(jax.devices()[0])
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
   return ckptr.restore(path, target)
 
@@ -125,6 +125,23 @@ def test_detect_cluster_from_environment():
   assert detect({"OMPI_COMM_WORLD_SIZE": "4"}) == "ompi"
   assert detect({"TPU_WORKER_HOSTNAMES": "10.0.0.2,10.0.0.3"}) == "tpu"
   assert detect({"TPU_WORKER_HOSTNAMES": "localhost"}) is None
+
+
+def test_cloud_tpu_vm_is_read_from_the_pci_bus_without_private_jax(tmp_path, monkeypatch):
+  def device(name, vendor, dev):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "vendor").write_text(vendor + "\n")
+    (tmp_path / name / "device").write_text(dev + "\n")
+
+  device("0000:00:04.0", "0x1ae0", "0x0042")  # Google's gVNIC: a GCE VM, not a TPU
+  device("0000:00:05.0", "0x8086", "0x005e")  # another vendor with a TPU-like id
+  monkeypatch.setenv("TPU_LIBRARY_PATH", "/fake/libtpu.so")
+  assert not distributed._on_cloud_tpu_vm(str(tmp_path))
+  device("0000:00:06.0", "0x1ae0", "0x005e")  # a TPU v4 chip
+  assert distributed._on_cloud_tpu_vm(str(tmp_path))
+  monkeypatch.delenv("TPU_LIBRARY_PATH")
+  monkeypatch.setattr(distributed.importlib.util, "find_spec", lambda name: None)
+  assert not distributed._on_cloud_tpu_vm(str(tmp_path))  # chips but no libtpu: no TPU backend
 
 
 def test_initialize_is_a_noop_for_one_process(monkeypatch):

@@ -55,7 +55,12 @@ def test_v4_8_plan():
   ssh = [c for c in cmds if c[3:5] == ["tpu-vm", "ssh"]]
   assert len(ssh) == 2 and all("--worker=all" in c for c in ssh)
   setup, train = map(_remote, ssh)
-  assert "pip install -q -e ~/dirroute-jax 'jax[tpu]' gcsfs" in setup
+  # Python 3.12 for the newest jax: the image's if it has one, else uv's standalone build (the
+  # TPU images ship 3.10); then the project's tpu extra (jax[tpu] and its libtpu) and gcsfs.
+  assert "(python3.12 -m venv ~/dirroute-venv 2>/dev/null || (" in setup
+  assert "uv venv -q --seed --python=3.12 ~/dirroute-venv" in setup
+  assert "cd ~/dirroute-jax && ~/dirroute-venv/bin/pip install -q -e '.[tpu,gcs]'" in setup
+  assert "apt-get" not in setup and "python3.11" not in setup
   assert ("launch/train.py --config=configs/433m.py --workdir=gs://bucket/dirroute/433m "
           "--config.steps=100") in train
   assert "--distributed" not in train  # one host: nothing to coordinate
@@ -222,6 +227,23 @@ def test_sbatch_script_one_process_per_node():
   assert ("TRAIN_ARGS=(--config=configs/433m.py --workdir=/shared/runs/433m --config.steps=9 "
           "'--config.data.files=~/data/*.parquet')") in script
   subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+
+
+def test_a_missing_venv_is_created_with_python_3_12_and_cuda_jax(tmp_path):
+  job = _slurm_job(venv=str(tmp_path / "venv"), repo_dir="/shared/dirroute-jax")
+  pip = str(tmp_path / "venv" / "bin" / "pip")
+  assert slurm.venv_commands(job) == [
+      ["python3.12", "-m", "venv", str(tmp_path / "venv")], [pip, "install", "-q", "-U", "pip"],
+      [pip, "install", "-q", "-e", "/shared/dirroute-jax[cuda]"]]
+  assert slurm.venv_commands(_slurm_job(venv=None)) == []
+  (tmp_path / "venv" / "bin").mkdir(parents=True)
+  (tmp_path / "venv" / "bin" / "python").touch()
+  assert slurm.venv_commands(job) == []  # an existing venv is used as it is
+  out = subprocess.run(
+      [sys.executable, os.path.join(REPO, "launch", "slurm.py"), "--workdir=/shared/run",
+       f"--venv={tmp_path}/new", "--python=python3.13", "--dry_run", "--", *DATA],
+      capture_output=True, text=True, check=True)
+  assert f"python3.13 -m venv {tmp_path}/new" in out.stderr and not (tmp_path / "new").exists()
 
 
 def test_sbatch_script_one_process_per_gpu():

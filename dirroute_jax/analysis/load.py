@@ -98,7 +98,7 @@ def load_workdir(path: str, *, step: int | None = None) -> Workdir:
     absl_logger.addFilter(_DropReadOnlyNotice())
   cfg = config_from_json(checkpoint.restore_config(path, step=step))
   models = {name: build_model(mc) for name, mc in model_configs(cfg).items()}
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  device = jax.sharding.make_single_device_sharding(jax.local_devices()[0])
   # A params-only copy (export/params_only.py) may store bf16: restore as stored (the
   # checksums are of those bits), then cast to the float32 the models hold.
   stored = _params_only_dtype(path)

@@ -56,6 +56,7 @@ class SlurmJob:
   cpus_per_node: int | None = None
   repo_dir: str = REPO
   venv: str | None = os.path.join(REPO, ".venv")
+  venv_python: str = "python3.12"  # creates `venv` if missing; the newest jax needs >= 3.12
   python: str = "python"
   port_base: int = 20000
   check_gpu: bool = True
@@ -75,6 +76,18 @@ def check_job(job: SlurmJob) -> None:
     raise ValueError(f"--workdir={job.workdir!r}: give an absolute path on a filesystem every "
                      "node mounts (the job runs from --repo_dir, not from here).")
   check_train_args(job.config, job.workdir, job.train_args, REPO)
+
+
+def venv_commands(job: SlurmJob) -> list[list[str]]:
+  """Creates `job.venv` when it does not exist yet, on the machine that submits (a login node
+  with internet; compute nodes often have none, and they see the venv on the shared
+  filesystem): `job.venv_python -m venv`, then the project with jax's CUDA wheels
+  (`pip install -e '.[cuda]'`). An existing venv is used as it is."""
+  if not job.venv or os.path.exists(os.path.join(job.venv, "bin", "python")):
+    return []
+  pip = os.path.join(job.venv, "bin", "pip")
+  return [[job.venv_python, "-m", "venv", job.venv], [pip, "install", "-q", "-U", "pip"],
+          [pip, "install", "-q", "-e", f"{job.repo_dir}[cuda]"]]
 
 
 def _any_of(codes) -> str:

@@ -96,8 +96,8 @@ class TpuJob:
   train_args: tuple[str, ...] = ()
   stage_data: str | None = None  # gs:// folder synced to REMOTE_DATA on every worker
   num_slices: int = 1  # >1: a multi-slice queued resource (slices joined over the DCN)
-  python: str = "python3.11"
-  pip_packages: tuple[str, ...] = ("jax[tpu]", "gcsfs")  # gcsfs: Orbax/epath on gs://
+  python: str = "3.12"  # the workers' Python: the newest jax needs >= 3.12 (README)
+  extras: str = "tpu,gcs"  # pyproject's jax[tpu] (+ the matching libtpu) and gcsfs for gs://
 
   @property
   def slice(self) -> Slice:
@@ -174,24 +174,26 @@ def copy_commands(job: TpuJob) -> list[list[str]]:
 
 
 def setup_script(job: TpuJob) -> str:
-  """Runs on every worker: Python 3.11 (the TPU images ship 3.10), the code, a venv, the
-  project plus jax[tpu]."""
-  py = job.python
+  """Runs on every worker: the code, a venv on Python `job.python` and the project with its
+  `tpu` extra (jax[tpu] in pyproject's range, libtpu pinned by jax). The TPU images ship
+  Python 3.10 (Ubuntu 22.04): an existing python3.12 is used, else uv (installed with the
+  image's pip) downloads a standalone CPython 3.12 into the user's home; no apt, no PPA."""
+  py = f"python{job.python}"
   if job.repo:
     code = (f"rm -rf {REMOTE_DIR} && git clone --depth=1 --branch={shlex.quote(job.ref)} "
             f"{shlex.quote(job.repo)} {REMOTE_DIR}")
   else:
     code = (f"rm -rf {REMOTE_DIR} && mkdir -p {REMOTE_DIR} && "
             f"tar -xzf {REMOTE_DIR}.tgz -C {REMOTE_DIR}")
-  packages = " ".join(shlex.quote(p) for p in job.pip_packages)
   steps = [
       "set -e",
-      f"(command -v {py} >/dev/null || (sudo apt-get update -qq && sudo DEBIAN_FRONTEND="
-      f"noninteractive apt-get install -y -qq {py} {py}-venv))",
       code,
-      f"{py} -m venv {REMOTE_VENV}",
+      f"rm -rf {REMOTE_VENV}",
+      f"({py} -m venv {REMOTE_VENV} 2>/dev/null || (rm -rf {REMOTE_VENV}; "
+      "(python3 -m pip install -q --user -U uv || curl -LsSf https://astral.sh/uv/install.sh "
+      f"| sh) && ~/.local/bin/uv venv -q --seed --python={job.python} {REMOTE_VENV}))",
       f"{REMOTE_VENV}/bin/pip install -q -U pip",
-      f"{REMOTE_VENV}/bin/pip install -q -e {REMOTE_DIR} {packages}",
+      f"cd {REMOTE_DIR} && {REMOTE_VENV}/bin/pip install -q -e {shlex.quote(f'.[{job.extras}]')}",
   ]
   if job.stage_data:  # data.files is read with a local glob: every worker needs its own copy
     steps += [f"mkdir -p {REMOTE_DATA}",

@@ -19,6 +19,8 @@ command runs on a laptop, a TPU VM and a SLURM node.
 
 from __future__ import annotations
 
+import glob
+import importlib.util
 import os
 from typing import Sequence
 
@@ -50,18 +52,32 @@ def detect_cluster(environ=None) -> str | None:
   return None
 
 
-def _on_cloud_tpu_vm() -> bool:
-  # Set by `import jax` when libtpu and TPU chips are present; private, hence the guard.
-  try:
-    from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
-  except ImportError:
+# Google's PCI vendor id and its TPU chips' device ids (v3, v4, v5p, v5e, v6e, TPU7x, ...): the
+# table jax's own probe reads at `import jax` (it is private there, so it is repeated here).
+_GOOGLE_PCI_VENDOR = "0x1ae0"
+_TPU_PCI_DEVICES = frozenset({"0x0027", "0x0056", "0x005e", "0x0062", "0x0063", "0x006f",
+                              "0x0076", "0x007c", "0x0083"})
+
+
+def _on_cloud_tpu_vm(pci_devices: str = "/sys/bus/pci/devices") -> bool:
+  """A Cloud TPU VM: TPU chips on the PCI bus and libtpu installed, the test `import jax` makes
+  before it starts the TPU backend. Read from sysfs, so no device is touched before
+  `jax.distributed.initialize`. A chip newer than the table: pass --distributed=on."""
+  if importlib.util.find_spec("libtpu") is None and not os.environ.get("TPU_LIBRARY_PATH"):
     return False
-  return bool(getattr(cloud_tpu_init, "running_in_cloud_tpu_vm", False))
+  for vendor in glob.glob(os.path.join(pci_devices, "*", "vendor")):
+    try:
+      with open(vendor) as f, open(os.path.join(os.path.dirname(vendor), "device")) as g:
+        if f.read().strip() == _GOOGLE_PCI_VENDOR and g.read().strip() in _TPU_PCI_DEVICES:
+          return True
+    except OSError:
+      continue
+  return False
 
 
 def _cpu_collectives() -> None:
   """Cross-process collectives on CPU (the localhost test) need gloo: the default in the jax we
-  test (0.10), but older releases defaulted to none, which fails at the first all-reduce."""
+  test (0.10, 0.12), but older releases defaulted to none, which fails at the first all-reduce."""
   if jax.config.values.get("jax_cpu_collectives_implementation") in (None, "none"):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
 
