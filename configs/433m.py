@@ -8,6 +8,12 @@ Recipe: FineWeb sample-10BT, AdamW with cosine 3e-4 -> 3e-5, 500 warmup steps, w
 bf16 compute, micro-batch 16 x accumulation 8 x 1024 tokens (global batch 128 sequences),
 20K steps, seed 42.
 
+Pods: as shipped (mesh fsdp over all devices, micro-batch 16) the pair fits v4-8, v5e-16, v5p-8,
+v6e-8, 1 x H100 and 8 x H100 (fsdp, data parallel, fsdp 4 x tensor 2) with at least 20% of HBM
+to spare, by each target compiler's own memory analysis (`python launch/plan.py
+--config=configs/433m.py --target=v5e-16`; the table is in BENCHMARKS.md). Two slices: the
+same command with --target=2xv5e-16 (mesh.dcn_data splits the batch over the slices).
+
 Pooling is the paper's `sequence_mean`, which is NOT causal: every position's routing sees the
 whole sequence, future included. Use `--config.model.pooling=causal_mean` for a model whose
 perplexity is comparable with a causal LM.
