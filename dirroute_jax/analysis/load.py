@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging as std_logging
-import os
 
 from absl import logging
 
