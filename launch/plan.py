@@ -20,11 +20,12 @@ import json
 import sys
 
 from absl import app, flags
+import jax
 from ml_collections import config_flags
 
 from dirroute_jax.cli import parse_flags
 from dirroute_jax.config import ConfigError, validate_mesh_config, validate_model_config
-from dirroute_jax.train import targets as targets_lib
+from dirroute_jax.train import plan as plan_lib, targets as targets_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py file.", lock_config=True)
 _TARGET = flags.DEFINE_string(
@@ -38,8 +39,7 @@ _DEVICES = flags.DEFINE_integer("devices", None, "Fake CPU devices standing in f
 _REAL = flags.DEFINE_bool(
     "real_devices", False, "Compile for this machine's own accelerators (run on the TPU VM or "
     "GPU node) instead of fake CPU devices.")
-_ACCELERATOR = flags.DEFINE_enum("accelerator", None, sorted(("v4", "v5e", "v5p", "v6e", "h100",
-                                                              "h200", "a100")),
+_ACCELERATOR = flags.DEFINE_enum("accelerator", None, sorted(plan_lib.ACCELERATORS),
                                  "With fake CPU devices: check the peak against this chip's "
                                  "HBM. Replaced by --target (the chip's own compiler).")
 
@@ -58,8 +58,6 @@ def _list_targets() -> str:
 
 def _devices_and_target():
   """(devices, Target or None, fallback note or None), after choosing jax's platform."""
-  import jax  # the platform is chosen below, before any backend starts
-
   if _REAL.value:
     if _TARGET.value:
       raise ConfigError("--real_devices compiles for this machine's chips; drop --target.")
@@ -105,8 +103,6 @@ def main(argv):
     validate_model_config(cfg.model)  # the data side is not needed for a plan
     validate_mesh_config(cfg.mesh)
     devices, target, note = _devices_and_target()
-    from dirroute_jax.train import plan as plan_lib  # after the platform is chosen
-
     if note:
       print(note, file=sys.stderr, flush=True)
     if target and not note:
