@@ -11,6 +11,7 @@ import logging as std_logging
 import os
 import sys
 import types
+import warnings
 
 from absl import flags, logging
 from ml_collections import config_flags
@@ -250,6 +251,11 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
     logging.get_absl_handler().addFilter(_NoLibraryTracebacks())
     std_logging.getLogger("asyncio").addFilter(_NoOrphanedReads())
     sys.unraisablehook = _unraisable(sys.unraisablehook)
+    # After a failed background write, orbax's unstarted write coroutines are collected at
+    # exit, each a two-line RuntimeWarning after our one-line error. This package has no
+    # coroutines of its own, so any such warning is a library's.
+    warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited",
+                            category=RuntimeWarning)
   return rest
 
 

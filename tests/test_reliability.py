@@ -459,6 +459,25 @@ def _ours():
   return _ours_coroutine()
 
 
+def test_a_library_coroutine_never_started_leaves_the_error_last():
+  """CI saw it after a failed save: an orbax write coroutine created but never awaited is
+  collected at exit and warned about (two lines) after the one-line error."""
+  script = """if 1:
+    import sys
+    from dirroute_jax import cli
+    cli.parse_flags(["train.py"])
+    async def write():
+      pass
+    pending = write()  # collected at interpreter exit, never awaited
+    with cli.exit_on_train_error("/runs/full"):
+      raise OSError(28, "No space left on device")
+  """
+  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                        cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == exit_codes.IO_ERROR, proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].startswith("error: No space left"), proc.stderr
+
+
 def test_another_runs_valid_tokenizer_is_warned_about(tmp_path, tiny_cfg, caplog):
   import logging as std_logging
 
