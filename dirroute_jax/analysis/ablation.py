@@ -39,11 +39,11 @@ from typing import Iterable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from dirroute_jax.analysis import plots, result as result_lib
 from dirroute_jax.analysis.markdown import fmt, pct_ci, sample, table
 from dirroute_jax.model import interventions as iv_lib
+from dirroute_jax.model.losses import cross_entropy_sums
 from dirroute_jax.model.transformer import Transformer, forward, init_params
 from dirroute_jax.train import evaluate
 
@@ -89,8 +89,7 @@ def loss_sums(model: Transformer, params, inputs_BxT, targets_BxT, weights_BxT, 
   `linear_layers` (static) linearises the first k layers' attention (analysis/linearise.py)."""
   logits_BxTxV, _ = forward(model, params, inputs_BxT, interventions=iv,
                             linear_layers=linear_layers)
-  ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
-  return jnp.sum(ce_BxT * weights_BxT, axis=1), jnp.sum(weights_BxT, axis=1)
+  return cross_entropy_sums(logits_BxTxV, targets_BxT, weights_BxT)
 
 
 @functools.partial(jax.jit, static_argnums=(0,))

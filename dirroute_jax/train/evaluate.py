@@ -18,9 +18,9 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-import optax
 from jax.experimental import multihost_utils
 
+from dirroute_jax.model.losses import cross_entropy_sums
 from dirroute_jax.model.transformer import Transformer, build_model, forward
 from dirroute_jax.train import sharding
 from dirroute_jax.train.step import BATCH_KEYS, Trainer
@@ -46,8 +46,7 @@ def prefix_model(model_cfg) -> Transformer | None:
 
 def _loss_sums_fn(model: Transformer, params, inputs_BxT, targets_BxT, weights_BxT):
   logits_BxTxV, _ = forward(model, params, inputs_BxT)
-  ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
-  return (ce_BxT * weights_BxT).sum(axis=-1), weights_BxT.sum(axis=-1)
+  return cross_entropy_sums(logits_BxTxV, targets_BxT, weights_BxT)
 
 
 _loss_sums = jax.jit(_loss_sums_fn, static_argnums=(0,))

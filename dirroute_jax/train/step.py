@@ -22,6 +22,7 @@ import optax
 
 from dirroute_jax.config import model_configs
 from dirroute_jax.model import kernels
+from dirroute_jax.model.losses import cross_entropy_sums
 from dirroute_jax.model.transformer import Transformer, abstract_params, build_model, forward
 from dirroute_jax.train import sharding
 from dirroute_jax.train.optimizer import learning_rate_schedule, make_optimizer
@@ -83,11 +84,6 @@ class OnMesh:
     return getattr(self._jitted, name)
 
 
-def _cross_entropy_sums(logits_BxTxV, targets_BxT, weights_BxT):
-  ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
-  return (ce_BxT * weights_BxT).sum(axis=-1), weights_BxT.sum(axis=-1)
-
-
 ROUTER_STATS = ("router/mean", "router/frac_below_0.1", "router/frac_above_0.9")
 
 
@@ -132,7 +128,7 @@ def make_trainer(cfg, mesh: jax.sharding.Mesh) -> Trainer:
   def loss_sums(name, params, micro):
     capture = ("blocks.*.attn.r",) if model_cfgs[name].routing else ()
     logits, captured = forward(models[name], params, micro["inputs"], capture=capture)
-    loss_sum_B, tokens_B = _cross_entropy_sums(logits, micro["targets"], micro["weights"])
+    loss_sum_B, tokens_B = cross_entropy_sums(logits, micro["targets"], micro["weights"])
     return loss_sum_B.sum(), (tokens_B.sum(), _router_stats(captured) if capture else {})
 
   def train_step(state, batch):
@@ -192,7 +188,7 @@ def make_trainer(cfg, mesh: jax.sharding.Mesh) -> Trainer:
       out = {}
       for n, model in models.items():
         logits, _ = forward(model, state["models"][n]["params"], batch["inputs"])
-        out[n] = _cross_entropy_sums(logits, batch["targets"], batch["weights"])
+        out[n] = cross_entropy_sums(logits, batch["targets"], batch["weights"])
       return out
 
   batch_shardings = {k: batch_sh for k in BATCH_KEYS}
