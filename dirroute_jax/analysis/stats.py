@@ -54,3 +54,92 @@ def verdict(ci_low: float, ci_high: float, paper_side: int = +1) -> str:
 def reduction(log_ratio: float) -> float:
   """PPL reduction 1 - PPL_a / PPL_b from log(PPL_b) - log(PPL_a) (positive: a is better)."""
   return 1.0 - math.exp(-log_ratio)
+
+
+# --- Tests beside the interval: exact sign-flip p, Holm's correction, equivalence -------------
+#
+# A paired comparison over n seeds has one difference per seed. Under "no difference" each
+# difference is as likely to have either sign (the two models are exchangeable within a seed),
+# so the 2^n sign flips of the observed differences give the exact null distribution of their
+# mean: the sign-flip (randomisation) p. It makes no normality assumption, which the t-interval
+# leans on at n = 5, and it has a floor: 2 / 2^n (0.0625 at 5 seeds, so no 5-seed comparison can
+# reach p < 0.05 by it).
+
+_MAX_EXACT_SEEDS = 20  # 2^20 sign patterns; beyond, the p is not exact and is refused
+
+
+def sign_flip_p(diffs: Sequence[float]) -> float:
+  """Exact two-sided sign-flip p of H0: the paired differences are symmetric about 0.
+
+  The fraction of the 2^n sign patterns whose |mean| is at least the observed |mean| (the
+  observed pattern included, so p >= 2 / 2^n). NaN for no differences."""
+  x = np.asarray(diffs, np.float64)
+  n = int(x.size)
+  if n == 0:
+    return math.nan
+  if n > _MAX_EXACT_SEEDS:
+    raise ValueError(f"sign_flip_p enumerates 2^n patterns; n = {n} > {_MAX_EXACT_SEEDS}.")
+  bits_PxN = (np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1
+  means_P = ((1 - 2 * bits_PxN) * x[None, :]).mean(axis=1)
+  observed = abs(float(x.mean()))
+  # A relative tolerance so that the observed pattern counts itself despite rounding.
+  return float(np.mean(np.abs(means_P) >= observed * (1 - 1e-12)))
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+  """Holm-Bonferroni adjusted p-values, in the input's order: the k-th smallest p times
+  (m - k + 1), made monotone, capped at 1. Controls the family-wise error rate over the m
+  tests without assuming they are independent. NaN p-values are left out of m and stay NaN."""
+  p = np.asarray(pvalues, np.float64)
+  ok = np.flatnonzero(np.isfinite(p))
+  m = ok.size
+  adjusted = np.full(p.shape, math.nan)
+  running = 0.0
+  for rank, i in enumerate(ok[np.argsort(p[ok], kind="stable")]):
+    running = max(running, min(1.0, (m - rank) * float(p[i])))
+    adjusted[i] = running
+  return [float(v) for v in adjusted]
+
+
+def log_margin(ratio_margin: float) -> tuple[float, float]:
+  """The equivalence margin +/-M on the PPL-reduction scale (1 - PPL_a / PPL_b) as bounds on
+  the log scale, where the intervals are computed: r = 1 - exp(-d) maps -M and +M to
+  d = -log(1 + M) and -log(1 - M). The map is monotone, so a verdict is the same on both."""
+  if not 0 < ratio_margin < 1:
+    raise ValueError(f"the margin must be in (0, 1), got {ratio_margin!r}.")
+  return -math.log1p(ratio_margin), -math.log1p(-ratio_margin)
+
+
+def equivalent(values: Sequence[float], low_bound: float, high_bound: float,
+               level: float = 0.95) -> bool:
+  """Two one-sided tests (TOST) at 1 - `level`: the (2 * level - 1) t-interval (90% for 95%)
+  lies inside (low_bound, high_bound). False when there is no interval."""
+  ci = t_interval(values, level=2 * level - 1)
+  return bool(math.isfinite(ci["low"]) and math.isfinite(ci["high"])
+              and low_bound < ci["low"] and ci["high"] < high_bound)
+
+
+EQUIVALENT, UNINFORMATIVE = "no difference (within margin)", "uninformative"
+DOES_NOT_HOLD = "does not hold (opposite)"
+
+
+def paired_verdict(diffs: Sequence[float], margin: tuple[float, float], *, alpha: float = 0.05,
+                   p: float | None = None, paper_side: int = +1) -> str:
+  """The verdict of a paired comparison over seeds, on the log scale of `diffs`:
+
+  - HOLDS: the (1 - alpha) t-interval excludes 0 on the paper's side AND the sign-flip p
+    (or `p`, e.g. Holm-adjusted, when given) is below alpha: both the parametric and the exact
+    test agree;
+  - DOES_NOT_HOLD: the same on the other side;
+  - EQUIVALENT: the two one-sided tests put the mean inside `margin` (log-scale bounds, see
+    `log_margin`): a difference this small is ruled in, and larger ones ruled out;
+  - UNINFORMATIVE: none of these (too few seeds, or the tests disagree).
+  """
+  ci = t_interval(diffs, level=1 - alpha)
+  p = sign_flip_p(diffs) if p is None else p
+  side = verdict(ci["low"], ci["high"], paper_side=paper_side)
+  if side != NO_DIFFERENCE and p < alpha:
+    return HOLDS if side == HOLDS else DOES_NOT_HOLD
+  if equivalent(diffs, margin[0], margin[1], level=1 - alpha):
+    return EQUIVALENT
+  return UNINFORMATIVE
