@@ -3,6 +3,11 @@
 The routing hook sits between the attention-weighted sum of values (o, per head) and W_O, as in
 the paper. With `routing=False` the same module is the baseline's attention: no router, no
 directions, nothing else different.
+
+The layer is configured by one `AttentionConfig`. How values are mixed by the scores is a
+function apart from it, chosen once per trace (`mixing_op`: the fused kernel of
+model/kernels.py, the explicit softmax when the pattern is captured, or linear attention), and
+incremental decoding's attention over the cache is another (`cached_attention`).
 """
 
 from __future__ import annotations
@@ -16,8 +21,6 @@ import jax.numpy as jnp
 
 from dirroute_jax.model import kernels, routing
 from dirroute_jax.model.interventions import LayerInterventions, wants
-# The kernel choice lives in model/kernels.py; these names stay importable from here.
-from dirroute_jax.model.kernels import attention_impl_summary, resolve_attention_impl  # noqa: F401
 
 Array = jax.Array
 

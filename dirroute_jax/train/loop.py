@@ -26,7 +26,7 @@ from dirroute_jax.config import ConfigError, default_config, flatten, validate_c
 from dirroute_jax.data import tokenizers
 from dirroute_jax.data.pipeline import make_data
 from dirroute_jax import exit_codes, workdir as workdir_lib
-from dirroute_jax.model import attention
+from dirroute_jax.model import kernels
 from dirroute_jax.model.variants import PREFIX_ONLY as PREFIX, model_configs
 from dirroute_jax.train import checkpoint, flops, lock, plan as plan_lib, sharding, step as step_lib
 from dirroute_jax.train import profile as profile_lib, signals as stop_signals
@@ -278,7 +278,7 @@ def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
       say(f"Resumed from step {start} in {workdir}")
     else:
       state, start = trainer.init_state(jax.random.key(cfg.seed)), 0
-    say(attention.attention_impl_summary(cfg.model, trainer.mesh.devices.flat[0]))
+    say(kernels.attention_impl_summary(cfg.model, trainer.mesh.devices.flat[0]))
     train_step = _compile_train_step(trainer, state, say)
     profiler = profile_lib.ProfileWindow(cfg.get("profile_steps", ""), workdir, say)
     say(f"Training {', '.join(trainer.models)} for {cfg.steps} steps: batch {cfg.batch_size} x "
