@@ -48,7 +48,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from dirroute_jax.cli import parse_flags
-from dirroute_jax.config import model_variant
+from dirroute_jax.model.variants import model_variant
 from dirroute_jax.train import flops, sharding, step
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py file.",

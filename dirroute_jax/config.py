@@ -10,8 +10,6 @@ Choices the paper leaves open are marked [reconstructed] (METHOD.md) and stay co
 
 from __future__ import annotations
 
-import copy
-
 import re
 
 import ml_collections
@@ -76,7 +74,7 @@ def default_config() -> ml_collections.ConfigDict:
   # The set of models trained side by side on the same batches, comma-separated:
   # "routed" is `model` with routing on, "baseline" the same config with routing off, "sd" the
   # baseline with S-D attention (add it: --config.models=routed,baseline,sd), "matched" the
-  # baseline with a wider MLP, as many parameters as the routed model (MODEL_VARIANTS below).
+  # baseline with a wider MLP, as many parameters as the routed model (model/variants.py).
   c.models = "routed,baseline"
 
   c.seed = 42
@@ -153,40 +151,6 @@ def default_config() -> ml_collections.ConfigDict:
 
 class ConfigError(ValueError):
   """A configuration value is invalid; the message says which and how to fix it."""
-
-
-def _matched_d_ff(model_cfg) -> int:
-  # Imported here: model/params.py imports this module, and counting parameters needs the model.
-  from dirroute_jax.model.params import matched_d_ff
-  return matched_d_ff(model_cfg)
-
-
-# The models a run can train side by side (`models`), each `model` with these keys overridden;
-# a callable value is computed from `model`. "matched" is the baseline with its MLP widened so
-# that its parameter count matches the routed model's (the rule: model/params.matched_d_ff).
-MODEL_VARIANTS = {
-    "routed": {"routing": True},
-    "baseline": {"routing": False},
-    "sd": {"routing": False, "attention": "sd"},
-    "matched": {"routing": False, "d_ff": _matched_d_ff},
-}
-
-
-def model_variant(model_cfg: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
-  """A copy of `model_cfg` as the named variant (e.g. "baseline": routing off)."""
-  out = copy.deepcopy(model_cfg)
-  out.update({k: v(model_cfg) if callable(v) else v for k, v in MODEL_VARIANTS[name].items()})
-  return out
-
-
-def model_configs(cfg) -> dict[str, ml_collections.ConfigDict]:
-  """The set of models trained side by side (`cfg.models`), each a variant of `cfg.model`."""
-  names = [n.strip() for n in cfg.models.split(",") if n.strip()]
-  unknown = [n for n in names if n not in MODEL_VARIANTS]
-  if not names or unknown or len(set(names)) != len(names):
-    raise ConfigError(f"models={cfg.models!r}: give distinct names from "
-                      f"{sorted(MODEL_VARIANTS)}, comma-separated.")
-  return {name: model_variant(cfg.model, name) for name in names}
 
 
 def _need(ok: bool, msg: str) -> None:

@@ -19,7 +19,7 @@ from dirroute_jax.analysis.causality import audit_causality
 from dirroute_jax import exit_codes
 from dirroute_jax.analysis.load import LOAD_ERRORS, load_workdir
 from dirroute_jax.cli import fail, parse_flags
-from dirroute_jax.config import model_variant
+from dirroute_jax.model.variants import model_variant
 from dirroute_jax.model import transformer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py file.", lock_config=True)

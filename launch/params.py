@@ -8,7 +8,7 @@ from absl import app
 from ml_collections import config_flags
 
 from dirroute_jax.cli import parse_flags
-from dirroute_jax.model import params
+from dirroute_jax.model import params, variants
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py file.", lock_config=True)
 
@@ -16,7 +16,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py file.", 
 def main(argv):
   del argv
   model_cfg = _CONFIG.value.model
-  print(params.format_table(params.count_pair(model_cfg), params.matched_d_ff(model_cfg)))
+  print(params.format_table(variants.count_pair(model_cfg), variants.matched_d_ff(model_cfg)))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import pytest
 
 from dirroute_jax.analysis import ablation as ablation_lib
 from dirroute_jax.analysis import factual as factual_lib
-from dirroute_jax.config import model_configs
+from dirroute_jax.model.variants import model_configs
 from dirroute_jax.data.tokenizers import ByteTokenizer
 from dirroute_jax.model import interventions as iv_lib
 from dirroute_jax.model.transformer import build_model, forward, init_params

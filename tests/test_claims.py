@@ -16,7 +16,7 @@ import pytest
 from dirroute_jax.analysis import claims
 from dirroute_jax.analysis.load import load_workdir
 from dirroute_jax.analysis.report import run_analyses
-from dirroute_jax.config import model_configs
+from dirroute_jax.model.variants import model_configs
 from dirroute_jax.model.transformer import build_model, init_params
 
 # Fewer permutations / null draws than the defaults: the criteria, not the nulls' precision,

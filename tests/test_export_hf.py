@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from dirroute_jax.config import model_variant
+from dirroute_jax.model.variants import model_variant
 from dirroute_jax.data import sources
 from dirroute_jax.data import tokenizers as tok_lib
 from dirroute_jax.export import hf

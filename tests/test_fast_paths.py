@@ -13,7 +13,7 @@ import pytest
 
 from dirroute_jax.config import ConfigError
 from dirroute_jax.model import routing
-from dirroute_jax.model.attention import resolve_attention_impl
+from dirroute_jax.model.kernels import resolve_attention_impl
 from dirroute_jax.model.transformer import build_model, forward, init_params
 
 

@@ -6,6 +6,7 @@ import jax
 import pytest
 
 from dirroute_jax.config import load_config_file
+from dirroute_jax.model.variants import model_configs
 from dirroute_jax.train import flops, sharding, step
 
 
@@ -20,14 +21,14 @@ def test_analytic_flops_match_xla_cost_analysis(tiny_cfg, pooling):
   cost = trainer.train_step.lower(trainer.abstract_state(), batch).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   analytic = 8 * 64 * sum(flops.flops_per_token(m, 64)
-                          for m in step.model_configs(cfg).values())
+                          for m in model_configs(cfg).values())
   # XLA also counts elementwise work (softmax, norms, Adam), a few percent at this size.
   assert 1.0 <= cost["flops"] / analytic < 1.06
 
 
 def test_paper_scale_flops_and_peaks():
   cfg = load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs", "433m.py"))
-  routed, base = (step.model_configs(cfg)[n] for n in ("routed", "baseline"))
+  routed, base = (model_configs(cfg)[n] for n in ("routed", "baseline"))
   # 6N dominates: ~6 * 417M (with the 50304-row unembedding counted as a matmul).
   assert 2.5e9 < flops.flops_per_token(base, 1024) < 2.8e9
   # sequence_mean runs the router once per sequence: nearly free per token.

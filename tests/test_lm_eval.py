@@ -18,7 +18,7 @@ pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.api.registry import get_model  # noqa: E402
 
-from dirroute_jax.config import model_configs  # noqa: E402
+from dirroute_jax.model.variants import model_configs  # noqa: E402
 from dirroute_jax.data.tokenizers import ByteTokenizer  # noqa: E402
 from dirroute_jax.export import lm_eval_adapter as adapter  # noqa: E402
 from dirroute_jax.export import lm_eval_compare  # noqa: E402

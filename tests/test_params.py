@@ -6,15 +6,16 @@ import sys
 
 import pytest
 
-from dirroute_jax.config import load_config_file, model_variant
+from dirroute_jax.config import load_config_file
 from dirroute_jax.model import params
+from dirroute_jax.model.variants import count_pair, matched_d_ff, model_variant
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def counts_433m():
-  return params.count_pair(load_config_file(os.path.join(REPO, "configs", "433m.py")).model)
+  return count_pair(load_config_file(os.path.join(REPO, "configs", "433m.py")).model)
 
 
 @pytest.mark.slow
@@ -40,13 +41,13 @@ def test_433m_matches_paper(counts_433m):
 
 @pytest.mark.parametrize("name", ["tiny", "small", "433m"])
 def test_matched_baseline_has_the_routed_models_parameter_count(name):
-  """The rule in params.matched_d_ff: the closest integer d_ff, so the mismatch is at most half
+  """The rule in variants.matched_d_ff: the closest integer d_ff, so the mismatch is at most half
   of one unit of d_ff (3 * d_model * num_layers parameters per unit), and no neighbour is
   closer. Counted with eval_shape: nothing is allocated, even for 433M."""
   model_cfg = load_config_file(os.path.join(REPO, "configs", f"{name}.py")).model
-  counts = params.count_pair(model_cfg)
+  counts = count_pair(model_cfg)
   routed, baseline, matched = counts["routed"], counts["baseline"], counts["matched"]
-  d_ff = params.matched_d_ff(model_cfg)
+  d_ff = matched_d_ff(model_cfg)
   per_unit = 3 * model_cfg.d_model * model_cfg.num_layers
   gap = abs(matched.total_unpadded - routed.total_unpadded)
   assert gap <= per_unit / 2
@@ -63,7 +64,7 @@ def test_matched_baseline_has_the_routed_models_parameter_count(name):
 def test_matched_baseline_433m_numbers(counts_433m):
   assert counts_433m["matched"].total_unpadded - counts_433m["routed"].total_unpadded == -25_152
   model_cfg = load_config_file(os.path.join(REPO, "configs", "433m.py")).model
-  assert params.matched_d_ff(model_cfg) == 4387
+  assert matched_d_ff(model_cfg) == 4387
   assert model_variant(model_cfg, "matched").d_ff == 4387 and model_cfg.d_ff == 4096
 
 
@@ -71,7 +72,7 @@ def test_every_config_builds():
   for name in sorted(os.listdir(os.path.join(REPO, "configs"))):
     if name.endswith(".py"):
       cfg = load_config_file(os.path.join(REPO, "configs", name))
-      counts = params.count_pair(cfg.model)
+      counts = count_pair(cfg.model)
       assert counts["routed"].total > counts["baseline"].total > 0, name
       for key in ("routing", "pooling", "num_directions", "router_temperature"):
         assert key in cfg.model, (name, key)

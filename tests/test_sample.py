@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dirroute_jax.config import model_configs
+from dirroute_jax.model.variants import model_configs
 from dirroute_jax.model import sampling
 from dirroute_jax.model.transformer import build_model, forward, init_params
 from dirroute_jax.train.samples import md_escape

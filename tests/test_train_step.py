@@ -11,6 +11,7 @@ import optax
 import pytest
 
 from dirroute_jax.config import ConfigError, load_config_file, validate_config
+from dirroute_jax.model.variants import model_configs
 from dirroute_jax.train import sharding, step
 from dirroute_jax.train.optimizer import make_optimizer
 
@@ -154,7 +155,7 @@ def test_batch_not_divisible_by_data_parallel_size_is_a_clear_error(tiny_cfg):
 def test_unknown_model_name_is_a_clear_error(tiny_cfg):
   tiny_cfg.models = "routed,mamba"
   with pytest.raises(ConfigError, match="models="):
-    step.model_configs(tiny_cfg)
+    model_configs(tiny_cfg)
 
 
 def test_routing_params_get_half_lr_and_no_decay(tiny_cfg):

@@ -45,6 +45,7 @@ from dirroute_jax.analysis.markdown import fmt, pct_ci, sample, table
 from dirroute_jax.model import interventions as iv_lib
 from dirroute_jax.model.losses import cross_entropy_sums
 from dirroute_jax.model.transformer import Transformer, forward, init_params
+from dirroute_jax.model.variants import PREFIX_ONLY
 from dirroute_jax.train import evaluate
 
 
@@ -237,7 +238,7 @@ def reduction_at_init(models: dict[str, Transformer], batches, domains, seed: in
   params = {n: init_params(m, key) for n, m in models.items()}
   m = evaluate.evaluate_params(models, params, batches, domains)
   out = {}
-  for name in ("routed", evaluate.PREFIX):
+  for name in ("routed", PREFIX_ONLY):
     if f"eval/{name}/loss" not in m:
       continue
     out[name] = {"all": 1.0 - math.exp(m[f"eval/{name}/loss"] - m["eval/baseline/loss"]),

@@ -22,6 +22,7 @@ import numpy as np
 from dirroute_jax.analysis.ablation import paired_bootstrap_reduction
 from dirroute_jax.analysis.markdown import pct_ci, sample, table
 from dirroute_jax.model.transformer import Transformer, forward
+from dirroute_jax.model.variants import PREFIX_ONLY
 from dirroute_jax.train import evaluate
 
 
@@ -80,7 +81,7 @@ def measure_leak(models: dict[str, Transformer], params: dict, batches, domains)
     return {"applies": False, "note": "no sequence_mean routed model: nothing leaks"}
   windows = {}
   m = evaluate.evaluate_params(models, params, batches, domains, per_window=windows)
-  names = [n for n in ("routed", evaluate.PREFIX, "baseline") if f"eval/{n}/perplexity" in m]
+  names = [n for n in ("routed", PREFIX_ONLY, "baseline") if f"eval/{n}/perplexity" in m]
   present = [d for d in domains if f"eval/routed/{d}/perplexity" in m]
   ppl = {n: {"all": m[f"eval/{n}/perplexity"],
              **{d: m[f"eval/{n}/{d}/perplexity"] for d in present}} for n in names}
@@ -90,14 +91,14 @@ def measure_leak(models: dict[str, Transformer], params: dict, batches, domains)
     # Positive = lower perplexity than the baseline (the paper's sign).
     out["reduction_vs_baseline"] = {
         n: {k: 1.0 - v / ppl["baseline"][k] for k, v in ppl[n].items()}
-        for n in ("routed", evaluate.PREFIX)}
+        for n in ("routed", PREFIX_ONLY)}
     base_loss, tokens, _ = windows["baseline"]
     out["reduction_ci95"] = {n: list(paired_bootstrap_reduction(windows[n][0], base_loss,
                                                                 tokens))
-                             for n in ("routed", evaluate.PREFIX)}
+                             for n in ("routed", PREFIX_ONLY)}
     out["ci_method"] = f"paired bootstrap over {len(tokens)} held-out windows (2000 resamples)"
   out["prefix_over_as_trained"] = {k: v / ppl["routed"][k]
-                                   for k, v in ppl[evaluate.PREFIX].items()}
+                                   for k, v in ppl[PREFIX_ONLY].items()}
   return out
 
 
@@ -138,7 +139,7 @@ def markdown(r: dict) -> str:
     ppl = leak["ppl"]
     cols = list(ppl["routed"])
     names = {"routed": "routed, as trained (sees the whole window)",
-             evaluate.PREFIX: "routed, prefix-only routing (as when generating)",
+             PREFIX_ONLY: "routed, prefix-only routing (as when generating)",
              "baseline": "baseline"}
     rows = [[names[n]] + [ppl[n][c] for c in cols] for n in names if n in ppl]
     out += ["", f"Measured leak over {sample(leak['num_batches'], leak.get('eval_stride'))}: "
@@ -150,5 +151,5 @@ def markdown(r: dict) -> str:
       ci = leak.get("reduction_ci95", {})
       out += ["", "PPL reduction vs baseline: as trained " + pct_ci(
           red["routed"]["all"], ci.get("routed")) + "; prefix-only " + pct_ci(
-          red[evaluate.PREFIX]["all"], ci.get(evaluate.PREFIX)) + "."]
+          red[PREFIX_ONLY]["all"], ci.get(PREFIX_ONLY)) + "."]
   return "\n".join(out)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from dirroute_jax.analysis import ablation, dla, result, stats
 from dirroute_jax.analysis.markdown import fmt, table
-from dirroute_jax.train.evaluate import PREFIX
+from dirroute_jax.model.variants import PREFIX_ONLY as PREFIX
 
 
 YES, NO, NO_DIFF = "yes", "no", "no difference"

@@ -20,8 +20,8 @@ from dirroute_jax.config import default_config, flatten
 from dirroute_jax.data import tokenizers
 from dirroute_jax.data.pipeline import Data, make_data
 from dirroute_jax.model.transformer import Transformer, abstract_params, build_model
+from dirroute_jax.model.variants import model_configs
 from dirroute_jax.train import checkpoint
-from dirroute_jax.train.step import model_configs
 
 
 # What load_workdir raises for a workdir it cannot open (missing, no checkpoint, every

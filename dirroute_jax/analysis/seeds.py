@@ -31,11 +31,9 @@ from dirroute_jax.analysis import stats  # noqa: E402
 from dirroute_jax.analysis.markdown import fmt, table  # noqa: E402
 from dirroute_jax import workdir as workdir_lib  # noqa: E402
 from dirroute_jax.config import ConfigError, flatten  # noqa: E402
+from dirroute_jax.model.variants import PREFIX_ONLY as PREFIX  # noqa: E402
 
 MODELS = ("routed", "baseline", "matched")
-# The sequence_mean routed model evaluated with prefix-only routing (what it would see when
-# generating token by token), a metric of training's evaluation for that pooling.
-PREFIX = "routed_prefix"
 POOLINGS = ("sequence_mean", "causal_mean")
 FINAL = "final.json"
 

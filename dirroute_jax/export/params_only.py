@@ -69,7 +69,7 @@ def export_params(run, out: str, *, dtype: str = "bfloat16") -> ParamsOnly:
 def state_bytes_per_param(cfg) -> float:
   """Bytes per parameter of a full training checkpoint of `cfg`: float32 params plus the
   optimizer state (AdamW: mu and nu), from jax.eval_shape (nothing allocated)."""
-  from dirroute_jax.config import model_variant  # pylint: disable=g-import-not-at-top
+  from dirroute_jax.model.variants import model_variant  # pylint: disable=g-import-not-at-top
   from dirroute_jax.model.transformer import abstract_params, build_model  # pylint: disable=g-import-not-at-top
   from dirroute_jax.train.optimizer import make_optimizer  # pylint: disable=g-import-not-at-top
   import flax.linen as nn  # pylint: disable=g-import-not-at-top

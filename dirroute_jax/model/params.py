@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
-import math
 
 import flax.linen as nn
 import flax.traverse_util
-import ml_collections
 import numpy as np
 
-from dirroute_jax.config import model_variant
 from dirroute_jax.model.transformer import abstract_params, build_model, padded_vocab_size
 
 COMPONENTS = ("embedding", "attention", "mlp", "norms", "routers", "directions")
@@ -61,38 +56,6 @@ def count_params(model_cfg) -> ParamCount:
     by_component[component_of(path)] += int(np.prod(leaf.shape))
   pad_rows = padded_vocab_size(model_cfg) - model_cfg.vocab_size
   return ParamCount(by_component, pad_rows * model_cfg.d_model)
-
-
-@functools.lru_cache(maxsize=64)
-def _matched_d_ff(model_json: str) -> int:
-  model_cfg = ml_collections.ConfigDict(json.loads(model_json))
-  target = count_params(model_variant(model_cfg, "routed")).total_unpadded
-  base_cfg = model_variant(model_cfg, "baseline")
-  base_cfg.d_ff = 1
-  at_1 = count_params(base_cfg).total_unpadded
-  base_cfg.d_ff = 2
-  per_unit = count_params(base_cfg).total_unpadded - at_1  # 3 * d_model * num_layers (SwiGLU)
-  # The count is affine in d_ff, so the closest integer is one of the two around the solution.
-  exact = 1 + (target - at_1) / per_unit
-  below, above = max(1, math.floor(exact)), max(1, math.ceil(exact))
-  return min((below, above), key=lambda f: (abs(at_1 + (f - 1) * per_unit - target), f))
-
-
-def matched_d_ff(model_cfg) -> int:
-  """d_ff of the parameter-matched baseline ("matched" in config.MODEL_VARIANTS).
-
-  The rule: the baseline (routing off) with the integer d_ff whose parameter count, vocab
-  unpadded, is closest to the routed model's; a tie goes to the smaller d_ff. Only the MLP
-  widens (every block by the same amount), so the residual mismatch is at most half of one
-  unit of d_ff, 1.5 * d_model * num_layers parameters (`format_table` prints it).
-  """
-  return _matched_d_ff(model_cfg.to_json())
-
-
-def count_pair(model_cfg, names=("routed", "baseline", "matched")) -> dict[str, ParamCount]:
-  """Counts for the routed model, its baseline (the same config with routing off) and the
-  parameter-matched baseline, each as `config.model_variant` builds it for training."""
-  return {name: count_params(model_variant(model_cfg, name)) for name in names}
 
 
 def format_table(counts: dict[str, ParamCount], matched_d_ff: int | None = None) -> str:

@@ -6,6 +6,7 @@ routing on; with it off this is the baseline, parameter for parameter.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Sequence
 
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from dirroute_jax.config import validate_model_config
-from dirroute_jax.model.attention import Attention
+from dirroute_jax.model.attention import Attention, AttentionConfig
 from dirroute_jax.model.interventions import Interventions, wants
 
 Array = jax.Array
@@ -69,11 +70,28 @@ class SwiGLU(nn.Module):
     return dense(self.d_model, ("mlp", "embed"), self.out_init_std, "wo")(h_BxTxF)
 
 
+def _out_init_std(m) -> float:
+  """Init std of the projections into the residual stream (W_O, the MLP's wo): GPT-2's
+  scaling by the number of residual additions."""
+  return m.init_std / math.sqrt(2 * m.num_layers)
+
+
+def attention_config(m, *, decode: bool = False, linear: bool = False) -> AttentionConfig:
+  """The attention layers' config, from the model config `m` and the model's modes."""
+  return AttentionConfig(
+      num_heads=m.num_heads, head_dim=m.head_dim, d_model=m.d_model, rope_theta=m.rope_theta,
+      init_std=m.init_std, out_init_std=_out_init_std(m), dtype=jnp.dtype(m.dtype),
+      attention=m.attention, attention_impl=m.attention_impl, routing=m.routing,
+      num_directions=m.num_directions, router_hidden=m.router_hidden,
+      router_depth=m.router_depth, router_activation=m.router_activation,
+      router_temperature=m.router_temperature, pooling=m.pooling, linear=linear,
+      decode=decode)
+
+
 class Block(nn.Module):
   cfg: ml_collections.ConfigDict
   layer: int
-  linear: bool = False  # ELU+1 linear attention in this block (post-hoc linearisation)
-  decode: bool = False  # incremental decoding with a cache (model/sampling.py)
+  attn: AttentionConfig  # this block's attention (linearised or decoding: see Transformer)
 
   @nn.compact
   def __call__(self, x_BxTxD: Array, iv: Interventions, capture: Sequence[str]) -> Array:
@@ -84,24 +102,17 @@ class Block(nn.Module):
       if wants(capture, f"{prefix}.{name}"):
         self.sow("intermediates", f"{prefix}.{name}", value)
 
-    out_std = m.init_std / math.sqrt(2 * m.num_layers)  # GPT-2's residual-projection scaling
     sow("resid_pre", x_BxTxD)
     norm = m.norm == "rms"
     h_BxTxD, _ = RMSNorm(m.norm_eps, dtype, norm, name="attn_norm")(x_BxTxD)
     router_x_BxTxD = h_BxTxD if m.router_input == "normed" else x_BxTxD
-    x_BxTxD = x_BxTxD + Attention(
-        num_heads=m.num_heads, head_dim=m.head_dim, d_model=m.d_model,
-        rope_theta=m.rope_theta, init_std=m.init_std, out_init_std=out_std,
-        routing=m.routing, num_directions=m.num_directions, router_hidden=m.router_hidden,
-        router_depth=m.router_depth, router_activation=m.router_activation,
-        router_temperature=m.router_temperature, pooling=m.pooling, attention=m.attention,
-        attention_impl=m.attention_impl, linear=self.linear, decode=self.decode, dtype=dtype,
-        prefix=f"{prefix}.attn", name="attn",
-    )(h_BxTxD, router_x_BxTxD, iv.layer(self.layer), capture)
+    x_BxTxD = x_BxTxD + Attention(self.attn, prefix=f"{prefix}.attn", name="attn")(
+        h_BxTxD, router_x_BxTxD, iv.layer(self.layer), capture)
     x_BxTxD = nn.with_logical_constraint(x_BxTxD, _RESID_AXES)
     sow("resid_mid", x_BxTxD)
     h_BxTxD, _ = RMSNorm(m.norm_eps, dtype, norm, name="mlp_norm")(x_BxTxD)
-    mlp_BxTxD = SwiGLU(m.d_ff, m.d_model, m.init_std, out_std, dtype, name="mlp")(h_BxTxD)
+    mlp_BxTxD = SwiGLU(m.d_ff, m.d_model, m.init_std, _out_init_std(m), dtype,
+                       name="mlp")(h_BxTxD)
     sow("mlp.out", mlp_BxTxD)
     x_BxTxD = nn.with_logical_constraint(x_BxTxD + mlp_BxTxD, _RESID_AXES)
     sow("resid_post", x_BxTxD)
@@ -118,14 +129,24 @@ def _remat(block_cls, policy: str):
 
 
 class Transformer(nn.Module):
-  """tokens_BxT -> logits_BxTxV (float32; V = the padded vocab, padded entries at -1e9)."""
+  """tokens_BxT -> logits_BxTxV (float32; V = the padded vocab, padded entries at -1e9).
+
+  `decode` and `linear_layers` are modes of the model, set on a copy (`model.clone(decode=
+  True)`, as Flax's lm1b decodes with `config.replace(decode=True)`), never passed per call:
+  each layer reads its mode from its AttentionConfig. They are not keys of the model config,
+  which is what a run trains and saves (config.json); a model in either mode has the same
+  parameters as the one trained.
+  """
 
   cfg: ml_collections.ConfigDict
   decode: bool = False  # tokens_BxT continue the sequence held in the "cache" collection
+  # The first k layers' attention is ELU+1 linear, with the trained weights (the linearisation
+  # analysis, analysis/linearise.py; not for training).
+  linear_layers: int = 0
 
   @nn.compact
   def __call__(self, tokens_BxT: Array, interventions: Interventions | None = None,
-               capture: Sequence[str] = (), linear_layers: int = 0) -> Array:
+               capture: Sequence[str] = ()) -> Array:
     m, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
     iv = interventions if interventions is not None else Interventions()
     V = padded_vocab_size(m)
@@ -135,9 +156,10 @@ class Transformer(nn.Module):
                                                     ("vocab", "embed")))
     x_BxTxD = nn.with_logical_constraint(embed(tokens_BxT), _RESID_AXES)
     block_cls = Block if self.decode else _remat(Block, m.remat)
+    attn = attention_config(m, decode=self.decode)
     for l in range(m.num_layers):
-      x_BxTxD = block_cls(m, l, l < linear_layers, self.decode, name=f"blocks_{l}")(
-          x_BxTxD, iv, tuple(capture))
+      attn_l = dataclasses.replace(attn, linear=l < self.linear_layers)
+      x_BxTxD = block_cls(m, l, attn_l, name=f"blocks_{l}")(x_BxTxD, iv, tuple(capture))
     h_BxTxD, inv_rms_BxTx1 = RMSNorm(m.norm_eps, dtype, m.norm == "rms",
                                      name="final_norm")(x_BxTxD)
     if wants(capture, "final_norm.scale"):
@@ -163,16 +185,19 @@ def forward(model: Transformer, params, tokens_BxT: Array, *,
 
   `params` are unboxed Linen params (no `nn.Partitioned` wrappers needed, but they are accepted).
   `capture` holds names or fnmatch patterns from `interventions.CAPTURE_NAMES`.
-  `linear_layers=k` replaces softmax attention in the first k layers with ELU+1 linear
-  attention, with the trained weights (the linearisation experiment; not for training).
+  `linear_layers=k` runs `model.clone(linear_layers=k)`: softmax attention in the first k
+  layers replaced with ELU+1 linear attention, with the trained weights (the linearisation
+  experiment; not for training).
   `tokens_BxT` may be any array-like of ints (e.g. a list of equal-length token lists).
   """
   tokens_BxT = jnp.asarray(tokens_BxT)
   capture = tuple(capture)
+  if linear_layers:
+    model = model.clone(linear_layers=linear_layers)
   if not capture:
-    return model.apply({"params": params}, tokens_BxT, interventions, (), linear_layers), {}
+    return model.apply({"params": params}, tokens_BxT, interventions, ()), {}
   logits, state = model.apply({"params": params}, tokens_BxT, interventions, capture,
-                              linear_layers, mutable=["intermediates"])
+                              mutable=["intermediates"])
   flat = flax.traverse_util.flatten_dict(state["intermediates"])
   return logits, {path[-1]: values[0] for path, values in flat.items()}
 

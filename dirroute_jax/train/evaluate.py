@@ -22,10 +22,9 @@ from jax.experimental import multihost_utils
 
 from dirroute_jax.model.losses import cross_entropy_sums
 from dirroute_jax.model.transformer import Transformer, build_model, forward
+from dirroute_jax.model.variants import PREFIX_ONLY
 from dirroute_jax.train import sharding
 from dirroute_jax.train.step import BATCH_KEYS, Trainer
-
-PREFIX = "routed_prefix"  # the sequence_mean routed model evaluated with prefix-only routing
 
 
 def to_global(trainer: Trainer, host_batch: dict) -> dict:
@@ -70,7 +69,7 @@ def _eval_fns(models: dict[str, Transformer]) -> dict[str, tuple[Transformer, st
   if "routed" in models:
     twin = prefix_model(models["routed"].cfg)
     if twin is not None:
-      out[PREFIX] = (twin, "routed")
+      out[PREFIX_ONLY] = (twin, "routed")
   return out
 
 

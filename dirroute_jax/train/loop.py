@@ -26,10 +26,11 @@ from dirroute_jax.config import ConfigError, default_config, flatten, validate_c
 from dirroute_jax.data import tokenizers
 from dirroute_jax.data.pipeline import make_data
 from dirroute_jax import exit_codes, workdir as workdir_lib
-from dirroute_jax.model import attention
+from dirroute_jax.model import kernels
+from dirroute_jax.model.variants import PREFIX_ONLY as PREFIX, model_configs
 from dirroute_jax.train import checkpoint, flops, lock, plan as plan_lib, sharding, step as step_lib
 from dirroute_jax.train import profile as profile_lib, signals as stop_signals
-from dirroute_jax.train.evaluate import PREFIX, evaluate, to_global
+from dirroute_jax.train.evaluate import evaluate, to_global
 from dirroute_jax.train.metrics import MetricsWriter
 from dirroute_jax.train.samples import config_hparams, write_eval_samples
 
@@ -265,7 +266,7 @@ def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
   tokens_per_step = cfg.batch_size * cfg.seq_len
   # Model FLOPs of the whole set per step, convention in train/flops.py.
   flops_per_step = tokens_per_step * sum(
-      flops.flops_per_token(mc, cfg.seq_len) for mc in step_lib.model_configs(cfg).values())
+      flops.flops_per_token(mc, cfg.seq_len) for mc in model_configs(cfg).values())
   peak = flops.peak_flops_per_device(jax.devices()[0].device_kind)
   save_secs = float(cfg.checkpoint_every_secs)
 
@@ -277,7 +278,7 @@ def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
       say(f"Resumed from step {start} in {workdir}")
     else:
       state, start = trainer.init_state(jax.random.key(cfg.seed)), 0
-    say(attention.attention_impl_summary(cfg.model, trainer.mesh.devices.flat[0]))
+    say(kernels.attention_impl_summary(cfg.model, trainer.mesh.devices.flat[0]))
     train_step = _compile_train_step(trainer, state, say)
     profiler = profile_lib.ProfileWindow(cfg.get("profile_steps", ""), workdir, say)
     say(f"Training {', '.join(trainer.models)} for {cfg.steps} steps: batch {cfg.batch_size} x "

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from dirroute_jax.model import kernels
+from dirroute_jax.model.variants import model_configs
 from dirroute_jax.train import flops as flops_lib, sharding, step as step_lib
 
 GIB = 1024**3
@@ -191,7 +192,7 @@ def make_plan(cfg, devices=None, hbm_bytes: int | None = None,
       devices=n, platform=device.platform, device_kind=device.device_kind,
       compiler=compiler_label(device),
       kernels={m: kernels.attention_impl_summary(mc, device)
-               for m, mc in step_lib.model_configs(cfg).items()},
+               for m, mc in model_configs(cfg).items()},
       mesh=dict(mesh.shape), remat=_remat(cfg), hbm_bytes=hbm_bytes, target=target,
       global_batch=cfg.batch_size, seq_len=cfg.seq_len, grad_accum_steps=cfg.grad_accum_steps,
       micro_batch_per_device=cfg.batch_size // cfg.grad_accum_steps
@@ -205,7 +206,7 @@ def make_plan(cfg, devices=None, hbm_bytes: int | None = None,
       code_bytes=mem.generated_code_size_in_bytes,
       xla_flops=float((cost or {}).get("flops", 0.0)),
       model_flops=sum(flops_lib.flops_per_token(mc, cfg.seq_len)
-                      for mc in step_lib.model_configs(cfg).values())
+                      for mc in model_configs(cfg).values())
       * cfg.batch_size * cfg.seq_len,
       lower_seconds=t1 - t0, compile_seconds=t2 - t1)
 

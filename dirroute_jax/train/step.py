@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from dirroute_jax.config import model_configs
+from dirroute_jax.model.variants import model_configs
 from dirroute_jax.model import kernels
 from dirroute_jax.model.losses import cross_entropy_sums
 from dirroute_jax.model.transformer import Transformer, abstract_params, build_model, forward
