@@ -15,6 +15,8 @@ import pytest
 
 from dirroute_jax.analysis import ablation as ablation_lib
 from dirroute_jax.analysis import factual as factual_lib
+from dirroute_jax.analysis import forward as forward_lib
+from dirroute_jax.analysis import stats
 from dirroute_jax.config import model_configs
 from dirroute_jax.data.tokenizers import ByteTokenizer
 from dirroute_jax.model import interventions as iv_lib
@@ -97,10 +99,10 @@ def test_mean_routing_fixes_every_weight_at_its_own_value(tiny_cfg):
   cfg = _small(tiny_cfg, "causal_mean")
   models, params = _models_and_params(cfg)
   routed = models["routed"]
-  mean_r = ablation_lib.mean_routing(routed, params["routed"], _batches())
+  mean_r = forward_lib.mean_routing(routed, params["routed"], _batches())
   L, H, K = cfg.model.num_layers, cfg.model.num_heads, cfg.model.num_directions
   assert mean_r.shape == (L, H, K) and len(np.unique(mean_r)) > 1
-  iv = ablation_lib.complete(routed.cfg, iv_lib.routing_fixed(routed.cfg, mean_r))
+  iv = forward_lib.complete(routed.cfg, iv_lib.routing_fixed(routed.cfg, mean_r))
   _, acts = forward(routed, params["routed"], _batches()[0]["inputs"], interventions=iv,
                     capture=("blocks.0.attn.r",))
   r_BxTxHxK = np.asarray(acts["blocks.0.attn.r"])
@@ -115,10 +117,9 @@ def test_paired_bootstrap_interval():
   rng = np.random.default_rng(0)
   tokens = np.full(400, 10.0)
   loss_b = rng.uniform(20, 40, 400)
-  lo, hi = ablation_lib.paired_bootstrap_reduction(loss_b - 1.0, loss_b, tokens)
+  lo, hi = stats.paired_bootstrap_reduction(loss_b - 1.0, loss_b, tokens)
   assert lo == pytest.approx(hi) == pytest.approx(1 - math.exp(-0.1))  # a constant gain
-  lo, hi = ablation_lib.paired_bootstrap_reduction(loss_b + rng.normal(0, 3, 400), loss_b,
-                                                   tokens)
+  lo, hi = stats.paired_bootstrap_reduction(loss_b + rng.normal(0, 3, 400), loss_b, tokens)
   assert lo < 0 < hi  # pure noise: the interval straddles zero
 
 

@@ -32,19 +32,18 @@ Protocol choices the paper leaves open:
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Iterable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from dirroute_jax.analysis import plots, result as result_lib
+from dirroute_jax.analysis.forward import complete, loss_sums, mean_routing
 from dirroute_jax.analysis.markdown import fmt, pct_ci, sample, table
+from dirroute_jax.analysis.stats import paired_bootstrap_reduction
 from dirroute_jax.model import interventions as iv_lib
-from dirroute_jax.model.losses import cross_entropy_sums
-from dirroute_jax.model.transformer import Transformer, forward, init_params
+from dirroute_jax.model.transformer import Transformer, init_params
 from dirroute_jax.train import evaluate
 
 
@@ -52,18 +51,6 @@ from dirroute_jax.train import evaluate
 PAPER = {"routed_ppl": 15.0, "all_off_ppl": 7.7e6, "all_0.5_ppl": 5284.0,
          "worst_layer": 9, "worst_layer_delta_ppl": 42.6,
          "routed_ppl_reduction_vs_baseline": "31-56% per domain"}
-
-
-def complete(model_cfg, iv: iv_lib.Interventions | None = None) -> iv_lib.Interventions:
-  """`iv` with every unset field filled by a no-op (all-False masks).
-
-  Every condition then has the same pytree structure and shapes, so one jitted forward per
-  model serves all of them: the interventions are traced arrays, not compile-time constants.
-  A False mask leaves r and the head outputs bitwise unchanged (`jnp.where`).
-  """
-  noop = iv_lib.routing_fixed(model_cfg, 0.0, layers=[]).merge(
-      iv_lib.knockout_heads(model_cfg, []))
-  return noop if iv is None else noop.merge(iv)
 
 
 def conditions(model_cfg, mean_r_LxHxK=None) -> dict[str, iv_lib.Interventions]:
@@ -79,53 +66,6 @@ def conditions(model_cfg, mean_r_LxHxK=None) -> dict[str, iv_lib.Interventions]:
   for l in range(model_cfg.num_layers):
     out[f"layer_{l}_off"] = complete(model_cfg, iv_lib.routing_off(model_cfg, [l]))
   return out
-
-
-@functools.partial(jax.jit, static_argnums=(0, 6))
-def loss_sums(model: Transformer, params, inputs_BxT, targets_BxT, weights_BxT, iv,
-              linear_layers: int = 0):
-  """(loss_sum_B, tokens_B). The model is static (hashable by config), so the compiled
-  program is cached per model config and batch shape across calls and conditions.
-  `linear_layers` (static) linearises the first k layers' attention (analysis/linearise.py)."""
-  logits_BxTxV, _ = forward(model, params, inputs_BxT, interventions=iv,
-                            linear_layers=linear_layers)
-  return cross_entropy_sums(logits_BxTxV, targets_BxT, weights_BxT)
-
-
-@functools.partial(jax.jit, static_argnums=(0,))
-def _routing_sums(model: Transformer, params, inputs_BxT, weights_BxT):
-  """Sum over real input positions of r (L x H x K), as trained."""
-  L = model.cfg.num_layers
-  _, acts = forward(model, params, inputs_BxT, capture=("blocks.*.attn.r",))
-  r_LxBxTxHxK = jnp.stack([acts[f"blocks.{l}.attn.r"] for l in range(L)]).astype(jnp.float32)
-  r_LxBxTxHxK = jnp.broadcast_to(r_LxBxTxHxK, r_LxBxTxHxK.shape[:2] + weights_BxT.shape[1:]
-                                 + r_LxBxTxHxK.shape[3:])  # sequence_mean: r is B x 1
-  return jnp.einsum("lbthk,bt->lhk", r_LxBxTxHxK, weights_BxT.astype(jnp.float32))
-
-
-def mean_routing(model: Transformer, params, batches: Iterable[dict]) -> np.ndarray:
-  """Held-out mean of the routing weights per (layer, head, direction), token-weighted."""
-  total, count = 0.0, 0.0
-  for batch in batches:
-    total = total + np.asarray(_routing_sums(model, params, batch["inputs"], batch["weights"]),
-                               np.float64)
-    count += float(np.sum(batch["weights"]))
-  return (total / max(count, 1.0)).astype(np.float32)
-
-
-def paired_bootstrap_reduction(loss_a_N, loss_b_N, tokens_N, *, resamples: int = 2000,
-                               seed: int = 0) -> tuple[float, float]:
-  """95% interval of 1 - PPL_a / PPL_b, resampling the N windows (paired: one draw serves both
-  models). PPL = exp(sum of losses / sum of tokens) over the resampled windows."""
-  loss_a, loss_b = np.asarray(loss_a_N, np.float64), np.asarray(loss_b_N, np.float64)
-  tokens = np.asarray(tokens_N, np.float64)
-  if len(tokens) < 2:
-    return float("nan"), float("nan")
-  rng = np.random.default_rng(seed)
-  counts_RxN = rng.multinomial(len(tokens), np.full(len(tokens), 1.0 / len(tokens)), resamples)
-  diff_R = (counts_RxN @ (loss_a - loss_b)) / np.maximum(counts_RxN @ tokens, 1.0)
-  lo, hi = np.quantile(1.0 - np.exp(diff_R), [0.025, 0.975])
-  return float(lo), float(hi)
 
 
 def ablation_ppl(models: dict[str, Transformer], params: dict, batches: Iterable[dict],

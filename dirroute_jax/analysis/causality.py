@@ -19,8 +19,8 @@ import dataclasses
 import jax
 import numpy as np
 
-from dirroute_jax.analysis.ablation import paired_bootstrap_reduction
 from dirroute_jax.analysis.markdown import pct_ci, sample, table
+from dirroute_jax.analysis.stats import paired_bootstrap_reduction
 from dirroute_jax.model.transformer import Transformer, forward
 from dirroute_jax.train import evaluate
 

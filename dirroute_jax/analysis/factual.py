@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dirroute_jax.analysis import dla
-from dirroute_jax.analysis.ablation import complete
+from dirroute_jax.analysis.forward import complete
 from dirroute_jax.analysis.markdown import fmt, table
 from dirroute_jax.model import interventions as iv_lib
 from dirroute_jax.model.transformer import Transformer, forward

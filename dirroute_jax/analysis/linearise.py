@@ -14,7 +14,8 @@ import math
 import jax
 import numpy as np
 
-from dirroute_jax.analysis import ablation, plots
+from dirroute_jax.analysis import plots
+from dirroute_jax.analysis.forward import complete, loss_sums, token_weighted_mean
 from dirroute_jax.analysis.load import as_workdir
 from dirroute_jax.analysis.markdown import table
 
@@ -29,15 +30,13 @@ def linearise(run, *, num_batches: int | None = None) -> dict:
   out = {"paper": PAPER, "num_batches": len(batches), "eval_stride": run.data.eval_stride(n),
          "models": {}}
   for name, model in run.models.items():
-    ppl_k, no_interventions = [], ablation.complete(model.cfg)
+    ppl_k, no_interventions = [], complete(model.cfg)
     for k in range(model.cfg.num_layers + 1):
-      loss = tokens = 0.0
-      for b in batches:
-        l_B, t_B = jax.device_get(ablation.loss_sums(
-            model, run.params[name], b["inputs"], b["targets"], b["weights"],
-            no_interventions, k))
-        loss, tokens = loss + float(l_B.sum()), tokens + float(t_B.sum())
-      ppl_k.append(math.exp(loss / tokens))
+      def sums(b, k=k):
+        l_B, t_B = jax.device_get(loss_sums(model, run.params[name], b["inputs"],
+                                            b["targets"], b["weights"], no_interventions, k))
+        return float(l_B.sum()), float(t_B.sum())
+      ppl_k.append(math.exp(token_weighted_mean(sums, batches)))
     out["models"][name] = {
         "attention": model.cfg.attention, "routing": bool(model.cfg.routing),
         "ppl_by_k": ppl_k, "relative_increase_by_k": [p / ppl_k[0] - 1 for p in ppl_k]}

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dirroute_jax.analysis import result as result_lib
-from dirroute_jax.analysis.ablation import complete
+from dirroute_jax.analysis.forward import complete, token_weighted_mean
 from dirroute_jax.analysis.markdown import table
 from dirroute_jax.analysis.tokens import is_function_token, token_label
 from dirroute_jax.model import interventions as iv_lib
@@ -80,12 +80,9 @@ def _coefficient_sums(model: Transformer, params, inputs_BxT, weights_BxT):
 def coefficient_stats(model: Transformer, params, batches) -> dict[str, np.ndarray]:
   """Per (l, h, k) over held-out tokens with weight 1, as trained: mean coefficient c =
   <z, d_unit> (z before suppression), mean |c|, sign agreement, mean routing weight r."""
-  total, count = 0.0, 0.0
-  for batch in batches:
-    total = total + np.asarray(_coefficient_sums(model, params, batch["inputs"],
-                                                 batch["weights"]), np.float64)
-    count += float(np.sum(batch["weights"]))
-  mean_c, mean_abs_c, frac_pos, mean_r = total / max(count, 1.0)
+  mean_c, mean_abs_c, frac_pos, mean_r = token_weighted_mean(
+      lambda b: (_coefficient_sums(model, params, b["inputs"], b["weights"]),
+                 np.sum(b["weights"])), batches)
   return {"mean_coef": mean_c, "mean_abs_coef": mean_abs_c, "mean_r": mean_r,
           "sign_agreement": np.where(mean_c >= 0, frac_pos, 1.0 - frac_pos)}
 
@@ -138,12 +135,8 @@ def steer_directions(model: Transformer, params, batches: list[dict], decode=Non
     sets_VxM[suppressed[-1], N + i] = 1.0
 
   def mean_mass(iv) -> np.ndarray:
-    total, count = np.zeros(2 * N), 0.0
-    for batch in batches:
-      m, c = jax.device_get(set_mass(model, params, batch["inputs"], batch["weights"], iv,
-                                     sets_VxM))
-      total, count = total + np.asarray(m, np.float64), count + float(c)
-    return total / max(count, 1.0)
+    return token_weighted_mean(
+        lambda b: set_mass(model, params, b["inputs"], b["weights"], iv, sets_VxM), batches)
 
   as_trained_M = mean_mass(complete(cfg))
   # forced[v][i] = masses of every set with direction i's weight forced to v.
