@@ -15,6 +15,7 @@ import pytest
 from dirroute_jax.analysis import ablation as ablation_lib
 from dirroute_jax.analysis import dla as dla_lib
 from dirroute_jax.analysis import factual as factual_lib
+from dirroute_jax.analysis import result as result_lib
 from dirroute_jax.analysis import steering as steering_lib
 from dirroute_jax.analysis.load import load_workdir
 from dirroute_jax.data.tokenizers import ByteTokenizer
@@ -83,20 +84,22 @@ def _batches(vocab, n=2, B=4, T=16, seed=0):
 @pytest.mark.slow
 def test_ablation_on_trained_workdir(run, trained_workdir):
   r = ablation_lib.ablation(run)
-  json.dumps(r)
-  ppl = {name: m["ppl"] for name, m in r["models"].items()}
+  stored = json.loads(json.dumps(result_lib.to_json(r)))
+  assert result_lib.from_json(ablation_lib.Ablation, stored) == r  # report.json, lossless
+  ppl = {name: m.ppl for name, m in r.models.items()}
   assert set(ppl) == {"routed", "baseline"} and _finite(ppl)
-  assert r["conditions"][:5] == ["as_trained", "all_off", "all_mean", "all_0.5", "all_1"]
-  mean_r = np.asarray(r["mean_routing_LxHxK"])
+  assert r.conditions[:5] == ["as_trained", "all_off", "all_mean", "all_0.5", "all_1"]
+  mean_r = np.asarray(r.mean_routing_LxHxK)
   assert mean_r.shape == (run.cfg.model.num_layers, run.cfg.model.num_heads,
                           run.cfg.model.num_directions) and ((0 < mean_r) & (mean_r < 1)).all()
-  lo, hi = r["control"]["routed_ppl_reduction_ci95"]["all"]
-  assert lo <= r["control"]["routed_ppl_reduction_vs_baseline"]["all"] <= hi
-  assert set(r["control"]["reduction_at_init"]["routed"]) == {"all", *run.data.domains}
-  assert len(r["models"]["routed"]["per_layer_delta_ppl"]) == run.cfg.model.num_layers
+  lo, hi = r.control.routed_ppl_reduction_ci95["all"]
+  assert lo <= r.control.routed_ppl_reduction_vs_baseline["all"] <= hi
+  assert set(r.control.reduction_at_init["routed"]) == {"all", *run.data.domains}
+  assert len(r.models["routed"].per_layer_delta_ppl) == run.cfg.model.num_layers
   assert set(ppl["routed"]["as_trained"]) == {"all", *run.data.domains}
   # The control: routing interventions leave the baseline bit-for-bit unchanged.
-  assert r["control"]["baseline_invariant"] and r["control"]["baseline_max_abs_loss_change"] == 0
+  assert r.control.baseline_invariant and r.control.max_abs_loss_change["baseline"] == 0
+  assert stored["control"]["baseline_invariant"] is True  # report.json's key, as before
   # as_trained reproduces training's own held-out eval.
   rows = [json.loads(l) for l in open(os.path.join(trained_workdir, "metrics.jsonl"))]
   logged = [x for x in rows if "eval/routed/perplexity" in x][-1]
@@ -120,7 +123,7 @@ def test_ablation_known_answers(tiny_cfg):
   r = ablation_lib.ablation_ppl({"routed": routed, "baseline": baseline},
                                 {"routed": params, "baseline": base_params},
                                 _batches(257), ("a", "b"))
-  ppl = {name: m["ppl"] for name, m in r["models"].items()}
+  ppl = {name: m.ppl for name, m in r.models.items()}
   for key in ("all", "a", "b"):
     # Routing weights all 0 is the baseline's computation with the same weights.
     assert ppl["routed"]["all_off"][key] == pytest.approx(ppl["baseline"]["as_trained"][key],
@@ -129,11 +132,11 @@ def test_ablation_known_answers(tiny_cfg):
     assert ppl["routed"]["layer_0_off"][key] == ppl["routed"]["all_off"][key]
     assert ppl["routed"]["as_trained"][key] == ppl["routed"]["all_1"][key]
   assert ppl["routed"]["all_off"]["all"] != ppl["routed"]["all_1"]["all"]
-  knock = r["models"]["routed"]
-  assert knock["worst_layer"] == 0
-  assert knock["per_layer_delta_ppl"][0] == pytest.approx(
+  knock = r.models["routed"]
+  assert knock.worst_layer == 0
+  assert knock.per_layer_delta_ppl[0] == pytest.approx(
       ppl["routed"]["all_off"]["all"] - ppl["routed"]["as_trained"]["all"])
-  assert r["control"]["baseline_invariant"]
+  assert r.control.baseline_invariant
 
 
 # ----------------------------------------------------------------------------- factual

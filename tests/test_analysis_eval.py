@@ -108,9 +108,9 @@ def test_mean_routing_fixes_every_weight_at_its_own_value(tiny_cfg):
   r_BxTxHxK = np.asarray(acts["blocks.0.attn.r"])
   assert np.allclose(r_BxTxHxK, mean_r[0][None, None], atol=1e-7)
   r = ablation_lib.ablation_ppl(models, params, _batches(), DOMAINS)
-  ppl = r["models"]["routed"]["ppl"]
+  ppl = r.models["routed"].ppl
   assert ppl["all_mean"]["all"] != ppl["as_trained"]["all"]
-  assert r["models"]["baseline"]["ppl"]["all_mean"] == r["models"]["baseline"]["ppl"]["as_trained"]
+  assert r.models["baseline"].ppl["all_mean"] == r.models["baseline"].ppl["as_trained"]
 
 
 def test_paired_bootstrap_interval():

@@ -28,9 +28,10 @@ import math
 
 import numpy as np
 
-from dirroute_jax.analysis import plots, result as result_lib
+from dirroute_jax.analysis import plots, result as result_lib, verdicts
 from dirroute_jax.analysis.load import as_workdir
 from dirroute_jax.analysis.markdown import fmt, table
+from dirroute_jax.analysis.verdicts import NO, NO_DIFF, YES
 from dirroute_jax.analysis.tokens import STOP_WORDS, is_function_token, token_label
 from dirroute_jax.model.routing import unit_directions
 
@@ -254,6 +255,28 @@ def directions(run, *, top_k: int = 10, random_per_head: int = 16, null_draws: i
           "cosine": cosine,
       }, "baseline": "n/a (the baseline has no directions)"},
   }
+
+
+def claim_rows(r: dict, report: dict) -> verdicts.Rows:
+  """The claims this section tests (analysis/claims.py): `readout`, the function-token share
+  of the last layer's directions above random directions' (z > 1.96); `cosine`, never "yes":
+  the paper's "~0" is what random directions give, so matching it confirms nothing."""
+  del report  # every number is this section's
+  d = result_lib.model(r)
+  if not d:
+    return {}
+  out = {}
+  share, rand = d["function_share_per_layer"][-1], d["function_share_random_per_layer"][-1]
+  z = d.get("function_share_z_per_layer", [0.0])[-1]
+  out["readout"] = (f"function-token share, last layer {share:.2f} (random dirs {rand:.2f}, "
+                    f"z {z:+.1f})",
+                    YES if z > 1.96 else NO if z < -1.96 else NO_DIFF)
+  cos = d["cosine"]
+  indistinguishable = "indistinguishable" in str(cos["verdict_abs"])
+  out["cosine"] = (f"mean |cos| {fmt(cos['off_diagonal_abs_mean'])} (random "
+                   f"{fmt(cos['null']['analytic_abs_cos_mean'])})",
+                   NO_DIFF if indistinguishable else NO)
+  return out
 
 
 def markdown(r: dict) -> str:

@@ -47,9 +47,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dirroute_jax.analysis import dla
+from dirroute_jax.analysis import dla, result as result_lib, verdicts
 from dirroute_jax.analysis.forward import complete
 from dirroute_jax.analysis.markdown import fmt, table
+from dirroute_jax.analysis.verdicts import yes_no
 from dirroute_jax.model import interventions as iv_lib
 from dirroute_jax.model.transformer import Transformer, forward
 
@@ -345,6 +346,39 @@ def factual(run, prompts_path: str = DEFAULT_PROMPTS, *, num_batches: int | None
       "knockout": "head output before W_O replaced at every position (zero / held-out mean)",
       "mean_batches": n, "checkpoint_step": int(run.step)}
   return result
+
+
+def claim_rows(r: dict, report: dict) -> verdicts.Rows:
+  """The claims this section tests (analysis/claims.py), each only where most targets are
+  above chance as trained (an untrained model recalls nothing, and a ratio of chance
+  probabilities says nothing):
+
+    factual_off  routing off cuts mean P(word) 10x.
+    dla          the routing delta is the largest DLA part (minus the mean-logit null) and
+                 above 1 logit.
+    mover        the mover knockout raises P and ranks high among every head's (p < 0.05).
+  """
+  del report  # every number is this section's
+  out = {}
+  fs = result_lib.model(r)["summary"]
+  on, off = fs["as_trained"]["mean_p_target"], fs["routing_off"]["mean_p_target"]
+  n_prompts = r["num_prompts"]
+  at_chance = fs["as_trained"].get("num_at_chance", n_prompts)
+  recalls = at_chance < n_prompts / 2  # most targets above chance as trained
+  out["factual_off"] = (
+      f"mean P(word) {fmt(on)} -> {fmt(off)}; at chance as trained {at_chance}/{n_prompts}",
+      yes_no(recalls and off < 0.1 * on))
+  rel = dla.relative(fs)
+  out["dla"] = (" / ".join(f"{rel[p]:+.2f}" for p in dla.PARTS),
+                yes_no(recalls and rel["routing_delta"] > 1.0
+                       and rel["routing_delta"] == max(rel[p] for p in dla.PARTS)))
+  pct, pval = fs.get("mover_percentile_zero_mean"), fs.get("mover_p_value_zero")
+  out["mover"] = (f"x{fs['mover_ratio_zero_geomean']:.2f} (other heads x"
+                  f"{fs['null_ratio_zero_geomean']:.2f}; mean percentile among heads "
+                  f"{fmt(pct)}, p = {fmt(pval)})",
+                  yes_no(recalls and fs["mover_ratio_zero_geomean"] > 1.0
+                         and pval is not None and pval < 0.05))
+  return out
 
 
 def markdown(r: dict) -> str:

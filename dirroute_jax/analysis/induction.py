@@ -33,9 +33,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dirroute_jax.analysis import plots, result as result_lib
+from dirroute_jax.analysis import plots, result as result_lib, verdicts
 from dirroute_jax.analysis.load import as_workdir
 from dirroute_jax.analysis.markdown import fmt, table
+from dirroute_jax.analysis.verdicts import yes_no
 from dirroute_jax.model import interventions as iv_lib
 from dirroute_jax.model.transformer import forward
 
@@ -193,6 +194,21 @@ def _model_induction(model, params, tokens_NxT: np.ndarray, doc_len: int, vocab:
       "knockout_accuracy": knockout_LxH.tolist(),
       "knockout_control_median_other_heads": float(np.median(others)) if others.size else "n/a",
   }
+
+
+def claim_rows(r: dict, report: dict) -> verdicts.Rows:
+  """The claims this section tests (analysis/claims.py): `induction`, accuracy > 50% with
+  routing and < 10% without; `induction_ko`, accuracy after knocking out the strongest
+  induction head >= 90% of the intact accuracy (and that > 50%)."""
+  del report  # every number is this section's
+  ind = r["models"]["routed"]
+  return {
+      "induction": (f"{100 * ind['accuracy']:.1f}% / {100 * ind['accuracy_routing_off']:.1f}%"
+                    f" (chance {100 * r['null']['chance_accuracy']:.2f}%)",
+                    yes_no(ind["accuracy"] > 0.5 and ind["accuracy_routing_off"] < 0.1)),
+      "induction_ko": (f"{100 * ind['accuracy_strongest_head_knocked_out']:.1f}%",
+                       yes_no(ind["accuracy_strongest_head_knocked_out"]
+                              >= 0.9 * ind["accuracy"] and ind["accuracy"] > 0.5))}
 
 
 def markdown(r: dict) -> str:

@@ -43,9 +43,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dirroute_jax.analysis import plots, result as result_lib
+from dirroute_jax.analysis import plots, result as result_lib, verdicts
 from dirroute_jax.analysis.load import Workdir, as_workdir
 from dirroute_jax.analysis.markdown import fmt, table
+from dirroute_jax.analysis.verdicts import yes_no
 from dirroute_jax.model.transformer import forward, init_params
 
 PAPER = {"domain_variance_layer0": 0.070, "domain_variance_layer9": 0.00055,
@@ -339,6 +340,37 @@ def regimes(run, *, num_batches: int | None = None, permutations: int = 1000, se
       "models": {"routed": routed,
                  "baseline": "n/a (no routing weights: the baseline has no router)"},
   }
+
+
+def claim_rows(r: dict, report: dict) -> verdicts.Rows:
+  """The claims this section tests (analysis/claims.py):
+
+    variance        layer 0 above its permutation null's p95 and > 10x the last layer's
+                    (specialists shown, not scored).
+    classification  accuracy above the permutation p95, the majority class, an untrained
+                    router's and the baseline's projected residuals'.
+  """
+  del report  # every number is this section's
+  reg = result_lib.model(r)
+  if not reg:
+    return {}
+  out = {}
+  var = reg["domain_variance_per_layer"]
+  var_p95 = reg.get("domain_variance_null_p95", [0.0] * len(var))
+  spec = reg["specialists"]["per_layer"]
+  ratio = var[0] / max(var[-1], 1e-30)
+  out["variance"] = (f"{fmt(var[0])} vs {fmt(var[-1])} ({ratio:.2g}x; layer-0 null p95 "
+                     f"{fmt(var_p95[0])}); specialists {spec[0]} vs {spec[-1]} (not "
+                     "scored)", yes_no(var[0] > var_p95[0] and ratio > 10))
+  c = reg["classification"]
+  controls = c.get("controls", {})
+  bar = max([c["null_p95"], c["majority_rate"], *controls.values()])
+  out["classification"] = (
+      f"{c['correct']}/{c['total']} = {100 * c['accuracy']:.0f}% (null p95 "
+      f"{100 * c['null_p95']:.0f}%, majority {100 * c['majority_rate']:.0f}%"
+      + "".join(f", {k.replace('_', ' ')} {100 * v:.0f}%" for k, v in controls.items())
+      + ")", yes_no(bool(controls) and c["accuracy"] > bar))
+  return out
 
 
 def markdown(r: dict) -> str:

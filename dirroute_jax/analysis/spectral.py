@@ -44,9 +44,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from dirroute_jax.analysis import plots, result as result_lib
+from dirroute_jax.analysis import plots, result as result_lib, verdicts
 from dirroute_jax.analysis.load import as_workdir
 from dirroute_jax.analysis.markdown import fmt, table
+from dirroute_jax.analysis.verdicts import yes_no
 
 PAPER = {"skew_erank_layer1": 2.0, "trend": "routing effective rank grows with depth",
          "scale": "7M-355M parameters",
@@ -208,6 +209,22 @@ def spectral(run, *, offsets: int | None = None, energy: float = 0.9, null_draws
       "null_draws": null_draws, "seed": seed,
   }
   return out
+
+
+def claim_rows(r: dict, report: dict) -> verdicts.Rows:
+  """The claim this section tests (analysis/claims.py): `spectral`, the skew erank below the
+  random-weight p05 at layer 0 and growing with depth."""
+  del report  # every number is this section's
+  sp = result_lib.model(r)
+  if not sp:
+    return {}
+  c = sp["offset0"]["cascade"]
+  null = r.get("null", {}).get("offset0", {}).get("skew_erank", {})
+  p05 = null.get("p05", float("nan"))
+  return {"spectral": (f"skew erank {c['skew_erank_first_layer']:.1f} -> "
+                       f"{c['skew_erank_last_layer']:.1f} (random-weight p05 {fmt(p05)})",
+                       yes_no(bool(c["non_decreasing"]) and c["skew_erank_first_layer"] < p05
+                              and c["skew_erank_last_layer"] > c["skew_erank_first_layer"]))}
 
 
 def markdown(r: dict) -> str:
