@@ -131,19 +131,19 @@ def test_factual_scores_whole_words_and_flags_chance(tiny_cfg):
   prompts = [{"prompt": "The capital of France is", "target": " Paris", "subject": "France"}]
   r = factual_lib.factual_recall({"routed": models["routed"]}, {"routed": params["routed"]},
                                  tok, prompts, None, null_heads=True)
-  e = r["models"]["routed"]["prompts"][0]
-  assert e["target_tokens"] == [" ", "P", "a", "r", "i", "s"]
+  e = r.models["routed"].prompts[0]
+  assert e.target_tokens == [" ", "P", "a", "r", "i", "s"]
   ids = tok.encode(prompts[0]["prompt"] + prompts[0]["target"])
   n = len(tok.encode(prompts[0]["prompt"]))
   logits, _ = forward(models["routed"], params["routed"], np.asarray([ids], np.int32))
   logp = np.asarray(jax.nn.log_softmax(np.asarray(logits[0], np.float32)[:, :257]))
   word = float(sum(logp[n - 1 + j, ids[n + j]] for j in range(6)))
-  assert e["as_trained"]["target_logprob"] == pytest.approx(word, abs=1e-4)
-  assert e["as_trained"]["p_target"] == pytest.approx(math.exp(word), rel=1e-4)
-  assert e["chance_logprob"] == pytest.approx(-6 * math.log(257))
-  assert e["as_trained"]["at_chance"]  # an untrained model guesses
-  assert r["models"]["routed"]["summary"]["as_trained"]["num_at_chance"] == 1
-  assert 0 <= e["mover_head"]["percentile_zero"] <= 1
+  assert e.as_trained.target_logprob == pytest.approx(word, abs=1e-4)
+  assert e.as_trained.p_target == pytest.approx(math.exp(word), rel=1e-4)
+  assert e.chance_logprob == pytest.approx(-6 * math.log(257))
+  assert e.as_trained.at_chance  # an untrained model guesses
+  assert r.models["routed"].summary.as_trained.num_at_chance == 1
+  assert 0 <= e.mover_head["percentile_zero"] <= 1
 
 
 def test_workdir_records_corpus_and_token_counts(trained_workdir):

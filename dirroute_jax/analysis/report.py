@@ -11,8 +11,8 @@ result (a frozen dataclass, `analysis/result.py`), `markdown(result)`, where it 
 its reason, and drawn never.
 
 In memory a report is {"workdir", "step", "config", "data", "timings_sec", section name: typed
-result}; report.json is its stored form (`result.to_json`), and `load_sections` reads one back
-(sections whose module has no result type yet stay the stored dicts).
+result}; report.json is its stored form (`result.to_json`), and `load_sections` reads one back.
+Every reader (markdown, figures, claims) accepts either form of a section.
 """
 
 from __future__ import annotations
@@ -33,15 +33,15 @@ from dirroute_jax.analysis.markdown import table
 class Section(NamedTuple):
   """One report section: `run(workdir, **options) -> result`, the module that renders it
   (`markdown(result) -> str`; `figures(result) -> {key: Figure}` where it has plots;
-  `claim_rows(result, report)` where it tests claims) and its result's type (None: a section
-  whose result is still its stored dict)."""
+  `claim_rows(result, report)` where it tests claims) and its result's type (a frozen
+  dataclass, `analysis/result.py`)."""
   run: Callable[..., Any]
   module: ModuleType
-  result_type: type | None = None
+  result_type: type
 
   def load(self, stored):
     """The typed result of its stored form (a result already typed, or a skip, as it is)."""
-    if self.result_type is None or not isinstance(stored, dict):
+    if not isinstance(stored, dict):
       return stored
     return result.from_json(self.result_type | result.Skipped, stored, self.module.__name__)
 
@@ -69,13 +69,13 @@ class Section(NamedTuple):
 SECTIONS: dict[str, Section] = {
     "causality": Section(causality.causality_report, causality, causality.Causality),
     "ablation": Section(ablation.ablation, ablation, ablation.Ablation),
-    "factual": Section(factual.factual, factual),
-    "induction": Section(induction.induction, induction),
-    "regimes": Section(regimes.regimes, regimes),
-    "directions": Section(directions.directions, directions),
-    "steering": Section(steering.steering, steering),
-    "spectral": Section(spectral.spectral, spectral),
-    "linearise": Section(linearise.linearise, linearise),
+    "factual": Section(factual.factual, factual, factual.Factual),
+    "induction": Section(induction.induction, induction, induction.Induction),
+    "regimes": Section(regimes.regimes, regimes, regimes.Regimes),
+    "directions": Section(directions.directions, directions, directions.Directions),
+    "steering": Section(steering.steering, steering, steering.Steering),
+    "spectral": Section(spectral.spectral, spectral, spectral.Spectral),
+    "linearise": Section(linearise.linearise, linearise, linearise.Linearise),
 }
 ANALYSES: dict[str, Callable[..., Any]] = {name: s.run for name, s in SECTIONS.items()}
 

@@ -46,7 +46,7 @@ class Skipped:
 
 
 def skipped(result) -> Skipped | None:
-  """The section's skip, or None when it ran (typed or stored result)."""
+  """The section's skip, or None when it ran (a typed result, or its stored form)."""
   if isinstance(result, Skipped):
     return result
   if isinstance(result, dict) and SKIPPED in result:
@@ -55,14 +55,12 @@ def skipped(result) -> Skipped | None:
 
 
 def model(result, name: str = "routed"):
-  """One model's entry of a section that measures each model, or None where that model has
-  none (a skipped section, or a model the analysis does not apply to)."""
+  """One model's entry of a section that measures each model (a result with `models`), or
+  None where that model has none (a skipped section, or a model the analysis does not apply
+  to)."""
   if isinstance(result, Skipped) or result is None:
     return None
-  if isinstance(result, dict):  # a section not typed yet: its stored form
-    m = result.get("models", {}).get(name)
-    return m if isinstance(m, dict) else None
-  m = getattr(result, "models", {}).get(name)
+  m = result.models.get(name)
   return None if isinstance(m, Skipped) else m
 
 
@@ -70,9 +68,7 @@ def models(result) -> dict:
   """{name: entry} for the models the section measured (skips of the others left out)."""
   if isinstance(result, Skipped) or result is None:
     return {}
-  if isinstance(result, dict):
-    return {n: m for n, m in result.get("models", {}).items() if isinstance(m, dict)}
-  return {n: m for n, m in getattr(result, "models", {}).items() if not isinstance(m, Skipped)}
+  return {n: m for n, m in result.models.items() if not isinstance(m, Skipped)}
 
 
 # --- To and from the stored form.
@@ -158,14 +154,14 @@ def from_json(tp, data, where: str = "result"):
   if tp is float:
     if isinstance(data, str) and data in _NONFINITE:
       return _NONFINITE[data]
-    if isinstance(data, (int, float)) and not isinstance(data, bool):
+    if isinstance(data, (int, float, np.integer, np.floating)) and not isinstance(data, bool):
       return float(data)
   elif tp is bool:
-    if isinstance(data, bool):
-      return data
+    if isinstance(data, (bool, np.bool_)):
+      return bool(data)
   elif tp is int:
-    if isinstance(data, int) and not isinstance(data, bool):
-      return data
+    if isinstance(data, (int, np.integer)) and not isinstance(data, bool):
+      return int(data)
   elif tp is str:
     if isinstance(data, str):
       return data
@@ -182,6 +178,8 @@ def _optional(tp) -> bool:
 def _union(args, data, where):
   if data is None and type(None) in args:
     return None
+  if Skipped in args and isinstance(data, dict) and SKIPPED in data:
+    return Skipped(data[SKIPPED])  # a skip, whatever else an older report stored beside it
   if isinstance(data, str) and data.startswith("n/a") and type(None) in args:
     return None  # an older report's "n/a" where a quantity does not apply
   errors = []
