@@ -59,7 +59,7 @@ def main(argv):
   results = run_analyses(run, _ANALYSES.value, options=options)
   paths = write_report(results, run, _OUT.value)
   if "causality" in results:
-    print(results["causality"]["note"])
+    print(results["causality"].note)
   print(f"Wrote {paths['md']}, {paths['json']} and {len(paths) - 2} plots in "
         f"{time.time() - t0:.0f} s")
 

@@ -14,19 +14,13 @@ divergence, checkpoint or disk error, bad config) is one line. Exit statuses as
 launch/train.py's (dirroute_jax/exit_codes.py): 75 PREEMPTED (SIGTERM: rerun), 0 after Ctrl-C.
 """
 
-import copy
-import json
 import os
-import time
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from dirroute_jax.analysis import claims
-from dirroute_jax.analysis.load import load_workdir
-from dirroute_jax.analysis.report import run_analyses, write_report
-from dirroute_jax.cli import exit_if_stopped, exit_on_train_error, parse_flags
-from dirroute_jax.train.loop import train
+from dirroute_jax.cli import parse_flags
+from dirroute_jax.experiments.reproduce import reproduce
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "..", "configs", "small.py"),
@@ -39,28 +33,7 @@ flags.mark_flags_as_required(["out"])
 
 def main(argv):
   del argv
-  t0 = time.time()
-  reports, timings = {}, {}
-  for pooling in _POOLINGS.value:
-    cfg = copy.deepcopy(_CONFIG.value)
-    cfg.model.pooling = pooling
-    workdir = os.path.join(_OUT.value, pooling, "workdir")
-    t = time.time()
-    with exit_on_train_error():
-      summary = train(cfg, workdir)
-    exit_if_stopped(summary, skipped=f"the {pooling} report and claims.md")
-    timings[f"{pooling}/train_sec"] = round(time.time() - t, 1)
-    t = time.time()
-    run = load_workdir(workdir)
-    reports[pooling] = run_analyses(run)
-    write_report(reports[pooling], run, os.path.join(_OUT.value, pooling, "report"))
-    timings[f"{pooling}/interpret_sec"] = round(time.time() - t, 1)
-  timings["total_sec"] = round(time.time() - t0, 1)
-  text = "\n\n".join([claims.claims_table(reports), claims.leak_vs_gain(reports)])
-  with open(os.path.join(_OUT.value, "claims.md"), "w") as f:
-    f.write(text + "\n")
-  with open(os.path.join(_OUT.value, "timings.json"), "w") as f:
-    json.dump(timings, f, indent=1)
+  text, timings = reproduce(_CONFIG.value, _OUT.value, _POOLINGS.value)
   print(text)
   print(f"\nTimings: {timings}")
 

@@ -23,7 +23,7 @@ from absl import app, flags
 import jax
 from ml_collections import config_flags
 
-from dirroute_jax.analysis import seeds
+from dirroute_jax.experiments import seeds
 from dirroute_jax.cli import exit_if_stopped, exit_on_train_error, fail, parse_flags
 from dirroute_jax.config import ConfigError
 

@@ -15,6 +15,7 @@ import pytest
 from dirroute_jax.analysis import ablation as ablation_lib
 from dirroute_jax.analysis import dla as dla_lib
 from dirroute_jax.analysis import factual as factual_lib
+from dirroute_jax.analysis import result as result_lib
 from dirroute_jax.analysis import steering as steering_lib
 from dirroute_jax.analysis.load import load_workdir
 from dirroute_jax.data.tokenizers import ByteTokenizer
@@ -83,20 +84,22 @@ def _batches(vocab, n=2, B=4, T=16, seed=0):
 @pytest.mark.slow
 def test_ablation_on_trained_workdir(run, trained_workdir):
   r = ablation_lib.ablation(run)
-  json.dumps(r)
-  ppl = {name: m["ppl"] for name, m in r["models"].items()}
+  stored = json.loads(json.dumps(result_lib.to_json(r)))
+  assert result_lib.from_json(ablation_lib.Ablation, stored) == r  # report.json, lossless
+  ppl = {name: m.ppl for name, m in r.models.items()}
   assert set(ppl) == {"routed", "baseline"} and _finite(ppl)
-  assert r["conditions"][:5] == ["as_trained", "all_off", "all_mean", "all_0.5", "all_1"]
-  mean_r = np.asarray(r["mean_routing_LxHxK"])
+  assert r.conditions[:5] == ["as_trained", "all_off", "all_mean", "all_0.5", "all_1"]
+  mean_r = np.asarray(r.mean_routing_LxHxK)
   assert mean_r.shape == (run.cfg.model.num_layers, run.cfg.model.num_heads,
                           run.cfg.model.num_directions) and ((0 < mean_r) & (mean_r < 1)).all()
-  lo, hi = r["control"]["routed_ppl_reduction_ci95"]["all"]
-  assert lo <= r["control"]["routed_ppl_reduction_vs_baseline"]["all"] <= hi
-  assert set(r["control"]["reduction_at_init"]["routed"]) == {"all", *run.data.domains}
-  assert len(r["models"]["routed"]["per_layer_delta_ppl"]) == run.cfg.model.num_layers
+  lo, hi = r.control.routed_ppl_reduction_ci95["all"]
+  assert lo <= r.control.routed_ppl_reduction_vs_baseline["all"] <= hi
+  assert set(r.control.reduction_at_init["routed"]) == {"all", *run.data.domains}
+  assert len(r.models["routed"].per_layer_delta_ppl) == run.cfg.model.num_layers
   assert set(ppl["routed"]["as_trained"]) == {"all", *run.data.domains}
   # The control: routing interventions leave the baseline bit-for-bit unchanged.
-  assert r["control"]["baseline_invariant"] and r["control"]["baseline_max_abs_loss_change"] == 0
+  assert r.control.baseline_invariant and r.control.max_abs_loss_change["baseline"] == 0
+  assert stored["control"]["baseline_invariant"] is True  # report.json's key, as before
   # as_trained reproduces training's own held-out eval.
   rows = [json.loads(l) for l in open(os.path.join(trained_workdir, "metrics.jsonl"))]
   logged = [x for x in rows if "eval/routed/perplexity" in x][-1]
@@ -120,7 +123,7 @@ def test_ablation_known_answers(tiny_cfg):
   r = ablation_lib.ablation_ppl({"routed": routed, "baseline": baseline},
                                 {"routed": params, "baseline": base_params},
                                 _batches(257), ("a", "b"))
-  ppl = {name: m["ppl"] for name, m in r["models"].items()}
+  ppl = {name: m.ppl for name, m in r.models.items()}
   for key in ("all", "a", "b"):
     # Routing weights all 0 is the baseline's computation with the same weights.
     assert ppl["routed"]["all_off"][key] == pytest.approx(ppl["baseline"]["as_trained"][key],
@@ -129,11 +132,11 @@ def test_ablation_known_answers(tiny_cfg):
     assert ppl["routed"]["layer_0_off"][key] == ppl["routed"]["all_off"][key]
     assert ppl["routed"]["as_trained"][key] == ppl["routed"]["all_1"][key]
   assert ppl["routed"]["all_off"]["all"] != ppl["routed"]["all_1"]["all"]
-  knock = r["models"]["routed"]
-  assert knock["worst_layer"] == 0
-  assert knock["per_layer_delta_ppl"][0] == pytest.approx(
+  knock = r.models["routed"]
+  assert knock.worst_layer == 0
+  assert knock.per_layer_delta_ppl[0] == pytest.approx(
       ppl["routed"]["all_off"]["all"] - ppl["routed"]["as_trained"]["all"])
-  assert r["control"]["baseline_invariant"]
+  assert r.control.baseline_invariant
 
 
 # ----------------------------------------------------------------------------- factual
@@ -142,19 +145,20 @@ def test_ablation_known_answers(tiny_cfg):
 @pytest.mark.slow
 def test_factual_on_trained_workdir(run):
   r = factual_lib.factual(run)
-  json.dumps(r)
-  assert r["num_prompts"] >= 8 and set(r["models"]) == {"routed", "baseline"}
-  for name, m in r["models"].items():
-    assert len(m["prompts"]) == r["num_prompts"] and _finite(m["summary"])
-    for e in m["prompts"]:
-      assert 0 < e["as_trained"]["p_target"] <= 1 and e["as_trained"]["rank"] >= 1
-      assert abs(e["dla"]["residual"]) < 1e-4 * max(1.0, abs(e["dla"]["logit"]))
-      mv = e["mover_head"]
+  stored = json.loads(json.dumps(result_lib.to_json(r)))
+  assert result_lib.to_json(result_lib.from_json(factual_lib.Factual, stored)) == stored
+  assert r.num_prompts >= 8 and set(r.models) == {"routed", "baseline"}
+  for name, m in r.models.items():
+    assert len(m.prompts) == r.num_prompts and _finite(result_lib.to_json(m.summary))
+    for e in m.prompts:
+      assert 0 < e.as_trained.p_target <= 1 and e.as_trained.rank >= 1
+      assert abs(e.dla["residual"]) < 1e-4 * max(1.0, abs(e.dla["logit"]))
+      mv = e.mover_head
       assert 0 <= mv["attention"] <= 1
       assert mv["ratio_zero"] == pytest.approx(mv["knockout_ratios_zero"][mv["layer"]][mv["head"]])
       assert 0 < mv["p_mean_ablated"] <= 1
-  for e in r["models"]["baseline"]["prompts"]:  # control: routing_off is a no-op there
-    assert e["routing_off"] == e["as_trained"] and e["dla"]["routing_delta"] == 0.0
+  for e in r.models["baseline"].prompts:  # control: routing_off is a no-op there
+    assert e.routing_off == e.as_trained and e.dla["routing_delta"] == 0.0
 
 
 def test_subject_position_subword():
@@ -196,13 +200,13 @@ def test_dla_sums_exactly_to_the_logit(tiny_cfg, pooling):
              {"prompt": "Gold is", "target": "A", "subject": "Gold"}]
   r = factual_lib.factual_recall({"routed": routed}, {"routed": params}, tok, prompts,
                                  None, null_heads=False)
-  for p, e in zip(prompts, r["models"]["routed"]["prompts"]):
+  for p, e in zip(prompts, r.models["routed"].prompts):
     ids = tok.encode(p["prompt"])
     logits, acts = capture(params, np.asarray([ids], np.int32))
-    target, pos = e["target_ids"][0], len(ids) - 1
+    target, pos = e.target_ids[0], len(ids) - 1
     # Batched scoring (padded or grouped by length) equals the prompt's own forward.
     logp = jax.nn.log_softmax(logits[0, pos, :257])[target]
-    assert e["as_trained"]["p_target"] == pytest.approx(float(np.exp(logp)), rel=1e-4)
+    assert e.as_trained.p_target == pytest.approx(float(np.exp(logp)), rel=1e-4)
     acts = {k: np.asarray(v[0]) for k, v in acts.items()}
     dla = dla_lib.direct_logit_attribution(routed.cfg, params, acts, pos, target)["dla"]
     parts = dla["embedding"] + dla["heads_raw"] + dla["routing_delta"] + dla["mlps"]
@@ -221,14 +225,15 @@ def test_dla_sums_exactly_to_the_logit(tiny_cfg, pooling):
 @pytest.mark.slow
 def test_steering_on_trained_workdir(run):
   r = steering_lib.steering(run, top_n=6, top_k=5, num_batches=1)
-  json.dumps(r)
-  assert r["model"] == "routed" and r["num_measured"] == 6 and len(r["directions"]) == 6
-  norms = [d["readout_norm"] for d in r["directions"]]
+  stored = json.loads(json.dumps(result_lib.to_json(r)))
+  assert result_lib.from_json(steering_lib.Steering, stored) == r  # report.json, lossless
+  assert r.model == "routed" and r.num_measured == 6 and len(r.directions) == 6
+  norms = [d.readout_norm for d in r.directions]
   assert norms == sorted(norms, reverse=True)
-  for d in r["directions"]:
-    assert len(d["promoted"]) == 5 and len(d["suppressed"]) == 5
-    assert _finite(d["mass_promoted"]) and 0 <= d["mean_r"] <= 1
-  assert _finite(r["summary"])
+  for d in r.directions:
+    assert len(d.promoted) == 5 and len(d.suppressed) == 5
+    assert _finite(result_lib.to_json(d.mass_promoted)) and 0 <= d.mean_r <= 1
+  assert _finite(result_lib.to_json(r.summary))
 
 
 @pytest.mark.slow
@@ -250,12 +255,12 @@ def test_steering_sign_on_hand_built_direction(tiny_cfg):
     results.append(steering_lib.steer_directions(model, params, batches, top_k=5,
                                                  directions=chosen))
   for r in results:
-    d = r["directions"][0]
-    assert d["sign_agreement"] > 0.9
-    promoted, suppressed = d["mass_promoted"], d["mass_suppressed"]
-    assert promoted["delta_r1_minus_r0"] < 0 < suppressed["delta_r1_minus_r0"]
-    assert abs(promoted["delta_r1_minus_r0"]) > 10 * abs(promoted["null_mean"])
-    assert promoted["z"] < -3 and suppressed["z"] > 3
-  assert results[0]["directions"][0]["promoted"] == results[1]["directions"][0]["promoted"]
-  assert (results[0]["directions"][0]["mean_coef"]
-          == pytest.approx(-results[1]["directions"][0]["mean_coef"], rel=1e-4))
+    d = r.directions[0]
+    assert d.sign_agreement > 0.9
+    promoted, suppressed = d.mass_promoted, d.mass_suppressed
+    assert promoted.delta_r1_minus_r0 < 0 < suppressed.delta_r1_minus_r0
+    assert abs(promoted.delta_r1_minus_r0) > 10 * abs(promoted.null_mean)
+    assert promoted.z < -3 and suppressed.z > 3
+  assert results[0].directions[0].promoted == results[1].directions[0].promoted
+  assert (results[0].directions[0].mean_coef
+          == pytest.approx(-results[1].directions[0].mean_coef, rel=1e-4))

@@ -12,6 +12,7 @@ import pytest
 from dirroute_jax.analysis import directions as dir_lib
 from dirroute_jax.analysis import induction as ind_lib
 from dirroute_jax.analysis import regimes as reg_lib
+from dirroute_jax.analysis import result as result_lib
 from dirroute_jax.analysis.load import load_workdir
 
 
@@ -57,25 +58,26 @@ def test_induction_scores_planted_pattern():
 @pytest.mark.slow
 def test_induction_end_to_end(run):
   out = ind_lib.induction(run, doc_len=16, num_seqs=16, seed=0)
-  json.dumps(out)
+  stored = json.loads(json.dumps(result_lib.to_json(out)))
+  assert result_lib.from_json(ind_lib.Induction, stored) == out  # report.json, lossless
   L, H = run.cfg.model.num_layers, run.cfg.model.num_heads
-  assert out["null"]["chance_accuracy"] == pytest.approx(1 / 256)  # bytes minus EOS
-  assert out["protocol"]["scored_positions_per_seq"] == 32 - 1 - 16
+  assert out.null.chance_accuracy == pytest.approx(1 / 256)  # bytes minus EOS
+  assert out.protocol["scored_positions_per_seq"] == 32 - 1 - 16
   for name in ("routed", "baseline"):
-    m = out["models"][name]
+    m = out.models[name]
     for key in ("accuracy", "first_block_accuracy", "accuracy_strongest_head_knocked_out",
                 "knockout_control_median_other_heads", "strongest_score"):
-      assert 0.0 <= m[key] <= 1.0, (name, key)
-    assert np.array(m["induction_scores"]).shape == (L, H)
-    assert np.array(m["knockout_accuracy"]).shape == (L, H)
-    l, h = m["strongest_head"]
-    assert m["strongest_score"] == pytest.approx(np.max(m["induction_scores"]))
-    assert m["accuracy_strongest_head_knocked_out"] == m["knockout_accuracy"][l][h]
-  assert 0.0 <= out["models"]["routed"]["accuracy_routing_off"] <= 1.0
-  assert out["models"]["baseline"]["accuracy_routing_off"] == "n/a"
+      assert 0.0 <= getattr(m, key) <= 1.0, (name, key)
+    assert np.array(m.induction_scores).shape == (L, H)
+    assert np.array(m.knockout_accuracy).shape == (L, H)
+    l, h = m.strongest_head
+    assert m.strongest_score == pytest.approx(np.max(m.induction_scores))
+    assert m.accuracy_strongest_head_knocked_out == m.knockout_accuracy[l][h]
+  assert 0.0 <= out.models["routed"].accuracy_routing_off <= 1.0
+  assert out.models["baseline"].accuracy_routing_off is None  # no router: does not apply
   # Layer 0's attention pattern comes before any routing: routing off cannot change it.
-  np.testing.assert_allclose(out["models"]["routed"]["induction_scores_routing_off"][0],
-                             out["models"]["routed"]["induction_scores"][0], rtol=1e-5)
+  np.testing.assert_allclose(out.models["routed"].induction_scores_routing_off[0],
+                             out.models["routed"].induction_scores[0], rtol=1e-5)
 
 
 # ---------------------------------------------------------------- regimes
@@ -128,17 +130,18 @@ def test_domain_variance_known_answer():
 @pytest.mark.slow
 def test_regimes_end_to_end(run):
   out = reg_lib.regimes(run, num_batches=6, permutations=50)
-  json.dumps(out)
-  m = out["models"]["routed"]
+  stored = json.loads(json.dumps(result_lib.to_json(out)))
+  assert result_lib.to_json(result_lib.from_json(reg_lib.Regimes, stored)) == stored  # lossless
+  m = out.models["routed"]
   L, H = run.cfg.model.num_layers, run.cfg.model.num_heads
-  assert out["models"]["baseline"].startswith("n/a")
-  assert m["num_windows"] == 48 and sum(m["windows_per_domain"].values()) == 48
-  assert len(m["domain_variance_per_layer"]) == L == len(m["domain_variance_null_p95"])
-  assert all(v >= 0 for v in m["domain_variance_per_layer"])
-  assert np.array(m["specialists"]["eta2"]).shape == (L, H)
-  c = m["classification"]
-  assert c["total"] == 48 and 0.0 <= c["accuracy"] <= 1.0 and 0.0 <= c["null_p95"] <= 1.0
-  assert np.array(c["confusion"]).sum() == 48
+  assert out.models["baseline"].reason.startswith("n/a")
+  assert m.num_windows == 48 and sum(m.windows_per_domain.values()) == 48
+  assert len(m.domain_variance_per_layer) == L == len(m.domain_variance_null_p95)
+  assert all(v >= 0 for v in m.domain_variance_per_layer)
+  assert np.array(m.specialists.eta2).shape == (L, H)
+  c = m.classification
+  assert c.total == 48 and 0.0 <= c.accuracy <= 1.0 and 0.0 <= c.null_p95 <= 1.0
+  assert np.array(c.confusion).sum() == 48
 
 
 # ---------------------------------------------------------------- directions
@@ -182,19 +185,20 @@ def test_cosine_null_matches_analytic():
 
 def test_directions_end_to_end_with_planted_direction(run):
   out = dir_lib.directions(run, top_k=5, null_draws=50)
-  json.dumps(out)
-  m = out["models"]["routed"]
+  stored = json.loads(json.dumps(result_lib.to_json(out)))
+  assert result_lib.from_json(dir_lib.Directions, stored) == out  # report.json, lossless
+  m = out.models["routed"]
   L, H, K = (run.cfg.model.num_layers, run.cfg.model.num_heads,
              run.cfg.model.num_directions)
-  assert out["models"]["baseline"].startswith("n/a")
-  assert len(m["readout"]) == L and len(m["readout"][0]) == H and len(m["readout"][0][0]) == K
-  assert len(m["readout"][0][0][0]["top"]) == 5
-  assert len(m["function_share_per_layer"]) == L == len(m["function_share_random_per_layer"])
-  cos = m["cosine"]
-  assert np.array(cos["abs_mean"]).shape == (L, L)
-  assert cos["null"]["analytic_abs_cos_mean"] == pytest.approx(
+  assert out.models["baseline"].reason.startswith("n/a")
+  assert len(m.readout) == L and len(m.readout[0]) == H and len(m.readout[0][0]) == K
+  assert len(m.readout[0][0][0].top) == 5
+  assert len(m.function_share_per_layer) == L == len(m.function_share_random_per_layer)
+  cos = m.cosine
+  assert np.array(cos.abs_mean).shape == (L, L)
+  assert cos.null["analytic_abs_cos_mean"] == pytest.approx(
       dir_lib.expected_abs_cos(run.cfg.model.head_dim))
-  assert "random" in cos["verdict_abs"] and "random" in cos["note"]
+  assert "random" in cos.verdict_abs and "random" in cos.note
 
   # Plant: layer 1, head 0, direction 0 writes token "Q", whose embedding is made the longest
   # (so by Cauchy-Schwarz no other token can read out higher).
@@ -206,6 +210,6 @@ def test_directions_end_to_end_with_planted_direction(run):
   d = attn["directions"][0, 0] / np.linalg.norm(attn["directions"][0, 0])
   attn["out"]["kernel"][0] = np.outer(d, E[target])
   planted = dataclasses.replace(run, params={**run.params, "routed": params})
-  got = dir_lib.directions(planted, top_k=3, null_draws=10)["models"]["routed"]
-  assert got["readout"][1][0][0]["top_ids"][0] == target
-  assert got["readout"][1][0][0]["top"][0] == "Q"
+  got = dir_lib.directions(planted, top_k=3, null_draws=10).models["routed"]
+  assert got.readout[1][0][0].top_ids[0] == target
+  assert got.readout[1][0][0].top[0] == "Q"

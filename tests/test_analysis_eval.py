@@ -15,6 +15,8 @@ import pytest
 
 from dirroute_jax.analysis import ablation as ablation_lib
 from dirroute_jax.analysis import factual as factual_lib
+from dirroute_jax.analysis import forward as forward_lib
+from dirroute_jax.analysis import stats
 from dirroute_jax.model.variants import model_configs
 from dirroute_jax.data.tokenizers import ByteTokenizer
 from dirroute_jax.model import interventions as iv_lib
@@ -97,28 +99,27 @@ def test_mean_routing_fixes_every_weight_at_its_own_value(tiny_cfg):
   cfg = _small(tiny_cfg, "causal_mean")
   models, params = _models_and_params(cfg)
   routed = models["routed"]
-  mean_r = ablation_lib.mean_routing(routed, params["routed"], _batches())
+  mean_r = forward_lib.mean_routing(routed, params["routed"], _batches())
   L, H, K = cfg.model.num_layers, cfg.model.num_heads, cfg.model.num_directions
   assert mean_r.shape == (L, H, K) and len(np.unique(mean_r)) > 1
-  iv = ablation_lib.complete(routed.cfg, iv_lib.routing_fixed(routed.cfg, mean_r))
+  iv = forward_lib.complete(routed.cfg, iv_lib.routing_fixed(routed.cfg, mean_r))
   _, acts = forward(routed, params["routed"], _batches()[0]["inputs"], interventions=iv,
                     capture=("blocks.0.attn.r",))
   r_BxTxHxK = np.asarray(acts["blocks.0.attn.r"])
   assert np.allclose(r_BxTxHxK, mean_r[0][None, None], atol=1e-7)
   r = ablation_lib.ablation_ppl(models, params, _batches(), DOMAINS)
-  ppl = r["models"]["routed"]["ppl"]
+  ppl = r.models["routed"].ppl
   assert ppl["all_mean"]["all"] != ppl["as_trained"]["all"]
-  assert r["models"]["baseline"]["ppl"]["all_mean"] == r["models"]["baseline"]["ppl"]["as_trained"]
+  assert r.models["baseline"].ppl["all_mean"] == r.models["baseline"].ppl["as_trained"]
 
 
 def test_paired_bootstrap_interval():
   rng = np.random.default_rng(0)
   tokens = np.full(400, 10.0)
   loss_b = rng.uniform(20, 40, 400)
-  lo, hi = ablation_lib.paired_bootstrap_reduction(loss_b - 1.0, loss_b, tokens)
+  lo, hi = stats.paired_bootstrap_reduction(loss_b - 1.0, loss_b, tokens)
   assert lo == pytest.approx(hi) == pytest.approx(1 - math.exp(-0.1))  # a constant gain
-  lo, hi = ablation_lib.paired_bootstrap_reduction(loss_b + rng.normal(0, 3, 400), loss_b,
-                                                   tokens)
+  lo, hi = stats.paired_bootstrap_reduction(loss_b + rng.normal(0, 3, 400), loss_b, tokens)
   assert lo < 0 < hi  # pure noise: the interval straddles zero
 
 
@@ -130,19 +131,19 @@ def test_factual_scores_whole_words_and_flags_chance(tiny_cfg):
   prompts = [{"prompt": "The capital of France is", "target": " Paris", "subject": "France"}]
   r = factual_lib.factual_recall({"routed": models["routed"]}, {"routed": params["routed"]},
                                  tok, prompts, None, null_heads=True)
-  e = r["models"]["routed"]["prompts"][0]
-  assert e["target_tokens"] == [" ", "P", "a", "r", "i", "s"]
+  e = r.models["routed"].prompts[0]
+  assert e.target_tokens == [" ", "P", "a", "r", "i", "s"]
   ids = tok.encode(prompts[0]["prompt"] + prompts[0]["target"])
   n = len(tok.encode(prompts[0]["prompt"]))
   logits, _ = forward(models["routed"], params["routed"], np.asarray([ids], np.int32))
   logp = np.asarray(jax.nn.log_softmax(np.asarray(logits[0], np.float32)[:, :257]))
   word = float(sum(logp[n - 1 + j, ids[n + j]] for j in range(6)))
-  assert e["as_trained"]["target_logprob"] == pytest.approx(word, abs=1e-4)
-  assert e["as_trained"]["p_target"] == pytest.approx(math.exp(word), rel=1e-4)
-  assert e["chance_logprob"] == pytest.approx(-6 * math.log(257))
-  assert e["as_trained"]["at_chance"]  # an untrained model guesses
-  assert r["models"]["routed"]["summary"]["as_trained"]["num_at_chance"] == 1
-  assert 0 <= e["mover_head"]["percentile_zero"] <= 1
+  assert e.as_trained.target_logprob == pytest.approx(word, abs=1e-4)
+  assert e.as_trained.p_target == pytest.approx(math.exp(word), rel=1e-4)
+  assert e.chance_logprob == pytest.approx(-6 * math.log(257))
+  assert e.as_trained.at_chance  # an untrained model guesses
+  assert r.models["routed"].summary.as_trained.num_at_chance == 1
+  assert 0 <= e.mover_head["percentile_zero"] <= 1
 
 
 def test_workdir_records_corpus_and_token_counts(trained_workdir):

@@ -94,3 +94,18 @@ def test_claims_table_of_committed_reports_is_unchanged():
     reports[pooling] = r
   with open(os.path.join(repo, "tests", "golden", "claims_small.md")) as f:
     assert claims.claims_table(reports) + "\n" == f.read()
+
+
+def test_claims_md_of_committed_seed_reports_is_unchanged():
+  """results/seeds/claims.md, rebuilt from the committed report.json files it was made from
+  (`experiments.seeds.write_claims`): each section's claim rows read the typed results."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  reports = {}
+  for pooling in ("sequence_mean", "causal_mean"):
+    with open(os.path.join(repo, "results", "seeds", pooling, "seed_0", "report",
+                           "report.json")) as f:
+      reports[pooling] = json.load(f)
+  text = ("Seed 0.\n\n" + claims.claims_table(reports) + "\n\n" + claims.leak_vs_gain(reports)
+          + "\n")
+  with open(os.path.join(repo, "results", "seeds", "claims.md")) as f:
+    assert text == f.read()

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dirroute_jax.analysis import regimes, report
+from dirroute_jax.analysis import regimes, report, result
 from dirroute_jax.config import default_model_config
 from dirroute_jax.data import pipeline
 from test_data import DOCS, DirrouteTestText, _cfg
@@ -87,8 +87,9 @@ def test_regimes_with_one_domain_is_skipped_with_a_reason():
   run = types.SimpleNamespace(models={"routed": types.SimpleNamespace(cfg=model_cfg)},
                               data=types.SimpleNamespace(domains=("files",)))
   out = regimes.regimes(run)
-  assert out["skipped"].startswith("skipped: routing regimes compare domains")
-  assert "domain=glob" in out["skipped"]
-  assert report.section_markdown("regimes", out) == out["skipped"]
+  assert out.reason.startswith("skipped: routing regimes compare domains")
+  assert "domain=glob" in out.reason
+  assert report.section_markdown("regimes", out) == out.reason
   assert report.make_figures({"regimes": out}) == {}
-  json.dumps(out)
+  stored = json.loads(json.dumps(result.to_json(out)))
+  assert stored == {"skipped": out.reason} and report.SECTIONS["regimes"].load(stored) == out

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from dirroute_jax.analysis import seeds, stats
+from dirroute_jax.analysis import stats
+from dirroute_jax.experiments import seeds
 from dirroute_jax.config import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

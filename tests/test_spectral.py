@@ -108,16 +108,16 @@ def test_spectral_on_trained_pair_and_report(run, tmp_path):
   L, H = run.cfg.model.num_layers, run.cfg.model.num_heads
   for name in ("routed", "baseline"):
     for view in ("offset0", "offset_mean"):
-      v = r["models"][name][view]
-      for key, heads_LxH in v["heads"].items():
+      v = r.models[name].view(view)
+      for key, heads_LxH in v.heads.items():
         arr = np.asarray(heads_LxH, float)
         assert arr.shape == (L, H) and np.all(np.isfinite(arr)), (name, view, key)
-      np.testing.assert_allclose(np.add(v["heads"]["skew_share"], v["heads"]["sym_share"]),
+      np.testing.assert_allclose(np.add(v.heads["skew_share"], v.heads["sym_share"]),
                                  1.0, atol=1e-9)
-      assert len(v["per_layer"]["skew_erank"]) == L
-  assert 0.4 < r["null"]["offset0"]["skew_share"]["mean"] < 0.6
-  assert r["null"]["max_rank"] == min(run.cfg.model.d_model, 2 * run.cfg.model.head_dim)
-  assert r["protocol"]["offsets_T"] == run.cfg.seq_len
+      assert len(v.per_layer["skew_erank"]) == L
+  assert 0.4 < r.null.offset0["skew_share"].mean < 0.6
+  assert r.null.max_rank == min(run.cfg.model.d_model, 2 * run.cfg.model.head_dim)
+  assert r.protocol["offsets_T"] == run.cfg.seq_len
 
   paths = report.write_report(results, run, str(tmp_path))
   md = open(paths["md"]).read()

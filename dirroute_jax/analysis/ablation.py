@@ -32,19 +32,20 @@ Protocol choices the paper leaves open:
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import math
-from typing import Iterable
+from typing import Any, Iterable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from dirroute_jax.analysis import plots, result as result_lib
+from dirroute_jax.analysis import plots, result as result_lib, verdicts
+from dirroute_jax.analysis.forward import complete, loss_sums, mean_routing
 from dirroute_jax.analysis.markdown import fmt, pct_ci, sample, table
+from dirroute_jax.analysis.verdicts import NO_DIFF, interval_verdict, yes_no
+from dirroute_jax.analysis.stats import paired_bootstrap_reduction
 from dirroute_jax.model import interventions as iv_lib
-from dirroute_jax.model.losses import cross_entropy_sums
-from dirroute_jax.model.transformer import Transformer, forward, init_params
+from dirroute_jax.model.transformer import Transformer, init_params
 from dirroute_jax.model.variants import PREFIX_ONLY
 from dirroute_jax.train import evaluate
 
@@ -54,17 +55,78 @@ PAPER = {"routed_ppl": 15.0, "all_off_ppl": 7.7e6, "all_0.5_ppl": 5284.0,
          "worst_layer": 9, "worst_layer_delta_ppl": 42.6,
          "routed_ppl_reduction_vs_baseline": "31-56% per domain"}
 
+# The paper's worst single-layer knockout is layer 9 of 12 (0-based): relative depth
+# (9 + 0.5) / 12, the centre of that layer in [0, 1].
+PAPER_WORST_LAYER_DEPTH = (9 + 0.5) / 12
 
-def complete(model_cfg, iv: iv_lib.Interventions | None = None) -> iv_lib.Interventions:
-  """`iv` with every unset field filled by a no-op (all-False masks).
+# A table [condition][domain or "all"] (conditions in `conditions` order, "all" first).
+Table = dict[str, dict[str, float]]
 
-  Every condition then has the same pytree structure and shapes, so one jitted forward per
-  model serves all of them: the interventions are traced arrays, not compile-time constants.
-  A False mask leaves r and the head outputs bitwise unchanged (`jnp.where`).
-  """
-  noop = iv_lib.routing_fixed(model_cfg, 0.0, layers=[]).merge(
-      iv_lib.knockout_heads(model_cfg, []))
-  return noop if iv is None else noop.merge(iv)
+
+@dataclasses.dataclass(frozen=True)
+class ModelAblation:
+  """One model under every condition."""
+  ppl: Table
+  delta_ppl_vs_as_trained: Table
+  loss: Table  # token-weighted mean cross-entropy
+  per_layer_delta_ppl: list[float]  # L: PPL change with one layer's routing off
+  worst_layer: int
+  worst_layer_delta_ppl: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Control:
+  """Baseline invariance (the null of every routing ablation) and routed vs baseline PPL."""
+  # Per model without a router: the largest change of its loss over the conditions, and
+  # whether that is exactly 0. Stored as "<model>_max_abs_loss_change", "<model>_invariant".
+  max_abs_loss_change: dict[str, float] = dataclasses.field(default_factory=dict)
+  invariant: dict[str, bool] = dataclasses.field(default_factory=dict)
+  # 1 - PPL_routed / PPL_baseline, as trained, per domain and "all" (positive: routed better).
+  routed_ppl_reduction_vs_baseline: dict[str, float] | None = None
+  routed_ppl_reduction_ci95: dict[str, tuple[float, float]] | None = None
+  ci_method: str | None = None
+  # The same reduction of the pair at initialisation: {"routed" or PREFIX: {domain: value}}.
+  reduction_at_init: Table | None = None
+
+  _PER_MODEL = ("max_abs_loss_change", "invariant")
+
+  @staticmethod
+  def to_stored(d: dict) -> dict:
+    out = {}
+    for key in Control._PER_MODEL:
+      for name, v in d.pop(key).items():
+        out[f"{name}_{key}"] = v
+    return {**out, **d}
+
+  @staticmethod
+  def from_stored(d: dict) -> dict:
+    out = {key: {} for key in Control._PER_MODEL}
+    for k, v in d.items():
+      key = next((key for key in Control._PER_MODEL if k.endswith("_" + key)), None)
+      if key is None:
+        out[k] = v
+      else:
+        out[key][k[:-len(key) - 1]] = v
+    return out
+
+  @property
+  def baseline_invariant(self) -> bool | None:
+    return self.invariant.get("baseline")
+
+
+@dataclasses.dataclass(frozen=True)
+class Ablation:
+  """The ablation section: every model's held-out PPL under every condition (module doc)."""
+  paper: dict[str, Any]
+  num_batches: int
+  domains: list[str]
+  conditions: list[str]
+  tokens: dict[str, float]  # real target tokens, "all" and per domain
+  models: dict[str, ModelAblation]
+  control: Control
+  mean_routing_LxHxK: Any = None  # L x H x K nested lists, where a model has a router
+  eval_stride: float | None = None
+  protocol: dict[str, Any] | None = None
 
 
 def conditions(model_cfg, mean_r_LxHxK=None) -> dict[str, iv_lib.Interventions]:
@@ -80,53 +142,6 @@ def conditions(model_cfg, mean_r_LxHxK=None) -> dict[str, iv_lib.Interventions]:
   for l in range(model_cfg.num_layers):
     out[f"layer_{l}_off"] = complete(model_cfg, iv_lib.routing_off(model_cfg, [l]))
   return out
-
-
-@functools.partial(jax.jit, static_argnums=(0, 6))
-def loss_sums(model: Transformer, params, inputs_BxT, targets_BxT, weights_BxT, iv,
-              linear_layers: int = 0):
-  """(loss_sum_B, tokens_B). The model is static (hashable by config), so the compiled
-  program is cached per model config and batch shape across calls and conditions.
-  `linear_layers` (static) linearises the first k layers' attention (analysis/linearise.py)."""
-  logits_BxTxV, _ = forward(model, params, inputs_BxT, interventions=iv,
-                            linear_layers=linear_layers)
-  return cross_entropy_sums(logits_BxTxV, targets_BxT, weights_BxT)
-
-
-@functools.partial(jax.jit, static_argnums=(0,))
-def _routing_sums(model: Transformer, params, inputs_BxT, weights_BxT):
-  """Sum over real input positions of r (L x H x K), as trained."""
-  L = model.cfg.num_layers
-  _, acts = forward(model, params, inputs_BxT, capture=("blocks.*.attn.r",))
-  r_LxBxTxHxK = jnp.stack([acts[f"blocks.{l}.attn.r"] for l in range(L)]).astype(jnp.float32)
-  r_LxBxTxHxK = jnp.broadcast_to(r_LxBxTxHxK, r_LxBxTxHxK.shape[:2] + weights_BxT.shape[1:]
-                                 + r_LxBxTxHxK.shape[3:])  # sequence_mean: r is B x 1
-  return jnp.einsum("lbthk,bt->lhk", r_LxBxTxHxK, weights_BxT.astype(jnp.float32))
-
-
-def mean_routing(model: Transformer, params, batches: Iterable[dict]) -> np.ndarray:
-  """Held-out mean of the routing weights per (layer, head, direction), token-weighted."""
-  total, count = 0.0, 0.0
-  for batch in batches:
-    total = total + np.asarray(_routing_sums(model, params, batch["inputs"], batch["weights"]),
-                               np.float64)
-    count += float(np.sum(batch["weights"]))
-  return (total / max(count, 1.0)).astype(np.float32)
-
-
-def paired_bootstrap_reduction(loss_a_N, loss_b_N, tokens_N, *, resamples: int = 2000,
-                               seed: int = 0) -> tuple[float, float]:
-  """95% interval of 1 - PPL_a / PPL_b, resampling the N windows (paired: one draw serves both
-  models). PPL = exp(sum of losses / sum of tokens) over the resampled windows."""
-  loss_a, loss_b = np.asarray(loss_a_N, np.float64), np.asarray(loss_b_N, np.float64)
-  tokens = np.asarray(tokens_N, np.float64)
-  if len(tokens) < 2:
-    return float("nan"), float("nan")
-  rng = np.random.default_rng(seed)
-  counts_RxN = rng.multinomial(len(tokens), np.full(len(tokens), 1.0 / len(tokens)), resamples)
-  diff_R = (counts_RxN @ (loss_a - loss_b)) / np.maximum(counts_RxN @ tokens, 1.0)
-  lo, hi = np.quantile(1.0 - np.exp(diff_R), [0.025, 0.975])
-  return float(lo), float(hi)
 
 
 def ablation_ppl(models: dict[str, Transformer], params: dict, batches: Iterable[dict],
@@ -175,11 +190,7 @@ def ablation_ppl(models: dict[str, Transformer], params: dict, batches: Iterable
     return math.exp(loss / tokens) if tokens else float("nan")
 
   present = [d for d in range(len(domains)) if token_sum[names[0]][d] > 0]
-  result = {"paper": PAPER, "num_batches": num_batches,
-            "domains": [domains[d] for d in present], "conditions": list(conds),
-            "tokens": {"all": float(token_sum[names[0]].sum()),
-                       **{domains[d]: float(token_sum[names[0]][d]) for d in present}},
-            "models": {}}
+  tables = {}
   for name in names:
     tok = token_sum[name]
     loss_tab, ppl_tab = {}, {}
@@ -193,12 +204,10 @@ def ablation_ppl(models: dict[str, Transformer], params: dict, batches: Iterable
                  for c in conds}
     deltas = [delta_tab[f"layer_{l}_off"]["all"] for l in range(model_cfg.num_layers)]
     worst = int(np.argmax(deltas))
-    result["models"][name] = {"ppl": ppl_tab, "delta_ppl_vs_as_trained": delta_tab,
-                              "loss": loss_tab, "per_layer_delta_ppl": deltas,
-                              "worst_layer": worst, "worst_layer_delta_ppl": deltas[worst]}
-  result["control"] = _controls(result["models"], models)
-  if mean_r is not None:
-    result["mean_routing_LxHxK"] = mean_r.tolist()
+    tables[name] = ModelAblation(
+        ppl=ppl_tab, delta_ppl_vs_as_trained=delta_tab, loss=loss_tab,
+        per_layer_delta_ppl=deltas, worst_layer=worst, worst_layer_delta_ppl=deltas[worst])
+  control = _controls(tables, models)
   if "routed" in models and "baseline" in models and window_tokens:
     tokens_N, domain_N = np.concatenate(window_tokens), np.concatenate(window_domain)
     loss_r, loss_b = np.concatenate(window_loss["routed"]), np.concatenate(window_loss["baseline"])
@@ -206,26 +215,33 @@ def ablation_ppl(models: dict[str, Transformer], params: dict, batches: Iterable
     for d in present:
       sel = domain_N == d
       ci[domains[d]] = paired_bootstrap_reduction(loss_r[sel], loss_b[sel], tokens_N[sel])
-    result["control"]["routed_ppl_reduction_ci95"] = {k: list(v) for k, v in ci.items()}
-    result["control"]["ci_method"] = (f"paired bootstrap over {len(tokens_N)} held-out windows "
-                                      "(2000 resamples)")
-  return result
+    control = dataclasses.replace(
+        control, routed_ppl_reduction_ci95=ci,
+        ci_method=f"paired bootstrap over {len(tokens_N)} held-out windows (2000 resamples)")
+  return Ablation(
+      paper=PAPER, num_batches=num_batches, domains=[domains[d] for d in present],
+      conditions=list(conds),
+      tokens={"all": float(token_sum[names[0]].sum()),
+              **{domains[d]: float(token_sum[names[0]][d]) for d in present}},
+      models=tables, control=control,
+      mean_routing_LxHxK=None if mean_r is None else mean_r.tolist())
 
 
-def _controls(tables: dict, models: dict[str, Transformer]) -> dict:
+def _controls(tables: dict[str, ModelAblation], models: dict[str, Transformer]) -> Control:
   """Baseline invariance (the null for every routing ablation) and routed-vs-baseline PPL."""
-  out = {}
+  change, invariant = {}, {}
   for name, model in models.items():
     if not model.cfg.routing:
-      losses = [row["all"] for row in tables[name]["loss"].values()]
-      change = max(abs(x - losses[0]) for x in losses)
-      out[f"{name}_max_abs_loss_change"] = change
-      out[f"{name}_invariant"] = change == 0.0
+      losses = [row["all"] for row in tables[name].loss.values()]
+      change[name] = max(abs(x - losses[0]) for x in losses)
+      invariant[name] = change[name] == 0.0
+  reduction = None
   if "routed" in tables and "baseline" in tables:
-    r, b = tables["routed"]["ppl"]["as_trained"], tables["baseline"]["ppl"]["as_trained"]
+    r, b = tables["routed"].ppl["as_trained"], tables["baseline"].ppl["as_trained"]
     # Positive = the routed model's perplexity is that fraction lower (the paper: 31-56%).
-    out["routed_ppl_reduction_vs_baseline"] = {k: 1.0 - r[k] / b[k] for k in r}
-  return out
+    reduction = {k: 1.0 - r[k] / b[k] for k in r}
+  return Control(max_abs_loss_change=change, invariant=invariant,
+                 routed_ppl_reduction_vs_baseline=reduction)
 
 
 def reduction_at_init(models: dict[str, Transformer], batches, domains, seed: int) -> dict:
@@ -247,54 +263,102 @@ def reduction_at_init(models: dict[str, Transformer], batches, domains, seed: in
   return out
 
 
-def ablation(run, *, num_batches: int | None = None) -> dict:
-  """Routing ablations of a loaded workdir (`analysis.load.load_workdir`): see module doc.
-
-  Returns {"paper", "num_batches", "domains", "conditions", "tokens", "models": {name: {"ppl",
-  "delta_ppl_vs_as_trained", "loss" (tables [condition][domain or "all"]),
-  "per_layer_delta_ppl" (L), "worst_layer", "worst_layer_delta_ppl"}}, "control", "protocol"}.
-  """
+def ablation(run, *, num_batches: int | None = None) -> Ablation:
+  """Routing ablations of a loaded workdir (`analysis.load.load_workdir`): see module doc."""
   n = (run.cfg.eval_batches if num_batches is None else num_batches) or None
   result = ablation_ppl(run.models, run.params, run.data.eval_batches(n), run.data.domains)
-  result["eval_stride"] = run.data.eval_stride(n)
+  control = result.control
   if "routed" in run.models and "baseline" in run.models:
-    result["control"]["reduction_at_init"] = reduction_at_init(
-        run.models, run.data.eval_batches(n), run.data.domains, int(run.cfg.seed))
-  result["protocol"] = {
+    control = dataclasses.replace(control, reduction_at_init=reduction_at_init(
+        run.models, run.data.eval_batches(n), run.data.domains, int(run.cfg.seed)))
+  return dataclasses.replace(result, eval_stride=run.data.eval_stride(n), control=control,
+                             protocol={
       "intervention": "routing weights r replaced at every position after the router",
       "all_mean": "r fixed at its held-out token-weighted mean per (layer, head, direction)",
       "ppl": "exp(token-weighted mean CE) over held-out eval batches, padding excluded",
       "control": "baseline under the same interventions (must be unchanged)",
-      "checkpoint_step": int(run.step)}
-  return result
+      "checkpoint_step": int(run.step)})
 
 
-def per_layer_delta_ppl(r: dict, model: str = "routed") -> list[float] | None:
+def per_layer_delta_ppl(r: Ablation, model: str = "routed") -> list[float] | None:
   """Held-out PPL change when one layer's routing is switched off, per layer (None for a model
   the section did not measure)."""
   m = result_lib.model(r, model)
-  return None if m is None else m.get("per_layer_delta_ppl")
+  return None if m is None else m.per_layer_delta_ppl
 
 
-def worst_layer(r: dict, model: str = "routed") -> int:
+def worst_layer(r: Ablation, model: str = "routed") -> int:
   """The layer whose single knockout raises PPL most."""
-  return r["models"][model]["worst_layer"]
+  return r.models[model].worst_layer
 
 
-def markdown(r: dict) -> str:
-  routed, paper = r["models"]["routed"], r["paper"]
-  base = r["models"]["baseline"]
-  cols = ["all"] + list(r["domains"])
+def paper_layer(num_layers: int) -> int:
+  """The layer of an L-layer model at the paper's worst layer's relative depth."""
+  return min(num_layers - 1, int(PAPER_WORST_LAYER_DEPTH * num_layers))
+
+
+def claim_rows(r: Ablation, report: dict) -> verdicts.Rows:
+  """The claims this section tests (analysis/claims.py):
+
+    ppl_gain        the 95% interval of the PPL reduction lies above zero and above the same
+                    pair's reduction at initialisation (routing changes the function before
+                    any training; `interval_verdict`; one run: paired bootstrap over held-out
+                    windows).
+    ppl_conditions  routing off more than doubles PPL and all-0.5 raises it.
+    mean_routing    r fixed at its held-out mean raises PPL by > 1%: routing that depends on
+                    the input does better than its average suppression.
+    layer_ko        one layer dominates (> 3x every other, > 1% of PPL) and it is the layer at
+                    the paper's relative depth (layer 9 of 12).
+  """
+  del report  # every number is this section's
+  out = {}
+  red = r.control.routed_ppl_reduction_vs_baseline
+  ci = r.control.routed_ppl_reduction_ci95 or {}
+  init_all = (r.control.reduction_at_init or {}).get("routed", {}).get("all", 0.0)
+  doms = [k for k in red if k != "all"]
+  out["ppl_gain"] = (verdicts.pct_ci(red["all"], ci.get("all")) + " (" + ", ".join(
+      f"{d} {verdicts.pct_ci(red[d], ci.get(d))}" for d in doms) + f"); untrained pair "
+      f"{100 * init_all:+.1f}%", interval_verdict(*ci["all"], init_all) if "all" in ci
+      else NO_DIFF)
+  ppl = r.models["routed"].ppl
+  out["ppl_conditions"] = (
+      f"{fmt(ppl['as_trained']['all'])} / {fmt(ppl['all_off']['all'])} / "
+      f"{fmt(ppl['all_0.5']['all'])}",
+      yes_no(ppl["all_off"]["all"] > 2 * ppl["as_trained"]["all"]
+             and ppl["all_0.5"]["all"] > ppl["as_trained"]["all"]))
+  if "all_mean" in ppl:
+    mean, on, off = ppl["all_mean"]["all"], ppl["as_trained"]["all"], ppl["all_off"]["all"]
+    out["mean_routing"] = (f"as trained {fmt(on)} / r at held-out mean {fmt(mean)} / off "
+                           f"{fmt(off)}", yes_no(mean > 1.01 * on))
+  deltas = per_layer_delta_ppl(r)
+  worst = worst_layer(r)
+  L = len(deltas)
+  others = [d for l, d in enumerate(deltas) if l != worst]
+  dominates = bool(others) and deltas[worst] > 3 * max(max(others), 1e-9) and (
+      deltas[worst] > 0.01 * ppl["as_trained"]["all"])
+  expected = paper_layer(L)
+  out["layer_ko"] = (f"layer {worst} of {L} (relative depth {(worst + 0.5) / L:.2f}; the "
+                     f"paper's 9 of 12 is {PAPER_WORST_LAYER_DEPTH:.2f}, here layer {expected})"
+                     f": {deltas[worst]:+.3g} PPL; others "
+                     + ", ".join(f"{d:+.3g}" for d in others),
+                     yes_no(dominates and worst == expected))
+  return out
+
+
+def markdown(r: Ablation) -> str:
+  routed, paper = r.models["routed"], r.paper
+  base = r.models["baseline"]
+  cols = ["all"] + list(r.domains)
   rows = []
-  for cond in r["conditions"]:
-    rows.append([cond] + [routed["ppl"][cond][c] for c in cols] + [base["ppl"][cond]["all"]])
+  for cond in r.conditions:
+    rows.append([cond] + [routed.ppl[cond][c] for c in cols] + [base.ppl[cond]["all"]])
   paper_line = (f"Paper: routed PPL ~{fmt(paper['routed_ppl'])}, all weights 0 "
                 f"~{fmt(paper['all_off_ppl'])}, all 0.5 {fmt(paper['all_0.5_ppl'])}; worst "
                 f"single layer {paper['worst_layer']} (+{paper['worst_layer_delta_ppl']} PPL); "
                 f"routed vs baseline {paper['routed_ppl_reduction_vs_baseline']} lower.")
-  red = r["control"]["routed_ppl_reduction_vs_baseline"]
-  ci = r["control"].get("routed_ppl_reduction_ci95", {})
-  ppl = routed["ppl"]
+  red = r.control.routed_ppl_reduction_vs_baseline
+  ci = r.control.routed_ppl_reduction_ci95 or {}
+  ppl = routed.ppl
   split = ""
   if "all_mean" in ppl:
     split = (f" Input-dependent routing (as trained vs r fixed at its held-out mean): "
@@ -304,18 +368,18 @@ def markdown(r: dict) -> str:
   return "\n".join([
       table(["condition"] + [f"routed PPL {c}" for c in cols] + ["baseline PPL (control)"],
             rows), "",
-      f"Over {sample(r['num_batches'], r.get('eval_stride'))}. "
+      f"Over {sample(r.num_batches, r.eval_stride)}. "
       f"Worst single-layer knockout: layer {worst_layer(r)} "
-      f"({routed['worst_layer_delta_ppl']:+.3g} PPL). Baseline unchanged under every "
-      f"intervention: {r['control']['baseline_invariant']}. PPL reduction routed vs "
-      f"baseline (95% interval, {r['control'].get('ci_method', 'none')}): "
+      f"({routed.worst_layer_delta_ppl:+.3g} PPL). Baseline unchanged under every "
+      f"intervention: {r.control.baseline_invariant}. PPL reduction routed vs "
+      f"baseline (95% interval, {r.control.ci_method or 'none'}): "
       + ", ".join(f"{k} {pct_ci(v, ci.get(k))}" for k, v in red.items()) + "." + split,
       "", paper_line])
 
 
-def figures(r: dict) -> dict:
+def figures(r: Ablation) -> dict:
   """Single-layer knockout: Δ PPL per layer, routed beside the baseline (its bars are 0)."""
-  per_layer = {name: per_layer_delta_ppl(r, name) for name in r.get("models", {})}
+  per_layer = {name: per_layer_delta_ppl(r, name) for name in r.models}
   per_layer = {name: d for name, d in per_layer.items() if d is not None}
   if not per_layer:
     return {}

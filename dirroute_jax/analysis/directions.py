@@ -24,18 +24,67 @@ only ones acting on the same vectors.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
 
 import numpy as np
 
-from dirroute_jax.analysis import plots, result as result_lib
+from dirroute_jax.analysis import plots, result as result_lib, verdicts
 from dirroute_jax.analysis.load import as_workdir
 from dirroute_jax.analysis.markdown import fmt, table
+from dirroute_jax.analysis.verdicts import NO, NO_DIFF, YES
 from dirroute_jax.analysis.tokens import STOP_WORDS, is_function_token, token_label
 from dirroute_jax.model.routing import unit_directions
 
 PAPER = {"readout": "late-layer directions -> function words/punctuation",
          "cross_layer_cosine": "off-diagonal mean ~0"}
+
+
+@dataclasses.dataclass(frozen=True)
+class DirectionReadout:
+  """One direction through its head's W_O and the unembedding: the tokens it writes most."""
+  top: list[str]
+  top_ids: list[int]
+  top_values: list[float]
+  bottom: list[str]
+  bottom_ids: list[int]
+  bottom_values: list[float]
+  function_share: float  # of top and bottom tokens
+  # Where its largest readout falls among random directions' (same head).
+  max_readout_percentile_vs_random: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Cosine:
+  """Cross-layer cosine of the unit directions, beside random directions'."""
+  abs_mean: list[list[float]]  # L x L
+  signed_mean: list[list[float]]  # L x L
+  off_diagonal_abs_mean: float | None  # None with one layer (no pair of layers)
+  off_diagonal_signed_mean: float | None
+  null: dict[str, Any]  # `random_cosine_null`
+  verdict_abs: str  # "n/a" with one layer
+  verdict_signed: str
+  note: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RoutedDirections:
+  readout: list[list[list[DirectionReadout]]]  # [layer][head][direction]
+  function_share_per_layer: list[float]
+  function_share_random_per_layer: list[float]
+  function_share_vocab: float
+  cosine: Cosine
+  # Two-sample z of the share against random directions'; None in older reports.
+  function_share_z_per_layer: list[float] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Directions:
+  """The directions section: the routed model's directions (the baseline has none)."""
+  protocol: dict[str, Any]
+  paper: dict[str, Any]
+  models: dict[str, RoutedDirections | result_lib.Skipped]
 
 
 
@@ -142,7 +191,7 @@ def _verdict(value: float, interval: list[float]) -> str:
 
 
 def directions(run, *, top_k: int = 10, random_per_head: int = 16, null_draws: int = 200,
-               final_norm_scale: bool = False, seed: int = 0) -> dict:
+               final_norm_scale: bool = False, seed: int = 0) -> Directions:
   """Readout of every direction and the cross-layer cosine matrix, each beside its null.
 
   Args:
@@ -154,11 +203,10 @@ def directions(run, *, top_k: int = 10, random_per_head: int = 16, null_draws: i
     seed: seed of the random controls.
 
   Returns:
-    {"protocol", "paper", "models": {"routed": {...}, "baseline": "n/a"}}; routed:
-    readout (per layer, head, direction: top / bottom tokens, ids and values, function
-    share), function_share_per_layer with function_share_random_per_layer and
-    function_share_vocab, cosine (abs_mean L x L, signed_mean L x L, off-diagonal means,
-    null, verdicts).
+    `Directions`, the baseline Skipped; the routed model's readout (per layer, head,
+    direction: top / bottom tokens, ids and values, function share), function-token shares
+    per layer beside random directions' and the vocabulary's, and the cross-layer cosine
+    (L x L matrices, off-diagonal means, null, verdicts).
   """
   run = as_workdir(run)
   model, params = run.models["routed"], run.params["routed"]
@@ -194,16 +242,14 @@ def directions(run, *, top_k: int = 10, random_per_head: int = 16, null_draws: i
       for k in range(K):
         top, bottom = top_tokens(read_HxKxV[h, k], top_k)
         shares += [share(top), share(bottom)]
-        dirs.append({
-            "top": [names[i] for i in top], "top_ids": top.tolist(),
-            "top_values": read_HxKxV[h, k, top].tolist(),
-            "bottom": [names[i] for i in bottom], "bottom_ids": bottom.tolist(),
-            "bottom_values": read_HxKxV[h, k, bottom].tolist(),
-            "function_share": (share(top) + share(bottom)) / 2,
-            # Where this direction's largest readout falls among random directions' (same head).
-            "max_readout_percentile_vs_random": float(
-                np.mean(rand_max_R < read_HxKxV[h, k].max())),
-        })
+        dirs.append(DirectionReadout(
+            top=[names[i] for i in top], top_ids=top.tolist(),
+            top_values=read_HxKxV[h, k, top].tolist(),
+            bottom=[names[i] for i in bottom], bottom_ids=bottom.tolist(),
+            bottom_values=read_HxKxV[h, k, bottom].tolist(),
+            function_share=(share(top) + share(bottom)) / 2,
+            max_readout_percentile_vs_random=float(
+                np.mean(rand_max_R < read_HxKxV[h, k].max()))))
       heads.append(dirs)
     layers.append(heads)
     share_L.append(float(np.mean(shares)))
@@ -219,21 +265,20 @@ def directions(run, *, top_k: int = 10, random_per_head: int = 16, null_draws: i
   null = random_cosine_null(Dh, layer_N, L, draws=null_draws, seed=seed + 1)
   abs_off, signed_off = off_diagonal_mean(abs_LxL), off_diagonal_mean(signed_LxL)
   has_off = L > 1
-  cosine = {
-      "abs_mean": abs_LxL.tolist(), "signed_mean": signed_LxL.tolist(),
-      "off_diagonal_abs_mean": abs_off if has_off else "n/a (one layer)",
-      "off_diagonal_signed_mean": signed_off if has_off else "n/a (one layer)",
-      "null": null,
-      "verdict_abs": _verdict(abs_off, null["sampled_off_diagonal_abs_interval95"])
+  cosine = Cosine(
+      abs_mean=abs_LxL.tolist(), signed_mean=signed_LxL.tolist(),
+      off_diagonal_abs_mean=abs_off if has_off else None,
+      off_diagonal_signed_mean=signed_off if has_off else None,
+      null=null,
+      verdict_abs=_verdict(abs_off, null["sampled_off_diagonal_abs_interval95"])
+                  if has_off else "n/a",
+      verdict_signed=_verdict(signed_off, null["sampled_off_diagonal_signed_interval95"])
                      if has_off else "n/a",
-      "verdict_signed": _verdict(signed_off, null["sampled_off_diagonal_signed_interval95"])
-                        if has_off else "n/a",
-      "note": "A signed off-diagonal mean ~0 is also what random directions give (null "
-              "mean 0, expected |cos| ~ sqrt(2/(pi*head_dim))): by itself it shows no "
-              "structure.",
-  }
-  return {
-      "protocol": {
+      note="A signed off-diagonal mean ~0 is also what random directions give (null "
+           "mean 0, expected |cos| ~ sqrt(2/(pi*head_dim))): by itself it shows no "
+           "structure.")
+  return Directions(
+      protocol={
           "readout": "unit_dir @ W_O[h] @ embedding.T" + (" with the final norm scale"
                                                           if final_norm_scale else ""),
           "sign": "direction sign is arbitrary: top and bottom tokens both listed",
@@ -244,57 +289,82 @@ def directions(run, *, top_k: int = 10, random_per_head: int = 16, null_draws: i
                     "self-pairs excluded",
           "top_k": top_k, "seed": seed,
       },
-      "paper": dict(PAPER),
-      "models": {"routed": {
-          "readout": layers,
-          "function_share_per_layer": share_L,
-          "function_share_random_per_layer": share_random_L,
-          "function_share_z_per_layer": share_z_L,
-          "function_share_vocab": float(function_V.mean()),
-          "cosine": cosine,
-      }, "baseline": "n/a (the baseline has no directions)"},
-  }
+      paper=dict(PAPER),
+      models={"routed": RoutedDirections(
+          readout=layers,
+          function_share_per_layer=share_L,
+          function_share_random_per_layer=share_random_L,
+          function_share_z_per_layer=share_z_L,
+          function_share_vocab=float(function_V.mean()),
+          cosine=cosine,
+      ), "baseline": result_lib.Skipped("n/a (the baseline has no directions)")})
 
 
-def markdown(r: dict) -> str:
-  routed = r["models"]["routed"]
-  cos = routed["cosine"]
-  rows = [[f"layer {l}", share, routed["function_share_random_per_layer"][l]]
-          for l, share in enumerate(routed["function_share_per_layer"])]
-  last = routed["readout"][-1]
+def claim_rows(r: Directions, report: dict) -> verdicts.Rows:
+  """The claims this section tests (analysis/claims.py): `readout`, the function-token share
+  of the last layer's directions above random directions' (z > 1.96); `cosine`, never "yes":
+  the paper's "~0" is what random directions give, so matching it confirms nothing."""
+  del report  # every number is this section's
+  d = result_lib.model(r)
+  if not d:
+    return {}
+  out = {}
+  share, rand = d.function_share_per_layer[-1], d.function_share_random_per_layer[-1]
+  z = (d.function_share_z_per_layer or [0.0])[-1]
+  out["readout"] = (f"function-token share, last layer {share:.2f} (random dirs {rand:.2f}, "
+                    f"z {z:+.1f})",
+                    YES if z > 1.96 else NO if z < -1.96 else NO_DIFF)
+  cos = d.cosine
+  indistinguishable = "indistinguishable" in str(cos.verdict_abs)
+  out["cosine"] = (f"mean |cos| {_one_layer(cos.off_diagonal_abs_mean)} (random "
+                   f"{fmt(cos.null['analytic_abs_cos_mean'])})",
+                   NO_DIFF if indistinguishable else NO)
+  return out
+
+
+def _one_layer(x: float | None) -> str:
+  return "n/a (one layer)" if x is None else fmt(x)  # None: no pair of layers
+
+
+def markdown(r: Directions) -> str:
+  routed = r.models["routed"]
+  cos = routed.cosine
+  rows = [[f"layer {l}", share, routed.function_share_random_per_layer[l]]
+          for l, share in enumerate(routed.function_share_per_layer)]
+  last = routed.readout[-1]
   examples = []
   for h, per_head in enumerate(last[:4]):
     for k, d in enumerate(per_head[:2]):
-      examples.append([f"L{len(routed['readout']) - 1} H{h} d{k}",
-                       " ".join(repr(t) for t in d["top"][:6]),
-                       " ".join(repr(t) for t in d["bottom"][:6])])
+      examples.append([f"L{len(routed.readout) - 1} H{h} d{k}",
+                       " ".join(repr(t) for t in d.top[:6]),
+                       " ".join(repr(t) for t in d.bottom[:6])])
   return "\n".join([
       table(["readout of directions", "function-token share of top/bottom tokens",
              "random directions (null)"], rows),
-      f"\nVocabulary base rate of function tokens: {fmt(routed['function_share_vocab'])}. "
-      f"Paper: {r['paper']['readout']}.", "",
+      f"\nVocabulary base rate of function tokens: {fmt(routed.function_share_vocab)}. "
+      f"Paper: {r.paper['readout']}.", "",
       table(["direction", "top tokens (readout +)", "bottom tokens (readout -)"], examples), "",
       table(["cross-layer cosine", "ours", "random-direction null", "verdict"],
-            [["off-diagonal mean |cos|", cos["off_diagonal_abs_mean"],
-              cos["null"]["analytic_abs_cos_mean"], cos["verdict_abs"]],
-             ["off-diagonal mean cos", cos["off_diagonal_signed_mean"], 0.0,
-              cos["verdict_signed"]]]),
-      "", cos["note"]])
+            [["off-diagonal mean |cos|", _one_layer(cos.off_diagonal_abs_mean),
+              cos.null["analytic_abs_cos_mean"], cos.verdict_abs],
+             ["off-diagonal mean cos", _one_layer(cos.off_diagonal_signed_mean), 0.0,
+              cos.verdict_signed]]),
+      "", cos.note])
 
 
-def figures(r: dict) -> dict:
+def figures(r: Directions) -> dict:
   """Mean |cos| between the directions of every pair of layers, with the random null."""
   routed = result_lib.model(r)
   if routed is None:
     return {}
-  cos = routed["cosine"]
+  cos = routed.cosine
   fig, ax = plots.plt.subplots(figsize=(4.2, 3.5))
-  abs_mean_LxL = np.asarray(cos["abs_mean"])
+  abs_mean_LxL = np.asarray(cos.abs_mean)
   im = ax.imshow(abs_mean_LxL, cmap="magma", vmin=0)
   ax.set_xlabel("layer")
   ax.set_ylabel("layer")
   plots.integer_ticks(ax.xaxis, abs_mean_LxL.shape[1])
   plots.integer_ticks(ax.yaxis, abs_mean_LxL.shape[0])
-  ax.set_title(f"mean |cos| between directions\n(random null {cos['null']['analytic_abs_cos_mean']:.3f})")
+  ax.set_title(f"mean |cos| between directions\n(random null {cos.null['analytic_abs_cos_mean']:.3f})")
   fig.colorbar(im, ax=ax, shrink=0.8)
   return {"directions_cosine": fig}

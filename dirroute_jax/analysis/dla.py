@@ -94,17 +94,17 @@ def summarize(per_prompt: list[dict]) -> dict:
   return out
 
 
-def relative(summary: dict) -> dict:
-  """A model's mean attribution minus the mean-logit null (from its factual summary)."""
-  return summary["mean_dla_relative_to_mean_logit"]
+def relative(summary) -> dict[str, float]:
+  """A model's mean attribution minus the mean-logit null (from its factual.Summary)."""
+  return summary.mean_dla_relative_to_mean_logit
 
 
-def markdown(paper: dict, summaries: dict[str, dict]) -> str:
-  """The table of the paper's parts beside each model's (`summaries`: {model: its factual
-  summary}), raw and minus the null."""
+def markdown(paper: dict, summaries: dict) -> str:
+  """The table of the paper's parts beside each model's (`summaries`: {model: its
+  factual.Summary}), raw and minus the null."""
   rows = [["paper (' Paris')"] + [paper["dla_paris"][k] for k in PARTS] + ["", ""]]
   for name, s in summaries.items():
-    d, rel = s["mean_dla"], relative(s)
+    d, rel = s.mean_dla, relative(s)
     rows.append([f"{name}: mean over prompts"] + [d[k] for k in PARTS]
                 + [d["logit"], d["max_abs_residual"]])
     rows.append([f"{name}: minus mean-logit null"] + [rel[k] for k in PARTS] + [rel["sum"], ""])
@@ -115,7 +115,7 @@ def markdown(paper: dict, summaries: dict[str, dict]) -> str:
              "max |residual|"], rows)])
 
 
-def figure(paper: dict, summaries: dict[str, dict]):
+def figure(paper: dict, summaries: dict):
   """The paper's parts beside each model's mean minus the null, one panel each."""
   series = {"paper (' Paris', 433M)": [paper["dla_paris"][k] for k in PARTS]}
   for name, s in summaries.items():

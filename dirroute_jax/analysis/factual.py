@@ -37,19 +37,21 @@ Protocol choices (the paper leaves them open):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dirroute_jax.analysis import dla
-from dirroute_jax.analysis.ablation import complete
+from dirroute_jax.analysis import dla, result as result_lib, verdicts
+from dirroute_jax.analysis.forward import complete, token_weighted_mean
 from dirroute_jax.analysis.markdown import fmt, table
+from dirroute_jax.analysis.verdicts import yes_no
 from dirroute_jax.model import interventions as iv_lib
 from dirroute_jax.model.transformer import Transformer, forward
 
@@ -65,6 +67,87 @@ PAPER = {"p_target_routing_off": "near zero on all 8 prompts",
 AT_CHANCE_LOG = math.log(10.0)
 
 _CAPTURE = dla.CAPTURE + ("blocks.*.attn.pattern",)  # the pattern finds the mover head
+
+
+@dataclasses.dataclass(frozen=True)
+class Score:
+  """One prompt's target under one condition."""
+  p_target: float  # the whole word's probability
+  rank: int  # the first token's rank (1 = argmax)
+  target_logprob: float | None = None  # None in older reports (another definition)
+  p_first_token: float | None = None
+  at_chance: bool | None = None  # None in older reports (read as not at chance)
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptResult:
+  prompt: str
+  target: str
+  subject: str
+  prompt_tokens: int
+  target_ids: list[int]
+  target_first_token: str
+  subject_position: int
+  subject_aligned: bool
+  last_position: int
+  as_trained: Score
+  routing_off: Score
+  dla: dict[str, Any]  # dla.attribute: the parts of the first target token's logit
+  dla_mean_logit: dict[str, Any]  # the same parts of the mean logit (the null)
+  # layer, head, attention, and per knockout mode m ("zero", "mean"): percentile_m,
+  # p_m_ablated, ratio_m, null_ratio_m_median, knockout_ratios_m (L x H).
+  mover_head: dict[str, Any]
+  subject_token: str | None = None  # None in older reports
+  target_tokens: list[str] | None = None
+  chance_logprob: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ConditionSummary:
+  """Means over prompts under one condition."""
+  mean_p_target: float
+  max_p_target: float
+  median_rank: float
+  mean_target_logprob: float | None = None  # None in older reports
+  num_at_chance: int | None = None  # None in older reports
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+  """One model's averages over prompts, each next to its null (`_summary`)."""
+  chance_p: float
+  as_trained: ConditionSummary
+  routing_off: ConditionSummary
+  geomean_p_ratio_off_vs_trained: float
+  mean_dla: dict[str, float]  # dla.summarize
+  mean_dla_mean_logit: dict[str, float]
+  mean_dla_relative_to_mean_logit: dict[str, float]
+  mover_ratio_zero_geomean: float
+  null_ratio_zero_geomean: float | None
+  mean_chance_p_target: float | None = None  # None in older reports
+  mover_percentile_zero_mean: float | None = None
+  mover_p_value_zero: float | None = None
+  # The mean-ablation knockout; None where it was not run (no held-out batches).
+  mover_ratio_mean_geomean: float | None = None
+  null_ratio_mean_geomean: float | None = None
+  mover_percentile_mean_mean: float | None = None
+  mover_p_value_mean: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFactual:
+  prompts: list[PromptResult]
+  summary: Summary
+
+
+@dataclasses.dataclass(frozen=True)
+class Factual:
+  """The factual section: recall, DLA and the mover head, every model on the same prompts."""
+  paper: dict[str, Any]
+  num_prompts: int
+  models: dict[str, ModelFactual]
+  prompts_path: str | None = None
+  protocol: dict[str, Any] | None = None
 
 
 def load_prompts(path: str = DEFAULT_PROMPTS) -> list[dict]:
@@ -180,12 +263,10 @@ def capture_rows(model: Transformer, params, rows, iv) -> list[tuple[int, np.nda
 
 def head_means(model: Transformer, params, batches) -> np.ndarray:
   """Mean of `attn.z_routed` (L x H x Dh) over held-out tokens with weight 1, as trained."""
-  total, count = 0.0, 0.0
-  for batch in batches:
-    total = total + np.asarray(_z_routed_sums(model, params, batch["inputs"],
-                                              batch["weights"]), np.float64)
-    count += float(np.sum(batch["weights"]))
-  return (total / max(count, 1.0)).astype(np.float32)
+  mean = token_weighted_mean(
+      lambda b: (_z_routed_sums(model, params, b["inputs"], b["weights"]),
+                 np.sum(b["weights"])), batches)
+  return np.asarray(mean).astype(np.float32)
 
 
 def _prompt_rows(tokenizer, prompts):
@@ -223,7 +304,7 @@ def _geomean(x) -> float:
 
 def factual_recall(models: dict[str, Transformer], params: dict, tokenizer,
                    prompts: list[dict], mean_batches: list[dict] | None = None,
-                   *, null_heads: bool = True) -> dict:
+                   *, null_heads: bool = True) -> Factual:
   """Per model: per-prompt results and a summary (see `factual`).
 
   `mean_batches`: held-out batches for the mean-ablation values; None skips mean ablation.
@@ -232,7 +313,7 @@ def factual_recall(models: dict[str, Transformer], params: dict, tokenizer,
   info, rows, labels, owner = _prompt_rows(tokenizer, prompts)
   first = [k for k, (_, j) in enumerate(owner) if j == 0]
   rows_of = [[k for k, (o, _) in enumerate(owner) if o == i] for i in range(len(prompts))]
-  result = {"paper": PAPER, "num_prompts": len(prompts), "models": {}}
+  out = {}
   for name, model in models.items():
     cfg, prm = model.cfg, params[name]
     L, H = cfg.num_layers, cfg.num_heads
@@ -288,9 +369,13 @@ def factual_recall(models: dict[str, Transformer], params: dict, tokenizer,
                                       for row in ratio_LxH]
       entry["mover_head"] = mv
       per_prompt.append(entry)
-    result["models"][name] = {"prompts": per_prompt,
-                              "summary": _summary(per_prompt, null_ratios, cfg.vocab_size)}
-  return result
+    # Built as dicts (dla.py and _summary read them so), typed here: a key that is not a
+    # field fails now, not in the report.
+    out[name] = ModelFactual(
+        prompts=[result_lib.from_json(PromptResult, e, f"factual.{name}") for e in per_prompt],
+        summary=result_lib.from_json(Summary, _summary(per_prompt, null_ratios,
+                                                       cfg.vocab_size), f"factual.{name}"))
+  return Factual(paper=PAPER, num_prompts=len(prompts), models=out)
 
 
 def _summary(per_prompt: list[dict], null_ratios: dict[str, list[float]],
@@ -320,20 +405,17 @@ def _summary(per_prompt: list[dict], null_ratios: dict[str, list[float]],
 
 
 def factual(run, prompts_path: str = DEFAULT_PROMPTS, *, num_batches: int | None = None,
-            null_heads: bool = True) -> dict:
+            null_heads: bool = True) -> Factual:
   """Factual recall, DLA and mover-head knockout for a loaded workdir (see module doc).
 
-  Returns {"paper", "num_prompts", "prompts_path", "protocol", "models": {name: {"prompts": [per
-  prompt: prompt/target/subject, token info, "as_trained"/"routing_off": {p_target, rank,
-  target_logprob, p_first_token, at_chance}, "dla", "dla_mean_logit", "mover_head"}],
-  "summary"}}}.
-  Mean ablation uses the first `num_batches` held-out batches (default `cfg.eval_batches`).
+  Returns `Factual`: per model, every prompt's scores as trained and with routing off, its
+  DLA and mover head, and the summary over prompts beside the nulls. Mean ablation uses the
+  first `num_batches` held-out batches (default `cfg.eval_batches`).
   """
   n = run.cfg.eval_batches if num_batches is None else num_batches
   result = factual_recall(run.models, run.params, run.tokenizer, load_prompts(prompts_path),
                           list(run.data.eval_batches(n)), null_heads=null_heads)
-  result["prompts_path"] = os.path.abspath(prompts_path)
-  result["protocol"] = {
+  return dataclasses.replace(result, prompts_path=os.path.abspath(prompts_path), protocol={
       "p_target": "whole target: exp(sum of the log-probs of all its tokens, teacher-forced, "
                   "each scored on its own prefix); rank = the first token's (1 = argmax)",
       "at_chance": "P(target) < 10 x V**-(number of target tokens)",
@@ -343,30 +425,62 @@ def factual(run, prompts_path: str = DEFAULT_PROMPTS, *, num_batches: int | None
       "dla": "final RMSNorm 1/rms frozen from the real forward; parts sum to the logit",
       "mover_head": "argmax attention last position -> subject, as trained",
       "knockout": "head output before W_O replaced at every position (zero / held-out mean)",
-      "mean_batches": n, "checkpoint_step": int(run.step)}
-  return result
+      "mean_batches": n, "checkpoint_step": int(run.step)})
 
 
-def markdown(r: dict) -> str:
-  paper = r["paper"]
+def claim_rows(r: Factual, report: dict) -> verdicts.Rows:
+  """The claims this section tests (analysis/claims.py), each only where most targets are
+  above chance as trained (an untrained model recalls nothing, and a ratio of chance
+  probabilities says nothing):
+
+    factual_off  routing off cuts mean P(word) 10x.
+    dla          the routing delta is the largest DLA part (minus the mean-logit null) and
+                 above 1 logit.
+    mover        the mover knockout raises P and ranks high among every head's (p < 0.05).
+  """
+  del report  # every number is this section's
+  out = {}
+  fs = result_lib.model(r).summary
+  on, off = fs.as_trained.mean_p_target, fs.routing_off.mean_p_target
+  n_prompts = r.num_prompts
+  at_chance = (fs.as_trained.num_at_chance if fs.as_trained.num_at_chance is not None
+               else n_prompts)
+  recalls = at_chance < n_prompts / 2  # most targets above chance as trained
+  out["factual_off"] = (
+      f"mean P(word) {fmt(on)} -> {fmt(off)}; at chance as trained {at_chance}/{n_prompts}",
+      yes_no(recalls and off < 0.1 * on))
+  rel = dla.relative(fs)
+  out["dla"] = (" / ".join(f"{rel[p]:+.2f}" for p in dla.PARTS),
+                yes_no(recalls and rel["routing_delta"] > 1.0
+                       and rel["routing_delta"] == max(rel[p] for p in dla.PARTS)))
+  pct, pval = fs.mover_percentile_zero_mean, fs.mover_p_value_zero
+  out["mover"] = (f"x{fs.mover_ratio_zero_geomean:.2f} (other heads x"
+                  f"{fs.null_ratio_zero_geomean:.2f}; mean percentile among heads "
+                  f"{fmt(pct)}, p = {fmt(pval)})",
+                  yes_no(recalls and fs.mover_ratio_zero_geomean > 1.0
+                         and pval is not None and pval < 0.05))
+  return out
+
+
+def markdown(r: Factual) -> str:
+  paper = r.paper
   rows = []
-  for name, m in r["models"].items():
-    s = m["summary"]
-    rows.append([name, s["as_trained"]["mean_p_target"], s["routing_off"]["mean_p_target"],
-                 f"{s['as_trained']['num_at_chance']} / {s['routing_off']['num_at_chance']}",
-                 s["as_trained"]["median_rank"], s["routing_off"]["median_rank"],
-                 s["mover_ratio_zero_geomean"], s["null_ratio_zero_geomean"],
-                 s.get("mover_percentile_zero_mean"), s.get("mover_p_value_zero"),
-                 s["mover_ratio_mean_geomean"], s["null_ratio_mean_geomean"]])
-  chance = lambda c: " (AT CHANCE)" if c["at_chance"] else ""
-  per_prompt = [[p["prompt"], p["target"], " | ".join(repr(t) for t in p["target_tokens"]),
-                 p["subject_token"], f"{fmt(p['as_trained']['p_target'])}"
-                 f"{chance(p['as_trained'])}",
-                 f"{fmt(p['routing_off']['p_target'])}{chance(p['routing_off'])}",
-                 math.exp(p["chance_logprob"]), p["as_trained"]["rank"],
-                 f"L{p['mover_head']['layer']}H{p['mover_head']['head']}",
-                 p["mover_head"]["ratio_zero"]]
-                for p in r["models"]["routed"]["prompts"]]
+  for name, m in r.models.items():
+    s = m.summary
+    rows.append([name, s.as_trained.mean_p_target, s.routing_off.mean_p_target,
+                 f"{s.as_trained.num_at_chance} / {s.routing_off.num_at_chance}",
+                 s.as_trained.median_rank, s.routing_off.median_rank,
+                 s.mover_ratio_zero_geomean, s.null_ratio_zero_geomean,
+                 s.mover_percentile_zero_mean, s.mover_p_value_zero,
+                 s.mover_ratio_mean_geomean, s.null_ratio_mean_geomean])
+  chance = lambda c: " (AT CHANCE)" if c.at_chance else ""
+  per_prompt = [[p.prompt, p.target, " | ".join(repr(t) for t in p.target_tokens),
+                 p.subject_token, f"{fmt(p.as_trained.p_target)}{chance(p.as_trained)}",
+                 f"{fmt(p.routing_off.p_target)}{chance(p.routing_off)}",
+                 math.exp(p.chance_logprob), p.as_trained.rank,
+                 f"L{p.mover_head['layer']}H{p.mover_head['head']}",
+                 p.mover_head["ratio_zero"]]
+                for p in r.models["routed"].prompts]
   return "\n".join([
       table(["model", "mean P(target word)", "... routing off", "# at chance (trained / off)",
              "median first-token rank", "... routing off", "mover KO P ratio (zero)",
@@ -382,9 +496,9 @@ def markdown(r: dict) -> str:
             per_prompt)])
 
 
-def figures(r: dict) -> dict:
-  return {"factual_dla": dla.figure(r["paper"], _summaries(r))}
+def figures(r: Factual) -> dict:
+  return {"factual_dla": dla.figure(r.paper, _summaries(r))}
 
 
-def _summaries(r: dict) -> dict[str, dict]:
-  return {name: m["summary"] for name, m in r.get("models", {}).items()}
+def _summaries(r: Factual) -> dict[str, Summary]:
+  return {name: m.summary for name, m in r.models.items()}

@@ -29,18 +29,53 @@ accuracy over single-head knockouts of every other head: knocking out an arbitra
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dirroute_jax.analysis import plots, result as result_lib
+from dirroute_jax.analysis import plots, result as result_lib, verdicts
 from dirroute_jax.analysis.load import as_workdir
 from dirroute_jax.analysis.markdown import fmt, table
+from dirroute_jax.analysis.verdicts import yes_no
 from dirroute_jax.model import interventions as iv_lib
 from dirroute_jax.model.transformer import forward
 
 PAPER = {"routed_accuracy": 0.934, "routed_accuracy_routing_off": 0.0,
          "routed_accuracy_strongest_head_knocked_out": 0.986}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInduction:
+  accuracy: float
+  first_block_accuracy: float  # control: the first block cannot be copied
+  accuracy_routing_off: float | None  # None for a model without a router
+  induction_scores: list[list[float]]  # L x H
+  induction_scores_routing_off: list[list[float]] | None  # None without a router
+  strongest_head: tuple[int, int]  # (layer, head)
+  strongest_score: float
+  accuracy_strongest_head_knocked_out: float
+  knockout_accuracy: list[list[float]]  # L x H: each head knocked out alone
+  knockout_control_median_other_heads: float | None  # None with a single head
+
+
+@dataclasses.dataclass(frozen=True)
+class Null:
+  chance_accuracy: float
+  uniform_attention_induction_score: float
+  knockout_control: str
+  routing_control: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Induction:
+  """The induction section, every model on the same repeated random sequences."""
+  models: dict[str, ModelInduction]
+  protocol: dict[str, Any]
+  null: Null
+  paper: dict[str, Any]
 
 
 def repeated_random_tokens(num_seqs: int, doc_len: int, repeats: int, pool_P: np.ndarray,
@@ -79,7 +114,7 @@ def _neutral(model_cfg) -> iv_lib.Interventions:
 
 def induction(run, *, doc_len: int | None = None, repeats: int = 2, num_seqs: int = 64,
               token_range: tuple[int, int] | None = None, seed: int = 0,
-              batch_size: int = 32) -> dict:
+              batch_size: int = 32) -> Induction:
   """Induction accuracy, per-head induction scores and strongest-head knockout, both models.
 
   Args:
@@ -94,11 +129,9 @@ def induction(run, *, doc_len: int | None = None, repeats: int = 2, num_seqs: in
     batch_size: sequences per forward pass (memory only; results do not depend on it).
 
   Returns:
-    {"protocol", "null", "paper", "models": {"routed": {...}, "baseline": {...}}}; per model:
-    accuracy, first_block_accuracy (control), accuracy_routing_off (routed only, else "n/a"),
-    induction_scores (L x H), induction_scores_routing_off, strongest_head [l, h],
-    strongest_score, accuracy_strongest_head_knocked_out, knockout_accuracy (L x H: each
-    head knocked out alone), knockout_control_median_other_heads.
+    `Induction`: per model (`ModelInduction`) the accuracy with its first-block control, with
+    routing off (routed only), per-head induction scores, the strongest head and its knockout
+    beside every other head's; the chance and uniform-attention nulls.
   """
   run = as_workdir(run)
   if repeats < 2:
@@ -112,11 +145,10 @@ def induction(run, *, doc_len: int | None = None, repeats: int = 2, num_seqs: in
   T = tokens_NxT.shape[1]
   chance = 1.0 / len(pool_P)
 
-  out = {"models": {}}
-  for name, model in run.models.items():
-    out["models"][name] = _model_induction(model, run.params[name], tokens_NxT, doc_len,
-                                           vocab, batch_size)
-  out["protocol"] = {
+  models = {name: _model_induction(model, run.params[name], tokens_NxT, doc_len, vocab,
+                                   batch_size)
+            for name, model in run.models.items()}
+  protocol = {
       "construction": "block of doc_len distinct tokens drawn uniformly from token_range "
                       "(EOS excluded), repeated `repeats` times; no BOS",
       "doc_len": doc_len, "repeats": repeats, "num_seqs": num_seqs, "seq_len": T,
@@ -126,18 +158,16 @@ def induction(run, *, doc_len: int | None = None, repeats: int = 2, num_seqs: in
       "induction_score": "mean attention from query t >= doc_len to key t - doc_len + 1",
       "knockout": "zero ablation of the head output before W_O, routing on",
   }
-  out["null"] = {
-      "chance_accuracy": chance,
-      "uniform_attention_induction_score": uniform_attention_score(T, doc_len),
-      "knockout_control": "knockout_control_median_other_heads (per model)",
-      "routing_control": "the baseline model (no routing) on the same sequences",
-  }
-  out["paper"] = dict(PAPER)
-  return out
+  null = Null(
+      chance_accuracy=chance,
+      uniform_attention_induction_score=uniform_attention_score(T, doc_len),
+      knockout_control="knockout_control_median_other_heads (per model)",
+      routing_control="the baseline model (no routing) on the same sequences")
+  return Induction(models=models, protocol=protocol, null=null, paper=dict(PAPER))
 
 
 def _model_induction(model, params, tokens_NxT: np.ndarray, doc_len: int, vocab: int,
-                     batch_size: int) -> dict:
+                     batch_size: int) -> ModelInduction:
   cfg = model.cfg
   L, H = cfg.num_layers, cfg.num_heads
   neutral = _neutral(cfg)
@@ -181,46 +211,65 @@ def _model_induction(model, params, tokens_NxT: np.ndarray, doc_len: int, vocab:
   l_best, h_best = (int(i) for i in np.unravel_index(np.argmax(scores_LxH), scores_LxH.shape))
   knockout_LxH = np.array([[accuracy(knock(l, h)) for h in range(H)] for l in range(L)])
   others = np.delete(knockout_LxH.ravel(), l_best * H + h_best)
+  return ModelInduction(
+      accuracy=accuracy(neutral),
+      first_block_accuracy=accuracy(neutral, first_block=True),
+      accuracy_routing_off=accuracy(off) if cfg.routing else None,
+      induction_scores=scores_LxH.tolist(),
+      induction_scores_routing_off=head_scores(off).tolist() if cfg.routing else None,
+      strongest_head=(l_best, h_best),
+      strongest_score=float(scores_LxH[l_best, h_best]),
+      accuracy_strongest_head_knocked_out=float(knockout_LxH[l_best, h_best]),
+      knockout_accuracy=knockout_LxH.tolist(),
+      knockout_control_median_other_heads=float(np.median(others)) if others.size else None)
+
+
+def claim_rows(r: Induction, report: dict) -> verdicts.Rows:
+  """The claims this section tests (analysis/claims.py): `induction`, accuracy > 50% with
+  routing and < 10% without; `induction_ko`, accuracy after knocking out the strongest
+  induction head >= 90% of the intact accuracy (and that > 50%)."""
+  del report  # every number is this section's
+  ind = r.models["routed"]
   return {
-      "accuracy": accuracy(neutral),
-      "first_block_accuracy": accuracy(neutral, first_block=True),
-      "accuracy_routing_off": accuracy(off) if cfg.routing else "n/a",
-      "induction_scores": scores_LxH.tolist(),
-      "induction_scores_routing_off": head_scores(off).tolist() if cfg.routing else "n/a",
-      "strongest_head": [l_best, h_best],
-      "strongest_score": float(scores_LxH[l_best, h_best]),
-      "accuracy_strongest_head_knocked_out": float(knockout_LxH[l_best, h_best]),
-      "knockout_accuracy": knockout_LxH.tolist(),
-      "knockout_control_median_other_heads": float(np.median(others)) if others.size else "n/a",
-  }
+      "induction": (f"{100 * ind.accuracy:.1f}% / {100 * ind.accuracy_routing_off:.1f}%"
+                    f" (chance {100 * r.null.chance_accuracy:.2f}%)",
+                    yes_no(ind.accuracy > 0.5 and ind.accuracy_routing_off < 0.1)),
+      "induction_ko": (f"{100 * ind.accuracy_strongest_head_knocked_out:.1f}%",
+                       yes_no(ind.accuracy_strongest_head_knocked_out
+                              >= 0.9 * ind.accuracy and ind.accuracy > 0.5))}
 
 
-def markdown(r: dict) -> str:
-  routed, base, null, paper = r["models"]["routed"], r["models"]["baseline"], r["null"], r["paper"]
+def _na(x) -> str:
+  """A number, or "n/a" where it does not apply (None)."""
+  return "n/a" if x is None else fmt(x)
+
+
+def markdown(r: Induction) -> str:
+  routed, base, null, paper = r.models["routed"], r.models["baseline"], r.null, r.paper
   rows = [
-      ["induction accuracy (repeated half)", paper["routed_accuracy"], routed["accuracy"],
-       base["accuracy"], f"chance {fmt(null['chance_accuracy'])}; first block "
-       f"{fmt(routed['first_block_accuracy'])}"],
+      ["induction accuracy (repeated half)", paper["routed_accuracy"], routed.accuracy,
+       base.accuracy, f"chance {fmt(null.chance_accuracy)}; first block "
+       f"{fmt(routed.first_block_accuracy)}"],
       ["... routing off", paper["routed_accuracy_routing_off"],
-       routed["accuracy_routing_off"], "n/a", "the baseline row above"],
+       _na(routed.accuracy_routing_off), "n/a", "the baseline row above"],
       ["... strongest induction head knocked out",
        paper["routed_accuracy_strongest_head_knocked_out"],
-       routed["accuracy_strongest_head_knocked_out"],
-       base["accuracy_strongest_head_knocked_out"],
-       f"median other single-head knockout {fmt(routed['knockout_control_median_other_heads'])}"
-       f" / {fmt(base['knockout_control_median_other_heads'])}"],
+       routed.accuracy_strongest_head_knocked_out,
+       base.accuracy_strongest_head_knocked_out,
+       f"median other single-head knockout {_na(routed.knockout_control_median_other_heads)}"
+       f" / {_na(base.knockout_control_median_other_heads)}"],
       ["strongest head (layer, head): score", "",
-       f"{tuple(routed['strongest_head'])}: {fmt(routed['strongest_score'])}",
-       f"{tuple(base['strongest_head'])}: {fmt(base['strongest_score'])}",
-       f"uniform attention {fmt(null['uniform_attention_induction_score'])}"],
+       f"{tuple(routed.strongest_head)}: {fmt(routed.strongest_score)}",
+       f"{tuple(base.strongest_head)}: {fmt(base.strongest_score)}",
+       f"uniform attention {fmt(null.uniform_attention_induction_score)}"],
   ]
-  p = r["protocol"]
+  p = r.protocol
   return (table(["claim", "paper", "routed", "baseline", "null / control"], rows)
           + f"\n\nProtocol: {p['construction']}; doc_len {p['doc_len']}, repeats "
             f"{p['repeats']}, {p['num_seqs']} sequences; {p['knockout']}.")
 
 
-def figures(r: dict) -> dict:
+def figures(r: Induction) -> dict:
   """Induction score per layer and head, one panel per model, on one colour scale."""
   models = result_lib.models(r)
   if not models:
@@ -230,9 +279,9 @@ def figures(r: dict) -> dict:
   fig, axes = plots.plt.subplots(1, len(models), figsize=(4 * len(models), 3), sharey=True,
                                  layout="constrained")
   axes = np.atleast_1d(axes)
-  vmax = max(float(np.max(m["induction_scores"])) for m in models.values())
+  vmax = max(float(np.max(m.induction_scores)) for m in models.values())
   for ax, (name, m) in zip(axes, models.items()):
-    scores_LxH = np.asarray(m["induction_scores"])
+    scores_LxH = np.asarray(m.induction_scores)
     im = ax.imshow(scores_LxH, vmin=0, vmax=vmax, cmap="viridis")
     ax.set_title(f"{name}: induction score")
     ax.set_xlabel("head")
@@ -240,5 +289,5 @@ def figures(r: dict) -> dict:
     plots.integer_ticks(ax.yaxis, scores_LxH.shape[0])
   axes[0].set_ylabel("layer")
   fig.colorbar(im, ax=list(axes), shrink=0.8,
-               label=f"uniform-attention null = {r['null']['uniform_attention_induction_score']:.3f}")
+               label=f"uniform-attention null = {r.null.uniform_attention_induction_score:.3f}")
   return {"induction_heads": fig}

@@ -37,19 +37,75 @@ independent; permutation nulls assume exchangeability and are therefore optimist
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dirroute_jax.analysis import plots, result as result_lib
+from dirroute_jax.analysis import plots, result as result_lib, verdicts
 from dirroute_jax.analysis.load import Workdir, as_workdir
 from dirroute_jax.analysis.markdown import fmt, table
+from dirroute_jax.analysis.verdicts import yes_no
 from dirroute_jax.model.transformer import forward, init_params
 
 PAPER = {"domain_variance_layer0": 0.070, "domain_variance_layer9": 0.00055,
          "specialists_layer0": 10, "specialists_layer9": 0, "classification": "23/24"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Specialists:
+  """Heads whose routing separates the domains (`specialists`: criterion in `criterion`)."""
+  per_layer: list[int]
+  significant_per_layer: list[int]
+  heads: list[tuple[int, int]]  # (layer, head) of every specialist
+  eta2: list[list[float]]  # L x H
+  p_fwer: list[list[float]]  # L x H
+  threshold: float
+  null_max_eta2_mean: float
+  criterion: str
+  expected_false_specialists_under_null: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Classification:
+  """Leave-one-out nearest-centroid domain classification from routing vectors."""
+  accuracy: float
+  correct: int
+  total: int
+  null_mean: float
+  null_p95: float
+  majority_rate: float
+  balanced_accuracy: float
+  balanced_null_mean: float
+  balanced_null_p95: float
+  chance_uniform: float
+  confusion: list[list[int]]  # [true][predicted]
+  # The same classifier on an untrained router's / the baseline's features; older reports
+  # have none.
+  controls: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class RoutedRegimes:
+  num_windows: int
+  windows_per_domain: dict[str, int]
+  domain_variance_per_layer: list[float]
+  domain_variance_null_mean: list[float]
+  domain_variance_null_p95: list[float]
+  layer0_over_last_layer: float  # inf where the last layer's variance is 0
+  specialists: Specialists
+  classification: Classification
+
+
+@dataclasses.dataclass(frozen=True)
+class Regimes:
+  """The regimes section: the routed model's routing across domains (the baseline has no
+  routing weights: Skipped). With one held-out domain the whole section is Skipped."""
+  protocol: dict[str, Any]
+  paper: dict[str, Any]
+  models: dict[str, RoutedRegimes | result_lib.Skipped]
 
 
 # ---------------------------------------------------------------- pure statistics
@@ -223,7 +279,7 @@ def baseline_features(run: Workdir, dim: int, num_batches: int | None = None, se
 
 
 def regimes(run, *, num_batches: int | None = None, permutations: int = 1000, seed: int = 0,
-            alpha: float = 0.05, min_effect: float = 0.1) -> dict:
+            alpha: float = 0.05, min_effect: float = 0.1) -> Regimes | result_lib.Skipped:
   """Domain dependence of the routed model's routing weights, each statistic beside its null.
 
   Args:
@@ -235,12 +291,10 @@ def regimes(run, *, num_batches: int | None = None, permutations: int = 1000, se
     alpha, min_effect: the specialist criterion (module docstring).
 
   Returns:
-    {"protocol", "paper", "models": {"routed": {...}, "baseline": "n/a"}}; routed:
-    num_windows, windows_per_domain, domain_variance_per_layer (L) with
-    domain_variance_null_mean / _p95 (L), layer0_over_last_layer, specialists (per layer
-    counts, eta2 L x H, p_fwer L x H, threshold), classification (accuracy, correct/total,
-    null_mean, null_p95, majority_rate, balanced_accuracy with balanced_null_mean / _p95,
-    chance_uniform, confusion [true][predicted]).
+    `Regimes` (the baseline Skipped), or Skipped with the reason when the held-out data has
+    fewer than two domains. The routed model's: domain variance per layer beside its
+    permutation null, specialist heads, and the domain classification with its nulls and
+    controls.
   """
   run = as_workdir(run)
   cfg = run.models["routed"].cfg
@@ -254,8 +308,7 @@ def regimes(run, *, num_batches: int | None = None, permutations: int = 1000, se
               f"{len(present) or len(domains)} ({', '.join(present or domains)}). Label "
               "domains with `domain=glob` entries in data.files (or data.domain_key, or "
               "`domain=name` in data.tfds_name); see README, Data.")
-    return {"protocol": {"domains": domains}, "paper": dict(PAPER), result_lib.SKIPPED: reason,
-            "models": {"routed": reason, "baseline": "n/a (no router)"}}
+    return result_lib.Skipped(reason)
   C = len(domains)
 
   def layer_var(y):
@@ -290,40 +343,37 @@ def regimes(run, *, num_batches: int | None = None, permutations: int = 1000, se
   acc_null_Px2 = permutation_null(both_accuracies, y_N, permutations, seed + 2)
   counts_C = np.bincount(y_N, minlength=C)
 
-  routed = {
-      "num_windows": int(len(y_N)),
-      "windows_per_domain": {d: int(n) for d, n in zip(domains, counts_C)},
-      "domain_variance_per_layer": var_L.tolist(),
-      "domain_variance_null_mean": var_null_PxL.mean(0).tolist(),
-      "domain_variance_null_p95": np.quantile(var_null_PxL, 0.95, axis=0).tolist(),
-      "layer0_over_last_layer": float(var_L[0] / var_L[-1]) if var_L[-1] > 0 else "inf",
-      "specialists": {
-          "per_layer": spec_LxH.sum(1).tolist(),
-          "significant_per_layer": sig_LxH.sum(1).tolist(),
-          "heads": [[int(l), int(h)] for l, h in zip(*np.nonzero(spec_LxH))],
-          "eta2": np.array(spec["eta2"]).reshape(L, H).tolist(),
-          "p_fwer": np.array(spec["p_fwer"]).reshape(L, H).tolist(),
-          "threshold": spec["threshold"],
-          "null_max_eta2_mean": spec["null_max_mean"],
-          "criterion": spec["criterion"],
-          "expected_false_specialists_under_null": f"<= {alpha} heads in total (FWER)",
-      },
-      "classification": {
-          "accuracy": float(np.mean(pred_N == y_N)),
-          "correct": int(np.sum(pred_N == y_N)), "total": int(len(y_N)),
-          "null_mean": float(acc_null_Px2[:, 0].mean()),
-          "null_p95": float(np.quantile(acc_null_Px2[:, 0], 0.95)),
-          "majority_rate": float(counts_C.max() / counts_C.sum()),
-          "balanced_accuracy": balanced_accuracy(y_N, pred_N),
-          "balanced_null_mean": float(acc_null_Px2[:, 1].mean()),
-          "balanced_null_p95": float(np.quantile(acc_null_Px2[:, 1], 0.95)),
-          "chance_uniform": 1.0 / int((counts_C > 0).sum()),
-          "confusion": confusion_CxC.tolist(),
-          "controls": controls,
-      },
-  }
-  return {
-      "protocol": {
+  routed = RoutedRegimes(
+      num_windows=int(len(y_N)),
+      windows_per_domain={d: int(n) for d, n in zip(domains, counts_C)},
+      domain_variance_per_layer=var_L.tolist(),
+      domain_variance_null_mean=var_null_PxL.mean(0).tolist(),
+      domain_variance_null_p95=np.quantile(var_null_PxL, 0.95, axis=0).tolist(),
+      layer0_over_last_layer=float(var_L[0] / var_L[-1]) if var_L[-1] > 0 else float("inf"),
+      specialists=Specialists(
+          per_layer=spec_LxH.sum(1).tolist(),
+          significant_per_layer=sig_LxH.sum(1).tolist(),
+          heads=[(int(l), int(h)) for l, h in zip(*np.nonzero(spec_LxH))],
+          eta2=np.array(spec["eta2"]).reshape(L, H).tolist(),
+          p_fwer=np.array(spec["p_fwer"]).reshape(L, H).tolist(),
+          threshold=float(spec["threshold"]),
+          null_max_eta2_mean=float(spec["null_max_mean"]),
+          criterion=spec["criterion"],
+          expected_false_specialists_under_null=f"<= {alpha} heads in total (FWER)"),
+      classification=Classification(
+          accuracy=float(np.mean(pred_N == y_N)),
+          correct=int(np.sum(pred_N == y_N)), total=int(len(y_N)),
+          null_mean=float(acc_null_Px2[:, 0].mean()),
+          null_p95=float(np.quantile(acc_null_Px2[:, 0], 0.95)),
+          majority_rate=float(counts_C.max() / counts_C.sum()),
+          balanced_accuracy=float(balanced_accuracy(y_N, pred_N)),
+          balanced_null_mean=float(acc_null_Px2[:, 1].mean()),
+          balanced_null_p95=float(np.quantile(acc_null_Px2[:, 1], 0.95)),
+          chance_uniform=1.0 / int((counts_C > 0).sum()),
+          confusion=confusion_CxC.tolist(),
+          controls={k: float(v) for k, v in controls.items()}))
+  return Regimes(
+      protocol={
           "routing_vector": "per window: mean of blocks.{l}.attn.r over input positions with "
                             "weight 1; features ordered (layer, head, direction)",
           "domain_variance": "variance across domains of per-domain feature means, averaged "
@@ -335,45 +385,75 @@ def regimes(run, *, num_batches: int | None = None, permutations: int = 1000, se
                     "permutation nulls are optimistic",
           "domains": domains, "num_batches": num_batches, "L_H_K": [L, H, K],
       },
-      "paper": dict(PAPER),
-      "models": {"routed": routed,
-                 "baseline": "n/a (no routing weights: the baseline has no router)"},
-  }
+      paper=dict(PAPER),
+      models={"routed": routed, "baseline": result_lib.Skipped(
+          "n/a (no routing weights: the baseline has no router)")})
 
 
-def markdown(r: dict) -> str:
-  routed, paper = r["models"]["routed"], r["paper"]
-  var_L = routed["domain_variance_per_layer"]
-  rows = [[f"layer {l}", var_L[l], routed["domain_variance_null_p95"][l],
-           routed["specialists"]["per_layer"][l]] for l in range(len(var_L))]
-  c = routed["classification"]
+def claim_rows(r: Regimes, report: dict) -> verdicts.Rows:
+  """The claims this section tests (analysis/claims.py):
+
+    variance        layer 0 above its permutation null's p95 and > 10x the last layer's
+                    (specialists shown, not scored).
+    classification  accuracy above the permutation p95, the majority class, an untrained
+                    router's and the baseline's projected residuals'.
+  """
+  del report  # every number is this section's
+  reg = result_lib.model(r)
+  if not reg:
+    return {}
+  out = {}
+  var = reg.domain_variance_per_layer
+  var_p95 = reg.domain_variance_null_p95
+  spec = reg.specialists.per_layer
+  ratio = var[0] / max(var[-1], 1e-30)
+  out["variance"] = (f"{fmt(var[0])} vs {fmt(var[-1])} ({ratio:.2g}x; layer-0 null p95 "
+                     f"{fmt(var_p95[0])}); specialists {spec[0]} vs {spec[-1]} (not "
+                     "scored)", yes_no(var[0] > var_p95[0] and ratio > 10))
+  c = reg.classification
+  controls = c.controls
+  bar = max([c.null_p95, c.majority_rate, *controls.values()])
+  out["classification"] = (
+      f"{c.correct}/{c.total} = {100 * c.accuracy:.0f}% (null p95 "
+      f"{100 * c.null_p95:.0f}%, majority {100 * c.majority_rate:.0f}%"
+      + "".join(f", {k.replace('_', ' ')} {100 * v:.0f}%" for k, v in controls.items())
+      + ")", yes_no(bool(controls) and c.accuracy > bar))
+  return out
+
+
+def markdown(r: Regimes) -> str:
+  routed, paper = r.models["routed"], r.paper
+  var_L = routed.domain_variance_per_layer
+  rows = [[f"layer {l}", var_L[l], routed.domain_variance_null_p95[l],
+           routed.specialists.per_layer[l]] for l in range(len(var_L))]
+  c = routed.classification
   out = [table(["layer", "routing variance across domains", "null p95 (shuffled labels)",
                 "specialist heads"], rows), "",
          f"Paper: variance {paper['domain_variance_layer0']} (layer 0) vs "
          f"{paper['domain_variance_layer9']} (layer 9); specialists "
          f"{paper['specialists_layer0']} vs {paper['specialists_layer9']}. Specialist "
-         f"criterion: {routed['specialists']['criterion']}", "",
+         f"criterion: {routed.specialists.criterion}", "",
          table(["nearest-centroid domain classification", "paper", "ours", "null mean",
                 "null p95", "majority class"],
-               [["accuracy", paper["classification"], f"{c['correct']}/{c['total']} = "
-                 f"{fmt(c['accuracy'])}", c["null_mean"], c["null_p95"], c["majority_rate"]],
+               [["accuracy", paper["classification"], f"{c.correct}/{c.total} = "
+                 f"{fmt(c.accuracy)}", c.null_mean, c.null_p95, c.majority_rate],
                 *[[f"control: {k.replace('_', ' ')}", "", v, "", "", ""]
-                  for k, v in c.get("controls", {}).items()],
-                ["balanced accuracy", "", c["balanced_accuracy"], c["balanced_null_mean"],
-                 c["balanced_null_p95"], c["chance_uniform"]]]),
-         "", f"Caveat: {r['protocol']['caveat']}."]
+                  for k, v in c.controls.items()],
+                ["balanced accuracy", "", c.balanced_accuracy, c.balanced_null_mean,
+                 c.balanced_null_p95, c.chance_uniform]]),
+         "", f"Caveat: {r.protocol['caveat']}."]
   return "\n".join(out)
 
 
-def figures(r: dict) -> dict:
+def figures(r: Regimes) -> dict:
   """Routing-weight variance across domains per layer, beside the shuffled-label null."""
   routed = result_lib.model(r)
   if routed is None:
     return {}
-  var_L = np.asarray(routed["domain_variance_per_layer"])
+  var_L = np.asarray(routed.domain_variance_per_layer)
   fig, ax = plots.plt.subplots(figsize=(5, 3.2))
   ax.semilogy(var_L, "o-", label="routed: variance of domain means")
-  ax.semilogy(np.asarray(routed["domain_variance_null_p95"]), "k--",
+  ax.semilogy(np.asarray(routed.domain_variance_null_p95), "k--",
               label="null p95 (shuffled domain labels)")
   plots.integer_ticks(ax.xaxis, len(var_L))
   ax.set_xlabel("layer")

@@ -5,20 +5,23 @@
     write_report(results, run, out_dir)
 
 Orchestration only. Each section is its analysis module: the function that computes its
-result (a JSON-ready dict), `markdown(result)` and, where it has plots, `figures(result)`. A
-section that did not run (`result.skipped`) is rendered here, as its reason, and drawn never.
+result (a frozen dataclass, `analysis/result.py`), `markdown(result)`, where it has plots
+`figures(result)`, and where it tests the paper's claims `claim_rows(result, report)`
+(assembled by claims.py). A section that did not run (`result.Skipped`) is rendered here, as
+its reason, and drawn never.
+
+In memory a report is {"workdir", "step", "config", "data", "timings_sec", section name: typed
+result}; report.json is its stored form (`result.to_json`), and `load_sections` reads one back.
+Every reader (markdown, figures, claims) accepts either form of a section.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from types import ModuleType
-from typing import Callable, NamedTuple
-
-import numpy as np
+from typing import Any, Callable, NamedTuple
 
 from dirroute_jax import workdir as workdir_lib
 from dirroute_jax.analysis import (ablation, causality, directions, factual, induction,
@@ -28,35 +31,59 @@ from dirroute_jax.analysis.markdown import table
 
 
 class Section(NamedTuple):
-  """One report section: `run(workdir, **options) -> result`, and the module that renders it
-  (`markdown(result) -> str`; `figures(result) -> {key: Figure}` where it has plots)."""
-  run: Callable[..., dict]
+  """One report section: `run(workdir, **options) -> result`, the module that renders it
+  (`markdown(result) -> str`; `figures(result) -> {key: Figure}` where it has plots;
+  `claim_rows(result, report)` where it tests claims) and its result's type (a frozen
+  dataclass, `analysis/result.py`)."""
+  run: Callable[..., Any]
   module: ModuleType
+  result_type: type
 
-  def markdown(self, r: dict) -> str:
+  def load(self, stored):
+    """The typed result of its stored form (a result already typed, or a skip, as it is)."""
+    if not isinstance(stored, dict):
+      return stored
+    return result.from_json(self.result_type | result.Skipped, stored, self.module.__name__)
+
+  def markdown(self, r) -> str:
+    r = self.load(r)
     skip = result.skipped(r)
     return skip.reason if skip else self.module.markdown(r)
 
-  def figures(self, r: dict) -> dict:
+  def figures(self, r) -> dict:
+    r = self.load(r)
     # causality and steering have no plot: their modules define no `figures`.
     if result.skipped(r) or not hasattr(self.module, "figures"):
       return {}
     return self.module.figures(r)
 
+  def claim_rows(self, r, report: dict) -> dict:
+    """{claim id: (our value, holds?)} of this section ({} when it has none or was skipped)."""
+    r = self.load(r)
+    if r is None or result.skipped(r) or not hasattr(self.module, "claim_rows"):
+      return {}
+    return self.module.claim_rows(r, report)
+
 
 # In report order.
 SECTIONS: dict[str, Section] = {
-    "causality": Section(causality.causality_report, causality),
-    "ablation": Section(ablation.ablation, ablation),
-    "factual": Section(factual.factual, factual),
-    "induction": Section(induction.induction, induction),
-    "regimes": Section(regimes.regimes, regimes),
-    "directions": Section(directions.directions, directions),
-    "steering": Section(steering.steering, steering),
-    "spectral": Section(spectral.spectral, spectral),
-    "linearise": Section(linearise.linearise, linearise),
+    "causality": Section(causality.causality_report, causality, causality.Causality),
+    "ablation": Section(ablation.ablation, ablation, ablation.Ablation),
+    "factual": Section(factual.factual, factual, factual.Factual),
+    "induction": Section(induction.induction, induction, induction.Induction),
+    "regimes": Section(regimes.regimes, regimes, regimes.Regimes),
+    "directions": Section(directions.directions, directions, directions.Directions),
+    "steering": Section(steering.steering, steering, steering.Steering),
+    "spectral": Section(spectral.spectral, spectral, spectral.Spectral),
+    "linearise": Section(linearise.linearise, linearise, linearise.Linearise),
 }
-ANALYSES: dict[str, Callable[..., dict]] = {name: s.run for name, s in SECTIONS.items()}
+ANALYSES: dict[str, Callable[..., Any]] = {name: s.run for name, s in SECTIONS.items()}
+
+
+def load_sections(report: dict) -> dict:
+  """`report` (a report.json, or a report in memory) with every section as its typed result;
+  a stored section that does not fit its type raises result.SchemaError naming the field."""
+  return {k: SECTIONS[k].load(v) if k in SECTIONS else v for k, v in report.items()}
 
 
 def data_summary(run: Workdir) -> dict:
@@ -95,7 +122,7 @@ def write_report(results: dict, run: Workdir, out_dir: str) -> dict[str, str]:
   paths = {"json": os.path.join(out_dir, "report.json"),
            "md": os.path.join(out_dir, "report.md")}
   with open(paths["json"], "w") as f:
-    json.dump(_jsonable(results), f, indent=1)
+    json.dump(result.to_json(results), f, indent=1)
   figures = plots.save(make_figures(results), out_dir)
   with open(paths["md"], "w") as f:
     f.write(render_markdown(results, run, figures))
@@ -108,29 +135,14 @@ def make_figures(results: dict) -> dict:
   the caller closes them."""
   figures = {}
   for name, section in SECTIONS.items():
-    if isinstance(results.get(name), dict):
+    if results.get(name) is not None:
       figures.update(section.figures(results[name]))
   return figures
 
 
-def section_markdown(name: str, r: dict) -> str:
+def section_markdown(name: str, r) -> str:
   """Section NAME's markdown body for its result `r` (its reason, when it was skipped)."""
   return SECTIONS[name].markdown(r)
-
-
-def _jsonable(x):
-  if isinstance(x, dict):
-    return {str(k): _jsonable(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
-  if isinstance(x, np.ndarray):
-    return _jsonable(x.tolist())
-  if isinstance(x, (np.floating, float)):
-    v = float(x)
-    return v if math.isfinite(v) else str(v)
-  if isinstance(x, np.integer):
-    return int(x)
-  return x
 
 
 def render_markdown(results: dict, run: Workdir, figures: dict[str, str]) -> str:

@@ -42,17 +42,75 @@ min(D, 2 Dh).
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import numpy as np
 
-from dirroute_jax.analysis import plots, result as result_lib
+from dirroute_jax.analysis import plots, result as result_lib, verdicts
 from dirroute_jax.analysis.load import as_workdir
 from dirroute_jax.analysis.markdown import fmt, table
+from dirroute_jax.analysis.verdicts import yes_no
 
 PAPER = {"skew_erank_layer1": 2.0, "trend": "routing effective rank grows with depth",
          "scale": "7M-355M parameters",
          "definition": "effective-rank definition not in the abstract [reconstructed]"}
 
 _ZERO = 1e-9  # singular values <= _ZERO * ||M||_F are numerical zeros
+
+
+@dataclasses.dataclass(frozen=True)
+class Cascade:
+  """The skew erank's trend with depth (per-layer means over heads)."""
+  skew_erank_first_layer: float
+  skew_erank_last_layer: float
+  slope_per_layer: float | None  # None with one layer (stored "n/a" in older reports)
+  non_decreasing: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+  """Every statistic of one RoPE view of the kernel."""
+  # {stat: L x H}; stats skew_share, sym_share, skew_erank, skew_rank90, sym_erank
+  heads: dict[str, list[list[float]]]
+  per_layer: dict[str, list[float]]  # {stat: L}, mean over heads
+  cascade: Cascade
+
+
+@dataclasses.dataclass(frozen=True)
+class NullStat:
+  mean: float
+  std: float
+  p05: float
+  p95: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Null:
+  """The same statistics of i.i.d. Gaussian W_Q, W_K (the model at initialisation)."""
+  offset0: dict[str, NullStat]
+  offset_mean: dict[str, NullStat]
+  analytic_skew_share: float
+  max_rank: int
+  heads_drawn: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpectral:
+  offset0: View
+  offset_mean: View
+
+  def view(self, name: str) -> View:
+    return {"offset0": self.offset0, "offset_mean": self.offset_mean}[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class Spectral:
+  """The spectral section. A model without W_K (S-D attention) is a Skipped with the reason."""
+  models: dict[str, ModelSpectral | result_lib.Skipped]
+  null: Null
+  paper: dict[str, Any]
+  protocol: dict[str, Any]
 
 
 def entropy_rank(sv_NxK, floor_N) -> np.ndarray:
@@ -120,33 +178,31 @@ def _kernels(params, cfg):
   return stack("query"), stack("key")
 
 
-def _view(wq_LxHxDxDh, wk_LxHxDxDh, energy: float) -> dict:
+def _view(wq_LxHxDxDh, wk_LxHxDxDh, energy: float) -> View:
   L, H, D, Dh = wq_LxHxDxDh.shape
   flat = head_stats(wq_LxHxDxDh.reshape(L * H, D, Dh), wk_LxHxDxDh.reshape(L * H, D, Dh),
                     energy)
   heads = {k: v.reshape(L, H) for k, v in flat.items()}
   per_layer = {k: v.mean(1) for k, v in heads.items()}
   erank_L = per_layer["skew_erank"]
-  return {
-      "heads": {k: v.tolist() for k, v in heads.items()},
-      "per_layer": {k: v.tolist() for k, v in per_layer.items()},
-      "cascade": {
-          "skew_erank_first_layer": float(erank_L[0]),
-          "skew_erank_last_layer": float(erank_L[-1]),
-          "slope_per_layer": float(np.polyfit(np.arange(L), erank_L, 1)[0]) if L > 1 else "n/a",
-          "non_decreasing": bool(np.all(np.diff(erank_L) >= 0)),
-      },
-  }
+  return View(
+      heads={k: v.tolist() for k, v in heads.items()},
+      per_layer={k: v.tolist() for k, v in per_layer.items()},
+      cascade=Cascade(
+          skew_erank_first_layer=float(erank_L[0]),
+          skew_erank_last_layer=float(erank_L[-1]),
+          slope_per_layer=float(np.polyfit(np.arange(L), erank_L, 1)[0]) if L > 1 else None,
+          non_decreasing=bool(np.all(np.diff(erank_L) >= 0))))
 
 
-def _summary(stats: dict[str, np.ndarray]) -> dict:
-  return {k: {"mean": float(np.mean(v)), "std": float(np.std(v)),
-              "p05": float(np.percentile(v, 5)), "p95": float(np.percentile(v, 95))}
+def _summary(stats: dict[str, np.ndarray]) -> dict[str, NullStat]:
+  return {k: NullStat(mean=float(np.mean(v)), std=float(np.std(v)),
+                      p05=float(np.percentile(v, 5)), p95=float(np.percentile(v, 95)))
           for k, v in stats.items()}
 
 
 def spectral(run, *, offsets: int | None = None, energy: float = 0.9, null_draws: int = 16,
-             seed: int = 0) -> dict:
+             seed: int = 0) -> Spectral:
   """Skew/symmetric shares and skew effective ranks of every head, both models, and a null.
 
   Args:
@@ -157,12 +213,9 @@ def spectral(run, *, offsets: int | None = None, energy: float = 0.9, null_draws
     seed: seed of the null.
 
   Returns:
-    {"protocol", "paper", "null", "models": {name: {"offset0": view, "offset_mean": view}}};
-    a view is {"heads": {stat: L x H}, "per_layer": {stat: L (mean over heads)}, "cascade":
-    {skew_erank_first_layer, skew_erank_last_layer, slope_per_layer, non_decreasing}}, stats
-    skew_share, sym_share, skew_erank, skew_rank90, sym_erank. A model without W_K (S-D
-    attention) is a string. null[view] = {stat: {mean, std, p05, p95}} plus the analytic
-    expected skew share and the maximum rank.
+    `Spectral`: per model both RoPE views (`View`: every head's statistics, per-layer means and
+    the cascade), a model without W_K (S-D attention) Skipped; the null's summary per view and
+    statistic, the analytic expected skew share and the maximum rank.
   """
   run = as_workdir(run)
   m = run.cfg.model
@@ -170,25 +223,25 @@ def spectral(run, *, offsets: int | None = None, energy: float = 0.9, null_draws
   T = int(offsets or run.cfg.seq_len)
   views = lambda theta: {"offset0": np.eye(Dh),
                          "offset_mean": mean_rope_rotation(Dh, theta, np.arange(T))}
-  out = {"models": {}}
+  models = {}
   for name, model in run.models.items():
     kernels = _kernels(run.params[name], model.cfg)
     if kernels is None:
-      out["models"][name] = ("n/a: no W_K (S-D attention: its operator is skew minus a "
-                             "diagonal by construction, and RoPE acts before it)")
+      models[name] = result_lib.Skipped(
+          "n/a: no W_K (S-D attention: its operator is skew minus a diagonal by "
+          "construction, and RoPE acts before it)")
       continue
     wq, wk = kernels
-    out["models"][name] = {v: _view(wq @ r, wk, energy)
-                           for v, r in views(model.cfg.rope_theta).items()}
+    models[name] = ModelSpectral(**{v: _view(wq @ r, wk, energy)
+                                    for v, r in views(model.cfg.rope_theta).items()})
 
   rng = np.random.default_rng(seed)
   wq_NxDxDh, wk_NxDxDh = rng.standard_normal((2, null_draws * H, D, Dh))
-  out["null"] = {v: _summary(head_stats(wq_NxDxDh @ r, wk_NxDxDh, energy))
-                 for v, r in views(m.rope_theta).items()}
-  out["null"].update(analytic_skew_share=(1 - 1 / D) / 2, max_rank=min(D, 2 * Dh),
-                     heads_drawn=null_draws * H)
-  out["paper"] = dict(PAPER)
-  out["protocol"] = {
+  null = Null(**{v: _summary(head_stats(wq_NxDxDh @ r, wk_NxDxDh, energy))
+                 for v, r in views(m.rope_theta).items()},
+              analytic_skew_share=(1 - 1 / D) / 2, max_rank=min(D, 2 * Dh),
+              heads_drawn=null_draws * H)
+  protocol = {
       "kernel": "M = W_Q W_K^T per head (D x D) on the attention input; score = x_t^T M x_s "
                 "/ sqrt(Dh); statistics are scale-free",
       "split": "S = (M + M^T)/2 filtering, A = (M - M^T)/2 routing; skew_share = "
@@ -207,12 +260,27 @@ def spectral(run, *, offsets: int | None = None, energy: float = 0.9, null_draws
               "scale-free statistics)",
       "null_draws": null_draws, "seed": seed,
   }
-  return out
+  return Spectral(models=models, null=null, paper=dict(PAPER), protocol=protocol)
 
 
-def markdown(r: dict) -> str:
+def claim_rows(r: Spectral, report: dict) -> verdicts.Rows:
+  """The claim this section tests (analysis/claims.py): `spectral`, the skew erank below the
+  random-weight p05 at layer 0 and growing with depth."""
+  del report  # every number is this section's
+  sp = result_lib.model(r)
+  if not sp:
+    return {}
+  c = sp.offset0.cascade
+  p05 = r.null.offset0["skew_erank"].p05
+  return {"spectral": (f"skew erank {c.skew_erank_first_layer:.1f} -> "
+                       f"{c.skew_erank_last_layer:.1f} (random-weight p05 {fmt(p05)})",
+                       yes_no(bool(c.non_decreasing) and c.skew_erank_first_layer < p05
+                              and c.skew_erank_last_layer > c.skew_erank_first_layer))}
+
+
+def markdown(r: Spectral) -> str:
   """Per-layer means over heads, each model beside the random-weight null, per RoPE view."""
-  null, paper, p = r["null"], r["paper"], r["protocol"]
+  null, paper, p = r.null, r.paper, r.protocol
   models = result_lib.models(r)
   stats = {"skew_share": "skew share", "skew_erank": "skew erank", "skew_rank90": "skew rank90"}
   header = ["layer"] + [f"{n} {label}" for label in stats.values() for n in [*models, "null"]]
@@ -220,21 +288,21 @@ def markdown(r: dict) -> str:
   for view, title in (("offset0", "RoPE offset 0: the content kernel W_Q W_K^T (default)"),
                       ("offset_mean", f"RoPE averaged over offsets 0..{p['offsets_T'] - 1}")):
     rows = []
-    for l in range(len(next(iter(models.values()))[view]["per_layer"]["skew_erank"])
+    for l in range(len(next(iter(models.values())).view(view).per_layer["skew_erank"])
                    if models else 0):
       row = [f"layer {l}"]
       for key in stats:
-        n = null[view][key]
-        row += [m[view]["per_layer"][key][l] for m in models.values()]
-        row += [f"{fmt(n['mean'])} [{fmt(n['p05'])}, {fmt(n['p95'])}]"]
+        n = getattr(null, view)[key]
+        row += [m.view(view).per_layer[key][l] for m in models.values()]
+        row += [f"{fmt(n.mean)} [{fmt(n.p05)}, {fmt(n.p95)}]"]
       rows.append(row)
-    slopes = ", ".join(f"{n} {fmt(m[view]['cascade']['slope_per_layer'])}"
+    slopes = ", ".join(f"{n} {_slope(m.view(view).cascade.slope_per_layer)}"
                        for n, m in models.items())
     out += [f"**{title}** (null: mean [p05, p95])", "", table(header, rows), "",
             f"Skew erank slope per layer: {slopes}.", ""]
-  out += [f"{n}: {m}" for n, m in r["models"].items() if isinstance(m, str)]
-  out += [f"Null: {p['null']}; analytic skew share {fmt(null['analytic_skew_share'])}, "
-          f"maximum rank min(D, 2 Dh) = {null['max_rank']}, {null['heads_drawn']} heads. "
+  out += [f"{n}: {m.reason}" for n, m in r.models.items() if isinstance(m, result_lib.Skipped)]
+  out += [f"Null: {p['null']}; analytic skew share {fmt(null.analytic_skew_share)}, "
+          f"maximum rank min(D, 2 Dh) = {null.max_rank}, {null.heads_drawn} heads. "
           f"Paper: skew erank {fmt(paper['skew_erank_layer1'])} at layer 1, {paper['trend']} "
           f"({paper['scale']}; {paper['definition']}).", "",
           f"Definitions: {p['split']}; erank = {p['erank']}; rank90 = {p['rank90']}; "
@@ -242,20 +310,24 @@ def markdown(r: dict) -> str:
   return "\n".join(out)
 
 
-def figures(r: dict) -> dict:
+def _slope(slope: float | None) -> str:
+  return "n/a" if slope is None else fmt(slope)  # None: one layer has no slope
+
+
+def figures(r: Spectral) -> dict:
   """Per-layer mean skew (routing) effective rank, offset-0 kernel, beside the random null."""
   models = result_lib.models(r)
   if not models:
     return {}
-  null = r["null"]["offset0"]["skew_erank"]
+  null = r.null.offset0["skew_erank"]
   fig, ax = plots.plt.subplots(figsize=(5.5, 3.4))
   for name, m in models.items():
-    erank_L = np.asarray(m["offset0"]["per_layer"]["skew_erank"])
+    erank_L = np.asarray(m.offset0.per_layer["skew_erank"])
     ax.plot(np.arange(len(erank_L)), erank_L, "o-", label=name)
-  ax.axhline(null["mean"], color="k", ls="--",
-             label=f"null: random W_Q, W_K ({null['p05']:.1f}-{null['p95']:.1f} p05-p95)")
-  ax.axhline(r["null"]["max_rank"], color="gray", ls=":", label="maximum rank min(D, 2 Dh)")
-  ax.plot([0], [r["paper"]["skew_erank_layer1"]], "r*", ms=10, clip_on=False, zorder=3,
+  ax.axhline(null.mean, color="k", ls="--",
+             label=f"null: random W_Q, W_K ({null.p05:.1f}-{null.p95:.1f} p05-p95)")
+  ax.axhline(r.null.max_rank, color="gray", ls=":", label="maximum rank min(D, 2 Dh)")
+  ax.plot([0], [r.paper["skew_erank_layer1"]], "r*", ms=10, clip_on=False, zorder=3,
           label="paper: first layer (7M-355M models)")  # near 0: not cut by the axis
   ax.set_ylim(bottom=0)
   plots.integer_ticks(ax.xaxis, len(erank_L))

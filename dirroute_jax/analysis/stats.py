@@ -1,9 +1,11 @@
-"""Confidence intervals over seeds and the rule that turns one into a verdict.
+"""Confidence intervals (over seeds; over held-out windows) and the rule that turns one into a
+verdict: the statistics every analysis and experiment shares.
 
 A comparison between two models trained in the same run (same seed, same batches) is paired:
 each seed gives one difference of held-out log-perplexities, and the interval is a Student-t
 interval on the mean of those differences. Perplexity reductions are reported on the ratio
-scale, 1 - PPL_a / PPL_b, mapped from the log scale (monotone, so the interval maps too).
+scale, 1 - PPL_a / PPL_b, mapped from the log scale (monotone, so the interval maps too). Within one run, the same
+reduction gets a paired bootstrap interval over held-out windows (`paired_bootstrap_reduction`).
 """
 
 from __future__ import annotations
@@ -143,3 +145,18 @@ def paired_verdict(diffs: Sequence[float], margin: tuple[float, float], *, alpha
   if equivalent(diffs, margin[0], margin[1], level=1 - alpha):
     return EQUIVALENT
   return UNINFORMATIVE
+
+
+def paired_bootstrap_reduction(loss_a_N, loss_b_N, tokens_N, *, resamples: int = 2000,
+                               seed: int = 0) -> tuple[float, float]:
+  """95% interval of 1 - PPL_a / PPL_b, resampling the N windows (paired: one draw serves both
+  models). PPL = exp(sum of losses / sum of tokens) over the resampled windows."""
+  loss_a, loss_b = np.asarray(loss_a_N, np.float64), np.asarray(loss_b_N, np.float64)
+  tokens = np.asarray(tokens_N, np.float64)
+  if len(tokens) < 2:
+    return float("nan"), float("nan")
+  rng = np.random.default_rng(seed)
+  counts_RxN = rng.multinomial(len(tokens), np.full(len(tokens), 1.0 / len(tokens)), resamples)
+  diff_R = (counts_RxN @ (loss_a - loss_b)) / np.maximum(counts_RxN @ tokens, 1.0)
+  lo, hi = np.quantile(1.0 - np.exp(diff_R), [0.025, 0.975])
+  return float(lo), float(hi)

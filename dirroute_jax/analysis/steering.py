@@ -24,14 +24,16 @@ Selection: every direction when L*H*K <= `top_n`, else the `top_n` with the larg
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from dirroute_jax.analysis import result as result_lib
-from dirroute_jax.analysis.ablation import complete
+from dirroute_jax.analysis.forward import complete, token_weighted_mean
 from dirroute_jax.analysis.markdown import table
 from dirroute_jax.analysis.tokens import is_function_token, token_label
 from dirroute_jax.model import interventions as iv_lib
@@ -41,6 +43,71 @@ from dirroute_jax.model.transformer import Transformer, forward
 
 
 PAPER = {"readout": "late-layer directions -> function words and punctuation"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Mass:
+  """Mean probability mass of one token set: as trained, with the direction's r forced to 1
+  and to 0, and the forcing's effect beside the same forcing of unrelated directions."""
+  as_trained: float
+  r1: float
+  r0: float
+  delta_r1_minus_r0: float
+  null_mean: float | None  # None without an unrelated direction
+  null_std: float | None
+  z: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class SteeredDirection:
+  layer: int
+  head: int
+  direction: int
+  readout_norm: float
+  mean_coef: float
+  mean_abs_coef: float
+  mean_r: float
+  sign_agreement: float
+  promoted: list[str]  # the readout's top tokens
+  suppressed: list[str]  # its bottom tokens
+  mass_promoted: Mass
+  mass_suppressed: Mass
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+  expected_sign: str
+  frac_promoted_delta_negative: float | None
+  null_frac_promoted_delta_negative: float | None
+  frac_suppressed_delta_positive: float | None
+  null_frac_suppressed_delta_positive: float | None
+  mean_delta_promoted: float | None
+  null_mean_delta_promoted: float | None
+  mean_delta_suppressed: float | None
+  null_mean_delta_suppressed: float | None
+  function_token_share_of_promoted_by_layer: dict[str, float | None]  # {layer: share}
+  function_token_share_of_vocab: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Steered:
+  """`steer_directions`: the measured directions, largest readout norm first."""
+  num_directions_total: int
+  num_measured: int
+  top_k: int
+  final_scale: bool
+  directions: list[SteeredDirection]
+  summary: Summary
+
+
+@dataclasses.dataclass(frozen=True)
+class Steering(Steered):
+  """The steering section: `Steered` for the workdir's routed model."""
+  paper: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(PAPER))
+  model: str = "routed"
+  num_batches: int = 0
+  eval_stride: float | None = None
+  checkpoint_step: int = 0
 
 
 def direction_readouts(model_cfg, params, *, final_scale: bool = True):
@@ -80,12 +147,9 @@ def _coefficient_sums(model: Transformer, params, inputs_BxT, weights_BxT):
 def coefficient_stats(model: Transformer, params, batches) -> dict[str, np.ndarray]:
   """Per (l, h, k) over held-out tokens with weight 1, as trained: mean coefficient c =
   <z, d_unit> (z before suppression), mean |c|, sign agreement, mean routing weight r."""
-  total, count = 0.0, 0.0
-  for batch in batches:
-    total = total + np.asarray(_coefficient_sums(model, params, batch["inputs"],
-                                                 batch["weights"]), np.float64)
-    count += float(np.sum(batch["weights"]))
-  mean_c, mean_abs_c, frac_pos, mean_r = total / max(count, 1.0)
+  mean_c, mean_abs_c, frac_pos, mean_r = token_weighted_mean(
+      lambda b: (_coefficient_sums(model, params, b["inputs"], b["weights"]),
+                 np.sum(b["weights"])), batches)
   return {"mean_coef": mean_c, "mean_abs_coef": mean_abs_c, "mean_r": mean_r,
           "sign_agreement": np.where(mean_c >= 0, frac_pos, 1.0 - frac_pos)}
 
@@ -109,7 +173,7 @@ def _select(norm_LxHxK: np.ndarray, top_n: int | None) -> list[tuple[int, int, i
 
 def steer_directions(model: Transformer, params, batches: list[dict], decode=None, *,
                      top_n: int | None = 16, top_k: int = 10, final_scale: bool = True,
-                     directions: list[tuple[int, int, int]] | None = None) -> dict:
+                     directions: list[tuple[int, int, int]] | None = None) -> Steered:
   """Readout and forcing of the routed model's directions (see module doc).
 
   `directions` overrides the top-N selection with explicit (layer, head, k) triples.
@@ -138,12 +202,8 @@ def steer_directions(model: Transformer, params, batches: list[dict], decode=Non
     sets_VxM[suppressed[-1], N + i] = 1.0
 
   def mean_mass(iv) -> np.ndarray:
-    total, count = np.zeros(2 * N), 0.0
-    for batch in batches:
-      m, c = jax.device_get(set_mass(model, params, batch["inputs"], batch["weights"], iv,
-                                     sets_VxM))
-      total, count = total + np.asarray(m, np.float64), count + float(c)
-    return total / max(count, 1.0)
+    return token_weighted_mean(
+        lambda b: set_mass(model, params, b["inputs"], b["weights"], iv, sets_VxM), batches)
 
   as_trained_M = mean_mass(complete(cfg))
   # forced[v][i] = masses of every set with direction i's weight forced to v.
@@ -154,95 +214,93 @@ def steer_directions(model: Transformer, params, batches: list[dict], decode=Non
   rows = []
   for i, (l, h, k) in enumerate(chosen):
     unrelated = [j for j, (l2, h2, _) in enumerate(chosen) if (l2, h2) != (l, h)]
-    row = {"layer": l, "head": h, "direction": k,
-           "readout_norm": float(norm_LxHxK[l, h, k]),
-           **{s: float(stats[s][l, h, k]) for s in stats},
-           "promoted": [decode([int(t)]) for t in promoted[i]],
-           "suppressed": [decode([int(t)]) for t in suppressed[i]]}
+    mass = {}
     for key, col in (("mass_promoted", i), ("mass_suppressed", N + i)):
       null = delta_NxM[unrelated, col]
-      entry = {"as_trained": float(as_trained_M[col]), "r1": float(forced[1.0][i, col]),
-               "r0": float(forced[0.0][i, col]), "delta_r1_minus_r0": float(delta_NxM[i, col]),
-               "null_mean": float(null.mean()) if null.size else None,
-               "null_std": float(null.std()) if null.size > 1 else None}
-      std = entry["null_std"]
-      entry["z"] = ((entry["delta_r1_minus_r0"] - entry["null_mean"]) / std
-                    if std else None)
-      row[key] = entry
-    rows.append(row)
-  return {"num_directions_total": int(norm_LxHxK.size), "num_measured": N, "top_k": top_k,
-          "final_scale": final_scale, "directions": rows,
-          "summary": _summary(rows, chosen, delta_NxM, decode, V, cfg.num_layers)}
+      delta = float(delta_NxM[i, col])
+      null_mean = float(null.mean()) if null.size else None
+      std = float(null.std()) if null.size > 1 else None
+      mass[key] = Mass(as_trained=float(as_trained_M[col]), r1=float(forced[1.0][i, col]),
+                       r0=float(forced[0.0][i, col]), delta_r1_minus_r0=delta,
+                       null_mean=null_mean, null_std=std,
+                       z=(delta - null_mean) / std if std else None)
+    rows.append(SteeredDirection(
+        layer=l, head=h, direction=k, readout_norm=float(norm_LxHxK[l, h, k]),
+        **{s: float(stats[s][l, h, k]) for s in stats},
+        promoted=[decode([int(t)]) for t in promoted[i]],
+        suppressed=[decode([int(t)]) for t in suppressed[i]], **mass))
+  return Steered(num_directions_total=int(norm_LxHxK.size), num_measured=N, top_k=top_k,
+                 final_scale=final_scale, directions=rows,
+                 summary=_summary(rows, chosen, delta_NxM, decode, V, cfg.num_layers))
 
 
-def _summary(rows, chosen, delta_NxM, decode, V, L) -> dict:
+def _summary(rows: list[SteeredDirection], chosen, delta_NxM, decode, V, L) -> Summary:
   """Sign agreement with the expectation, against the off-diagonal null, and the share of
   function-word/punctuation tokens per layer against the vocabulary's share."""
   N = len(rows)
   off = np.array([[(a[0], a[1]) != (b[0], b[1]) for b in chosen] for a in chosen], bool)
-  own_p = np.array([r["mass_promoted"]["delta_r1_minus_r0"] for r in rows])
-  own_s = np.array([r["mass_suppressed"]["delta_r1_minus_r0"] for r in rows])
+  own_p = np.array([r.mass_promoted.delta_r1_minus_r0 for r in rows])
+  own_s = np.array([r.mass_suppressed.delta_r1_minus_r0 for r in rows])
   null_p, null_s = delta_NxM[:, :N][off], delta_NxM[:, N:][off]
   frac = lambda x: float(np.mean(x)) if np.size(x) else None
   vocab_function = frac([is_function_token(decode([v])) for v in range(V)])
   by_layer = {}
   for l in range(L):
-    toks = [t for r in rows if r["layer"] == l for t in r["promoted"]]
+    toks = [t for r in rows if r.layer == l for t in r.promoted]
     if toks:
       by_layer[str(l)] = frac([is_function_token(t) for t in toks])
-  return {"expected_sign": "delta(promoted) < 0 and delta(suppressed) > 0 (r=1 removes the "
-                           "component the oriented readout describes)",
-          "frac_promoted_delta_negative": frac(own_p < 0),
-          "null_frac_promoted_delta_negative": frac(null_p < 0),
-          "frac_suppressed_delta_positive": frac(own_s > 0),
-          "null_frac_suppressed_delta_positive": frac(null_s > 0),
-          "mean_delta_promoted": frac(own_p), "null_mean_delta_promoted": frac(null_p),
-          "mean_delta_suppressed": frac(own_s), "null_mean_delta_suppressed": frac(null_s),
-          "function_token_share_of_promoted_by_layer": by_layer,
-          "function_token_share_of_vocab": vocab_function}
+  return Summary(
+      expected_sign="delta(promoted) < 0 and delta(suppressed) > 0 (r=1 removes the "
+                    "component the oriented readout describes)",
+      frac_promoted_delta_negative=frac(own_p < 0),
+      null_frac_promoted_delta_negative=frac(null_p < 0),
+      frac_suppressed_delta_positive=frac(own_s > 0),
+      null_frac_suppressed_delta_positive=frac(null_s > 0),
+      mean_delta_promoted=frac(own_p), null_mean_delta_promoted=frac(null_p),
+      mean_delta_suppressed=frac(own_s), null_mean_delta_suppressed=frac(null_s),
+      function_token_share_of_promoted_by_layer=by_layer,
+      function_token_share_of_vocab=vocab_function)
 
 
 def steering(run, *, top_n: int | None = 16, top_k: int = 10, num_batches: int = 2,
-             final_scale: bool = True) -> dict:
+             final_scale: bool = True) -> Steering | result_lib.Skipped:
   """Direction readouts and forcing for the routed model of a loaded workdir.
 
-  Returns {"paper", "model", "num_batches", "num_directions_total", "num_measured", "top_k",
-  "final_scale", "directions": [per direction: layer/head/direction, readout_norm, mean_coef,
-  mean_abs_coef, mean_r, sign_agreement, promoted, suppressed, mass_promoted,
-  mass_suppressed], "summary"}, or {"skipped": reason} without a routed model.
+  Returns `Steering` (the measured directions, largest readout norm first, and the summary
+  against the null), or Skipped without a routed model.
   """
   names = [n for n, m in run.models.items() if m.cfg.routing]
   if not names:
-    return {result_lib.SKIPPED: "no model with routing in this workdir"}
+    return result_lib.Skipped("no model with routing in this workdir")
   batches = list(run.data.eval_batches(num_batches))
   result = steer_directions(run.models[names[0]], run.params[names[0]], batches,
                             lambda ids: token_label(run.tokenizer, ids[0]), top_n=top_n,
                             top_k=top_k, final_scale=final_scale)
-  return {"paper": PAPER, "model": names[0], "num_batches": len(batches),
-          "eval_stride": run.data.eval_stride(num_batches), "checkpoint_step": int(run.step),
-          **result}
+  return Steering(paper=dict(PAPER), model=names[0], num_batches=len(batches),
+                  eval_stride=run.data.eval_stride(num_batches), checkpoint_step=int(run.step),
+                  **{f.name: getattr(result, f.name) for f in dataclasses.fields(Steered)})
 
 
-def markdown(r: dict) -> str:
-  s = r["summary"]
+def markdown(r: Steering) -> str:
+  s = r.summary
   rows = [["directions whose forcing (r=1 vs r=0) lowers their promoted tokens' mass",
-           s["frac_promoted_delta_negative"], s["null_frac_promoted_delta_negative"]],
-          ["... raises their suppressed tokens' mass", s["frac_suppressed_delta_positive"],
-           s["null_frac_suppressed_delta_positive"]],
-          ["mean Δ mass of promoted tokens", s["mean_delta_promoted"],
-           s["null_mean_delta_promoted"]],
-          ["mean Δ mass of suppressed tokens", s["mean_delta_suppressed"],
-           s["null_mean_delta_suppressed"]]]
+           s.frac_promoted_delta_negative, s.null_frac_promoted_delta_negative],
+          ["... raises their suppressed tokens' mass", s.frac_suppressed_delta_positive,
+           s.null_frac_suppressed_delta_positive],
+          ["mean Δ mass of promoted tokens", s.mean_delta_promoted,
+           s.null_mean_delta_promoted],
+          ["mean Δ mass of suppressed tokens", s.mean_delta_suppressed,
+           s.null_mean_delta_suppressed]]
   rows += [[f"function-token share of promoted tokens, layer {l}", v,
-            s["function_token_share_of_vocab"]]
-           for l, v in s["function_token_share_of_promoted_by_layer"].items()]
-  top = [[f"L{d['layer']} H{d['head']} d{d['direction']}",
-          " ".join(repr(t) for t in d["promoted"][:6]),
-          d["mass_promoted"]["delta_r1_minus_r0"], d["mass_promoted"]["z"]]
-         for d in r["directions"][:8]]
+            s.function_token_share_of_vocab]
+           for l, v in s.function_token_share_of_promoted_by_layer.items()]
+  top = [[f"L{d.layer} H{d.head} d{d.direction}",
+          " ".join(repr(t) for t in d.promoted[:6]),
+          d.mass_promoted.delta_r1_minus_r0, d.mass_promoted.z]
+         for d in r.directions[:8]]
   return "\n".join([
-      f"Expected sign: {s['expected_sign']}. {r['num_measured']} of "
-      f"{r['num_directions_total']} directions measured (largest readout norm).", "",
+      f"Expected sign: {s.expected_sign}. {r.num_measured} of "
+      f"{r.num_directions_total} directions measured (largest readout norm).", "",
       table(["measure", "ours", "null (an unrelated direction forced)"], rows), "",
       table(["direction", "promoted tokens (readout)", "Δ mass r=1 vs r=0", "z vs null"],
-            top), "", f"Paper: {r['paper']['readout']}."])
+            top), "", f"Paper: {r.paper['readout']}."])

@@ -10,6 +10,9 @@ Layout of the output directory OUT:
 A seed sets the initial weights and the order of the training batches (data/pipeline.py), and
 the pooling changes only the router, so under one seed both poolings train their baselines
 identically: differences between poolings are paired by seed too.
+
+Beside experiments/reproduce.py (one seed per pooling, the claims table): launch/seeds.py only
+parses flags and calls these.
 """
 
 from __future__ import annotations
