@@ -47,7 +47,16 @@ def test_paired_verdict_has_four_outcomes():
   assert stats.paired_verdict(tiny, m) == stats.EQUIVALENT
   wide = [0.05, -0.04, 0.03, -0.06, 0.02]
   assert stats.paired_verdict(wide, m) == stats.UNINFORMATIVE
-  # Five seeds all one way: the t-interval excludes 0, but the exact p cannot go below 1/16.
-  assert stats.paired_verdict(gain[:5], m) == stats.UNINFORMATIVE
   # A Holm-adjusted p decides instead of the raw one.
   assert stats.paired_verdict(gain, m, p=0.2) == stats.UNINFORMATIVE
+  assert stats.paired_verdict(gain, m, p=0.2, paper_side=-1) == stats.UNINFORMATIVE
+  assert stats.paired_verdict([-v for v in gain], m, paper_side=-1) == stats.HOLDS
+
+
+def test_t_test_p_is_the_test_the_interval_inverts():
+  rng = np.random.default_rng(0)
+  for _ in range(50):
+    x = rng.normal(0.01, 0.02, size=int(rng.integers(2, 16)))
+    ci = stats.t_interval(x)
+    assert (stats.t_test_p(x) < 0.05) == (ci["low"] > 0 or ci["high"] < 0)
+  assert math.isnan(stats.t_test_p([0.1])) and math.isnan(stats.t_test_p([0.1, 0.1]))

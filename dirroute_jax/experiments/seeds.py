@@ -54,6 +54,11 @@ COMPARISONS = (
 # The same against `matched`: under one seed both poolings train identical baselines (checked).
 POOLING_DIFFERENCES = ("routed vs baseline",)
 
+# "No difference" is only said within a stated margin: +/-1% PPL, the size of effect the seeds'
+# spread makes resolvable with about 10-15 seeds (REPRODUCTION.md).
+EQUIVALENCE_MARGIN = 0.01
+PRIMARY_SCOPE = "all"
+
 METHOD = (
     "Per seed, the held-out log-perplexity difference log PPL_b - log PPL_a (positive: a is "
     "better) of two models trained in the same run (same seed, same batches). Mean over seeds "
@@ -62,9 +67,17 @@ METHOD = (
     "mapped the same way. The pooling difference is paired by seed (both poolings share each "
     "seed's initial weights and batches): per seed, the sequence_mean gain minus the causal_mean "
     "gain in log-perplexity, with the same t-interval (the baselines being identical under "
-    "both poolings, it is the same against the matched baseline). Verdict: 'holds' when the interval "
-    "excludes zero on the side of a gain, 'opposite' when it excludes zero on the other side, "
-    "'no difference' otherwise.")
+    "both poolings, it is the same against the matched baseline). Beside each interval, the t-test p it inverts "
+    "and the exact two-sided sign-flip p over the 2^n sign patterns of the per-seed differences "
+    "(no normality assumption; its floor is 2/2^n, 0.0625 at 5 seeds, 6.1e-05 at 15). The "
+    "all-domains scope is the one primary comparison of each row's claim; the per-domain scopes "
+    "are exploratory, their t-test p Holm-adjusted over every per-domain test of the table (the "
+    "family-wise error rate: 'how many did you test?'). Verdict, on the log scale (the ratio "
+    "scale maps monotonically, so it gives the same verdict): 'holds' when p < 0.05 (for the "
+    "primary scope: the 95% interval excludes zero) on the side of a gain, Holm-adjusted for "
+    "exploratory rows; 'does not hold (opposite)' the same on the other side; 'no difference (within margin)' when the two "
+    f"one-sided tests (the 90% interval) put the mean within +/-{100 * EQUIVALENCE_MARGIN:g}% PPL; "
+    "'uninformative' otherwise (too few seeds for either).")
 
 
 def run_config(base_cfg, pooling: str, seed: int):
@@ -191,8 +204,27 @@ def _interval_entry(per_seed: dict[int, float], missing: list[str]) -> dict:
       "ci_log_ratio": [ci["low"], ci["high"]],
       "reduction": stats.reduction(ci["mean"]),
       "reduction_ci": [stats.reduction(ci["low"]), stats.reduction(ci["high"])],
-      "verdict": stats.verdict(ci["low"], ci["high"], paper_side=+1)})
+      "t_test_p": stats.t_test_p(list(per_seed.values())),
+      "sign_flip_p": stats.sign_flip_p(list(per_seed.values()))})
+  _set_verdict(entry)
   return entry
+
+
+def _set_verdict(entry: dict) -> None:
+  """The entry's verdict from its per-seed differences and its p (Holm-adjusted if set)."""
+  entry["verdict"] = stats.paired_verdict(
+      list(entry["per_seed_log_ratio"].values()), stats.log_margin(EQUIVALENCE_MARGIN),
+      p=entry.get("p_holm", entry["t_test_p"]))
+
+
+def _adjust_exploratory(tables: list[dict]) -> None:
+  """Holm over every exploratory (per-domain) entry of `tables` ({label: {scope: entry}}),
+  in place: sets each one's p_holm and recomputes its verdict from it."""
+  entries = [e for t in tables for by_scope in t.values() for scope, e in by_scope.items()
+             if scope != PRIMARY_SCOPE and "t_test_p" in e]
+  for e, p in zip(entries, stats.holm([e["t_test_p"] for e in entries])):
+    e["p_holm"] = p
+    _set_verdict(e)
 
 
 def aggregate(finals: dict[str, dict[int, dict]]) -> dict:
@@ -254,6 +286,9 @@ def aggregate(finals: dict[str, dict[int, dict]]) -> dict:
               causal["perplexity"][s]["baseline"]["all"]) for s in both]
     gaps = [abs(math.log(a) - math.log(b)) for a, b in pairs if a and b]
     out["checks"]["baseline_max_abs_log_ppl_gap_between_poolings"] = max(gaps) if gaps else None
+  _adjust_exploratory([p["comparisons"] for p in out["poolings"].values()]
+                      + [out["pooling_difference"]])
+  out["equivalence_margin"] = EQUIVALENCE_MARGIN
   return out
 
 
@@ -263,10 +298,12 @@ def _pct(x: float) -> str:
 
 def _row_cells(entry: dict) -> list:
   if "missing" in entry:
-    return ["missing", "-", len(entry["per_seed_log_ratio"]),
+    return ["missing", "-", "-", "-", len(entry["per_seed_log_ratio"]),
             f"not computed: {len(entry['missing'])} metric(s) missing (seeds.json lists them)"]
   lo, hi = entry["reduction_ci"]
-  return [_pct(entry["reduction"]), f"[{_pct(lo)}, {_pct(hi)}]", entry["n"], entry["verdict"]]
+  p = f"{entry['t_test_p']:.2g}" + (f" (Holm {entry['p_holm']:.2g})" if "p_holm" in entry else "")
+  return [_pct(entry["reduction"]), f"[{_pct(lo)}, {_pct(hi)}]", p,
+          f"{entry['sign_flip_p']:.3g}", entry["n"], entry["verdict"]]
 
 
 def _rows(by_scope: dict, prefix: list) -> list[list]:
@@ -276,10 +313,11 @@ def _rows(by_scope: dict, prefix: list) -> list[list]:
     lacking = sorted({m.split(": ", 1)[0] for m in first["missing"]})
     total = len(lacking) + len(first["per_seed_log_ratio"])
     key = first["missing"][0].split(": ", 1)[-1]
-    return [prefix + ["every scope", "missing", "-", len(first["per_seed_log_ratio"]),
+    return [prefix + ["every scope", "missing", "-", "-", "-", len(first["per_seed_log_ratio"]),
                       f"not computed: {len(lacking)} of {total} runs lack {key} (and more; "
                       "seeds.json lists them)"]]
-  return [prefix + [scope] + _row_cells(entry) for scope, entry in by_scope.items()]
+  return [prefix + [scope if scope != PRIMARY_SCOPE else f"{scope} (primary)"]
+          + _row_cells(entry) for scope, entry in by_scope.items()]
 
 
 def to_markdown(results: dict) -> str:
@@ -289,13 +327,14 @@ def to_markdown(results: dict) -> str:
     for label, by_scope in p["comparisons"].items():
       rows += _rows(by_scope, [pooling, label])
   lines += [table(["pooling", "comparison (a vs b)", "held-out scope",
-                   "mean PPL reduction 1 - PPL_a/PPL_b", "95% CI", "seeds", "verdict"], rows), ""]
+                   "mean PPL reduction 1 - PPL_a/PPL_b", "95% CI", "t-test p", "sign-flip p", "seeds",
+                   "verdict"], rows), ""]
   if results["pooling_difference"]:
     lines += ["### sequence_mean gain minus causal_mean gain (paired by seed)", ""]
     rows = [row for label, by_scope in results["pooling_difference"].items()
             for row in _rows(by_scope, [label])]
     lines += [table(["gain", "held-out scope", "mean difference (as a PPL reduction)", "95% CI",
-                     "seeds", "verdict"], rows), ""]
+                     "t-test p", "sign-flip p", "seeds", "verdict"], rows), ""]
   lines += ["### Per seed: held-out perplexity (all domains)", ""]
   rows = []
   for pooling, p in results["poolings"].items():
