@@ -27,8 +27,8 @@ from dirroute_jax.data import tokenizers
 from dirroute_jax.data.pipeline import make_data
 from dirroute_jax import exit_codes, workdir as workdir_lib
 from dirroute_jax.model import attention
-from dirroute_jax.train import checkpoint, flops, lock, plan as plan_lib, sharding, step as step_lib
-from dirroute_jax.train import profile as profile_lib, signals as stop_signals
+from dirroute_jax.train import checkpoint, flops, integrity, lock, plan as plan_lib, sharding
+from dirroute_jax.train import profile as profile_lib, signals as stop_signals, step as step_lib
 from dirroute_jax.train.evaluate import PREFIX, evaluate, to_global
 from dirroute_jax.train.metrics import MetricsWriter
 from dirroute_jax.train.samples import config_hparams, write_eval_samples
@@ -105,18 +105,6 @@ class _StopFlag:
   def level(self) -> int:
     """0: go on; 1: stop (Ctrl-C); 2: stop, preempted (SIGTERM). Processes agree on the max."""
     return 0 if not self.stop else (2 if self.signum == signal.SIGTERM else 1)
-
-
-class WorkdirError(OSError):
-  """The workdir cannot be written: exit_codes.IO_ERROR, like any other workdir I/O failure."""
-
-
-def _check_workdir(workdir: str) -> None:
-  try:
-    workdir_lib.check_writable(workdir)
-  except OSError as e:
-    raise WorkdirError(f"cannot write to --workdir={workdir!r} ({e.strerror or e}); choose a "
-                       "directory you can write to.") from e
 
 
 def _fmt_time(seconds: float) -> str:
@@ -224,7 +212,7 @@ def train(cfg, workdir: str, *, log=print, allow_config_change: bool = False) ->
   checkpoint (refusing a config that changes what the run means unless
   `allow_config_change`). Returns the final held-out metrics."""
   validate_config(cfg)
-  _check_workdir(workdir)
+  workdir_lib.check_writable(workdir, f"to --workdir={workdir!r}")
   is_main = jax.process_index() == 0
   say = log if is_main else (lambda *a, **k: None)
   # Process 0 holds the lease for the whole job; it is released on every way out.
@@ -418,7 +406,7 @@ def _data_position_error(data_iter, step: int) -> str | None:
 def _save(ckpt, step, state, data_iter, cfg, workdir, trusted_before, force=False):
   try:
     ckpt.save(step, state, data_iter=data_iter, config=cfg, force=force)
-  except checkpoint.NonFiniteStateError as e:
+  except integrity.NonFiniteStateError as e:
     raise _diverged(ckpt, workdir, str(e), trusted_before) from e
 
 
