@@ -1,5 +1,6 @@
 """Open a training workdir for analysis: config, models, params and tokenizer, on this host's
-devices whatever topology trained it."""
+devices whatever topology trained it. Reading goes through dirroute_jax/reader.py (read-only:
+no write probe, no writer lock), never through training's Checkpointer."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ class Workdir:
 
 class _DropReadOnlyNotice(std_logging.Filter):
   """Orbax warns "Given directory is read only" each time a checkpoint is opened read-only,
-  which is what loading for analysis asks for (twice: config, then params)."""
+  which is what loading for analysis asks for (dirroute_jax/reader.py)."""
 
   def filter(self, record):
     return "Given directory is read only" not in record.getMessage()
