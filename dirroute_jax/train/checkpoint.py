@@ -325,7 +325,7 @@ class Checkpointer(CheckpointReader):
   def __init__(self, workdir: epath.PathLike, *, keep: int = 3,
                permanent_every: int = 0, async_save: bool = True,
                step_leaf: str | None = None,
-               policy: 'SavePolicy | None' = None):
+               policy: SavePolicy | None = None):
     """`step_leaf`: see CheckpointReader. `policy`: when training saves
     (default: only when the loop forces a save)."""
     if keep < 1:
