@@ -444,6 +444,28 @@ def test_readers_write_nothing(tmp_path):
   assert not (tmp_path / 'missing').exists()
 
 
+
+def test_a_workdir_reader_opens_a_workdir_it_cannot_write(tmp_path):
+  """Analysis reads through dirroute_jax/reader.py: no write probe, no lock, nothing moved."""
+  state = make_state(step=1)
+  with ckpt_lib.Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, state, config={'a': 1})
+  dirs = [tmp_path, *(p for p in tmp_path.rglob('*') if p.is_dir())]
+  for d in dirs:
+    os.chmod(d, 0o555)
+  try:
+    with reader_lib.WorkdirReader(tmp_path) as reader:
+      assert reader.all_steps() == [1] and reader.config_json() == {'a': 1}
+      params, step = reader.params(
+          {'routed': abstract_of(state['models']['routed']['params'])})
+  finally:
+    for d in dirs:
+      os.chmod(d, 0o755)
+  assert step == 1
+  assert_bitwise_equal(params['routed'], state['models']['routed']['params'])
+  with pytest.raises(FileNotFoundError, match='not a directory'):
+    reader_lib.WorkdirReader(tmp_path / 'missing')
+
 _CRASH_SCRIPT = textwrap.dedent("""
     import os, sys
     import jax.numpy as jnp
