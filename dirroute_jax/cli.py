@@ -259,11 +259,17 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
   return rest
 
 
+# train/distributed.py's MODES, repeated: this module must not import jax (launch/tpu.py and
+# launch/slurm.py check train flags without the training stack); tests/test_launchers.py
+# checks that the two agree.
+DISTRIBUTED_MODES = ("auto", "on", "off")
+
+
 def define_train_flags(flag_values: flags.FlagValues = flags.FLAGS,
                        sys_argv: list[str] | None = None) -> types.SimpleNamespace:
-  """launch/train.py's own flags (the multi-process ones are defined in launch/train.py).
-  `sys_argv`: the command line whose --config.* overrides are to be accepted (default
-  sys.argv)."""
+  """Every flag of launch/train.py, defined once: train.py runs with them, and launchers check
+  the flags they forward to it (check_train_args) with the same definitions. `sys_argv`: the
+  command line whose --config.* overrides are to be accepted (default sys.argv)."""
   fv = flag_values
   return types.SimpleNamespace(
       config=config_flags.DEFINE_config_file("config", None, "configs/*.py file.",
@@ -275,6 +281,26 @@ def define_train_flags(flag_values: flags.FlagValues = flags.FLAGS,
           "allow_config_change", False,
           "Resume even though the config differs from the checkpoint's in what the run means "
           "(model, pooling, tokenizer, data, seed, optimizer). Off: such a resume is refused.",
+          flag_values=fv),
+      compilation_cache=flags.DEFINE_string(
+          "compilation_cache",
+          os.path.expanduser("~/.cache/dirroute_jax/jax_compilation_cache"),
+          "Persistent XLA compilation cache ('' disables); makes resumes start fast.",
+          flag_values=fv),
+      distributed=flags.DEFINE_enum(
+          "distributed", "auto", DISTRIBUTED_MODES,
+          "Multi-process start-up: auto = when the flags below are given or SLURM / Cloud TPU / "
+          "Open MPI runs several processes; on = always (JAX detects what is unset); off = "
+          "never.", flag_values=fv),
+      coordinator_address=flags.DEFINE_string(
+          "coordinator_address", None, "HOST:PORT of process 0's coordinator (multi-process).",
+          flag_values=fv),
+      num_processes=flags.DEFINE_integer("num_processes", None, "Processes in the job.",
+                                         flag_values=fv),
+      process_id=flags.DEFINE_integer("process_id", None, "This process's rank, 0-based.",
+                                      flag_values=fv),
+      local_device_ids=flags.DEFINE_string(
+          "local_device_ids", None, "Comma-separated local device ids this process drives.",
           flag_values=fv),
   )
 
@@ -303,9 +329,6 @@ def check_train_args(config: str, workdir: str, train_args: list[str] | tuple[st
   argv = ["launch/train.py", f"--config={path}", f"--workdir={workdir}", *train_args]
   fv = flags.FlagValues()
   holders = define_train_flags(fv, sys_argv=argv)
-  for name in ("distributed", "coordinator_address", "num_processes", "process_id",
-               "local_device_ids", "compilation_cache"):
-    flags.DEFINE_string(name, None, "launch/train.py multi-process flag.", flag_values=fv)
   try:
     fv(argv)
     validate_config(holders.config.value)

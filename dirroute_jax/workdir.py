@@ -88,6 +88,24 @@ def read_data_fingerprint(workdir: epath.PathLike) -> tuple[dict | None, str | N
   return record, None
 
 
+def write_data_fingerprint(workdir: epath.PathLike, record: dict) -> None:
+  """Writes `record` (data/pipeline.py: Data.record) as the run's data_fingerprint.json."""
+  data_fingerprint(workdir).write_text(json.dumps(record, indent=1))
+
+
+FINGERPRINT_KEYS = ("corpus", "tokenizer")  # what a run means; token counts only describe it
+
+
+def fingerprint_changes(saved: dict | None, now: dict) -> dict[str, tuple]:
+  """{key: (saved value, value now)} for each fingerprint of `now` that differs from the one
+  recorded in `saved` (read_data_fingerprint's record; None: nothing recorded, no changes).
+  A key the record lacks (an older version wrote it) is not a change."""
+  if saved is None:
+    return {}
+  return {k: (saved[k], now[k]) for k in FINGERPRINT_KEYS
+          if k in now and k in saved and saved[k] != now[k]}
+
+
 def tokenizer(workdir: epath.PathLike) -> epath.Path:
   return path(workdir, TOKENIZER)
 
@@ -100,15 +118,29 @@ def writer_lock(workdir: epath.PathLike) -> epath.Path:
   return path(workdir, WRITER_LOCK)
 
 
-def check_writable(directory: epath.PathLike) -> None:
-  """Creates `directory` and writes and deletes a probe file in it, so an unwritable workdir
-  fails at start-up rather than at the first (background) save hours in. Raises what the
-  filesystem raises (OSError, or a remote filesystem's own error); callers say what it means."""
+class NotWritableError(OSError):
+  """A directory cannot be written; the message is one line saying which and why."""
+
+
+def check_writable(directory: epath.PathLike, what: str | None = None) -> None:
+  """Creates `directory` and writes and deletes a probe file in it, so an unwritable directory
+  fails at start-up rather than at the first (background) save hours in. The one write probe
+  of the package: training's workdir and checkpoints, and a report's --out.
+
+  Raises:
+    NotWritableError: "cannot write <what> (<why>); choose a directory you can write to."
+      `what` names the directory as the user gave it (default: "to <directory>").
+  """
   directory = epath.Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
-  probe = directory / f".write-probe-{uuid.uuid4().hex}"  # unique per process and host
-  probe.write_text("ok")
-  probe.unlink()
+  try:
+    directory.mkdir(parents=True, exist_ok=True)
+    probe = directory / f".write-probe-{uuid.uuid4().hex}"  # unique per process and host
+    probe.write_text("ok")
+    probe.unlink()
+  except Exception as e:  # pylint: disable=broad-exception-caught  # a remote fs's own errors
+    why = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}"
+    raise NotWritableError(f"cannot write {what or f'to {directory}'} ({why}); choose a "
+                           "directory you can write to.") from e
 
 
 def params_only(workdir: epath.PathLike) -> epath.Path:

@@ -8,11 +8,10 @@ Runs on CPU from any workdir written by launch/train.py, whatever topology train
 """
 
 import time
-import uuid
 
 from absl import app, flags
-from etils import epath
 
+from dirroute_jax import workdir as workdir_lib
 from dirroute_jax.analysis import factual
 from dirroute_jax.analysis.load import LOAD_ERRORS, load_workdir
 from dirroute_jax.analysis.report import ANALYSES, run_analyses, write_report
@@ -27,21 +26,13 @@ _PROMPTS = flags.DEFINE_string("prompts", None, "JSON prompt file for the factua
 flags.mark_flags_as_required(["workdir", "out"])
 
 
-def _check_writable(out: str) -> None:
-  probe = epath.Path(out) / f".write_probe_{uuid.uuid4().hex}"
-  try:
-    probe.parent.mkdir(parents=True, exist_ok=True)
-    probe.write_text("")
-    probe.unlink()
-  except OSError as e:
-    fail(f"cannot write the report to --out={out!r} ({e.strerror or e}); choose a directory "
-         "you can write to.")
-
-
 def main(argv):
   del argv
   t0 = time.time()
-  _check_writable(_OUT.value)  # before minutes of analyses, not after
+  try:  # before minutes of analyses, not after
+    workdir_lib.check_writable(_OUT.value, f"the report to --out={_OUT.value!r}")
+  except workdir_lib.NotWritableError as e:
+    fail(str(e))
   options = {}
   if _PROMPTS.value:
     try:

@@ -20,9 +20,7 @@ from dirroute_jax.train import signals  # pylint: disable=g-bad-import-order
 
 signals.install_early()
 
-import os  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from absl import app, flags
+from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 
 from dirroute_jax.cli import (define_train_flags, exit_if_stopped, exit_on_train_error, fail,
@@ -31,31 +29,19 @@ from dirroute_jax.train import distributed
 from dirroute_jax.train.loop import train
 
 _FLAGS = define_train_flags()
-_COMPILE_CACHE = flags.DEFINE_string(
-    "compilation_cache", os.path.expanduser("~/.cache/dirroute_jax/jax_compilation_cache"),
-    "Persistent XLA compilation cache ('' disables); makes resumes start fast.")
-_DISTRIBUTED = flags.DEFINE_enum(
-    "distributed", "auto", distributed.MODES,
-    "Multi-process start-up: auto = when the flags below are given or SLURM / Cloud TPU / "
-    "Open MPI runs several processes; on = always (JAX detects what is unset); off = never.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "HOST:PORT of process 0's coordinator (multi-process).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's rank, 0-based.")
-_LOCAL_DEVICES = flags.DEFINE_string("local_device_ids", None,
-                                     "Comma-separated local device ids this process drives.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   del argv
   try:
-    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                           _LOCAL_DEVICES.value, mode=_DISTRIBUTED.value)
+    distributed.initialize(_FLAGS.coordinator_address.value, _FLAGS.num_processes.value,
+                           _FLAGS.process_id.value, _FLAGS.local_device_ids.value,
+                           mode=_FLAGS.distributed.value)
   except ValueError as e:
     fail(str(e))
-  if _COMPILE_CACHE.value:
-    jax.config.update("jax_compilation_cache_dir", _COMPILE_CACHE.value)
+  if _FLAGS.compilation_cache.value:
+    jax.config.update("jax_compilation_cache_dir", _FLAGS.compilation_cache.value)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   with exit_on_train_error(_FLAGS.workdir.value):
     summary = train(_FLAGS.config.value, _FLAGS.workdir.value,

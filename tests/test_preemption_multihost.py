@@ -32,5 +32,5 @@ def test_sigterm_to_one_process_stops_both_at_one_saved_step(tmp_path):
   logs = [open(tmp_path / f"p{i}.log").read() for i in range(2)]
   assert codes == [exit_codes.PREEMPTED] * 2, logs
   stopped = int(logs[0].split("Stopped at step ")[1].split(";")[0])
-  assert checkpoint.Checkpointer(str(tmp_path / "wd"), read_only=True).all_steps() == [stopped]
+  assert checkpoint.CheckpointReader(str(tmp_path / "wd")).all_steps() == [stopped]
   assert stopped % 10 == 0  # agreed at a multiple of the agreement interval

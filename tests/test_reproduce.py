@@ -90,6 +90,6 @@ def test_sigterm_saves_and_stops_before_the_analyses(tmp_path):
   assert proc.returncode == exit_codes.PREEMPTED, text
   assert "Traceback" not in text and "Not done yet: the sequence_mean report" in text
   workdir = out / "sequence_mean" / "workdir"
-  assert checkpoint.Checkpointer(str(workdir), read_only=True).latest_step() is not None
+  assert checkpoint.CheckpointReader(str(workdir)).latest_step() is not None
   assert not (out / "sequence_mean" / "report").exists()
   assert not (out / "causal_mean").exists() and not (out / "claims.md").exists()

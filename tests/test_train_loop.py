@@ -48,7 +48,7 @@ def _metrics(workdir):
 
 
 def _final_state(workdir):
-  ckpt = checkpoint.Checkpointer(str(workdir), read_only=True)
+  ckpt = checkpoint.CheckpointReader(str(workdir))
   step = ckpt.latest_step()
   path = os.path.join(str(workdir), "checkpoints", str(step), "state")
   import orbax.checkpoint as ocp
@@ -81,7 +81,7 @@ def test_losses_fall_and_sigkill_resume_is_bitwise(tmp_path, cache):
     time.sleep(0.02)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  killed_at = checkpoint.Checkpointer(str(crashed), read_only=True).latest_step()
+  killed_at = checkpoint.CheckpointReader(str(crashed)).latest_step()
   assert killed_at is not None and killed_at < 120
   out = _run(crashed, cache, *RUN).stdout
   assert f"Resumed from step {killed_at}" in out
@@ -114,13 +114,13 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path, cache):
   out = proc.communicate(timeout=120)[0]
   assert proc.returncode == 0, out
   assert "Stopped at step" in out
-  step = checkpoint.Checkpointer(str(wd), read_only=True).latest_step()
+  step = checkpoint.CheckpointReader(str(wd)).latest_step()
   assert step is not None and 0 < step < 100000
 
 
 def _all_finite(workdir):
   import orbax.checkpoint as ocp
-  for step in checkpoint.Checkpointer(str(workdir), read_only=True).all_steps():
+  for step in checkpoint.CheckpointReader(str(workdir)).all_steps():
     state = ocp.StandardCheckpointer().restore(os.path.join(str(workdir), "checkpoints",
                                                             str(step), "state"))
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state)), step
@@ -136,7 +136,7 @@ def test_a_non_finite_state_is_never_saved(tmp_path, cache):
               "--config.optim.peak_lr=inf", "--config.optim.final_lr=inf", check=False)
   assert proc.returncode == exit_codes.DIVERGED, proc.stderr
   assert "has NaN/Inf in" in proc.stderr and "not saved" in proc.stderr
-  assert checkpoint.Checkpointer(str(wd), read_only=True).all_steps() == []
+  assert checkpoint.CheckpointReader(str(wd)).all_steps() == []
 
 
 @pytest.mark.slow
@@ -154,7 +154,7 @@ def test_divergence_keeps_only_checkpoints_that_gave_a_finite_loss(tmp_path, cac
   loss = re.search(r"non-finite \S+ at step (\d+)", proc.stderr)
   state = re.search(r"the state at step (\d+) has NaN/Inf in", proc.stderr)
   assert bool(loss) != bool(state), proc.stderr
-  kept = checkpoint.Checkpointer(str(wd), read_only=True).all_steps()
+  kept = checkpoint.CheckpointReader(str(wd)).all_steps()
   if loss:  # the step before gave that loss: its checkpoint is moved aside
     bad = int(loss.group(1))
     assert f"Checkpoint(s) [{bad - 1}]" in proc.stderr
@@ -236,7 +236,7 @@ def test_ctrl_c_with_periodic_checkpoints_saves_the_step_it_reports(tmp_path, ca
   out = proc.communicate(timeout=120)[0]
   assert proc.returncode == exit_codes.DONE, out
   stopped = int(out.split("Stopped at step ")[1].split(";")[0])
-  assert checkpoint.Checkpointer(str(wd), read_only=True).latest_step() == stopped
+  assert checkpoint.CheckpointReader(str(wd)).latest_step() == stopped
 
 
 @pytest.mark.slow
@@ -252,7 +252,7 @@ def test_second_writer_refused_then_sigterm_saves_and_exits_preempted(tmp_path, 
   out = first.communicate(timeout=120)[0]
   assert first.returncode == exit_codes.PREEMPTED, out
   stopped = int(out.split("Stopped at step ")[1].split(";")[0])
-  assert checkpoint.Checkpointer(str(wd), read_only=True).latest_step() == stopped
+  assert checkpoint.CheckpointReader(str(wd)).latest_step() == stopped
   assert not (wd / workdir_lib.WRITER_LOCK).exists()  # the lease is released
 
 
@@ -283,7 +283,7 @@ def test_rerun_of_a_finished_or_shortened_run_writes_nothing_new(tmp_path, cache
   _run(wd, cache, "--config.steps=10", "--config.checkpoint_every=0", "--config.log_every=5",
        "--config.eval_every=0", "--config.checkpoint_every_secs=1e-6",
        "--config.checkpoint.keep=20")
-  assert checkpoint.Checkpointer(str(wd), read_only=True).all_steps() == list(range(1, 11))
+  assert checkpoint.CheckpointReader(str(wd)).all_steps() == list(range(1, 11))
   before = (wd / "metrics.jsonl").read_text()
   out = _run(wd, cache, "--config.steps=10").stdout
   assert "Held-out perplexity" in out
@@ -319,7 +319,7 @@ def test_a_failed_save_stops_training_with_one_line(tmp_path, cache):
   assert lines[-1].startswith("error: saving checkpoint") and "Traceback" not in proc.stderr
   assert len(lines) <= 6, proc.stderr  # orbax's own one-line log records, then ours
   assert max(_metrics(wd)) <= 20  # never past the next save (was: to step 40, exit 0)
-  assert checkpoint.Checkpointer(str(wd), read_only=True).all_steps() == []
+  assert checkpoint.CheckpointReader(str(wd)).all_steps() == []
 
 
 # --- damaged steps, closed stdout, early signals (issue 22) -----------------------------------
@@ -372,7 +372,7 @@ def test_a_closed_stdout_does_not_stop_training(tmp_path, cache):
   proc.stdout.close()
   err = proc.stderr.read()
   assert proc.wait(timeout=300) == exit_codes.DONE, err
-  assert checkpoint.Checkpointer(str(wd), read_only=True).latest_step() == 20
+  assert checkpoint.CheckpointReader(str(wd)).latest_step() == 20
 
 
 @pytest.mark.slow

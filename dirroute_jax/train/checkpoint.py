@@ -10,13 +10,9 @@ One step directory per save, written by orbax's `CheckpointManager`:
 Saving all of them in the same step is what makes a resume exact: the data
 position can never drift from the weights it was trained into.
 
-Integrity: orbax catches a truncated or missing file, but not bytes changed in
-place (a bad disk, a bit flip, a stray write): those load as garbage weights.
-So every save records two wrapping uint32 sums of each leaf's bit pattern (a
-plain one and a position-weighted one, computed on device in one jitted pass),
-and every restore recomputes them on the restored arrays and compares. A state
-with a NaN or Inf anywhere is refused at save time (NonFiniteStateError), so a
-checkpoint on disk is always one that can be trained on.
+Integrity (checksums, the finite-state rule, the step leaf, the shape-fit check)
+is train/integrity.py: every save records per-leaf checksums and refuses a state
+with NaN or Inf; every restore verifies them, so bytes changed in place are caught.
 
 Crash safety comes from orbax: a save is written to
 `<step>.orbax-checkpoint-tmp` and renamed to `<step>` only once every item is
@@ -38,157 +34,74 @@ from absl import logging
 from etils import epath
 import grain
 import jax
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from dirroute_jax import workdir as workdir_lib
+from dirroute_jax.train import integrity
+from dirroute_jax.train.integrity import (CHECKSUM, CheckpointCorruptError, CheckpointError,
+                                          CheckpointMismatchError)
 
 PyTree = Any
 
 STATE = 'state'
 DATA = 'data'
 CONFIG = 'config'
-CHECKSUM = 'checksum'
 
 _policies = ocp.checkpoint_managers
 
 
-class CheckpointError(RuntimeError):
-  """A checkpoint directory cannot be written, or holds no usable checkpoint."""
+@dataclasses.dataclass
+class SavePolicy:
+  """When training saves a checkpoint: at every multiple of `every_steps` and
+  once `every_secs` seconds have passed since the last save (0: never), besides
+  the saves the loop forces (a stop, the last step). Time is this process's:
+  several processes agree on it before acting (train/schedule.py)."""
+
+  every_steps: int = 0
+  every_secs: float = 0.0
+  last_save: float = dataclasses.field(default_factory=time.time)
+
+  def step_due(self, step: int) -> bool:
+    return bool(self.every_steps) and step % self.every_steps == 0
+
+  def time_due(self) -> bool:
+    return bool(self.every_secs) and time.time() - self.last_save >= self.every_secs
+
+  def restart_clock(self):
+    """The time rule counts from now (training starts, or a save returned)."""
+    self.last_save = time.time()
 
 
-class CheckpointMismatchError(ValueError):
-  """A checkpoint does not fit the expected state (another config wrote it)."""
+class CheckpointReader:
+  """Reads a run's checkpoints under `workdir/checkpoints/` and writes nothing.
 
-
-class CheckpointCorruptError(CheckpointError):
-  """A checkpoint's arrays do not match the checksums written when it was saved."""
-
-
-class NonFiniteStateError(FloatingPointError):
-  """The state to save holds NaN or Inf; it was not saved."""
-
-
-class Checkpointer:
-  """Saves and restores a training run under `workdir/checkpoints/`.
-
-  Keeps the `keep` newest steps plus, permanently, every step that is a
-  multiple of `permanent_every` (if > 0), so long runs keep a sparse history
-  for later analysis without filling the disk.
+  No write probe, no cleanup of a crashed save's leftovers, nothing moved aside:
+  a damaged step is skipped with a warning and left where it is. Safe beside a
+  running trainer (its retention may delete a step while it is read). Analysis,
+  sampling and export open workdirs through this (dirroute_jax/reader.py);
+  training's `Checkpointer` below is the writer.
   """
 
-  def __init__(self, workdir: epath.PathLike, *, keep: int = 3,
-               permanent_every: int = 0, async_save: bool = True,
-               read_only: bool = False, step_leaf: str | None = None):
+  read_only = True
+
+  def __init__(self, workdir: epath.PathLike, *, step_leaf: str | None = None):
     """`step_leaf`: the top-level leaf of the state that holds its step number
     (the training state's 'step'); a restored step whose leaf disagrees with
     its directory's name is damaged. None: not checked."""
-    if keep < 1:
-      raise ValueError(f'keep must be >= 1 (got {keep}): keep=0 would delete '
-                       'the checkpoint just written.')
+    self._locate(workdir, step_leaf)
+    self._mngr = _manager(self.directory, read_only=True)
+
+  def _locate(self, workdir: epath.PathLike, step_leaf: str | None):
     # Orbax's tensorstore paths must be absolute; "workdirs/tiny" from a shell is common.
     self.workdir = workdir_lib.path(workdir)
     if not workdir_lib.is_remote(workdir):
       self.workdir = self.workdir.absolute()
     self.directory = workdir_lib.checkpoints(self.workdir)
-    self.read_only = read_only
     self.step_leaf = step_leaf
-    if not read_only:
-      _check_writable(self.directory)
-    policies = [_policies.LatestN(keep)]
-    if permanent_every > 0:
-      policies.append(_policies.EveryNSteps(permanent_every))
-    options = ocp.CheckpointManagerOptions(
-        preservation_policy=_policies.AnyPreservationPolicy(policies),
-        enable_async_checkpointing=async_save,
-        save_interval_steps=0 if read_only else 1,
-        # Removes `<step>.orbax-checkpoint-tmp` leftovers of a crashed save.
-        cleanup_tmp_directories=not read_only,
-        read_only=read_only,
-        create=not read_only,
-    )
-    # Explicit handlers let a fresh process read metadata before any save. A handler
-    # registry, not `item_handlers=` (deprecated since orbax 0.11): one entry per item and
-    # direction, the same handler for both.
-    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
-    for item, handler, save_args, restore_args in (
-        (STATE, ocp.StandardCheckpointHandler(), ocp.args.StandardSave,
-         ocp.args.StandardRestore),
-        (DATA, grain.checkpoint.CheckpointHandler(), grain.checkpoint.CheckpointSave,
-         grain.checkpoint.CheckpointRestore),
-        (CONFIG, ocp.JsonCheckpointHandler(), ocp.args.JsonSave, ocp.args.JsonRestore),
-        (CHECKSUM, ocp.JsonCheckpointHandler(), ocp.args.JsonSave, ocp.args.JsonRestore)):
-      registry.add(item, save_args, handler)
-      registry.add(item, restore_args, handler)
-    self._mngr = ocp.CheckpointManager(
-        self.directory, options=options, handler_registry=registry)
-
-  # --- saving -----------------------------------------------------------------
-
-  def save(self, step: int, state: PyTree, *, data_iter: Any = None,
-           config: Any = None, force: bool = False) -> bool:
-    """Starts saving `state` (and the iterator position and config) at `step`.
-
-    Returns as soon as device arrays are copied to host (if async); the write
-    finishes in the background. The data-iterator state is captured before
-    this returns, so advancing the iterator afterwards is safe.
-
-    Returns:
-      Whether a save was started: steps <= the latest are skipped unless
-      `force` (which still never overwrites an existing step: orbax raises).
-
-    Raises:
-      NonFiniteStateError: some leaf holds NaN or Inf; nothing was written.
-      CheckpointError: this or the previous (background) save failed, e.g.
-        the disk is full.
-    """
-    self.check()
-    if not force and self.latest_step() is not None and int(step) <= self.latest_step():
-      return False
-    digest = state_digest(state)
-    bad = {p: d['nonfinite'] for p, d in digest.items() if d['nonfinite']}
-    if bad:
-      first = next(iter(bad))
-      raise NonFiniteStateError(
-          f'the state at step {step} has NaN/Inf in {len(bad)} of {len(digest)} '
-          f'leaves (first: {first!r}, {bad[first]} values); it was not saved')
-    items = {STATE: ocp.args.StandardSave(state),
-             CHECKSUM: ocp.args.JsonSave(
-                 {p: d['sums'] for p, d in digest.items()})}
-    if data_iter is not None:
-      items[DATA] = grain.checkpoint.CheckpointSave(data_iter)
-    if config is not None:
-      items[CONFIG] = ocp.args.JsonSave(config_to_json(config))
-    try:
-      return self._mngr.save(
-          int(step), args=ocp.args.Composite(**items), force=force)
-    except Exception as e:  # pylint: disable=broad-exception-caught
-      raise _write_error(self.directory, step, e) from e
-
-  def check(self):
-    """Raises CheckpointError if a background save has failed (disk full...).
-
-    Never blocks: a save still in flight is not waited for. Orbax keeps the
-    error of its finalize thread for `wait_until_finished` (its
-    `check_for_errors` does not see it), which returns at once once the
-    thread is done.
-    """
-    if not self._mngr.is_saving_in_progress():
-      self.wait()
-
-  def wait(self):
-    """Blocks until the in-flight save (if any) is finalized on disk."""
-    try:
-      self._mngr.wait_until_finished()
-    except Exception as e:  # pylint: disable=broad-exception-caught
-      raise _write_error(self.directory, None, e) from e
 
   def close(self):
-    """Waits for the in-flight save, then releases orbax's threads."""
-    try:
-      self._mngr.close()
-    except Exception as e:  # pylint: disable=broad-exception-caught
-      raise _write_error(self.directory, None, e) from e
+    """Releases orbax's threads."""
+    self._mngr.close()
 
   def __enter__(self):
     return self
@@ -207,99 +120,7 @@ class Checkpointer:
     steps = self.all_steps()
     return steps[-1] if steps else None
 
-  # --- restoring --------------------------------------------------------------
-
-  def restore(self, abstract_state: PyTree, *, step: int | None = None,
-              data_iter: Any = None, data_fallback: Any = None,
-              data_verify: Any = None) -> tuple[PyTree, int]:
-    """Restores the state onto the shardings of `abstract_state`.
-
-    Args:
-      abstract_state: the full state as a pytree of `jax.ShapeDtypeStruct`s
-        with target shardings (e.g. from `jax.eval_shape` + the mesh rules).
-        Leaves without a sharding land on the first local device.
-      step: the step to restore; default: the newest usable one. A corrupt or
-        partial newest checkpoint is skipped with a warning (and moved aside,
-        so later saves of that step are not blocked).
-      data_iter: a grain iterator whose position is restored in place from
-        the same step.
-      data_fallback: called with the step when the step holds no iterator
-        state for this process (it was written by a different number of
-        processes: grain saves one file per process); it must position
-        `data_iter` itself, e.g. from the step when batches are a pure
-        function of it. Without it, such a step is an error.
-      data_verify: called with the step after the iterator position was
-        restored; returns why that position does not belong to the step, or
-        None. A position that does not fit is replaced via `data_fallback`,
-        with a warning naming the file.
-
-    A step is used only if every item it was saved with is there and checks
-    out: the arrays against their checksums, the checksum item itself (its
-    absence turns verification off only for steps whose own metadata shows
-    they were saved without one), the iterator item, and the `step` leaf
-    against the directory's name (a copied or renamed step directory).
-    Anything else makes the step damaged, and the newest older one is used.
-
-    Returns:
-      (state, step).
-
-    Raises:
-      FileNotFoundError: no checkpoint, or `step` is not among them.
-      CheckpointMismatchError: the checkpoint does not fit `abstract_state`.
-      CheckpointError: no checkpoint could be read.
-    """
-    abstract_state = _with_target_shardings(abstract_state)
-
-    def restore_step(step):
-      step_dir = self._step_dir(step)
-      _check_fits(self._saved_tree(step), abstract_state, step_dir,
-                  partial=False)
-      args = {STATE: ocp.args.StandardRestore(abstract_state)}
-      saved_items = self._saved_items(step)
-      if data_iter is not None:
-        own_file = (step_dir / DATA /
-                    f'process_{jax.process_index()}-of-{jax.process_count()}.json')
-        if not (step_dir / DATA).exists():
-          if saved_items is None or DATA in saved_items:
-            # Saved with an iterator that is gone now (deleted, a partial
-            # copy): the step is incomplete, like one with a missing array.
-            raise CheckpointCorruptError(
-                f'{step_dir / DATA} is missing, though the step was saved '
-                'with it')
-          if data_fallback is None:
-            # This step was saved without an iterator, which falling back
-            # would not fix.
-            raise CheckpointMismatchError(
-                f'{step_dir} holds no data-iterator state (saved without '
-                'data_iter); restore without data_iter.')
-          logging.warning('%s was saved without a data-iterator position; '
-                          'positioning the iterator from the step.', step_dir)
-        elif own_file.exists() or data_fallback is None:
-          args[DATA] = grain.checkpoint.CheckpointRestore(data_iter)
-        else:
-          logging.warning('%s; positioning the data iterator from the step '
-                          'instead.', _why_no_iterator_file(own_file))
-      restored = self._restore_items(step, args)
-      _verify(restored[STATE], restored.get(CHECKSUM), step_dir,
-              checksum_saved=saved_items is None or CHECKSUM in saved_items)
-      _check_step(restored[STATE], step, step_dir, self.step_leaf)
-      if data_iter is not None and DATA in args and data_verify is not None:
-        why = data_verify(step)
-        if why is not None:
-          if data_fallback is None:
-            raise CheckpointCorruptError(f'{step_dir / DATA} is damaged: {why}')
-          logging.warning('%s does not belong to step %d (%s); positioning '
-                          'the data iterator from the step instead.',
-                          step_dir / DATA, step, why)
-          print(f'WARNING: {step_dir / DATA} does not belong to step {step} '
-                f'({why}); the data iterator is positioned from the step.',
-                flush=True)
-          args.pop(DATA)
-      if data_iter is not None and DATA not in args:
-        data_fallback(step)
-      return restored[STATE]
-
-    return self._restore_with_fallback(restore_step, step)
+  # --- restoring (read only) ---------------------------------------------------
 
   def restore_subtree(self, abstract_subtree: PyTree, *,
                       step: int | None = None) -> tuple[PyTree, int]:
@@ -313,7 +134,7 @@ class Checkpointer:
 
     def restore_step(step):
       saved_tree = self._saved_tree(step)
-      _check_fits(saved_tree, abstract_subtree, self._step_dir(step),
+      integrity.check_fits(saved_tree, abstract_subtree, self._step_dir(step),
                   partial=True)
       wanted = abstract_subtree
       # The saved step number comes along, to be checked against the
@@ -335,9 +156,9 @@ class Checkpointer:
       saved_items = self._saved_items(step)
       sums = (self._restore_items(step, {})[CHECKSUM]
               if (self._step_dir(step) / CHECKSUM).exists() else None)
-      _verify(restored, sums, self._step_dir(step),
+      integrity.verify(restored, sums, self._step_dir(step),
               checksum_saved=saved_items is None or CHECKSUM in saved_items)
-      _check_step(restored, step, self._step_dir(step), self.step_leaf)
+      integrity.check_step(restored, step, self._step_dir(step), self.step_leaf)
       if add_step:
         restored = {k: v for k, v in restored.items() if k != key}
       return restored
@@ -486,13 +307,204 @@ class Checkpointer:
         f'{[s for s, _ in failures]}): {details}') from failures[0][1]
 
   def _quarantine(self, steps: list[int]):
+    """A reader moves nothing: skipped steps stay where they are."""
+    del steps
+
+
+class Checkpointer(CheckpointReader):
+  """Saves and restores a training run under `workdir/checkpoints/`: the writer.
+
+  Keeps the `keep` newest steps plus, permanently, every step that is a
+  multiple of `permanent_every` (if > 0), so long runs keep a sparse history
+  for later analysis without filling the disk. `policy` says at which steps
+  training saves (SavePolicy); the checkpointer owns it, the loop asks it.
+  """
+
+  read_only = False
+
+  def __init__(self, workdir: epath.PathLike, *, keep: int = 3,
+               permanent_every: int = 0, async_save: bool = True,
+               step_leaf: str | None = None,
+               policy: SavePolicy | None = None):
+    """`step_leaf`: see CheckpointReader. `policy`: when training saves
+    (default: only when the loop forces a save)."""
+    if keep < 1:
+      raise ValueError(f'keep must be >= 1 (got {keep}): keep=0 would delete '
+                       'the checkpoint just written.')
+    self._locate(workdir, step_leaf)
+    _check_writable(self.directory)
+    self.policy = policy or SavePolicy()
+    self._mngr = _manager(self.directory, read_only=False, keep=keep,
+                          permanent_every=permanent_every,
+                          async_save=async_save)
+
+  # --- saving -----------------------------------------------------------------
+
+  def save(self, step: int, state: PyTree, *, data_iter: Any = None,
+           config: Any = None, force: bool = False) -> bool:
+    """Starts saving `state` (and the iterator position and config) at `step`.
+
+    Returns as soon as device arrays are copied to host (if async); the write
+    finishes in the background. The data-iterator state is captured before
+    this returns, so advancing the iterator afterwards is safe.
+
+    Returns:
+      Whether a save was started: steps <= the latest are skipped unless
+      `force` (which still never overwrites an existing step: orbax raises).
+
+    Raises:
+      integrity.NonFiniteStateError: some leaf holds NaN or Inf; nothing was written.
+      CheckpointError: this or the previous (background) save failed, e.g.
+        the disk is full.
+    """
+    self.check()
+    if not force and self.latest_step() is not None and int(step) <= self.latest_step():
+      self.policy.restart_clock()
+      return False
+    digest = integrity.state_digest(state)
+    integrity.check_finite(digest, step)
+    items = {STATE: ocp.args.StandardSave(state),
+             CHECKSUM: ocp.args.JsonSave(
+                 {p: d['sums'] for p, d in digest.items()})}
+    if data_iter is not None:
+      items[DATA] = grain.checkpoint.CheckpointSave(data_iter)
+    if config is not None:
+      items[CONFIG] = ocp.args.JsonSave(config_to_json(config))
+    try:
+      started = self._mngr.save(
+          int(step), args=ocp.args.Composite(**items), force=force)
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      raise _write_error(self.directory, step, e) from e
+    self.policy.restart_clock()
+    return started
+
+  def check(self):
+    """Raises CheckpointError if a background save has failed (disk full...).
+
+    Never blocks: a save still in flight is not waited for. Orbax keeps the
+    error of its finalize thread for `wait_until_finished` (its
+    `check_for_errors` does not see it), which returns at once once the
+    thread is done.
+    """
+    if not self._mngr.is_saving_in_progress():
+      self.wait()
+
+  def wait(self):
+    """Blocks until the in-flight save (if any) is finalized on disk."""
+    try:
+      self._mngr.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      raise _write_error(self.directory, None, e) from e
+
+  def close(self):
+    """Waits for the in-flight save, then releases orbax's threads."""
+    try:
+      self._mngr.close()
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      raise _write_error(self.directory, None, e) from e
+
+  # --- restoring the training state -------------------------------------------
+
+  def restore(self, abstract_state: PyTree, *, step: int | None = None,
+              data_iter: Any = None, data_fallback: Any = None,
+              data_verify: Any = None) -> tuple[PyTree, int]:
+    """Restores the state onto the shardings of `abstract_state`.
+
+    Args:
+      abstract_state: the full state as a pytree of `jax.ShapeDtypeStruct`s
+        with target shardings (e.g. from `jax.eval_shape` + the mesh rules).
+        Leaves without a sharding land on the first local device.
+      step: the step to restore; default: the newest usable one. A corrupt or
+        partial newest checkpoint is skipped with a warning (and moved aside,
+        so later saves of that step are not blocked).
+      data_iter: a grain iterator whose position is restored in place from
+        the same step.
+      data_fallback: called with the step when the step holds no iterator
+        state for this process (it was written by a different number of
+        processes: grain saves one file per process); it must position
+        `data_iter` itself, e.g. from the step when batches are a pure
+        function of it. Without it, such a step is an error.
+      data_verify: called with the step after the iterator position was
+        restored; returns why that position does not belong to the step, or
+        None. A position that does not fit is replaced via `data_fallback`,
+        with a warning naming the file.
+
+    A step is used only if every item it was saved with is there and checks
+    out: the arrays against their checksums, the checksum item itself (its
+    absence turns verification off only for steps whose own metadata shows
+    they were saved without one), the iterator item, and the `step` leaf
+    against the directory's name (a copied or renamed step directory).
+    Anything else makes the step damaged, and the newest older one is used.
+
+    Returns:
+      (state, step).
+
+    Raises:
+      FileNotFoundError: no checkpoint, or `step` is not among them.
+      CheckpointMismatchError: the checkpoint does not fit `abstract_state`.
+      CheckpointError: no checkpoint could be read.
+    """
+    abstract_state = _with_target_shardings(abstract_state)
+
+    def restore_step(step):
+      step_dir = self._step_dir(step)
+      integrity.check_fits(self._saved_tree(step), abstract_state, step_dir,
+                  partial=False)
+      args = {STATE: ocp.args.StandardRestore(abstract_state)}
+      saved_items = self._saved_items(step)
+      if data_iter is not None:
+        own_file = (step_dir / DATA /
+                    f'process_{jax.process_index()}-of-{jax.process_count()}.json')
+        if not (step_dir / DATA).exists():
+          if saved_items is None or DATA in saved_items:
+            # Saved with an iterator that is gone now (deleted, a partial
+            # copy): the step is incomplete, like one with a missing array.
+            raise CheckpointCorruptError(
+                f'{step_dir / DATA} is missing, though the step was saved '
+                'with it')
+          if data_fallback is None:
+            # This step was saved without an iterator, which falling back
+            # would not fix.
+            raise CheckpointMismatchError(
+                f'{step_dir} holds no data-iterator state (saved without '
+                'data_iter); restore without data_iter.')
+          logging.warning('%s was saved without a data-iterator position; '
+                          'positioning the iterator from the step.', step_dir)
+        elif own_file.exists() or data_fallback is None:
+          args[DATA] = grain.checkpoint.CheckpointRestore(data_iter)
+        else:
+          logging.warning('%s; positioning the data iterator from the step '
+                          'instead.', _why_no_iterator_file(own_file))
+      restored = self._restore_items(step, args)
+      integrity.verify(restored[STATE], restored.get(CHECKSUM), step_dir,
+              checksum_saved=saved_items is None or CHECKSUM in saved_items)
+      integrity.check_step(restored[STATE], step, step_dir, self.step_leaf)
+      if data_iter is not None and DATA in args and data_verify is not None:
+        why = data_verify(step)
+        if why is not None:
+          if data_fallback is None:
+            raise CheckpointCorruptError(f'{step_dir / DATA} is damaged: {why}')
+          logging.warning('%s does not belong to step %d (%s); positioning '
+                          'the data iterator from the step instead.',
+                          step_dir / DATA, step, why)
+          print(f'WARNING: {step_dir / DATA} does not belong to step {step} '
+                f'({why}); the data iterator is positioned from the step.',
+                flush=True)
+          args.pop(DATA)
+      if data_iter is not None and DATA not in args:
+        data_fallback(step)
+      return restored[STATE]
+
+    return self._restore_with_fallback(restore_step, step)
+
+  def _quarantine(self, steps: list[int]):
     """Moves skipped corrupt steps to WORKDIR/corrupt_checkpoints/ (workdir.py).
 
     Without this, orbax would refuse to save those step numbers again once
     training catches up (it skips steps <= its latest), and every restart
     would warn about them anew. Moving instead of deleting keeps evidence.
     """
-    if steps and not self.read_only:
+    if steps:
       self.move_aside(steps, workdir_lib.CORRUPT_CHECKPOINTS)
 
   def move_aside(self, steps: list[int], folder: str) -> epath.Path:
@@ -510,129 +522,42 @@ class Checkpointer:
     return dest_root
 
 
-def restore_config(workdir: epath.PathLike, *,
-                   step: int | None = None) -> dict[str, Any]:
-  """The config dict saved in `workdir` (by default the newest step with one).
-
-  For analysis tools that open a workdir without knowing its config.
-  """
-  with Checkpointer(workdir, read_only=True) as ckpt:
-    return ckpt.restore_config(step=step)
-
-
-def restore_params(workdir: epath.PathLike,
-                   abstract_params_by_model: Mapping[str, PyTree], *,
-                   step: int | None = None,
-                   step_leaf: str | None = 'step') -> tuple[dict[str, PyTree], int]:
-  """Restores only `params` of each named model, e.g. on one CPU for analysis.
-
-  Args:
-    workdir: the training run's workdir.
-    abstract_params_by_model: {model name: abstract params}, with target
-      shardings (or none: first local device).
-    step: default: the newest usable step.
-    step_leaf: see `Checkpointer` (the training state's is 'step').
-
-  Returns:
-    ({model name: params}, step).
-  """
-  subtree = {'models': {name: {'params': p}
-                        for name, p in abstract_params_by_model.items()}}
-  with Checkpointer(workdir, read_only=True, step_leaf=step_leaf) as ckpt:
-    restored, step = ckpt.restore_subtree(subtree, step=step)
-  return {name: m['params'] for name, m in restored['models'].items()}, step
-
-
-_U32 = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}
 _STEP_METADATA = '_CHECKPOINT_METADATA'  # orbax's per-step metadata file
 # Passes over the step list before a reader gives up (steps keep coming and going
 # while a trainer saves beside it).
 _MAX_ROUNDS = 50
 
 
-def _leaf_digest(x: jax.Array) -> dict[str, jax.Array]:
-  """Two uint32 sums of a leaf's bit pattern (wrapping, so the order the
-  shards are reduced in does not matter) and its count of NaN/Inf.
-
-  The plain sum changes with any single flipped bit; weighting each word by
-  its linear index + 1 also catches words swapped or moved. The index is built
-  from per-axis iotas rather than a reshape, so a sharded leaf is reduced where
-  it lives, without gathering it.
-  """
-  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-    x = jax.random.key_data(x)
-  if x.dtype == jnp.bool_:
-    words = x.astype(jnp.uint32)
-  else:
-    words = jax.lax.bitcast_convert_type(x, _U32[x.dtype.itemsize])
-    words = words.astype(jnp.uint32)
-  index = jnp.ones(words.shape, jnp.uint32)
-  stride = 1
-  for axis in reversed(range(words.ndim)):
-    index += jax.lax.broadcasted_iota(jnp.uint32, words.shape, axis) * jnp.uint32(
-        stride & 0xFFFFFFFF)
-    stride *= words.shape[axis]
-  nonfinite = (jnp.sum(~jnp.isfinite(x), dtype=jnp.int32)
-               if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.int32(0))
-  return {'sums': jnp.stack([jnp.sum(words, dtype=jnp.uint32),
-                             jnp.sum(words * index, dtype=jnp.uint32)]),
-          'nonfinite': nonfinite}
-
-
-_digest = jax.jit(lambda tree: jax.tree.map(_leaf_digest, tree))
-
-
-def state_digest(state: PyTree) -> dict[str, dict[str, Any]]:
-  """{leaf path: {'sums': [s1, s2], 'nonfinite': n}} of `state`, computed on
-  device (one small transfer per leaf). Paths are as orbax names them."""
-  digest = jax.device_get(_digest(state))
-  return {_path_str(p): {'sums': [int(v) for v in d['sums']],
-                         'nonfinite': int(d['nonfinite'])}
-          for p, d in jax.tree_util.tree_flatten_with_path(
-              digest, is_leaf=lambda d: isinstance(d, dict) and 'sums' in d)[0]}
-
-
-def _verify(restored: PyTree, saved_sums: dict[str, Any] | None,
-            step_dir: epath.Path, checksum_saved: bool = True):
-  """Raises CheckpointCorruptError unless `restored` matches `saved_sums`.
-
-  `checksum_saved`: whether the step's metadata says it was written with a
-  checksum item (or cannot say). Only a step saved without one (an older
-  version) is restored unverified: deleting the item must not turn the check
-  off.
-  """
-  if saved_sums is None:
-    if checksum_saved:
-      raise CheckpointCorruptError(
-          f'{step_dir / CHECKSUM} is missing, though the step was saved with '
-          'it: its arrays cannot be verified')
-    logging.warning('%s has no checksums (saved by an older version); its '
-                    'arrays are not verified.', step_dir)
-    return
-  digest = state_digest(restored)
-  bad = [p for p, d in digest.items()
-         if p in saved_sums and list(saved_sums[p]) != d['sums']]
-  unknown = [p for p in digest if p not in saved_sums]
-  if bad or unknown:
-    what = (f'{len(bad)} of {len(digest)} leaves differ from the checksums '
-            f'written at save time (first: {bad[0]!r})' if bad else
-            f'leaf {unknown[0]!r} has no saved checksum')
-    raise CheckpointCorruptError(
-        f'{step_dir} is damaged: {what}; its files were changed after the save')
-
-
-def _check_step(restored: PyTree, step: int, step_dir: epath.Path,
-                step_leaf: str | None):
-  """The saved step leaf, not the directory's name, says which step this is:
-  a step directory copied or renamed would otherwise skip or repeat steps."""
-  if step_leaf is None or not isinstance(restored, Mapping) or (
-      step_leaf not in restored):
-    return
-  saved = int(jax.device_get(restored[step_leaf]))
-  if saved != int(step):
-    raise CheckpointCorruptError(
-        f'{step_dir} holds the state of step {saved}, not {step} (a copied or '
-        'renamed step directory)')
+def _manager(directory: epath.Path, *, read_only: bool, keep: int = 1,
+             permanent_every: int = 0,
+             async_save: bool = True) -> ocp.CheckpointManager:
+  """Orbax's manager for `directory`, reading only or writing with retention."""
+  policies = [_policies.LatestN(keep)]
+  if permanent_every > 0:
+    policies.append(_policies.EveryNSteps(permanent_every))
+  options = ocp.CheckpointManagerOptions(
+      preservation_policy=_policies.AnyPreservationPolicy(policies),
+      enable_async_checkpointing=async_save,
+      save_interval_steps=0 if read_only else 1,
+      # Removes `<step>.orbax-checkpoint-tmp` leftovers of a crashed save.
+      cleanup_tmp_directories=not read_only,
+      read_only=read_only,
+      create=not read_only,
+  )
+  # Explicit handlers let a fresh process read metadata before any save. A handler
+  # registry, not `item_handlers=` (deprecated since orbax 0.11): one entry per item and
+  # direction, the same handler for both.
+  registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+  for item, handler, save_args, restore_args in (
+      (STATE, ocp.StandardCheckpointHandler(), ocp.args.StandardSave,
+       ocp.args.StandardRestore),
+      (DATA, grain.checkpoint.CheckpointHandler(), grain.checkpoint.CheckpointSave,
+       grain.checkpoint.CheckpointRestore),
+      (CONFIG, ocp.JsonCheckpointHandler(), ocp.args.JsonSave, ocp.args.JsonRestore),
+      (CHECKSUM, ocp.JsonCheckpointHandler(), ocp.args.JsonSave, ocp.args.JsonRestore)):
+    registry.add(item, save_args, handler)
+    registry.add(item, restore_args, handler)
+  return ocp.CheckpointManager(directory, options=options, handler_registry=registry)
 
 
 def _default_sharding():
@@ -675,11 +600,9 @@ def config_to_json(config: Any) -> dict[str, Any]:
 def _check_writable(directory: epath.Path):
   """Fails at construction rather than at the first async save, hours in."""
   try:
-    workdir_lib.check_writable(directory)
-  except Exception as e:  # pylint: disable=broad-exception-caught
-    raise CheckpointError(
-        f'cannot write checkpoints to {directory}: {type(e).__name__}: {e}'
-    ) from e
+    workdir_lib.check_writable(directory, f'checkpoints to {directory}')
+  except workdir_lib.NotWritableError as e:
+    raise CheckpointError(str(e)) from e
 
 
 def _with_target_shardings(tree: PyTree) -> PyTree:
@@ -693,57 +616,7 @@ def _with_target_shardings(tree: PyTree) -> PyTree:
   return jax.tree.map(to_abstract, tree)
 
 
-def _path_str(path) -> str:
-  """'models/routed/opt_state/0/mu/w' for a jax key path (as orbax names it)."""
-  return jax.tree_util.keystr(path, simple=True, separator='/')
-
-
-def _check_fits(saved_tree: PyTree, abstract: PyTree, step_dir: epath.Path,
-                partial: bool):
-  """Raises CheckpointMismatchError naming the first leaf that differs.
-
-  Orbax's own errors for this are deep tensorstore messages; a changed
-  config (say d_model) deserves a message that says what to do.
-  """
-  saved = {_path_str(p): leaf for p, leaf
-           in jax.tree_util.tree_flatten_with_path(saved_tree)[0]}
-  expected = {_path_str(p): leaf for p, leaf
-              in jax.tree_util.tree_flatten_with_path(abstract)[0]}
-  hint = (f'The checkpoint in {step_dir.parent} was written by a different '
-          'config; use a fresh --workdir or the original config.')
-  missing = [p for p in expected if p not in saved]
-  if missing:
-    want = expected[missing[0]]
-    raise CheckpointMismatchError(
-        f'{step_dir} has no leaf {missing[0]!r} (expected shape '
-        f'{tuple(want.shape)} {want.dtype}; {len(missing)} missing in all). '
-        f'{hint}')
-
-  def saved_sig(path):
-    leaf = saved[path]
-    return tuple(getattr(leaf, 'shape', ())), getattr(leaf, 'dtype', None)
-
-  def differs(path):
-    shape, dtype = saved_sig(path)
-    want = expected[path]
-    return (shape != tuple(want.shape)
-            or (dtype is not None and dtype != want.dtype))
-
-  bad = [p for p in expected if differs(p)]
-  if bad:
-    (shape, dtype), want = saved_sig(bad[0]), expected[bad[0]]
-    raise CheckpointMismatchError(
-        f'{step_dir}: leaf {bad[0]!r} has saved shape {shape} {dtype} but '
-        f'expected shape {tuple(want.shape)} {want.dtype} ({len(bad)} leaves '
-        f'differ). {hint}')
-  if not partial:
-    extra = [p for p in saved if p not in expected]
-    if extra:
-      raise CheckpointMismatchError(
-          f'{step_dir} has leaves the expected state lacks, first: '
-          f'{extra[0]!r} ({len(extra)} in all). {hint}')
-
-
 def _short(e: Exception, limit: int = 300) -> str:
   s = str(e).replace('\n', ' ')
   return s if len(s) <= limit else s[:limit] + '...'
+

@@ -24,6 +24,7 @@ from dirroute_jax.model.losses import cross_entropy_sums
 from dirroute_jax.model.transformer import Transformer, build_model, forward
 from dirroute_jax.model.variants import PREFIX_ONLY
 from dirroute_jax.train import sharding
+from dirroute_jax.train.metrics import DELTA, DELTA_PAIR, EVAL, key
 from dirroute_jax.train.step import BATCH_KEYS, Trainer
 
 
@@ -90,8 +91,9 @@ def perplexity_metrics(loss_sums: dict, token_sums: dict, names) -> dict[str, fl
       loss = loss_sums[(name, domain)] / max(token_sums[(name, domain)], 1.0)
       metrics[f"eval/{name}/{domain}/loss"] = loss
       metrics[f"eval/{name}/{domain}/perplexity"] = math.exp(loss)
-  if "eval/routed/loss" in metrics and "eval/baseline/loss" in metrics:
-    metrics["eval/delta/loss"] = metrics["eval/routed/loss"] - metrics["eval/baseline/loss"]
+  losses = [metrics.get(key(EVAL, n, "loss")) for n in DELTA_PAIR]
+  if None not in losses:
+    metrics[key(EVAL, DELTA, "loss")] = losses[0] - losses[1]
   return metrics
 
 

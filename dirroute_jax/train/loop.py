@@ -1,5 +1,7 @@
 """The training loop: data -> joint step -> metrics, evaluation and checkpoints, with exact
-resume from the latest complete checkpoint in the workdir.
+resume from the latest complete checkpoint in the workdir. What happens after a step
+(evaluate, log, save, stop) is train/schedule.py's decision; when to save by steps or time is
+the checkpointer's SavePolicy (train/checkpoint.py).
 
 What protects a workdir (README "Reliability"): one writer at a time (train/lock.py); a resume
 whose config changes what the run means is refused before anything is written; a state with
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import signal
@@ -19,7 +20,6 @@ import time
 
 from absl import logging
 import jax
-from jax.experimental import multihost_utils
 import numpy as np
 
 from dirroute_jax.config import ConfigError, default_config, flatten, validate_config
@@ -28,14 +28,12 @@ from dirroute_jax.data.pipeline import make_data
 from dirroute_jax import exit_codes, workdir as workdir_lib
 from dirroute_jax.model import kernels
 from dirroute_jax.model.variants import PREFIX_ONLY as PREFIX, model_configs
-from dirroute_jax.train import checkpoint, flops, lock, plan as plan_lib, sharding, step as step_lib
-from dirroute_jax.train import profile as profile_lib, signals as stop_signals
+from dirroute_jax.train import checkpoint, flops, integrity, lock, plan as plan_lib, sharding
+from dirroute_jax.train import metrics as metrics_lib, profile as profile_lib
+from dirroute_jax.train import schedule as schedule_lib, signals as stop_signals, step as step_lib
 from dirroute_jax.train.evaluate import evaluate, to_global
 from dirroute_jax.train.metrics import MetricsWriter
 from dirroute_jax.train.samples import config_hparams, write_eval_samples
-
-
-_AGREE_EVERY = 10  # steps between multi-process agreements on a stop or a time-based save
 
 # Config keys a resume may change: they say how long and how observably the run goes, or how
 # it is laid out on devices, not what it computes. Everything else (model, models, pooling,
@@ -108,30 +106,10 @@ class _StopFlag:
     return 0 if not self.stop else (2 if self.signum == signal.SIGTERM else 1)
 
 
-class WorkdirError(OSError):
-  """The workdir cannot be written: exit_codes.IO_ERROR, like any other workdir I/O failure."""
-
-
-def _check_workdir(workdir: str) -> None:
-  try:
-    workdir_lib.check_writable(workdir)
-  except OSError as e:
-    raise WorkdirError(f"cannot write to --workdir={workdir!r} ({e.strerror or e}); choose a "
-                       "directory you can write to.") from e
-
-
 def _fmt_time(seconds: float) -> str:
   seconds = int(seconds)
   return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
       f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-def _max_over_processes(value: int) -> int:
-  """The largest `value` of all processes, on every process: a save or a stop must happen at
-  the same step everywhere (each process writes its part of the checkpoint)."""
-  if jax.process_count() == 1:
-    return int(value)
-  return int(np.max(multihost_utils.process_allgather(np.int32(value))))
 
 
 def config_changes(saved: dict, requested: dict) -> tuple[list[str], list[str]]:
@@ -166,12 +144,10 @@ def _check_resume(cfg, ckpt, latest: int, fingerprint: dict, workdir: str,
   if damaged:
     say(f"WARNING: {damaged}; the data cannot be compared with the checkpoint's (the config "
         "still is). It is rewritten now.")
-  if saved_fp is not None:
-    for key in ("corpus", "tokenizer"):
-      if key in saved_fp and saved_fp[key] != fingerprint[key]:
-        meaning.append(f"{key} fingerprint: {saved_fp[key]} -> {fingerprint[key]} (the "
-                       f"{'text' if key == 'corpus' else 'tokenizer'} differs from the one "
-                       "the checkpoint was trained on)")
+  for key, (before, now) in workdir_lib.fingerprint_changes(saved_fp, fingerprint).items():
+    meaning.append(f"{key} fingerprint: {before} -> {now} (the "
+                   f"{'text' if key == 'corpus' else 'tokenizer'} differs from the one "
+                   "the checkpoint was trained on)")
   if meaning and not allow_config_change:
     shown = "; ".join(meaning[:6]) + (f"; and {len(meaning) - 6} more" if len(meaning) > 6
                                       else "")
@@ -225,7 +201,7 @@ def train(cfg, workdir: str, *, log=print, allow_config_change: bool = False) ->
   checkpoint (refusing a config that changes what the run means unless
   `allow_config_change`). Returns the final held-out metrics."""
   validate_config(cfg)
-  _check_workdir(workdir)
+  workdir_lib.check_writable(workdir, f"to --workdir={workdir!r}")
   is_main = jax.process_index() == 0
   say = log if is_main else (lambda *a, **k: None)
   # Process 0 holds the lease for the whole job; it is released on every way out.
@@ -236,39 +212,32 @@ def train(cfg, workdir: str, *, log=print, allow_config_change: bool = False) ->
 
 def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
   t_start = time.time()
-  is_main = jax.process_index() == 0
-  early = _max_over_processes(stop.level)
+  early = schedule_lib.max_over_processes(stop.level)
   if early:  # a signal during start-up: nothing trained, nothing to save, the workdir as it was
     say(f"{'SIGTERM' if early == 2 else 'Ctrl-C'} before training began: stopping; the "
         f"workdir is unchanged. Rerun the same command to start or resume.")
     return RunSummary(last_step=0, interrupted=True, eval_metrics={}, workdir=workdir,
                       preempted=early == 2)
-  if cfg.model.pooling == "sequence_mean" and "routed" in cfg.models:
+  routing = [n for n, mc in model_configs(cfg).items() if mc.routing]
+  if cfg.model.pooling == "sequence_mean" and routing:
     say("WARNING: pooling=sequence_mean is the paper's router and is NOT causal: every "
         "position's routing sees the whole sequence, future tokens included. Its perplexity "
         "is not comparable with a causal LM; use --config.model.pooling=causal_mean for that.")
 
   mesh = sharding.make_mesh(cfg.mesh)
   data = make_data(cfg, process_index=jax.process_index(), process_count=jax.process_count())
-  ckpt = checkpoint.Checkpointer(workdir, keep=cfg.checkpoint.keep,
-                                 permanent_every=cfg.checkpoint.permanent_every,
-                                 step_leaf="step")
-  fingerprint = {"corpus": data.stats.get("corpus_fingerprint"),
-                 "tokenizer": data.tokenizer.fingerprint}
+  ckpt = checkpoint.Checkpointer(
+      workdir, keep=cfg.checkpoint.keep, permanent_every=cfg.checkpoint.permanent_every,
+      step_leaf="step", policy=checkpoint.SavePolicy(
+          every_steps=cfg.checkpoint_every, every_secs=float(cfg.checkpoint_every_secs)))
   latest = ckpt.latest_step()
   if latest is not None:
-    _check_resume(cfg, ckpt, latest, fingerprint, workdir, allow_config_change, say)
-  if is_main:  # only now that the resume is known to be the same run
+    _check_resume(cfg, ckpt, latest, data.record(), workdir, allow_config_change, say)
+  if jax.process_index() == 0:  # only now that the resume is known to be the same run
     tokenizers.save_to_workdir(data.tokenizer, workdir)
-    workdir_lib.data_fingerprint(workdir).write_text(json.dumps(data.record(), indent=1))
+    workdir_lib.write_data_fingerprint(workdir, data.record())
   trainer = step_lib.make_trainer(cfg, mesh)
   data_iter = data.train_iter(0)
-  tokens_per_step = cfg.batch_size * cfg.seq_len
-  # Model FLOPs of the whole set per step, convention in train/flops.py.
-  flops_per_step = tokens_per_step * sum(
-      flops.flops_per_token(mc, cfg.seq_len) for mc in model_configs(cfg).values())
-  peak = flops.peak_flops_per_device(jax.devices()[0].device_kind)
-  save_secs = float(cfg.checkpoint_every_secs)
 
   with jax.set_mesh(mesh):
     if latest is not None:
@@ -285,96 +254,39 @@ def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
         f"{cfg.seq_len} tokens, {jax.device_count()} device(s), mesh {dict(mesh.shape)}, "
         f"tokenizer {data.tokenizer.name} "
         f"({data.stats['train_tokens']:,} train tokens)"
-        + (f"; routed pooling {cfg.model.pooling}" if "routed" in trainer.models else ""))
+        + (f"; routed pooling {cfg.model.pooling}" if routing else ""))
     say(f"Metrics go to {workdir_lib.metrics(workdir)}, TensorBoard events to "
         f"{workdir_lib.tensorboard(workdir)}, checkpoints to "
         f"{workdir_lib.checkpoints(workdir)}")
-    writer = MetricsWriter(workdir, resume_step=start, enabled=is_main)
-    writer.hparams(config_hparams(cfg), [f"eval/{n}/perplexity" for n in trainer.models])
-    eval_metrics, eval_at = {}, None
-
-    def run_eval():
-      return evaluate(trainer, state, data.eval_batches(cfg.eval_batches or None),
-                      data.domains)
-
-    last_log_time, last_log_step, done = time.time(), start, start
-    last_save_time = time.time()
-    # Checkpoints below this step gave a finite loss after them (seen in this process; the
-    # restored one has not been yet).
-    trusted_before = start
-    step_times = []
-    interrupted = preempted = False
+    writer = MetricsWriter(workdir, resume_step=start, enabled=jax.process_index() == 0)
+    writer.hparams(config_hparams(cfg),
+                   [metrics_lib.key(metrics_lib.EVAL, n, "perplexity") for n in trainer.models])
+    run = _Run(cfg, workdir, trainer, data, data_iter, ckpt, writer, lease, say, state, start)
+    schedule = schedule_lib.Schedule.from_config(cfg, ckpt.policy, lambda: stop.level)
+    ckpt.policy.restart_clock()
+    done, stopped = start, 0
     try:
       for done in range(start + 1, cfg.steps + 1):
         batch = to_global(trainer, next(data_iter))
         with profiler.step(done):
-          state, metrics = train_step(state, batch)
-        profiler.after(done, state)
-        is_log = done % cfg.log_every == 0 or done == cfg.steps
-        # Decided once, before the blocking fetch below (during which a signal may arrive):
-        # a stop seen here is always saved; one that arrives later stops the next step.
-        # Several processes agree at log steps and every _AGREE_EVERY steps (each agreement
-        # waits for the device queue), well inside a preemption's grace period.
-        agree = jax.process_count() == 1 or is_log or done % _AGREE_EVERY == 0
-        stop_level = _max_over_processes(stop.level) if agree else 0
-        stopping = stop_level > 0
-        due = bool(save_secs) and time.time() - last_save_time >= save_secs
-        due = bool(_max_over_processes(due)) if agree else False
-        is_eval = cfg.eval_every and done % cfg.eval_every == 0
-        is_save = (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or stopping or due
-        is_log = is_log or stopping
-        if not (is_log or is_eval or is_save):
+          run.state, metrics = train_step(run.state, batch)
+        profiler.after(done, run.state)
+        act = schedule.at(done)
+        if not act.any:
           continue
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        _check_finite(metrics, done, ckpt, workdir, trusted_before)
-        trusted_before = done
-        ckpt.check()  # a background save that failed (disk full) stops training here
-        if is_main:
-          lease.check()
-        if is_eval:
-          eval_metrics, eval_at = run_eval(), done
-          metrics.update(eval_metrics)
-          if (cfg.eval_samples and is_main and jax.process_count() == 1
-              and cfg.data.source != "synthetic"):
-            write_eval_samples(writer, done, trainer.models,
-                               {n: state["models"][n]["params"] for n in trainer.models},
-                               data.tokenizer, cfg.eval_samples, cfg.eval_sample_tokens)
-        if is_log or is_eval:
-          now = time.time()
-          # The first window holds compilation and warm-up: timed, but not throughput.
-          # Throughput is the median over later windows (robust to eval and save pauses).
-          warmup_s = now - last_log_time if last_log_step == start else None
-          if warmup_s is None:
-            step_times.append((now - last_log_time) / (done - last_log_step))
-          sec_per_step = float(np.median(step_times)) if step_times else float("nan")
-          if step_times:
-            metrics["perf/tokens_per_sec"] = tokens_per_step / sec_per_step
-            metrics["perf/sec_per_step"] = sec_per_step
-            per_device = flops_per_step / sec_per_step / jax.device_count()
-            metrics["perf/model_tflops_per_device"] = per_device / 1e12
-            if peak:
-              metrics["perf/mfu"] = per_device / peak
-          writer.write(done, metrics)
-          say(_progress_line(done, cfg.steps, metrics, sec_per_step, tokens_per_step,
-                             warmup_s, done - start))
-          last_log_time, last_log_step = time.time(), done
-        if is_save:
-          _save(ckpt, done, state, data_iter, cfg, workdir, trusted_before, force=stopping)
-          last_save_time = time.time()
-        if stopping:
-          interrupted, preempted = done < cfg.steps, stop_level == 2
+        metrics = run.fetch(done, metrics)
+        if act.evaluate:
+          run.evaluate(done, metrics)
+        if act.report:
+          run.report(done, metrics)
+        if act.save:
+          run.save(done, force=act.stopping)
+        if act.stopping:
+          stopped = act.stop
           break
+      interrupted = bool(stopped) and done < cfg.steps
       if not interrupted:
-        finished_before = start >= cfg.steps
-        if not finished_before:
-          _save(ckpt, done, state, data_iter, cfg, workdir, trusted_before)
-        if eval_at != done:
-          # A rerun of a finished run reuses the row already written (one process: with
-          # several, all must take part in the evaluation, and the row is merged, not added).
-          eval_metrics = writer.eval_row(done) if jax.process_count() == 1 else {}
-          if not eval_metrics:
-            eval_metrics = run_eval()
-            writer.write(done, eval_metrics)
+        run.finish(done)
       profiler.close()  # a window that runs past the last step ends with it
       ckpt.close()  # waits for the last save; raises if it failed
     except BaseException:
@@ -389,10 +301,114 @@ def _train(cfg, workdir, say, stop, lease, allow_config_change) -> RunSummary:
     say(f"Stopped at step {done}; checkpoint saved in {workdir}. Rerun the same command to "
         "resume.")
   else:
-    say(_summary(eval_metrics, trainer.models, data.domains, data.num_eval_batches))
+    say(_summary(run.eval_metrics, trainer.models, data.domains, data.num_eval_batches))
   say(f"Elapsed {_fmt_time(time.time() - t_start)}")
-  return RunSummary(last_step=done, interrupted=interrupted, eval_metrics=eval_metrics,
-                    workdir=workdir, preempted=interrupted and preempted)
+  return RunSummary(last_step=done, interrupted=interrupted, eval_metrics=run.eval_metrics,
+                    workdir=workdir, preempted=interrupted and stopped == 2)
+
+
+class _Throughput:
+  """Seconds per step, measured between progress lines. The first window holds compilation
+  and warm-up: timed, but not throughput. Throughput is the median over later windows (robust
+  to eval and save pauses)."""
+
+  def __init__(self, start: int, tokens_per_step: int, flops_per_step: float, peak):
+    self.start, self.tokens_per_step = start, tokens_per_step
+    self.flops_per_step, self.peak = flops_per_step, peak
+    self.last_time, self.last_step = time.time(), start
+    self.step_times = []
+
+  def window(self, done: int, metrics: dict) -> tuple[float, float | None]:
+    """(median seconds per step, or NaN; the warm-up window's seconds, or None), adding the
+    `perf/...` metrics to `metrics` once there is a throughput."""
+    now = time.time()
+    warmup_s = now - self.last_time if self.last_step == self.start else None
+    if warmup_s is None:
+      self.step_times.append((now - self.last_time) / (done - self.last_step))
+    sec_per_step = float(np.median(self.step_times)) if self.step_times else float("nan")
+    if self.step_times:
+      metrics["perf/tokens_per_sec"] = self.tokens_per_step / sec_per_step
+      metrics["perf/sec_per_step"] = sec_per_step
+      per_device = self.flops_per_step / sec_per_step / jax.device_count()
+      metrics["perf/model_tflops_per_device"] = per_device / 1e12
+      if self.peak:
+        metrics["perf/mfu"] = per_device / self.peak
+    return sec_per_step, warmup_s
+
+  def restart(self, done: int):
+    self.last_time, self.last_step = time.time(), done
+
+
+class _Run:
+  """A run between its steps: the state, and what the loop does with it at a step the
+  schedule (train/schedule.py) picks: fetch and check the metrics, evaluate, report, save."""
+
+  def __init__(self, cfg, workdir, trainer, data, data_iter, ckpt, writer, lease, say, state,
+               start):
+    self.cfg, self.workdir, self.trainer, self.data = cfg, workdir, trainer, data
+    self.data_iter, self.ckpt, self.writer, self.lease, self.say = (data_iter, ckpt, writer,
+                                                                     lease, say)
+    self.state, self.start = state, start
+    self.is_main = jax.process_index() == 0
+    self.eval_metrics, self.eval_at = {}, None
+    # Checkpoints below this step gave a finite loss after them (seen in this process; the
+    # restored one has not been yet).
+    self.trusted_before = start
+    tokens_per_step = cfg.batch_size * cfg.seq_len
+    # Model FLOPs of the whole set per step, convention in train/flops.py.
+    flops_per_step = tokens_per_step * sum(
+        flops.flops_per_token(mc, cfg.seq_len) for mc in model_configs(cfg).values())
+    self.throughput = _Throughput(start, tokens_per_step, flops_per_step,
+                                  flops.peak_flops_per_device(jax.devices()[0].device_kind))
+
+  def fetch(self, done: int, metrics) -> dict:
+    """The step's metrics on the host, after the checks that stop training: a non-finite
+    loss, a failed background save (disk full), a lost writer lease."""
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    _check_finite(metrics, done, self.ckpt, self.workdir, self.trusted_before)
+    self.trusted_before = done
+    self.ckpt.check()
+    if self.is_main:
+      self.lease.check()
+    return metrics
+
+  def run_eval(self) -> dict:
+    return evaluate(self.trainer, self.state,
+                    self.data.eval_batches(self.cfg.eval_batches or None), self.data.domains)
+
+  def evaluate(self, done: int, metrics: dict):
+    cfg, models = self.cfg, self.trainer.models
+    self.eval_metrics, self.eval_at = self.run_eval(), done
+    metrics.update(self.eval_metrics)
+    if (cfg.eval_samples and self.is_main and jax.process_count() == 1
+        and cfg.data.source != "synthetic"):
+      write_eval_samples(self.writer, done, models,
+                         {n: self.state["models"][n]["params"] for n in models},
+                         self.data.tokenizer, cfg.eval_samples, cfg.eval_sample_tokens)
+
+  def report(self, done: int, metrics: dict):
+    """A metrics.jsonl row and a progress line."""
+    sec_per_step, warmup_s = self.throughput.window(done, metrics)
+    self.writer.write(done, metrics)
+    self.say(_progress_line(done, self.cfg.steps, metrics, sec_per_step,
+                            self.throughput.tokens_per_step, warmup_s, done - self.start))
+    self.throughput.restart(done)
+
+  def save(self, done: int, force: bool = False):
+    _save(self.ckpt, done, self.state, self.data_iter, self.cfg, self.workdir,
+          self.trusted_before, force=force)
+
+  def finish(self, done: int):
+    """The last step's checkpoint and held-out metrics, unless the loop already has them."""
+    if self.start < self.cfg.steps:  # not finished before this run
+      self.save(done)
+    if self.eval_at != done:
+      # A rerun of a finished run reuses the row already written (one process: with
+      # several, all must take part in the evaluation, and the row is merged, not added).
+      self.eval_metrics = self.writer.eval_row(done) if jax.process_count() == 1 else {}
+      if not self.eval_metrics:
+        self.eval_metrics = self.run_eval()
+        self.writer.write(done, self.eval_metrics)
 
 
 def _compile_train_step(trainer, state, say):
@@ -419,24 +435,27 @@ def _data_position_error(data_iter, step: int) -> str | None:
 def _save(ckpt, step, state, data_iter, cfg, workdir, trusted_before, force=False):
   try:
     ckpt.save(step, state, data_iter=data_iter, config=cfg, force=force)
-  except checkpoint.NonFiniteStateError as e:
+  except integrity.NonFiniteStateError as e:
     raise _diverged(ckpt, workdir, str(e), trusted_before) from e
 
 
 def _progress_line(done, steps, m, sec_per_step, tokens_per_step, warmup_s=None,
                    warmup_steps=0) -> str:
   parts = [f"step {done:>{len(str(steps))}}/{steps}"]
-  names = sorted((k[:-len("/loss")] for k in m if k.endswith("/loss") and "/" not in k[:-5]
-                  and k != "delta/loss"), key=lambda n: (n != "routed", n != "baseline", n))
-  losses = [f"{name} {m[f'{name}/loss']:.4f}" for name in names]
+  tree = metrics_lib.nest(m)
+  evals = tree.get(metrics_lib.EVAL, {})
+  names = metrics_lib.display_order(
+      n for n, v in tree.items() if n not in (metrics_lib.DELTA, metrics_lib.EVAL)
+      and isinstance(v, dict) and "loss" in v)
+  losses = [f"{name} {tree[name]['loss']:.4f}" for name in names]
   if losses:
     parts.append("loss " + " ".join(losses))
-  if "delta/loss" in m:
-    parts.append(f"delta {m['delta/loss']:+.4f}")
-  evals = [f"{name} {m[f'eval/{name}/perplexity']:.2f}" for name in names
-           if f"eval/{name}/perplexity" in m]
-  if evals:
-    parts.append("eval ppl " + " ".join(evals))
+  if "loss" in tree.get(metrics_lib.DELTA, {}):
+    parts.append(f"delta {tree[metrics_lib.DELTA]['loss']:+.4f}")
+  ppl = [f"{name} {evals[name]['perplexity']:.2f}" for name in names
+         if "perplexity" in evals.get(name, {})]
+  if ppl:
+    parts.append("eval ppl " + " ".join(ppl))
   if warmup_s is not None:
     # The step was compiled before the loop (its memory line); the first steps still warm up.
     parts.append(f"warming up: first {warmup_steps} step(s) took {warmup_s:.1f}s; "
@@ -450,19 +469,22 @@ def _progress_line(done, steps, m, sec_per_step, tokens_per_step, warmup_s=None,
 
 
 def _summary(eval_metrics: dict, models, domains, total_batches: int) -> str:
-  n = int(eval_metrics.get("eval/batches", total_batches))
+  evals = metrics_lib.nest(eval_metrics).get(metrics_lib.EVAL, {})
+  n = int(evals.get("batches", total_batches))
   lines = [f"Held-out perplexity ({'all' if n == total_batches else n} of {total_batches} "
            "held-out batches):"]
   for name in [*models, PREFIX]:
-    if f"eval/{name}/perplexity" not in eval_metrics:
+    model = evals.get(name, {})
+    if "perplexity" not in model:
       continue
-    per_domain = ", ".join(f"{d} {eval_metrics[f'eval/{name}/{d}/perplexity']:.2f}"
-                           for d in domains if f"eval/{name}/{d}/perplexity" in eval_metrics)
-    lines.append(f"  {name:<13} {eval_metrics[f'eval/{name}/perplexity']:9.2f}   ({per_domain})")
-  if "eval/delta/loss" in eval_metrics:
-    ratio = math.exp(eval_metrics["eval/delta/loss"])
-    lines.append(f"  routed / baseline perplexity = {ratio:.4f} ({100 * (ratio - 1):+.2f}%)")
-  if f"eval/{PREFIX}/perplexity" in eval_metrics:
+    per_domain = ", ".join(f"{d} {model[d]['perplexity']:.2f}"
+                           for d in domains if "perplexity" in model.get(d, {}))
+    lines.append(f"  {name:<13} {model['perplexity']:9.2f}   ({per_domain})")
+  if "loss" in evals.get(metrics_lib.DELTA, {}):
+    ratio = math.exp(evals[metrics_lib.DELTA]["loss"])
+    first, second = metrics_lib.DELTA_PAIR
+    lines.append(f"  {first} / {second} perplexity = {ratio:.4f} ({100 * (ratio - 1):+.2f}%)")
+  if "perplexity" in evals.get(PREFIX, {}):
     lines.append(f"  ({PREFIX}: the sequence_mean router given only the prefix, as it would "
                  "be when generating; its distance to routed is the future-token leak)")
   return "\n".join(lines)

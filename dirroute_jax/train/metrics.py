@@ -20,6 +20,54 @@ import numpy as np
 from dirroute_jax import workdir as workdir_lib
 
 
+# A metrics key is its parts joined by "/", a model's name first within its scope:
+#   <model>/<stat>  delta/<stat>  eval/<model>/<stat>  eval/<model>/<domain>/<stat>  perf/<stat>
+# Built with key() and read back with nest(), never by slicing strings.
+EVAL = "eval"
+DELTA = "delta"
+# What a delta compares, first minus second, when both are trained: the paper's routed model
+# and its baseline. Also the order models are shown in (the others follow by name).
+DELTA_PAIR = ("routed", "baseline")
+
+
+def key(*parts: str) -> str:
+  return "/".join(parts)
+
+
+def flat(tree: dict, *scope: str) -> dict:
+  """{key(*scope, *path): value} of a nested dict of metrics, in insertion order."""
+  out = {}
+  for name, value in tree.items():
+    if isinstance(value, dict):
+      out.update(flat(value, *scope, name))
+    else:
+      out[key(*scope, name)] = value
+  return out
+
+
+def nest(metrics: dict) -> dict:
+  """The flat row as nested dicts: nest({"eval/routed/loss": x})["eval"]["routed"]["loss"]."""
+  out = {}
+  for k, value in metrics.items():
+    *path, leaf = k.split("/")
+    node = out
+    for part in path:
+      node = node.setdefault(part, {})
+    node[leaf] = value
+  return out
+
+
+def delta_pair(models) -> tuple[str, str] | None:
+  """DELTA_PAIR if both its models are among `models`, else None: no delta metrics."""
+  return DELTA_PAIR if all(n in models for n in DELTA_PAIR) else None
+
+
+def display_order(names) -> list[str]:
+  """`names` as progress lines and summaries list them: DELTA_PAIR's first, then by name."""
+  return sorted(names, key=lambda n: (DELTA_PAIR.index(n) if n in DELTA_PAIR
+                                      else len(DELTA_PAIR), n))
+
+
 class MetricsFileError(ValueError):
   """metrics.jsonl has a damaged line that is not the last one."""
 

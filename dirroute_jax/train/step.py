@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -24,7 +24,7 @@ from dirroute_jax.model.variants import model_configs
 from dirroute_jax.model import kernels
 from dirroute_jax.model.losses import cross_entropy_sums
 from dirroute_jax.model.transformer import Transformer, abstract_params, build_model, forward
-from dirroute_jax.train import sharding
+from dirroute_jax.train import metrics as metrics_lib, sharding
 from dirroute_jax.train.optimizer import learning_rate_schedule, make_optimizer
 
 BATCH_KEYS = ("inputs", "targets", "weights")
@@ -92,6 +92,31 @@ def _router_stats(captured: dict) -> dict:
   return dict(zip(ROUTER_STATS, (r.mean(), (r < 0.1).mean(), (r > 0.9).mean())))
 
 
+class LossAux(NamedTuple):
+  """What a model's loss function returns beside the summed loss of a micro-batch."""
+  tokens: jax.Array  # real (weighted) target tokens
+  router: dict  # ROUTER_STATS of the micro-batch; {} for a model without routing
+
+
+class Sums(NamedTuple):
+  """One model's totals over the micro-batches of a step (the gradient-accumulation carry)."""
+  grads: Any  # summed gradients of the summed token losses, like the params
+  loss: jax.Array  # summed token losses
+  tokens: jax.Array
+  router: dict  # ROUTER_STATS averaged over micro-batches; {} without routing
+
+  @classmethod
+  def zeros(cls, params, routing: bool) -> Sums:
+    zero = jnp.zeros((), jnp.float32)
+    return cls(jax.tree.map(jnp.zeros_like, params), zero, zero,
+               {k: zero for k in ROUTER_STATS} if routing else {})
+
+  def add(self, grads, loss_sum, aux: LossAux, micro_batches: int) -> Sums:
+    return Sums(jax.tree.map(jnp.add, self.grads, grads), self.loss + loss_sum,
+                self.tokens + aux.tokens,
+                jax.tree.map(lambda a, b: a + b / micro_batches, self.router, aux.router))
+
+
 def make_trainer(cfg, mesh: jax.sharding.Mesh) -> Trainer:
   rules = sharding.LOGICAL_AXIS_RULES
   sharding.check_batch(cfg.batch_size, cfg.grad_accum_steps, mesh)
@@ -129,7 +154,7 @@ def make_trainer(cfg, mesh: jax.sharding.Mesh) -> Trainer:
     capture = ("blocks.*.attn.r",) if model_cfgs[name].routing else ()
     logits, captured = forward(models[name], params, micro["inputs"], capture=capture)
     loss_sum_B, tokens_B = cross_entropy_sums(logits, micro["targets"], micro["weights"])
-    return loss_sum_B.sum(), (tokens_B.sum(), _router_stats(captured) if capture else {})
+    return loss_sum_B.sum(), LossAux(tokens_B.sum(), _router_stats(captured) if capture else {})
 
   def train_step(state, batch):
     with nn.logical_axis_rules(rules):
@@ -148,40 +173,33 @@ def make_trainer(cfg, mesh: jax.sharding.Mesh) -> Trainer:
       def accumulate(carry, micro):
         out = {}
         for n in models:
-          (loss_sum, (tokens, stats)), grads = grad_fns[n](params[n], micro)
-          g, l, t, st = carry[n]
-          out[n] = (jax.tree.map(jnp.add, g, grads), l + loss_sum, t + tokens,
-                    jax.tree.map(lambda a, b: a + b / A, st, stats))
+          (loss_sum, aux), grads = grad_fns[n](params[n], micro)
+          out[n] = carry[n].add(grads, loss_sum, aux, A)
         return out, None
 
-      zero = {n: (jax.tree.map(jnp.zeros_like, params[n]), jnp.zeros((), jnp.float32),
-                  jnp.zeros((), jnp.float32),
-                  {k: jnp.zeros((), jnp.float32) for k in ROUTER_STATS}
-                  if model_cfgs[n].routing else {})
-              for n in models}
+      zero = {n: Sums.zeros(params[n], model_cfgs[n].routing) for n in models}
       sums, _ = jax.lax.scan(accumulate, zero, micro_batches)
 
       new_state = {"step": state["step"] + 1, "models": {}}
-      metrics = {}
+      per_model = {}
       lr = schedule(state["step"])
       for n in models:
-        grad_sum, loss_sum, tokens, stats = sums[n]
-        tokens = jnp.maximum(tokens, 1.0)
-        grads = jax.tree.map(lambda g: g / tokens, grad_sum)  # mean over all real tokens
+        tokens = jnp.maximum(sums[n].tokens, 1.0)
+        grads = jax.tree.map(lambda g: g / tokens, sums[n].grads)  # mean over all real tokens
         updates, opt_state = optimizers[n].update(grads, state["models"][n]["opt_state"],
                                                   params[n])
         new_state["models"][n] = {"params": optax.apply_updates(params[n], updates),
                                   "opt_state": opt_state}
-        loss = loss_sum / tokens
-        metrics.update({f"{n}/loss": loss, f"{n}/perplexity": jnp.exp(loss),
-                        f"{n}/grad_norm": optax.tree.norm(grads), f"{n}/lr": lr,
-                        f"{n}/tokens": tokens})
-        metrics.update({f"{n}/{k}": v for k, v in stats.items()})
-      if "routed" in models and "baseline" in models:
-        metrics["delta/loss"] = metrics["routed/loss"] - metrics["baseline/loss"]
-        metrics["delta/perplexity"] = (metrics["routed/perplexity"]
-                                       - metrics["baseline/perplexity"])
-      return new_state, metrics
+        loss = sums[n].loss / tokens
+        per_model[n] = {"loss": loss, "perplexity": jnp.exp(loss),
+                        "grad_norm": optax.tree.norm(grads), "lr": lr, "tokens": tokens,
+                        **sums[n].router}
+      if (pair := metrics_lib.delta_pair(models)):
+        first, second = (per_model[n] for n in pair)
+        per_model[metrics_lib.DELTA] = {
+            "loss": first["loss"] - second["loss"],
+            "perplexity": first["perplexity"] - second["perplexity"]}
+      return new_state, metrics_lib.flat(per_model)
 
   def eval_step(state, batch):
     with nn.logical_axis_rules(rules):
