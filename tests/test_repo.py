@@ -16,11 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CODE = ("dirroute_jax", "launch", "benchmarks")  # the project's own code (tests excluded)
 LIBS = ("jax", "flax", "optax", "orbax", "grain", "chex")
 # Deprecated names still used in files that another change owns; drop an entry with the fix.
-KNOWN = {
-    # jax 0.12.1 deprecates it (use jax.sharding.make_single_device_sharding, in jax >= 0.10);
-    # train/checkpoint.py belongs to another engineer's change (issue 22), so it is left here.
-    ("dirroute_jax/train/checkpoint.py", "jax.sharding.SingleDeviceSharding"),
-}
+KNOWN: set[tuple[str, str]] = set()  # (file, name) pairs allowed to stay for now
 
 
 def _quickstart_lines():

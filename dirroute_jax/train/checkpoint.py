@@ -561,7 +561,7 @@ def _manager(directory: epath.Path, *, read_only: bool, keep: int = 1,
 
 
 def _default_sharding():
-  return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.sharding.make_single_device_sharding(jax.local_devices()[0])
 
 
 def _why_no_iterator_file(own_file: epath.Path) -> str:
@@ -607,7 +607,7 @@ def _check_writable(directory: epath.Path):
 
 def _with_target_shardings(tree: PyTree) -> PyTree:
   """Abstract leaves with a sharding each, so the saved one is never used."""
-  default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  default = jax.sharding.make_single_device_sharding(jax.local_devices()[0])
 
   def to_abstract(x):
     sharding = getattr(x, 'sharding', None) or default
