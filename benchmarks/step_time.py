@@ -42,33 +42,46 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags
 import jax
-from ml_collections import config_flags
 import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
 
 from dirroute_jax.cli import parse_flags
 from dirroute_jax.model.variants import model_variant
 from dirroute_jax.train import flops, sharding, step
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py file.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py file.", lock_config=True)
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats per variant.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Steps per timed repeat.")
 _POOLINGS = flags.DEFINE_list("poolings", ["causal_mean", "sequence_mean"], "Router poolings.")
 _INTERLEAVE = flags.DEFINE_bool(
-    "interleave", False, "Keep all variants of a pooling resident and time them round-robin "
-    "(noisy shared CPUs); default: one variant per fresh process (accelerators, large configs).")
+  "interleave",
+  False,
+  "Keep all variants of a pooling resident and time them round-robin "
+  "(noisy shared CPUs); default: one variant per fresh process (accelerators, large configs).",
+)
 _LOADER = flags.DEFINE_bool(
-    "loader", False, "Also time the real input pipeline of the config's data source (ms per "
-    "batch) and compare the pair step with it.")
-_CHILD = flags.DEFINE_string("child", None, "Internal: measure one POOLING:VARIANT and print "
-                             "its result as JSON (what the default mode runs per process).")
+  "loader",
+  False,
+  "Also time the real input pipeline of the config's data source (ms per "
+  "batch) and compare the pair step with it.",
+)
+_CHILD = flags.DEFINE_string(
+  "child",
+  None,
+  "Internal: measure one POOLING:VARIANT and print "
+  "its result as JSON (what the default mode runs per process).",
+)
 flags.mark_flags_as_required(["config"])
 
 # The executables one timed step runs, per variant.
-VARIANTS = {"baseline": ("baseline",), "routed": ("routed",), "pair": ("routed,baseline",),
-            "separate": ("routed", "baseline")}
+VARIANTS = {
+  "baseline": ("baseline",),
+  "routed": ("routed",),
+  "pair": ("routed,baseline",),
+  "separate": ("routed", "baseline"),
+}
 
 
 def say(msg: str) -> None:
@@ -85,9 +98,10 @@ class Executable:
     self.state = self.trainer.init_state(jax.random.key(0))
     rng = np.random.default_rng(0)
     x = rng.integers(0, cfg.model.vocab_size, (cfg.batch_size, cfg.seq_len + 1), np.int32)
-    self.batch = jax.device_put({"inputs": x[:, :-1], "targets": x[:, 1:],
-                                 "weights": np.ones(x[:, 1:].shape, np.float32)},
-                                self.trainer.batch_sharding)
+    self.batch = jax.device_put(
+      {"inputs": x[:, :-1], "targets": x[:, 1:], "weights": np.ones(x[:, 1:].shape, np.float32)},
+      self.trainer.batch_sharding,
+    )
 
   def run(self, n: int) -> None:
     for _ in range(n):
@@ -140,8 +154,12 @@ def measure_one(cfg, pooling: str, name: str, repeats: int, steps: int) -> dict:
       times.append(wall)
       cpu_times.append(cpu)
       say(f"[{label}] repeat {i + 1}/{repeats}: {1e3 * wall:.2f} ms/step")
-  return {"times": times, "cpu_times": cpu_times, "peak": peak_memory_bytes(),
-          "compiles": [p.trainer.train_step._cache_size() for p in parts]}
+  return {
+    "times": times,
+    "cpu_times": cpu_times,
+    "peak": peak_memory_bytes(),
+    "compiles": [p.trainer.train_step._cache_size() for p in parts],
+  }
 
 
 def measure_interleaved(cfg, pooling: str, repeats: int, steps: int) -> dict:
@@ -158,11 +176,18 @@ def measure_interleaved(cfg, pooling: str, repeats: int, steps: int) -> dict:
         wall, cpu = run_variant(parts, steps)
         times[n].append(wall)
         cpu_times[n].append(cpu)
-      say(f"[{pooling}] repeat {i + 1}/{repeats}: " + ", ".join(
-          f"{n} {1e3 * t[-1]:.2f}" for n, t in times.items()) + " ms/step")
+      say(
+        f"[{pooling}] repeat {i + 1}/{repeats}: "
+        + ", ".join(f"{n} {1e3 * t[-1]:.2f}" for n, t in times.items())
+        + " ms/step"
+      )
     for n, parts in variants.items():
-      results[n] = {"times": times[n], "cpu_times": cpu_times[n], "peak": None,
-                    "compiles": [p.trainer.train_step._cache_size() for p in parts]}
+      results[n] = {
+        "times": times[n],
+        "cpu_times": cpu_times[n],
+        "peak": None,
+        "compiles": [p.trainer.train_step._cache_size() for p in parts],
+      }
   del single, variants
   jax.clear_caches()
   gc.collect()
@@ -171,16 +196,20 @@ def measure_interleaved(cfg, pooling: str, repeats: int, steps: int) -> dict:
 
 def measure_in_child(pooling: str, name: str) -> dict:
   """Runs this script with --child=POOLING:VARIANT in a fresh process; its stderr streams."""
-  proc = subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:],
-                         f"--child={pooling}:{name}"], stdout=subprocess.PIPE, text=True)
+  proc = subprocess.run(
+    [sys.executable, os.path.abspath(__file__), *sys.argv[1:], f"--child={pooling}:{name}"],
+    stdout=subprocess.PIPE,
+    text=True,
+  )
   lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
   if proc.returncode != 0 or not lines:
     return {"failed": f"exit code {proc.returncode} (out of memory? see its stderr above)"}
-  return json.loads(lines[-1][len("RESULT "):])
+  return json.loads(lines[-1][len("RESULT ") :])
 
 
 def loader_ms(cfg, n: int = 50) -> float:
   from dirroute_jax.data.pipeline import make_data
+
   it = make_data(cfg).train_iter(0)
   next(it)
   t0 = time.perf_counter()
@@ -210,19 +239,23 @@ def main(argv):
   config_name = os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"]))[:-3]
   overrides = " ".join(a for a in sys.argv[1:] if a.startswith("--config."))
   device = jax.devices()[0]
-  print(f"# step_time.py: {device.device_kind} x {jax.device_count()}, {os.cpu_count()} CPU "
-        f"cores (load average {os.getloadavg()[0]:.1f} at start), {platform.platform()}, "
-        f"jax {jax.__version__}, {time.strftime('%Y-%m-%d')}")
+  print(
+    f"# step_time.py: {device.device_kind} x {jax.device_count()}, {os.cpu_count()} CPU "
+    f"cores (load average {os.getloadavg()[0]:.1f} at start), {platform.platform()}, "
+    f"jax {jax.__version__}, {time.strftime('%Y-%m-%d')}"
+  )
   peak_flops = flops.peak_flops_per_device(device.device_kind)
   tokens = cfg.batch_size * cfg.seq_len
   micro = cfg.batch_size // cfg.grad_accum_steps
-  runs = [("causal_mean", "baseline")] + [(p, n) for p in _POOLINGS.value
-                                          for n in ("routed", "pair", "separate")]
-  mode = ("interleaved, all variants resident" if _INTERLEAVE.value
-          else "one variant per process")
-  say(f"{config_name}: {len(_POOLINGS.value) if _INTERLEAVE.value else len(runs)} "
-      f"{'interleaved groups' if _INTERLEAVE.value else 'variant runs'}, each compiling "
-      f"then timing 2 + {_REPEATS.value} x {_STEPS.value} steps ({mode}).")
+  runs = [("causal_mean", "baseline")] + [
+    (p, n) for p in _POOLINGS.value for n in ("routed", "pair", "separate")
+  ]
+  mode = "interleaved, all variants resident" if _INTERLEAVE.value else "one variant per process"
+  say(
+    f"{config_name}: {len(_POOLINGS.value) if _INTERLEAVE.value else len(runs)} "
+    f"{'interleaved groups' if _INTERLEAVE.value else 'variant runs'}, each compiling "
+    f"then timing 2 + {_REPEATS.value} x {_STEPS.value} steps ({mode})."
+  )
   loader = loader_ms(cfg) if _LOADER.value else None
 
   t_start, results = time.perf_counter(), {}
@@ -236,13 +269,18 @@ def main(argv):
       results[(pooling, name)] = measure_in_child(pooling, name)
       _say_pace(t_start, i + 1, len(runs))
 
-  print(f"\n## {config_name}{' ' + overrides if overrides else ''}: batch {cfg.batch_size} x "
-        f"{cfg.seq_len} (micro-batch {micro} x {cfg.grad_accum_steps}), {mode}, "
-        f"{_REPEATS.value} repeats x {_STEPS.value} steps"
-        + (f"; input pipeline {loader:.2f} ms/batch" if loader is not None else "") + "\n")
+  print(
+    f"\n## {config_name}{' ' + overrides if overrides else ''}: batch {cfg.batch_size} x "
+    f"{cfg.seq_len} (micro-batch {micro} x {cfg.grad_accum_steps}), {mode}, "
+    f"{_REPEATS.value} repeats x {_STEPS.value} steps"
+    + (f"; input pipeline {loader:.2f} ms/batch" if loader is not None else "")
+    + "\n"
+  )
   on_cpu = device.platform == "cpu"  # elsewhere process CPU time is the host's, not the step's
-  print("| pooling | variant | ms/step min | median | max | tokens/s (median) | "
-        "CPU-time ms/step (median) | MFU | peak memory |")
+  print(
+    "| pooling | variant | ms/step min | median | max | tokens/s (median) | "
+    "CPU-time ms/step (median) | MFU | peak memory |"
+  )
   print("|---|---|---|---|---|---|---|---|---|")
   med, cpu_med = {}, {}
   for (pooling, name), r in results.items():
@@ -257,37 +295,51 @@ def main(argv):
     per_device = tokens * _flops_per_token(cfg, name) / med[key] / jax.device_count()
     mfu = f"{100 * per_device / peak_flops:.1f}%" if peak_flops else "n/a"
     cpu = f"{1e3 * cpu_med[key]:.2f}" if on_cpu else "n/a"
-    print(f"| {shown} | {name} | {1e3 * min(ts):.2f} | {1e3 * med[key]:.2f} | "
-          f"{1e3 * max(ts):.2f} | {tokens / med[key]:,.0f} | {cpu} | {mfu} | "
-          f"{_fmt_bytes(r['peak'])} |")
+    print(
+      f"| {shown} | {name} | {1e3 * min(ts):.2f} | {1e3 * med[key]:.2f} | "
+      f"{1e3 * max(ts):.2f} | {tokens / med[key]:,.0f} | {cpu} | {mfu} | "
+      f"{_fmt_bytes(r['peak'])} |"
+    )
 
-  print("\n| pooling | routed / baseline | same, CPU time | model-FLOP ratio (train/flops.py) | "
-        "pair / separate | same, CPU time | compiles per variant | pair step / input pipeline |")
+  print(
+    "\n| pooling | routed / baseline | same, CPU time | model-FLOP ratio (train/flops.py) | "
+    "pair / separate | same, CPU time | compiles per variant | pair step / input pipeline |"
+  )
   print("|---|---|---|---|---|---|---|---|")
   for pooling in _POOLINGS.value:
+
     def ratio(times, a, b):
-      base_key = (pooling, b) if (pooling, b) in times else ("causal_mean", b)
-      x, y = times.get((pooling, a)), times.get(base_key)
+      base_key = (pooling, b) if (pooling, b) in times else ("causal_mean", b)  # noqa: B023
+      x, y = times.get((pooling, a)), times.get(base_key)  # noqa: B023
       return "n/a" if x is None or y is None else f"{x / y:.3f}"
+
     cfg.model.pooling = pooling
     flop_ratio = _flops_per_token(cfg, "routed") / _flops_per_token(cfg, "baseline")
     compiles = " / ".join(
-        str(sum(results[key]["compiles"])) if "compiles" in results.get(key, {}) else "n/a"
-        for key in ((pooling if _INTERLEAVE.value else "causal_mean", "baseline"),
-                    (pooling, "routed"), (pooling, "pair")))
+      str(sum(results[key]["compiles"])) if "compiles" in results.get(key, {}) else "n/a"
+      for key in (
+        (pooling if _INTERLEAVE.value else "causal_mean", "baseline"),
+        (pooling, "routed"),
+        (pooling, "pair"),
+      )
+    )
     pair = med.get((pooling, "pair"))
     vs_loader = f"{pair / (loader / 1e3):.0f}x" if loader is not None and pair else "n/a"
-    print(f"| {pooling} | {ratio(med, 'routed', 'baseline')} | "
-          f"{ratio(cpu_med, 'routed', 'baseline')} | {flop_ratio:.3f} | "
-          f"{ratio(med, 'pair', 'separate')} | {ratio(cpu_med, 'pair', 'separate')} | "
-          f"{compiles} | {vs_loader} |")
+    print(
+      f"| {pooling} | {ratio(med, 'routed', 'baseline')} | "
+      f"{ratio(cpu_med, 'routed', 'baseline')} | {flop_ratio:.3f} | "
+      f"{ratio(med, 'pair', 'separate')} | {ratio(cpu_med, 'pair', 'separate')} | "
+      f"{compiles} | {vs_loader} |"
+    )
 
 
 def _say_pace(t_start: float, done: int, total: int) -> None:
   elapsed = time.perf_counter() - t_start
   left = elapsed / done * (total - done)
-  say(f"-- {done}/{total} done, {elapsed / 60:.1f} min elapsed"
-      + (f"; about {left / 60:.1f} min left at this pace" if done < total else ""))
+  say(
+    f"-- {done}/{total} done, {elapsed / 60:.1f} min elapsed"
+    + (f"; about {left / 60:.1f} min left at this pace" if done < total else "")
+  )
 
 
 if __name__ == "__main__":

@@ -34,16 +34,17 @@ def _train_exit_codes() -> tuple[tuple[type[BaseException], int], ...]:
   from dirroute_jax.config import ConfigError
   from dirroute_jax.train import checkpoint, lock
   from dirroute_jax.train.metrics import MetricsFileError
+
   # pylint: enable=g-import-not-at-top
   return (
-      (lock.WorkdirBusyError, exit_codes.BUSY),
-      (FloatingPointError, exit_codes.DIVERGED),  # loop.Diverged, NonFiniteStateError
-      (checkpoint.CheckpointMismatchError, exit_codes.USAGE),  # another config's checkpoint
-      (checkpoint.CheckpointError, exit_codes.IO_ERROR),
-      (MetricsFileError, exit_codes.IO_ERROR),
-      (OSError, exit_codes.IO_ERROR),  # disk full, permissions, a vanished mount
-      (ConfigError, exit_codes.USAGE),
-      (ValueError, exit_codes.USAGE),  # bad data files and other input errors
+    (lock.WorkdirBusyError, exit_codes.BUSY),
+    (FloatingPointError, exit_codes.DIVERGED),  # loop.Diverged, NonFiniteStateError
+    (checkpoint.CheckpointMismatchError, exit_codes.USAGE),  # another config's checkpoint
+    (checkpoint.CheckpointError, exit_codes.IO_ERROR),
+    (MetricsFileError, exit_codes.IO_ERROR),
+    (OSError, exit_codes.IO_ERROR),  # disk full, permissions, a vanished mount
+    (ConfigError, exit_codes.USAGE),
+    (ValueError, exit_codes.USAGE),  # bad data files and other input errors
   )
 
 
@@ -62,8 +63,10 @@ def exit_on_train_error(workdir: str | None = None):
     if isinstance(e, OSError) and e.filename:
       message = f"{e.strerror}: {e.filename}"
     elif isinstance(e, OSError) and e.errno is not None and workdir:
-      message = (f"{e.strerror or e} while writing under --workdir={workdir}; free space or fix "
-                 "the directory, then rerun to resume from the last complete checkpoint")
+      message = (
+        f"{e.strerror or e} while writing under --workdir={workdir}; free space or fix "
+        "the directory, then rerun to resume from the last complete checkpoint"
+      )
     else:
       message = str(e)
     fail(message, code)
@@ -76,8 +79,10 @@ def exit_if_stopped(summary, skipped: str = "") -> None:
   if not summary.interrupted:
     return
   code = exit_codes.PREEMPTED if summary.preempted else exit_codes.DONE
-  print(f"Exiting with status {exit_codes.describe(code)}: rerun the same command to resume."
-        + (f" Not done yet: {skipped}." if skipped else ""))
+  print(
+    f"Exiting with status {exit_codes.describe(code)}: rerun the same command to resume."
+    + (f" Not done yet: {skipped}." if skipped else "")
+  )
   sys.exit(code)
 
 
@@ -95,8 +100,10 @@ def config_file_error(path: str) -> str | None:
   absl's config flag loads the file lazily and buries both in a 30-line traceback."""
   path = path.split(":", 1)[0]  # config_flags allows "file.py:arg"
   if not os.path.isfile(path):
-    return (f"--config file {path!r} does not exist (looked from {os.getcwd()}); pass e.g. "
-            "--config=configs/tiny.py.")
+    return (
+      f"--config file {path!r} does not exist (looked from {os.getcwd()}); pass e.g. "
+      "--config=configs/tiny.py."
+    )
   try:
     with open(path, encoding="utf-8") as f:
       compile(f.read(), path, "exec")
@@ -111,7 +118,7 @@ def config_raised(e: BaseException, argv) -> str | None:
   """One line for an exception raised by the code of the --config file in `argv` (a NameError,
   an ImportError, 1/0 at import or in get_config()), naming file and line; None if `e` did
   not come from that file."""
-  paths = [a[len("--config="):].split(":", 1)[0] for a in argv if a.startswith("--config=")]
+  paths = [a[len("--config=") :].split(":", 1)[0] for a in argv if a.startswith("--config=")]
   if not paths or not isinstance(e, Exception):
     return None
   path = os.path.realpath(paths[-1])
@@ -127,8 +134,10 @@ def config_raised(e: BaseException, argv) -> str | None:
       e = e.__cause__ or e.__context__
   if line is None:
     return None
-  return (f"--config file {paths[-1]}:{line} raised {type(e).__name__}: {_one_line(e)}; fix "
-          "the file (it is Python, run when the flags are parsed).")
+  return (
+    f"--config file {paths[-1]}:{line} raised {type(e).__name__}: {_one_line(e)}; fix "
+    "the file (it is Python, run when the flags are parsed)."
+  )
 
 
 class _NoLibraryTracebacks(std_logging.Filter):
@@ -209,8 +218,9 @@ def _unraisable(hook):
     # are collected unfinished, each with a traceback (148 for the tiny model); the failure
     # itself is reported once, by the restore that falls back.
     code = getattr(info.object, "cr_code", None)
-    if code is not None and any(f"{os.sep}{lib}{os.sep}" in code.co_filename
-                                for lib in ("orbax", "tensorstore", "asyncio")):
+    if code is not None and any(
+      f"{os.sep}{lib}{os.sep}" in code.co_filename for lib in ("orbax", "tensorstore", "asyncio")
+    ):
       return
     hook(info)
 
@@ -221,32 +231,34 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
   """absl's parser with readable errors; library INFO logs (orbax is chatty) hidden unless
   --verbosity is given. Exits with exit_codes.USAGE on any bad flag."""
   is_config_file = "config" in flag_values and isinstance(
-      flag_values["config"], _config_flags_impl._ConfigFlag)  # pylint: disable=protected-access
+    flag_values["config"], _config_flags_impl._ConfigFlag
+  )  # pylint: disable=protected-access
   for arg in argv[1:]:
     if arg == "--":
       break
     if is_config_file and arg.startswith("--config="):
-      if (why := config_file_error(arg[len("--config="):])):
+      if why := config_file_error(arg[len("--config=") :]):
         fail(why)
   try:
     rest = flag_values(argv)
     if is_config_file:  # load it now, so its errors are flag errors too
-      flag_values["config"].value  # pylint: disable=pointless-statement
+      flag_values["config"].value  # pylint: disable=pointless-statement  # noqa: B018
   except Exception as e:  # pylint: disable=broad-exception-caught
     if is_config_file and (why := config_raised(e, argv[1:])):
       fail(why)
-    if not isinstance(e, (flags.Error, AttributeError, KeyError, TypeError, ValueError,
-                          OSError)):
+    if not isinstance(e, (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError)):
       raise
     overrides = [a for a in argv[1:] if a.startswith("--config.")]
-    hint = (f" Overrides given: {' '.join(overrides)}. Keys must exist in the --config file's "
-            "get_config() (see dirroute_jax/config.py), with values of the same type."
-            if overrides else " Run with --helpfull to list flags.")
+    hint = (
+      f" Overrides given: {' '.join(overrides)}. Keys must exist in the --config file's "
+      "get_config() (see dirroute_jax/config.py), with values of the same type."
+      if overrides
+      else " Run with --helpfull to list flags."
+    )
     fail(f"bad flag or config override ({type(e).__name__}: {_one_line(e)}).{hint}")
   if flag_values is flags.FLAGS:
     tolerate_closed_output()
-  if flag_values is flags.FLAGS and not any(
-      a.startswith(("--verbosity", "-v")) for a in argv[1:]):
+  if flag_values is flags.FLAGS and not any(a.startswith(("--verbosity", "-v")) for a in argv[1:]):
     logging.set_verbosity(logging.WARNING)
     logging.get_absl_handler().addFilter(_NoLibraryTracebacks())
     std_logging.getLogger("asyncio").addFilter(_NoOrphanedReads())
@@ -254,8 +266,9 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
     # After a failed background write, orbax's unstarted write coroutines are collected at
     # exit, each a two-line RuntimeWarning after our one-line error. This package has no
     # coroutines of its own, so any such warning is a library's.
-    warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited",
-                            category=RuntimeWarning)
+    warnings.filterwarnings(
+      "ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning
+    )
   return rest
 
 
@@ -265,48 +278,66 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
 DISTRIBUTED_MODES = ("auto", "on", "off")
 
 
-def define_train_flags(flag_values: flags.FlagValues = flags.FLAGS,
-                       sys_argv: list[str] | None = None) -> types.SimpleNamespace:
+def define_train_flags(
+  flag_values: flags.FlagValues = flags.FLAGS, sys_argv: list[str] | None = None
+) -> types.SimpleNamespace:
   """Every flag of launch/train.py, defined once: train.py runs with them, and launchers check
   the flags they forward to it (check_train_args) with the same definitions. `sys_argv`: the
   command line whose --config.* overrides are to be accepted (default sys.argv)."""
   fv = flag_values
   return types.SimpleNamespace(
-      config=config_flags.DEFINE_config_file("config", None, "configs/*.py file.",
-                                             lock_config=True, flag_values=fv,
-                                             sys_argv=sys_argv),
-      workdir=flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl, TensorBoard.",
-                                  flag_values=fv),
-      allow_config_change=flags.DEFINE_bool(
-          "allow_config_change", False,
-          "Resume even though the config differs from the checkpoint's in what the run means "
-          "(model, pooling, tokenizer, data, seed, optimizer). Off: such a resume is refused.",
-          flag_values=fv),
-      compilation_cache=flags.DEFINE_string(
-          "compilation_cache",
-          os.path.expanduser("~/.cache/dirroute_jax/jax_compilation_cache"),
-          "Persistent XLA compilation cache ('' disables); makes resumes start fast.",
-          flag_values=fv),
-      distributed=flags.DEFINE_enum(
-          "distributed", "auto", DISTRIBUTED_MODES,
-          "Multi-process start-up: auto = when the flags below are given or SLURM / Cloud TPU / "
-          "Open MPI runs several processes; on = always (JAX detects what is unset); off = "
-          "never.", flag_values=fv),
-      coordinator_address=flags.DEFINE_string(
-          "coordinator_address", None, "HOST:PORT of process 0's coordinator (multi-process).",
-          flag_values=fv),
-      num_processes=flags.DEFINE_integer("num_processes", None, "Processes in the job.",
-                                         flag_values=fv),
-      process_id=flags.DEFINE_integer("process_id", None, "This process's rank, 0-based.",
-                                      flag_values=fv),
-      local_device_ids=flags.DEFINE_string(
-          "local_device_ids", None, "Comma-separated local device ids this process drives.",
-          flag_values=fv),
+    config=config_flags.DEFINE_config_file(
+      "config", None, "configs/*.py file.", lock_config=True, flag_values=fv, sys_argv=sys_argv
+    ),
+    workdir=flags.DEFINE_string(
+      "workdir", None, "Checkpoints, metrics.jsonl, TensorBoard.", flag_values=fv
+    ),
+    allow_config_change=flags.DEFINE_bool(
+      "allow_config_change",
+      False,
+      "Resume even though the config differs from the checkpoint's in what the run means "
+      "(model, pooling, tokenizer, data, seed, optimizer). Off: such a resume is refused.",
+      flag_values=fv,
+    ),
+    compilation_cache=flags.DEFINE_string(
+      "compilation_cache",
+      os.path.expanduser("~/.cache/dirroute_jax/jax_compilation_cache"),
+      "Persistent XLA compilation cache ('' disables); makes resumes start fast.",
+      flag_values=fv,
+    ),
+    distributed=flags.DEFINE_enum(
+      "distributed",
+      "auto",
+      DISTRIBUTED_MODES,
+      "Multi-process start-up: auto = when the flags below are given or SLURM / Cloud TPU / "
+      "Open MPI runs several processes; on = always (JAX detects what is unset); off = "
+      "never.",
+      flag_values=fv,
+    ),
+    coordinator_address=flags.DEFINE_string(
+      "coordinator_address",
+      None,
+      "HOST:PORT of process 0's coordinator (multi-process).",
+      flag_values=fv,
+    ),
+    num_processes=flags.DEFINE_integer(
+      "num_processes", None, "Processes in the job.", flag_values=fv
+    ),
+    process_id=flags.DEFINE_integer(
+      "process_id", None, "This process's rank, 0-based.", flag_values=fv
+    ),
+    local_device_ids=flags.DEFINE_string(
+      "local_device_ids",
+      None,
+      "Comma-separated local device ids this process drives.",
+      flag_values=fv,
+    ),
   )
 
 
-def check_train_args(config: str, workdir: str, train_args: list[str] | tuple[str, ...],
-                     repo: str) -> None:
+def check_train_args(
+  config: str, workdir: str, train_args: list[str] | tuple[str, ...], repo: str
+) -> None:
   """Parses `train_args` (what a launcher forwards to launch/train.py after `--`) with
   launch/train.py's flag definitions and validates the resulting config, here and now.
 
@@ -318,13 +349,16 @@ def check_train_args(config: str, workdir: str, train_args: list[str] | tuple[st
   for arg in train_args:
     name = arg.split("=", 1)[0].lstrip("-")
     if name in ("dry_run", "nodry_run"):
-      raise ValueError("--dry_run after `--` would go to launch/train.py; put it before `--` "
-                       "(the launcher's own flag).")
+      raise ValueError(
+        "--dry_run after `--` would go to launch/train.py; put it before `--` "
+        "(the launcher's own flag)."
+      )
     if name in ("config", "workdir"):
-      raise ValueError(f"--{name} after `--`: give it to the launcher (before `--`), which "
-                       "passes it on.")
+      raise ValueError(
+        f"--{name} after `--`: give it to the launcher (before `--`), which passes it on."
+      )
   path = config if os.path.isabs(config) else os.path.join(repo, config)
-  if (why := config_file_error(path)):
+  if why := config_file_error(path):
     raise ValueError(why)
   argv = ["launch/train.py", f"--config={path}", f"--workdir={workdir}", *train_args]
   fv = flags.FlagValues()
@@ -335,10 +369,10 @@ def check_train_args(config: str, workdir: str, train_args: list[str] | tuple[st
   except ConfigError as e:
     raise ValueError(f"the flags after `--` give a bad config: {e}") from None
   except Exception as e:  # pylint: disable=broad-exception-caught
-    if (why := config_raised(e, argv)):
+    if why := config_raised(e, argv):
       raise ValueError(why) from None
-    if not isinstance(e, (flags.Error, AttributeError, KeyError, TypeError, ValueError,
-                          OSError)):
+    if not isinstance(e, (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError)):
       raise
-    raise ValueError(f"launch/train.py would reject the flags after `--` "
-                     f"({type(e).__name__}: {_one_line(e)}).") from None
+    raise ValueError(
+      f"launch/train.py would reject the flags after `--` ({type(e).__name__}: {_one_line(e)})."
+    ) from None

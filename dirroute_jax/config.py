@@ -163,9 +163,11 @@ def parse_profile_steps(spec: str) -> tuple[int, int] | None:
   if not spec:
     return None
   m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(spec))
-  _need(bool(m) and 1 <= int(m.group(1)) < int(m.group(2)),
-        f"profile_steps={spec!r}: use START:STOP with 1 <= START < STOP (steps START..STOP-1 "
-        "are traced), e.g. --config.profile_steps=10:13, or '' for no trace.")
+  _need(
+    bool(m) and 1 <= int(m.group(1)) < int(m.group(2)),
+    f"profile_steps={spec!r}: use START:STOP with 1 <= START < STOP (steps START..STOP-1 "
+    "are traced), e.g. --config.profile_steps=10:13, or '' for no trace.",
+  )
   return int(m.group(1)), int(m.group(2))
 
 
@@ -178,59 +180,90 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
   for key in ("eval_every", "checkpoint_every", "checkpoint_every_secs"):
     _need(c[key] >= 0, f"{key} must be >= 0 (0 disables it), got {c[key]!r}.")
   parse_profile_steps(c.get("profile_steps", ""))
-  _need(int(c.eval_batches) >= 0,
-        f"eval_batches must be >= 0 (0: the whole held-out split), got {c.eval_batches!r}.")
-  _need(c.batch_size % c.grad_accum_steps == 0,
-        f"batch_size={c.batch_size} must be divisible by grad_accum_steps={c.grad_accum_steps}.")
-  _need(c.optim.peak_lr > 0 and c.optim.final_lr >= 0,
-        "optim.peak_lr must be > 0 and optim.final_lr >= 0.")
+  _need(
+    int(c.eval_batches) >= 0,
+    f"eval_batches must be >= 0 (0: the whole held-out split), got {c.eval_batches!r}.",
+  )
+  _need(
+    c.batch_size % c.grad_accum_steps == 0,
+    f"batch_size={c.batch_size} must be divisible by grad_accum_steps={c.grad_accum_steps}.",
+  )
+  _need(
+    c.optim.peak_lr > 0 and c.optim.final_lr >= 0,
+    "optim.peak_lr must be > 0 and optim.final_lr >= 0.",
+  )
   _need(c.optim.routing_lr_scale >= 0, "optim.routing_lr_scale must be >= 0.")
-  _need(c.data.source in ("embedded", "tfds", "files", "synthetic"),
-        f"data.source={c.data.source!r} is unknown; use embedded, tfds, files or synthetic.")
-  _need(c.data.source != "files" or bool(c.data.files),
-        "data.source='files' needs data.files, a glob of .txt/.jsonl/.parquet files, e.g. "
-        "--config.data.files='/data/fineweb/sample/10BT/*.parquet' (or use "
-        "--config.data.source=embedded to train on the embedded corpus).")
-  _need(c.data.source != "tfds" or bool(c.data.tfds_name),
-        "data.source='tfds' needs data.tfds_name (and data.tfds_data_dir with prepared files).")
+  _need(
+    c.data.source in ("embedded", "tfds", "files", "synthetic"),
+    f"data.source={c.data.source!r} is unknown; use embedded, tfds, files or synthetic.",
+  )
+  _need(
+    c.data.source != "files" or bool(c.data.files),
+    "data.source='files' needs data.files, a glob of .txt/.jsonl/.parquet files, e.g. "
+    "--config.data.files='/data/fineweb/sample/10BT/*.parquet' (or use "
+    "--config.data.source=embedded to train on the embedded corpus).",
+  )
+  _need(
+    c.data.source != "tfds" or bool(c.data.tfds_name),
+    "data.source='tfds' needs data.tfds_name (and data.tfds_data_dir with prepared files).",
+  )
 
 
 def validate_mesh_config(mesh: ml_collections.ConfigDict) -> None:
-  _need(mesh.get("preset") is None,
-        f"mesh.preset={mesh.preset!r} was removed: the mesh sizes alone decide what is sharded "
-        "now. Drop it and set sizes instead: dp is mesh.data=-1, fsdp is mesh.data=1 "
-        "mesh.fsdp=-1, fsdp_tp is e.g. mesh.data=1 mesh.fsdp=2 mesh.tensor=-1.")
+  _need(
+    mesh.get("preset") is None,
+    f"mesh.preset={mesh.preset!r} was removed: the mesh sizes alone decide what is sharded "
+    "now. Drop it and set sizes instead: dp is mesh.data=-1, fsdp is mesh.data=1 "
+    "mesh.fsdp=-1, fsdp_tp is e.g. mesh.data=1 mesh.fsdp=2 mesh.tensor=-1.",
+  )
 
 
 def validate_model_config(m: ml_collections.ConfigDict) -> None:
   need = _need
 
-  for key in ("vocab_size", "d_model", "num_layers", "num_heads", "head_dim", "d_ff",
-              "vocab_pad_multiple"):
+  for key in (
+    "vocab_size",
+    "d_model",
+    "num_layers",
+    "num_heads",
+    "head_dim",
+    "d_ff",
+    "vocab_pad_multiple",
+  ):
     need(int(m[key]) >= 1, f"model.{key} must be a positive integer, got {m[key]!r}.")
-  need(m.pooling in POOLINGS,
-       f"model.pooling={m.pooling!r} is unknown; use one of {POOLINGS}.")
-  need(m.router_input in ROUTER_INPUTS,
-       f"model.router_input={m.router_input!r} is unknown; use one of {ROUTER_INPUTS}.")
-  need(m.router_activation in ROUTER_ACTIVATIONS,
-       f"model.router_activation={m.router_activation!r} is unknown; "
-       f"use one of {ROUTER_ACTIVATIONS}.")
+  need(m.pooling in POOLINGS, f"model.pooling={m.pooling!r} is unknown; use one of {POOLINGS}.")
+  need(
+    m.router_input in ROUTER_INPUTS,
+    f"model.router_input={m.router_input!r} is unknown; use one of {ROUTER_INPUTS}.",
+  )
+  need(
+    m.router_activation in ROUTER_ACTIVATIONS,
+    f"model.router_activation={m.router_activation!r} is unknown; use one of {ROUTER_ACTIVATIONS}.",
+  )
   need(m.dtype in DTYPES, f"model.dtype={m.dtype!r} is unknown; use one of {DTYPES}.")
-  need(m.attention in ATTENTIONS,
-       f"model.attention={m.attention!r} is unknown; use one of {ATTENTIONS}.")
-  need(m.attention_impl in ATTENTION_IMPLS,
-       f"model.attention_impl={m.attention_impl!r} is unknown; use one of {ATTENTION_IMPLS}.")
+  need(
+    m.attention in ATTENTIONS,
+    f"model.attention={m.attention!r} is unknown; use one of {ATTENTIONS}.",
+  )
+  need(
+    m.attention_impl in ATTENTION_IMPLS,
+    f"model.attention_impl={m.attention_impl!r} is unknown; use one of {ATTENTION_IMPLS}.",
+  )
   need(m.norm in NORMS, f"model.norm={m.norm!r} is unknown; use one of {NORMS}.")
-  need(m.remat in REMAT_POLICIES,
-       f"model.remat={m.remat!r} is unknown; use one of {REMAT_POLICIES}.")
+  need(
+    m.remat in REMAT_POLICIES, f"model.remat={m.remat!r} is unknown; use one of {REMAT_POLICIES}."
+  )
   need(m.head_dim % 2 == 0, f"model.head_dim={m.head_dim} must be even for RoPE.")
   if m.routing:
-    need(m.num_directions >= 1,
-         f"model.num_directions={m.num_directions} must be >= 1 when model.routing=True.")
-    need(m.router_depth >= 0 and m.router_hidden >= 1,
-         "model.router_depth must be >= 0 and model.router_hidden >= 1.")
-    need(m.router_temperature > 0,
-         f"model.router_temperature={m.router_temperature} must be > 0.")
+    need(
+      m.num_directions >= 1,
+      f"model.num_directions={m.num_directions} must be >= 1 when model.routing=True.",
+    )
+    need(
+      m.router_depth >= 0 and m.router_hidden >= 1,
+      "model.router_depth must be >= 0 and model.router_hidden >= 1.",
+    )
+    need(m.router_temperature > 0, f"model.router_temperature={m.router_temperature} must be > 0.")
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -253,7 +286,8 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     raise ConfigError(f"config file {path!r} does not exist; pass e.g. configs/tiny.py.")
   spec = importlib.util.spec_from_file_location(
-      "_dirroute_config_" + os.path.basename(path)[:-3], path)
+    "_dirroute_config_" + os.path.basename(path)[:-3], path
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()

@@ -39,13 +39,22 @@ BUSY = 5
 PREEMPTED = 75
 ABORTED = 130
 
-NAMES = {DONE: "DONE", CRASH: "CRASH", USAGE: "USAGE", DIVERGED: "DIVERGED",
-         IO_ERROR: "IO_ERROR", BUSY: "BUSY", PREEMPTED: "PREEMPTED", ABORTED: "ABORTED"}
+NAMES = {
+  DONE: "DONE",
+  CRASH: "CRASH",
+  USAGE: "USAGE",
+  DIVERGED: "DIVERGED",
+  IO_ERROR: "IO_ERROR",
+  BUSY: "BUSY",
+  PREEMPTED: "PREEMPTED",
+  ABORTED: "ABORTED",
+}
 
 
 def describe(code: int) -> str:
   """'75 (PREEMPTED)' for a log line; unknown codes (a killed process: 137, ssh: 255) as is."""
   return f"{code} ({NAMES[code]})" if code in NAMES else str(code)
+
 
 # Statuses after which the same command is rerun at once (launch/tpu.py) or the job requeued
 # (launch/slurm.py's script): the run saved and resumes from its checkpoint.
@@ -57,12 +66,12 @@ RERUN_AFTER_PREEMPTION = (BUSY,)
 
 # README's Reliability table, last column: what launch/tpu.py and launch/slurm.py do.
 LAUNCHER_ACTION = {
-    DONE: "done",
-    CRASH: "stop",
-    USAGE: "stop",
-    DIVERGED: "stop",
-    IO_ERROR: "stop",
-    BUSY: "stop; after a preemption or a dropped connection: wait for the lease, rerun",
-    PREEMPTED: "rerun / requeue",
-    ABORTED: "stop",
+  DONE: "done",
+  CRASH: "stop",
+  USAGE: "stop",
+  DIVERGED: "stop",
+  IO_ERROR: "stop",
+  BUSY: "stop; after a preemption or a dropped connection: wait for the lease, rerun",
+  PREEMPTED: "rerun / requeue",
+  ABORTED: "stop",
 }

@@ -12,16 +12,16 @@ of the package, while reading needs the checkpoint, config and tokenizer layers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 import functools
 import json
+from collections.abc import Mapping
 from typing import Any
 
-from absl import logging
-from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
+from absl import logging
+from etils import epath
 
 from dirroute_jax import workdir as workdir_lib
 from dirroute_jax.config import default_config, flatten
@@ -29,6 +29,7 @@ from dirroute_jax.data import tokenizers
 from dirroute_jax.train import checkpoint
 
 PyTree = Any
+
 
 def config_from_json(saved: dict) -> ml_collections.ConfigDict:
   """The saved config merged over today's defaults (keys added since then get defaults)."""
@@ -45,8 +46,9 @@ class WorkdirReader:
 
   def __init__(self, path: epath.PathLike, *, step_leaf: str | None = "step"):
     if not workdir_lib.path(path).is_dir():
-      raise FileNotFoundError(f"{path} is not a directory (give the --workdir of a "
-                              "launch/train.py run)")
+      raise FileNotFoundError(
+        f"{path} is not a directory (give the --workdir of a launch/train.py run)"
+      )
     self.path = path
     self._step_leaf = step_leaf
 
@@ -85,21 +87,28 @@ class WorkdirReader:
       return None
     return jnp.dtype(json.loads(marker.read_text())["dtype"])
 
-  def params(self, abstract_params_by_model: Mapping[str, PyTree], *,
-             step: int | None = None) -> tuple[dict[str, PyTree], int]:
+  def params(
+    self, abstract_params_by_model: Mapping[str, PyTree], *, step: int | None = None
+  ) -> tuple[dict[str, PyTree], int]:
     """({model name: params}, step): only `params` of each named model, onto the shardings of
     `abstract_params_by_model` (none: the first local device); optimizer moments are not
     read. A params-only copy's params are restored as stored (the checksums are of those
     bits), then cast to the dtype asked for."""
     stored = self.stored_dtype()
-    as_stored = abstract_params_by_model if stored is None else jax.tree.map(
+    as_stored = (
+      abstract_params_by_model
+      if stored is None
+      else jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, stored, sharding=getattr(s, "sharding", None)),
-        dict(abstract_params_by_model))
+        dict(abstract_params_by_model),
+      )
+    )
     params, step = _restore_params(self._ckpt, as_stored, step)
     if stored is not None:
-      params = {name: jax.tree.map(lambda x, s: x.astype(s.dtype), p,
-                                   abstract_params_by_model[name])
-                for name, p in params.items()}
+      params = {
+        name: jax.tree.map(lambda x, s: x.astype(s.dtype), p, abstract_params_by_model[name])
+        for name, p in params.items()
+      }
     return params, step
 
   def data_fingerprint(self) -> tuple[dict | None, str | None]:
@@ -115,10 +124,14 @@ class WorkdirReader:
     changed = workdir_lib.fingerprint_changes(record, {"tokenizer": tok.fingerprint})
     if "tokenizer" in changed and changed["tokenizer"][0] is not None:
       logging.warning(
-          "The tokenizer of %s (%s) is not the one the run trained with (%s, recorded in %s); "
-          "token ids will be encoded and decoded wrongly. Restore the run's own %s.", self.path,
-          tok.fingerprint, changed["tokenizer"][0], workdir_lib.data_fingerprint(self.path),
-          workdir_lib.tokenizer(self.path).name)
+        "The tokenizer of %s (%s) is not the one the run trained with (%s, recorded in %s); "
+        "token ids will be encoded and decoded wrongly. Restore the run's own %s.",
+        self.path,
+        tok.fingerprint,
+        changed["tokenizer"][0],
+        workdir_lib.data_fingerprint(self.path),
+        workdir_lib.tokenizer(self.path).name,
+      )
     return tok
 
 
@@ -128,18 +141,24 @@ def restore_config(workdir: epath.PathLike, *, step: int | None = None) -> dict[
     return ckpt.restore_config(step=step)
 
 
-def restore_params(workdir: epath.PathLike, abstract_params_by_model: Mapping[str, PyTree], *,
-                   step: int | None = None,
-                   step_leaf: str | None = "step") -> tuple[dict[str, PyTree], int]:
+def restore_params(
+  workdir: epath.PathLike,
+  abstract_params_by_model: Mapping[str, PyTree],
+  *,
+  step: int | None = None,
+  step_leaf: str | None = "step",
+) -> tuple[dict[str, PyTree], int]:
   """({model name: params}, step) of a workdir that is not necessarily a directory here (a
   remote one); see WorkdirReader.params. `step_leaf`: see CheckpointReader."""
   with checkpoint.CheckpointReader(workdir, step_leaf=step_leaf) as ckpt:
     return _restore_params(ckpt, abstract_params_by_model, step)
 
 
-def _restore_params(ckpt: checkpoint.CheckpointReader,
-                    abstract_params_by_model: Mapping[str, PyTree],
-                    step: int | None) -> tuple[dict[str, PyTree], int]:
+def _restore_params(
+  ckpt: checkpoint.CheckpointReader,
+  abstract_params_by_model: Mapping[str, PyTree],
+  step: int | None,
+) -> tuple[dict[str, PyTree], int]:
   """The training state's layout, {"models": {name: {"params": ...}}}, read in part."""
   subtree = {"models": {name: {"params": p} for name, p in abstract_params_by_model.items()}}
   restored, step = ckpt.restore_subtree(subtree, step=step)

@@ -102,8 +102,11 @@ def fingerprint_changes(saved: dict | None, now: dict) -> dict[str, tuple]:
   A key the record lacks (an older version wrote it) is not a change."""
   if saved is None:
     return {}
-  return {k: (saved[k], now[k]) for k in FINGERPRINT_KEYS
-          if k in now and k in saved and saved[k] != now[k]}
+  return {
+    k: (saved[k], now[k])
+    for k in FINGERPRINT_KEYS
+    if k in now and k in saved and saved[k] != now[k]
+  }
 
 
 def tokenizer(workdir: epath.PathLike) -> epath.Path:
@@ -139,8 +142,9 @@ def check_writable(directory: epath.PathLike, what: str | None = None) -> None:
     probe.unlink()
   except Exception as e:  # pylint: disable=broad-exception-caught  # a remote fs's own errors
     why = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}"
-    raise NotWritableError(f"cannot write {what or f'to {directory}'} ({why}); choose a "
-                           "directory you can write to.") from e
+    raise NotWritableError(
+      f"cannot write {what or f'to {directory}'} ({why}); choose a directory you can write to."
+    ) from e
 
 
 def params_only(workdir: epath.PathLike) -> epath.Path:

@@ -11,16 +11,16 @@ exposes it); with --workdir the trained params of every model in the run are aud
 
 import sys
 
-from absl import app, flags
 import jax
+from absl import app, flags
 from ml_collections import config_flags
 
-from dirroute_jax.analysis.causality import audit_causality
 from dirroute_jax import exit_codes
+from dirroute_jax.analysis.causality import audit_causality
 from dirroute_jax.analysis.load import LOAD_ERRORS, load_workdir
 from dirroute_jax.cli import fail, parse_flags
-from dirroute_jax.model.variants import model_variant
 from dirroute_jax.model import transformer
+from dirroute_jax.model.variants import model_variant
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "A launch/train.py workdir to audit instead.")
@@ -48,12 +48,15 @@ def main(argv):
     fail("pass --config=configs/X.py (random init) or --workdir=DIR (trained).")
   leak = False
   for name, model, params in models:
-    result = audit_causality(model, params, vocab_size=model.cfg.vocab_size,
-                             seq_len=_SEQ_LEN.value, seed=seed)
+    result = audit_causality(
+      model, params, vocab_size=model.cfg.vocab_size, seq_len=_SEQ_LEN.value, seed=seed
+    )
     what = f"{name} (pooling={model.cfg.pooling})" if model.cfg.routing else name
-    print(f"{result.verdict} {what}: max |change| of logits at positions <= t when tokens > t "
-          f"change = {result.max_change:.3g} (tolerance {result.tolerance:.3g}, "
-          f"worst cut t={result.worst_cut})")
+    print(
+      f"{result.verdict} {what}: max |change| of logits at positions <= t when tokens > t "
+      f"change = {result.max_change:.3g} (tolerance {result.tolerance:.3g}, "
+      f"worst cut t={result.worst_cut})"
+    )
     leak |= not result.causal
   sys.exit(1 if leak else 0)
 

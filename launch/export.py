@@ -18,8 +18,11 @@ from dirroute_jax.cli import fail, parse_flags
 from dirroute_jax.export import hf
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A launch/train.py workdir.")
-_MODEL = flags.DEFINE_string("model", "baseline", "Which model of the workdir: baseline or "
-                             "matched (routed has no Hugging Face architecture).")
+_MODEL = flags.DEFINE_string(
+  "model",
+  "baseline",
+  "Which model of the workdir: baseline or matched (routed has no Hugging Face architecture).",
+)
 _OUT = flags.DEFINE_string("out", None, "Folder to write (created).")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", list(hf.DTYPES), "Weight dtype on disk.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
@@ -38,11 +41,16 @@ def main(argv):
     fail(str(e), exit_codes.USAGE)
   except OSError as e:
     fail(f"cannot write {_OUT.value!r}: {e}", exit_codes.IO_ERROR)
-  dropped = (f"; {done.dropped_vocab_rows} padded vocab rows left out (masked in training)"
-             if done.dropped_vocab_rows else "")
-  print(f"Exported {done.model} (step {done.step}, {done.num_params:,} parameters, "
-        f"{done.dtype}) to {done.path}{dropped}.\n"
-        f"Load it: transformers.AutoModelForCausalLM.from_pretrained({done.path!r})")
+  dropped = (
+    f"; {done.dropped_vocab_rows} padded vocab rows left out (masked in training)"
+    if done.dropped_vocab_rows
+    else ""
+  )
+  print(
+    f"Exported {done.model} (step {done.step}, {done.num_params:,} parameters, "
+    f"{done.dtype}) to {done.path}{dropped}.\n"
+    f"Load it: transformers.AutoModelForCausalLM.from_pretrained({done.path!r})"
+  )
 
 
 if __name__ == "__main__":

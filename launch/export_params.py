@@ -18,8 +18,9 @@ from dirroute_jax.export import params_only
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A launch/train.py workdir.")
 _OUT = flags.DEFINE_string("out", None, "New folder for the copy.")
-_DTYPE = flags.DEFINE_enum("dtype", "bfloat16", list(params_only.DTYPES),
-                           "Parameter dtype on disk (loaded back as float32).")
+_DTYPE = flags.DEFINE_enum(
+  "dtype", "bfloat16", list(params_only.DTYPES), "Parameter dtype on disk (loaded back as float32)."
+)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 flags.mark_flags_as_required(["workdir", "out"])
 
@@ -36,9 +37,11 @@ def main(argv):
     fail(str(e), exit_codes.USAGE)
   except OSError as e:
     fail(f"cannot write {_OUT.value!r}: {e}", exit_codes.IO_ERROR)
-  print(f"Wrote the params of {', '.join(done.models)} (step {done.step}, "
-        f"{done.num_params:,} parameters, {done.dtype}: {done.array_bytes / 2**20:.1f} MiB) to "
-        f"{done.path}; open it with --workdir={done.path}.")
+  print(
+    f"Wrote the params of {', '.join(done.models)} (step {done.step}, "
+    f"{done.num_params:,} parameters, {done.dtype}: {done.array_bytes / 2**20:.1f} MiB) to "
+    f"{done.path}; open it with --workdir={done.path}."
+  )
 
 
 if __name__ == "__main__":

@@ -21,8 +21,12 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "A launch/train.py workdir.")
 _OUT = flags.DEFINE_string("out", None, "Directory for report.json, report.md and plots.")
 _ANALYSES = flags.DEFINE_list("analyses", list(ANALYSES), "Which analyses to run.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-_PROMPTS = flags.DEFINE_string("prompts", None, "JSON prompt file for the factual analysis "
-                               "(default: dirroute_jax/analysis/prompts/factual.json).")
+_PROMPTS = flags.DEFINE_string(
+  "prompts",
+  None,
+  "JSON prompt file for the factual analysis "
+  "(default: dirroute_jax/analysis/prompts/factual.json).",
+)
 flags.mark_flags_as_required(["workdir", "out"])
 
 
@@ -42,17 +46,20 @@ def main(argv):
     options["factual"] = {"prompts_path": _PROMPTS.value}
   try:
     run = load_workdir(_WORKDIR.value, step=_STEP.value)
-    run.tokenizer  # pylint: disable=pointless-statement  # a damaged tokenizer.json: one line
+    run.tokenizer  # pylint: disable=pointless-statement  # a damaged tokenizer.json: one line  # noqa: B018
   except LOAD_ERRORS as e:
     fail(f"cannot load {_WORKDIR.value!r}: {e}")
-  print(f"Loaded {', '.join(run.models)} at step {run.step} from {run.path}; running "
-        f"{', '.join(_ANALYSES.value)}")
+  print(
+    f"Loaded {', '.join(run.models)} at step {run.step} from {run.path}; running "
+    f"{', '.join(_ANALYSES.value)}"
+  )
   results = run_analyses(run, _ANALYSES.value, options=options)
   paths = write_report(results, run, _OUT.value)
   if "causality" in results:
     print(results["causality"].note)
-  print(f"Wrote {paths['md']}, {paths['json']} and {len(paths) - 2} plots in "
-        f"{time.time() - t0:.0f} s")
+  print(
+    f"Wrote {paths['md']}, {paths['json']} and {len(paths) - 2} plots in {time.time() - t0:.0f} s"
+  )
 
 
 if __name__ == "__main__":

@@ -28,16 +28,20 @@ from dirroute_jax.cli import fail, parse_flags  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A launch/train.py workdir.")
 _TASKS = flags.DEFINE_string("tasks", None, "lm-eval task names, comma-separated.")
-_MODELS = flags.DEFINE_string("models", "routed,baseline",
-                              "Models of the workdir, comma-separated; name:routing for an "
-                              "intervention (routed:off, routed:prefix, routed:0.5).")
+_MODELS = flags.DEFINE_string(
+  "models",
+  "routed,baseline",
+  "Models of the workdir, comma-separated; name:routing for an "
+  "intervention (routed:off, routed:prefix, routed:0.5).",
+)
 _OUT = flags.DEFINE_string("out", None, "JSON file to write (default WORKDIR/lm_eval.json).")
 _INCLUDE = flags.DEFINE_string("include_path", None, "Folder of extra task YAMLs.")
 _LIMIT = flags.DEFINE_float("limit", None, "Documents per task (a fraction if < 1).")
 _FEWSHOT = flags.DEFINE_integer("num_fewshot", None, "Few-shot examples (task default).")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Rows per jitted call.", lower_bound=1)
-_MAX_LEN = flags.DEFINE_integer("max_length", None, "Tokens the models see (default: the "
-                                "training seq_len).")
+_MAX_LEN = flags.DEFINE_integer(
+  "max_length", None, "Tokens the models see (default: the training seq_len)."
+)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 flags.mark_flags_as_required(["workdir", "tasks"])
 
@@ -61,9 +65,16 @@ def main(argv):
     limit = int(limit)
   tasks = [t.strip() for t in _TASKS.value.split(",") if t.strip()]
   try:
-    result = lm_eval_compare.compare(run, tasks, specs, include_path=_INCLUDE.value,
-                                     limit=limit, num_fewshot=_FEWSHOT.value,
-                                     batch_size=_BATCH.value, max_length=_MAX_LEN.value)
+    result = lm_eval_compare.compare(
+      run,
+      tasks,
+      specs,
+      include_path=_INCLUDE.value,
+      limit=limit,
+      num_fewshot=_FEWSHOT.value,
+      batch_size=_BATCH.value,
+      max_length=_MAX_LEN.value,
+    )
   except (ValueError, KeyError) as e:  # a bad model/routing spec, an unknown task
     fail(str(e).strip("'\""))
   out = _OUT.value or os.path.join(_WORKDIR.value, "lm_eval.json")

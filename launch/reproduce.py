@@ -23,10 +23,17 @@ from dirroute_jax.cli import parse_flags
 from dirroute_jax.experiments.reproduce import reproduce
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "..", "configs", "small.py"),
-    "configs/*.py file.", lock_config=True)
-_OUT = flags.DEFINE_string("out", None, "Output directory (workdirs, reports, claims.md), e.g. "
-                           "workdirs/small; a committed results/ directory is copied from it.")
+  "config",
+  os.path.join(os.path.dirname(__file__), "..", "configs", "small.py"),
+  "configs/*.py file.",
+  lock_config=True,
+)
+_OUT = flags.DEFINE_string(
+  "out",
+  None,
+  "Output directory (workdirs, reports, claims.md), e.g. "
+  "workdirs/small; a committed results/ directory is copied from it.",
+)
 _POOLINGS = flags.DEFINE_list("poolings", ["sequence_mean", "causal_mean"], "Router poolings.")
 flags.mark_flags_as_required(["out"])
 

@@ -19,10 +19,12 @@ from dirroute_jax.train.samples import sample_models
 _WORKDIR = flags.DEFINE_string("workdir", None, "A launch/train.py workdir.")
 _PROMPT = flags.DEFINE_string("prompt", None, "Text to continue.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "Tokens to generate.", lower_bound=1)
-_TEMPERATURE = flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 = greedy.",
-                                  lower_bound=0.0)
-_TOP_K = flags.DEFINE_integer("top_k", 40, "Sample among the k most likely tokens; 0 = all.",
-                              lower_bound=0)
+_TEMPERATURE = flags.DEFINE_float(
+  "temperature", 0.8, "Softmax temperature; 0 = greedy.", lower_bound=0.0
+)
+_TOP_K = flags.DEFINE_integer(
+  "top_k", 40, "Sample among the k most likely tokens; 0 = all.", lower_bound=0
+)
 _SEED = flags.DEFINE_integer("seed", 0, "Same seed, same text.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 flags.mark_flags_as_required(["workdir", "prompt"])
@@ -35,22 +37,35 @@ def main(argv):
     tokenizer = run.tokenizer  # a damaged tokenizer.json is a load error too
   except LOAD_ERRORS as e:
     fail(f"cannot load {_WORKDIR.value!r}: {e}")
-  print(f"Loaded {', '.join(run.models)} at step {run.step} from {run.path}; temperature "
-        f"{_TEMPERATURE.value}, top_k {_TOP_K.value}, seed {_SEED.value}")
+  print(
+    f"Loaded {', '.join(run.models)} at step {run.step} from {run.path}; temperature "
+    f"{_TEMPERATURE.value}, top_k {_TOP_K.value}, seed {_SEED.value}"
+  )
   for name, model in run.models.items():
     if not is_incremental(model):
-      print(f"note: {name} has a sequence_mean (non-causal) router, which cannot be updated "
-            "token by token: it re-pools the whole prefix at every step (a full forward per "
-            "token). It was trained seeing whole sequences, so its samples show it out of "
-            "distribution.")
+      print(
+        f"note: {name} has a sequence_mean (non-causal) router, which cannot be updated "
+        "token by token: it re-pools the whole prefix at every step (a full forward per "
+        "token). It was trained seeing whole sequences, so its samples show it out of "
+        "distribution."
+      )
   length = len(tokenizer.encode(_PROMPT.value)) + _MAX_NEW.value
   if length > run.cfg.seq_len:
-    print(f"note: prompt + new tokens = {length} tokens, beyond the {run.cfg.seq_len} positions "
-          "the models were trained on.")
+    print(
+      f"note: prompt + new tokens = {length} tokens, beyond the {run.cfg.seq_len} positions "
+      "the models were trained on."
+    )
   try:
-    samples = sample_models(run.models, run.params, run.tokenizer, _PROMPT.value,
-                            max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value,
-                            top_k=_TOP_K.value, seed=_SEED.value)
+    samples = sample_models(
+      run.models,
+      run.params,
+      run.tokenizer,
+      _PROMPT.value,
+      max_new_tokens=_MAX_NEW.value,
+      temperature=_TEMPERATURE.value,
+      top_k=_TOP_K.value,
+      seed=_SEED.value,
+    )
   except ValueError as e:
     sys.exit(f"error: {e}")
   for name, s in samples.items():

@@ -19,30 +19,43 @@ Another size: --config=configs/small.py (and --config.eval_every etc.).
 
 import os
 
-from absl import app, flags
 import jax
+from absl import app, flags
 from ml_collections import config_flags
 
-from dirroute_jax.experiments import seeds
 from dirroute_jax.cli import exit_if_stopped, exit_on_train_error, fail, parse_flags
 from dirroute_jax.config import ConfigError
+from dirroute_jax.experiments import seeds
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "..", "configs", "seeds.py"),
-    "configs/*.py file (its `models` is set to routed,baseline,matched).", lock_config=True)
-_OUT = flags.DEFINE_string("out", None, "Output directory (workdirs and reports), e.g. "
-                           "workdirs/seeds; a committed results/ directory is copied from it.")
+  "config",
+  os.path.join(os.path.dirname(__file__), "..", "configs", "seeds.py"),
+  "configs/*.py file (its `models` is set to routed,baseline,matched).",
+  lock_config=True,
+)
+_OUT = flags.DEFINE_string(
+  "out",
+  None,
+  "Output directory (workdirs and reports), e.g. "
+  "workdirs/seeds; a committed results/ directory is copied from it.",
+)
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Seeds, comma-separated.")
 _POOLINGS = flags.DEFINE_list("poolings", list(seeds.POOLINGS), "Router poolings.")
 _COMPILE_CACHE = flags.DEFINE_string(
-    "compilation_cache", os.path.expanduser("~/.cache/dirroute_jax/jax_compilation_cache"),
-    "Persistent XLA compilation cache ('' disables), as in launch/train.py: every seed after "
-    "the first of a pooling reuses the compiled steps (about 20 s per run on 2 CPU cores).")
-_AGGREGATE_ONLY = flags.DEFINE_bool("aggregate_only", False,
-                                    "Only rewrite the outputs from the runs already finished.")
+  "compilation_cache",
+  os.path.expanduser("~/.cache/dirroute_jax/jax_compilation_cache"),
+  "Persistent XLA compilation cache ('' disables), as in launch/train.py: every seed after "
+  "the first of a pooling reuses the compiled steps (about 20 s per run on 2 CPU cores).",
+)
+_AGGREGATE_ONLY = flags.DEFINE_bool(
+  "aggregate_only", False, "Only rewrite the outputs from the runs already finished."
+)
 _CLAIMS_SEED = flags.DEFINE_integer(
-    "claims_seed", 0, "After aggregating, run every interpretability analysis on this seed's "
-    "runs and write OUT/claims.md from them (a few minutes per pooling); -1 skips it.")
+  "claims_seed",
+  0,
+  "After aggregating, run every interpretability analysis on this seed's "
+  "runs and write OUT/claims.md from them (a few minutes per pooling); -1 skips it.",
+)
 flags.mark_flags_as_required(["out"])
 
 
@@ -52,12 +65,14 @@ def _seed_list() -> list[int]:
   except ValueError:
     seed_list = []
   if not seed_list or len(set(seed_list)) != len(seed_list):
-    raise ConfigError(f"--seeds={','.join(_SEEDS.value)}: give distinct integers, "
-                      "e.g. --seeds=0,1,2,3,4.")
+    raise ConfigError(
+      f"--seeds={','.join(_SEEDS.value)}: give distinct integers, e.g. --seeds=0,1,2,3,4."
+    )
   bad = [p for p in _POOLINGS.value if p not in seeds.POOLINGS]
   if bad or not _POOLINGS.value:
-    raise ConfigError(f"--poolings={','.join(_POOLINGS.value)}: use "
-                      f"{','.join(seeds.POOLINGS)} (or one of them).")
+    raise ConfigError(
+      f"--poolings={','.join(_POOLINGS.value)}: use {','.join(seeds.POOLINGS)} (or one of them)."
+    )
   return seed_list
 
 

@@ -28,18 +28,26 @@ def _define_flags():
   flags.DEFINE_integer("gpus_per_node", 8, "GPUs per node.")
   flags.DEFINE_enum("procs", "node", slurm.PROCS, "One JAX process per node or per GPU.")
   flags.DEFINE_string("config", "configs/433m.py", "Config path inside the repo.")
-  flags.DEFINE_string("workdir", None, "Shared (or gs://) directory for checkpoints.",
-                      required=True)
+  flags.DEFINE_string(
+    "workdir", None, "Shared (or gs://) directory for checkpoints.", required=True
+  )
   flags.DEFINE_string("job_name", "dirroute", "SLURM job name.")
   flags.DEFINE_string("partition", None, "SLURM partition.")
   flags.DEFINE_string("account", None, "SLURM account.")
   flags.DEFINE_string("time", "24:00:00", "Wall-clock limit; a requeued job resumes.")
   flags.DEFINE_integer("cpus_per_node", None, "CPUs per node (split over its tasks).")
   flags.DEFINE_string("repo_dir", REPO, "This repository as the nodes see it.")
-  flags.DEFINE_string("venv", os.path.join(REPO, ".venv"), "Virtualenv to activate ('' none); "
-                      "created first if missing, with --python and pip install -e '.[cuda]'.")
-  flags.DEFINE_string("python", "python3.12", "Python that creates a missing --venv (the newest "
-                      "jax needs >= 3.12; 3.11 gets jax 0.10.2).")
+  flags.DEFINE_string(
+    "venv",
+    os.path.join(REPO, ".venv"),
+    "Virtualenv to activate ('' none); "
+    "created first if missing, with --python and pip install -e '.[cuda]'.",
+  )
+  flags.DEFINE_string(
+    "python",
+    "python3.12",
+    "Python that creates a missing --venv (the newest jax needs >= 3.12; 3.11 gets jax 0.10.2).",
+  )
   flags.DEFINE_string("script", "dirroute.sbatch", "Where the script is written.")
   flags.DEFINE_bool("check_gpu", True, "The script stops unless jax sees the GPUs.")
   flags.DEFINE_bool("dry_run", False, "Print the script; write and submit nothing.")
@@ -47,11 +55,23 @@ def _define_flags():
 
 def main(argv):
   f = flags.FLAGS
-  job = slurm.SlurmJob(nodes=f.nodes, gpus_per_node=f.gpus_per_node, procs=f.procs,
-                       config=f.config, workdir=f.workdir, job_name=f.job_name,
-                       partition=f.partition, account=f.account, time=f.time,
-                       cpus_per_node=f.cpus_per_node, repo_dir=f.repo_dir, venv=f.venv or None,
-                       venv_python=f.python, check_gpu=f.check_gpu, train_args=tuple(argv[1:]))
+  job = slurm.SlurmJob(
+    nodes=f.nodes,
+    gpus_per_node=f.gpus_per_node,
+    procs=f.procs,
+    config=f.config,
+    workdir=f.workdir,
+    job_name=f.job_name,
+    partition=f.partition,
+    account=f.account,
+    time=f.time,
+    cpus_per_node=f.cpus_per_node,
+    repo_dir=f.repo_dir,
+    venv=f.venv or None,
+    venv_python=f.python,
+    check_gpu=f.check_gpu,
+    train_args=tuple(argv[1:]),
+  )
   try:
     script = slurm.sbatch_script(job)
   except ValueError as e:
@@ -67,8 +87,10 @@ def main(argv):
     try:
       subprocess.run(cmd, check=True)
     except (OSError, subprocess.CalledProcessError) as e:
-      fail(f"creating the venv {job.venv} failed ({e}); give a Python >= 3.12 with --python, "
-           "or an existing venv with --venv.")
+      fail(
+        f"creating the venv {job.venv} failed ({e}); give a Python >= 3.12 with --python, "
+        "or an existing venv with --venv."
+      )
   with open(f.script, "w") as out:
     out.write(script)
   print(f"Wrote {f.script}; submitting.")

@@ -20,13 +20,18 @@ from dirroute_jax.train import signals  # pylint: disable=g-bad-import-order
 
 signals.install_early()
 
-from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-position
-import jax
+import jax  # noqa: E402
+from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-position  # noqa: E402
 
-from dirroute_jax.cli import (define_train_flags, exit_if_stopped, exit_on_train_error, fail,
-                              parse_flags)
-from dirroute_jax.train import distributed
-from dirroute_jax.train.loop import train
+from dirroute_jax.cli import (  # noqa: E402
+  define_train_flags,
+  exit_if_stopped,
+  exit_on_train_error,
+  fail,
+  parse_flags,
+)
+from dirroute_jax.train import distributed  # noqa: E402
+from dirroute_jax.train.loop import train  # noqa: E402
 
 _FLAGS = define_train_flags()
 flags.mark_flags_as_required(["config", "workdir"])
@@ -35,17 +40,24 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   try:
-    distributed.initialize(_FLAGS.coordinator_address.value, _FLAGS.num_processes.value,
-                           _FLAGS.process_id.value, _FLAGS.local_device_ids.value,
-                           mode=_FLAGS.distributed.value)
+    distributed.initialize(
+      _FLAGS.coordinator_address.value,
+      _FLAGS.num_processes.value,
+      _FLAGS.process_id.value,
+      _FLAGS.local_device_ids.value,
+      mode=_FLAGS.distributed.value,
+    )
   except ValueError as e:
     fail(str(e))
   if _FLAGS.compilation_cache.value:
     jax.config.update("jax_compilation_cache_dir", _FLAGS.compilation_cache.value)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   with exit_on_train_error(_FLAGS.workdir.value):
-    summary = train(_FLAGS.config.value, _FLAGS.workdir.value,
-                    allow_config_change=_FLAGS.allow_config_change.value)
+    summary = train(
+      _FLAGS.config.value,
+      _FLAGS.workdir.value,
+      allow_config_change=_FLAGS.allow_config_change.value,
+    )
   exit_if_stopped(summary)
 
 

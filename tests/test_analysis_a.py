@@ -43,8 +43,11 @@ def _random_params(model, seed):
       return np.ones(s.shape, np.float32)
     if names[-1] == "bias":
       return np.zeros(s.shape, np.float32)
-    std = 1.0 if names[-1] == "directions" else (
-        1 / np.sqrt(s.shape[0]) if "router" in names else model.cfg.init_std)
+    std = (
+      1.0
+      if names[-1] == "directions"
+      else (1 / np.sqrt(s.shape[0]) if "router" in names else model.cfg.init_std)
+    )
     return rng.normal(0.0, std, s.shape).astype(np.float32)
 
   return jax.tree_util.tree_map_with_path(fill, shapes)
@@ -63,7 +66,8 @@ def _pair(cfg, layers=1, vocab=257, pooling="causal_mean", seed=0):
     for k in ("directions", "router"):
       del base_params[f"blocks_{l}"]["attn"][k]
   assert jax.tree.structure(base_params) == jax.tree.structure(
-      jax.eval_shape(lambda k: init_params(baseline, k), jax.random.key(0)))
+    jax.eval_shape(lambda k: init_params(baseline, k), jax.random.key(0))
+  )
   return routed, params, baseline, base_params
 
 
@@ -72,9 +76,14 @@ def _batches(vocab, n=2, B=4, T=16, seed=0):
   out = []
   for _ in range(n):
     tokens = rng.integers(0, vocab, (B, T + 1)).astype(np.int32)
-    out.append({"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
-                "weights": np.ones((B, T), np.float32),
-                "domain": np.arange(B, dtype=np.int32) % 2})
+    out.append(
+      {
+        "inputs": tokens[:, :-1],
+        "targets": tokens[:, 1:],
+        "weights": np.ones((B, T), np.float32),
+        "domain": np.arange(B, dtype=np.int32) % 2,
+      }
+    )
   return out
 
 
@@ -90,8 +99,11 @@ def test_ablation_on_trained_workdir(run, trained_workdir):
   assert set(ppl) == {"routed", "baseline"} and _finite(ppl)
   assert r.conditions[:5] == ["as_trained", "all_off", "all_mean", "all_0.5", "all_1"]
   mean_r = np.asarray(r.mean_routing_LxHxK)
-  assert mean_r.shape == (run.cfg.model.num_layers, run.cfg.model.num_heads,
-                          run.cfg.model.num_directions) and ((0 < mean_r) & (mean_r < 1)).all()
+  assert (
+    mean_r.shape
+    == (run.cfg.model.num_layers, run.cfg.model.num_heads, run.cfg.model.num_directions)
+    and ((0 < mean_r) & (mean_r < 1)).all()
+  )
   lo, hi = r.control.routed_ppl_reduction_ci95["all"]
   assert lo <= r.control.routed_ppl_reduction_vs_baseline["all"] <= hi
   assert set(r.control.reduction_at_init["routed"]) == {"all", *run.data.domains}
@@ -111,8 +123,9 @@ def test_conditions_share_one_compiled_shape(tiny_cfg):
   conds = ablation_lib.conditions(tiny_cfg.model)
   shapes = {name: jax.tree.map(lambda a: (a.shape, a.dtype), iv) for name, iv in conds.items()}
   first = shapes["as_trained"]
-  assert all(jax.tree.structure(s) == jax.tree.structure(first) and s == first
-             for s in shapes.values())
+  assert all(
+    jax.tree.structure(s) == jax.tree.structure(first) and s == first for s in shapes.values()
+  )
 
 
 @pytest.mark.slow
@@ -120,14 +133,18 @@ def test_ablation_known_answers(tiny_cfg):
   routed, params, baseline, base_params = _pair(tiny_cfg, layers=1)
   # Router output bias +10: sigmoid(5 * ~10) == 1.0 in float32, so as trained every r = 1.
   params["blocks_0"]["attn"]["router"]["out"]["bias"][:] = 10.0
-  r = ablation_lib.ablation_ppl({"routed": routed, "baseline": baseline},
-                                {"routed": params, "baseline": base_params},
-                                _batches(257), ("a", "b"))
+  r = ablation_lib.ablation_ppl(
+    {"routed": routed, "baseline": baseline},
+    {"routed": params, "baseline": base_params},
+    _batches(257),
+    ("a", "b"),
+  )
   ppl = {name: m.ppl for name, m in r.models.items()}
   for key in ("all", "a", "b"):
     # Routing weights all 0 is the baseline's computation with the same weights.
-    assert ppl["routed"]["all_off"][key] == pytest.approx(ppl["baseline"]["as_trained"][key],
-                                                          rel=1e-6)
+    assert ppl["routed"]["all_off"][key] == pytest.approx(
+      ppl["baseline"]["as_trained"][key], rel=1e-6
+    )
     # One layer: the single-layer knockout is routing_off; the trained r = 1 is all_1.
     assert ppl["routed"]["layer_0_off"][key] == ppl["routed"]["all_off"][key]
     assert ppl["routed"]["as_trained"][key] == ppl["routed"]["all_1"][key]
@@ -135,7 +152,8 @@ def test_ablation_known_answers(tiny_cfg):
   knock = r.models["routed"]
   assert knock.worst_layer == 0
   assert knock.per_layer_delta_ppl[0] == pytest.approx(
-      ppl["routed"]["all_off"]["all"] - ppl["routed"]["as_trained"]["all"])
+    ppl["routed"]["all_off"]["all"] - ppl["routed"]["as_trained"]["all"]
+  )
   assert r.control.baseline_invariant
 
 
@@ -148,7 +166,7 @@ def test_factual_on_trained_workdir(run):
   stored = json.loads(json.dumps(result_lib.to_json(r)))
   assert result_lib.to_json(result_lib.from_json(factual_lib.Factual, stored)) == stored
   assert r.num_prompts >= 8 and set(r.models) == {"routed", "baseline"}
-  for name, m in r.models.items():
+  for m in r.models.values():
     assert len(m.prompts) == r.num_prompts and _finite(result_lib.to_json(m.summary))
     for e in m.prompts:
       assert 0 < e.as_trained.p_target <= 1 and e.as_trained.rank >= 1
@@ -181,8 +199,7 @@ def test_mover_head_finder_picks_planted_head():
   pattern[2, 1, T - 1] = 0.0
   pattern[2, 1, T - 1, 3] = 5.0  # layer 2, head 1: last position -> subject at 3
   pattern /= pattern.sum(-1, keepdims=True)
-  assert factual_lib.find_mover_head(pattern, T - 1, 3) == {"layer": 2, "head": 1,
-                                                           "attention": 1.0}
+  assert factual_lib.find_mover_head(pattern, T - 1, 3) == {"layer": 2, "head": 1, "attention": 1.0}
 
 
 @pytest.mark.slow
@@ -193,13 +210,17 @@ def test_dla_sums_exactly_to_the_logit(tiny_cfg, pooling):
   params["final_norm"]["scale"][:] = rng.uniform(0.2, 3.0, params["final_norm"]["scale"].shape)
   params["blocks_1"]["attn"]["router"]["out"]["bias"][:] = rng.normal(0, 0.5, 16)
   tok = ByteTokenizer()
-  capture = jax.jit(lambda p, t: forward(
-      routed, p, t, capture=dla_lib.CAPTURE + ("blocks.*.attn.out",)))
+  capture = jax.jit(
+    lambda p, t: forward(routed, p, t, capture=dla_lib.CAPTURE + ("blocks.*.attn.out",))
+  )
   # One-token targets and no mean ablation: few distinct shapes to compile.
-  prompts = [{"prompt": "The capital of France is", "target": "P", "subject": "France"},
-             {"prompt": "Gold is", "target": "A", "subject": "Gold"}]
-  r = factual_lib.factual_recall({"routed": routed}, {"routed": params}, tok, prompts,
-                                 None, null_heads=False)
+  prompts = [
+    {"prompt": "The capital of France is", "target": "P", "subject": "France"},
+    {"prompt": "Gold is", "target": "A", "subject": "Gold"},
+  ]
+  r = factual_lib.factual_recall(
+    {"routed": routed}, {"routed": params}, tok, prompts, None, null_heads=False
+  )
   for p, e in zip(prompts, r.models["routed"].prompts):
     ids = tok.encode(p["prompt"])
     logits, acts = capture(params, np.asarray([ids], np.int32))
@@ -212,11 +233,15 @@ def test_dla_sums_exactly_to_the_logit(tiny_cfg, pooling):
     parts = dla["embedding"] + dla["heads_raw"] + dla["routing_delta"] + dla["mlps"]
     assert parts == pytest.approx(float(logits[0, pos, target]), abs=1e-5)
     assert abs(dla["routing_delta"]) > 1e-4  # routing is on and does something here
-    u = (acts["final_norm.scale"][pos, 0] * params["final_norm"]["scale"]
-         * params["embed"]["embedding"][target])
+    u = (
+      acts["final_norm.scale"][pos, 0]
+      * params["final_norm"]["scale"]
+      * params["embed"]["embedding"][target]
+    )
     for l, layer in enumerate(dla["per_layer"]):  # heads_raw + routing_delta = attention out
       assert sum(layer["heads_raw"]) + sum(layer["routing_delta"]) == pytest.approx(
-          float(acts[f"blocks.{l}.attn.out"][pos] @ u), abs=1e-5)
+        float(acts[f"blocks.{l}.attn.out"][pos] @ u), abs=1e-5
+      )
 
 
 # ----------------------------------------------------------------------------- steering
@@ -246,14 +271,16 @@ def test_steering_sign_on_hand_built_direction(tiny_cfg):
   params["blocks_0"]["mlp"]["wo"]["kernel"][:] = 0.0
   params["blocks_0"]["attn"]["out"]["kernel"][0] *= 30.0
   _, acts = jax.jit(lambda p, t: forward(model, p, t, capture=("blocks.0.attn.z",)))(
-      params, batches[0]["inputs"])
+    params, batches[0]["inputs"]
+  )
   mean_z = np.asarray(acts["blocks.0.attn.z"])[:, :, 0].mean((0, 1))
   chosen = [(0, 0, 0), (0, 1, 0), (0, 2, 1), (0, 3, 2)]
   results = []
   for sign in (1.0, -1.0):  # d and -d remove the same component: orientation must agree
     params["blocks_0"]["attn"]["directions"][0, 0] = sign * mean_z
-    results.append(steering_lib.steer_directions(model, params, batches, top_k=5,
-                                                 directions=chosen))
+    results.append(
+      steering_lib.steer_directions(model, params, batches, top_k=5, directions=chosen)
+    )
   for r in results:
     d = r.directions[0]
     assert d.sign_agreement > 0.9
@@ -262,5 +289,6 @@ def test_steering_sign_on_hand_built_direction(tiny_cfg):
     assert abs(promoted.delta_r1_minus_r0) > 10 * abs(promoted.null_mean)
     assert promoted.z < -3 and suppressed.z > 3
   assert results[0].directions[0].promoted == results[1].directions[0].promoted
-  assert (results[0].directions[0].mean_coef
-          == pytest.approx(-results[1].directions[0].mean_coef, rel=1e-4))
+  assert results[0].directions[0].mean_coef == pytest.approx(
+    -results[1].directions[0].mean_coef, rel=1e-4
+  )

@@ -65,8 +65,13 @@ def test_induction_end_to_end(run):
   assert out.protocol["scored_positions_per_seq"] == 32 - 1 - 16
   for name in ("routed", "baseline"):
     m = out.models[name]
-    for key in ("accuracy", "first_block_accuracy", "accuracy_strongest_head_knocked_out",
-                "knockout_control_median_other_heads", "strongest_score"):
+    for key in (
+      "accuracy",
+      "first_block_accuracy",
+      "accuracy_strongest_head_knocked_out",
+      "knockout_control_median_other_heads",
+      "strongest_score",
+    ):
       assert 0.0 <= getattr(m, key) <= 1.0, (name, key)
     assert np.array(m.induction_scores).shape == (L, H)
     assert np.array(m.knockout_accuracy).shape == (L, H)
@@ -76,8 +81,11 @@ def test_induction_end_to_end(run):
   assert 0.0 <= out.models["routed"].accuracy_routing_off <= 1.0
   assert out.models["baseline"].accuracy_routing_off is None  # no router: does not apply
   # Layer 0's attention pattern comes before any routing: routing off cannot change it.
-  np.testing.assert_allclose(out.models["routed"].induction_scores_routing_off[0],
-                             out.models["routed"].induction_scores[0], rtol=1e-5)
+  np.testing.assert_allclose(
+    out.models["routed"].induction_scores_routing_off[0],
+    out.models["routed"].induction_scores[0],
+    rtol=1e-5,
+  )
 
 
 # ---------------------------------------------------------------- regimes
@@ -114,7 +122,7 @@ def test_specialists_finds_the_planted_head():
   heads, K, n_per_class = 5, 3, 40
   y = np.repeat(np.arange(3), n_per_class)
   X = rng.standard_normal((len(y), heads * K))
-  X[:, 2 * K:3 * K] += 1.5 * y[:, None]  # head 2 routes differently per domain
+  X[:, 2 * K : 3 * K] += 1.5 * y[:, None]  # head 2 routes differently per domain
   out = reg_lib.specialists(X, y, groups_F=np.arange(heads * K) // K, permutations=200)
   assert out["specialist"] == [False, False, True, False, False]
   assert out["eta2"][2] > 0.5 and max(np.delete(out["eta2"], 2)) < out["threshold"]
@@ -155,7 +163,7 @@ def test_readout_planted_top_and_bottom_token():
   dirs[1, 1, 1] = 1.0
   dirs[0, :, 2] = 1.0
   w_o = np.zeros((H, Dh, V))
-  w_o[1, 0, 5] = 1.0   # head 1, direction 0 writes token 5
+  w_o[1, 0, 5] = 1.0  # head 1, direction 0 writes token 5
   w_o[1, 1, 2] = -1.0  # head 1, direction 1 writes against token 2
   read = dir_lib.readout(dirs, w_o, E)
   assert read.shape == (H, K, V)
@@ -174,13 +182,11 @@ def test_cosine_null_matches_analytic():
   se = null["analytic_abs_cos_sd"] / math.sqrt(pairs * draws)  # conservative: blocks share
   assert abs(null["sampled_off_diagonal_abs_mean"] - null["analytic_abs_cos_mean"]) < 5 * se
   assert abs(null["sampled_off_diagonal_signed_mean"]) < 5 / math.sqrt(dim * pairs * draws)
-  assert null["analytic_abs_cos_approx"] == pytest.approx(null["analytic_abs_cos_mean"],
-                                                          rel=0.05)
+  assert null["analytic_abs_cos_approx"] == pytest.approx(null["analytic_abs_cos_mean"], rel=0.05)
   # The exact E|cos| against a large direct sample.
   rng = np.random.default_rng(1)
   u, v = (dir_lib.random_unit_vectors(200_000, dim, rng) for _ in range(2))
-  assert np.abs((u * v).sum(1)).mean() == pytest.approx(dir_lib.expected_abs_cos(dim),
-                                                        abs=0.003)
+  assert np.abs((u * v).sum(1)).mean() == pytest.approx(dir_lib.expected_abs_cos(dim), abs=0.003)
 
 
 def test_directions_end_to_end_with_planted_direction(run):
@@ -188,8 +194,7 @@ def test_directions_end_to_end_with_planted_direction(run):
   stored = json.loads(json.dumps(result_lib.to_json(out)))
   assert result_lib.from_json(dir_lib.Directions, stored) == out  # report.json, lossless
   m = out.models["routed"]
-  L, H, K = (run.cfg.model.num_layers, run.cfg.model.num_heads,
-             run.cfg.model.num_directions)
+  L, H, K = (run.cfg.model.num_layers, run.cfg.model.num_heads, run.cfg.model.num_directions)
   assert out.models["baseline"].reason.startswith("n/a")
   assert len(m.readout) == L and len(m.readout[0]) == H and len(m.readout[0][0]) == K
   assert len(m.readout[0][0][0].top) == 5
@@ -197,7 +202,8 @@ def test_directions_end_to_end_with_planted_direction(run):
   cos = m.cosine
   assert np.array(cos.abs_mean).shape == (L, L)
   assert cos.null["analytic_abs_cos_mean"] == pytest.approx(
-      dir_lib.expected_abs_cos(run.cfg.model.head_dim))
+    dir_lib.expected_abs_cos(run.cfg.model.head_dim)
+  )
   assert "random" in cos.verdict_abs and "random" in cos.note
 
   # Plant: layer 1, head 0, direction 0 writes token "Q", whose embedding is made the longest

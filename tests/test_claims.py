@@ -16,8 +16,8 @@ import pytest
 from dirroute_jax.analysis import claims
 from dirroute_jax.analysis.load import load_workdir
 from dirroute_jax.analysis.report import run_analyses
-from dirroute_jax.model.variants import model_configs
 from dirroute_jax.model.transformer import build_model, init_params
+from dirroute_jax.model.variants import model_configs
 
 # Fewer permutations / null draws than the defaults: the criteria, not the nulls' precision,
 # are under test.
@@ -36,8 +36,9 @@ def untrained_rows(trained_workdir):
   cfg.model.pooling = "sequence_mean"
   models = {n: build_model(mc) for n, mc in model_configs(cfg).items()}
   key = jax.random.key(cfg.seed)
-  untrained = dataclasses.replace(run, cfg=cfg, models=models,
-                                  params={n: init_params(m, key) for n, m in models.items()})
+  untrained = dataclasses.replace(
+    run, cfg=cfg, models=models, params={n: init_params(m, key) for n, m in models.items()}
+  )
   untrained.__dict__["data"] = run.data  # same held-out split (cached_property slot)
   report = run_analyses(untrained, log=lambda *a: None, options=_FAST)
   return claims._rows_for(report)
@@ -102,10 +103,10 @@ def test_claims_md_of_committed_seed_reports_is_unchanged():
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   reports = {}
   for pooling in ("sequence_mean", "causal_mean"):
-    with open(os.path.join(repo, "results", "seeds", pooling, "seed_0", "report",
-                           "report.json")) as f:
+    with open(
+      os.path.join(repo, "results", "seeds", pooling, "seed_0", "report", "report.json")
+    ) as f:
       reports[pooling] = json.load(f)
-  text = ("Seed 0.\n\n" + claims.claims_table(reports) + "\n\n" + claims.leak_vs_gain(reports)
-          + "\n")
+  text = "Seed 0.\n\n" + claims.claims_table(reports) + "\n\n" + claims.leak_vs_gain(reports) + "\n"
   with open(os.path.join(repo, "results", "seeds", "claims.md")) as f:
     assert text == f.read()

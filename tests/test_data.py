@@ -15,8 +15,7 @@ import tensorflow_datasets as tfds
 
 from dirroute_jax import config as config_lib
 from dirroute_jax.data import corpus as corpus_lib
-from dirroute_jax.data import packing
-from dirroute_jax.data import pipeline
+from dirroute_jax.data import packing, pipeline
 from dirroute_jax.data import tokenizers as tok_lib
 
 SEQ_LEN, BATCH = 32, 8
@@ -40,8 +39,7 @@ def _same(a, b):
 
 @pytest.fixture(scope="session")
 def embedded_cfg(tmp_path_factory):
-  c = _cfg(tmp_path_factory.mktemp("cache"), source="embedded", tokenizer="bpe",
-           bpe_vocab_size=384)
+  c = _cfg(tmp_path_factory.mktemp("cache"), source="embedded", tokenizer="bpe", bpe_vocab_size=384)
   c.data.max_bytes_per_domain = 120_000
   return c
 
@@ -119,8 +117,9 @@ def test_unknown_tokenizer_and_vocab_too_big(tmp_path, gpt2):
 
 
 def test_embedded_corpus_via_tfds_has_three_labelled_domains(embedded_cfg, embedded):
-  ec = corpus_lib.load_embedded(embedded_cfg.data.cache_dir, eval_fraction=0.05,
-                                max_bytes_per_domain=120_000)
+  ec = corpus_lib.load_embedded(
+    embedded_cfg.data.cache_dir, eval_fraction=0.05, max_bytes_per_domain=120_000
+  )
   assert ec.domains == ("code", "prose", "docs") == embedded.domains
   splits = {}
   for split, src in ec.sources.items():
@@ -128,7 +127,7 @@ def test_embedded_corpus_via_tfds_has_three_labelled_domains(embedded_cfg, embed
     splits[split] = {r["doc_id"].decode(): (int(r["domain"]), r["text"].decode()) for r in recs}
     assert {d for d, _ in splits[split].values()} == {0, 1, 2}, split
   assert not set(splits["train"]) & set(splits["validation"])
-  for doc_id, (domain, text) in splits["train"].items():
+  for doc_id, (domain, _) in splits["train"].items():
     assert doc_id.startswith(ec.domains[domain] + "/")
   code = [t for d, t in splits["train"].values() if d == 0]
   prose = [t for d, t in splits["train"].values() if d == 1]
@@ -136,17 +135,24 @@ def test_embedded_corpus_via_tfds_has_three_labelled_domains(embedded_cfg, embed
   assert all(t.split("\n")[2].startswith("ACT ") for t in prose)
   assert not any("**" in t for t in prose)  # markdown stripped
   # Built once: a second load reads the same prepared directory.
-  assert corpus_lib.load_embedded(embedded_cfg.data.cache_dir, eval_fraction=0.05,
-                                  max_bytes_per_domain=120_000).data_dir == ec.data_dir
+  assert (
+    corpus_lib.load_embedded(
+      embedded_cfg.data.cache_dir, eval_fraction=0.05, max_bytes_per_domain=120_000
+    ).data_dir
+    == ec.data_dir
+  )
 
 
 def test_default_corpus_is_the_committed_content():
   """Same bytes on every machine: the default corpus's content hash is the committed one."""
   units = corpus_lib.find_units(corpus_lib.DEFAULT_MAX_BYTES_PER_DOMAIN)
   assert {u.domain for u in units} == set(corpus_lib.DOMAINS)
-  assert corpus_lib.embedded_fingerprint(
-      units, corpus_lib.DEFAULT_EVAL_FRACTION,
-      corpus_lib.DEFAULT_MAX_BYTES_PER_DOMAIN) == corpus_lib.DEFAULT_FINGERPRINT
+  assert (
+    corpus_lib.embedded_fingerprint(
+      units, corpus_lib.DEFAULT_EVAL_FRACTION, corpus_lib.DEFAULT_MAX_BYTES_PER_DOMAIN
+    )
+    == corpus_lib.DEFAULT_FINGERPRINT
+  )
 
 
 def test_corpus_ignores_other_installed_distributions(tmp_path, monkeypatch):
@@ -159,8 +165,9 @@ def test_corpus_ignores_other_installed_distributions(tmp_path, monkeypatch):
   (pkg / "module.py").write_text('"""Extra module."""\n\ndef f():\n  return 1\n' * 20)
   info = tmp_path / "extra_pkg-1.0.dist-info"
   info.mkdir()
-  (info / "METADATA").write_text("Metadata-Version: 2.1\nName: extra-pkg\nVersion: 1.0\n\n"
-                                 + "Long description. " * 20)
+  (info / "METADATA").write_text(
+    "Metadata-Version: 2.1\nName: extra-pkg\nVersion: 1.0\n\n" + "Long description. " * 20
+  )
   (info / "RECORD").write_text("extra_pkg/README.md,,\nextra_pkg/module.py,,\n")
   monkeypatch.syspath_prepend(str(tmp_path))
   after = corpus_lib.find_units(200_000)
@@ -206,12 +213,15 @@ class DirrouteTestText(tfds.core.GeneratorBasedBuilder):
     return None
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
-        {"sentence": tfds.features.Text(), "id": tfds.features.Scalar(np.int64)}))
+    return tfds.core.DatasetInfo(
+      builder=self,
+      features=tfds.features.FeaturesDict(
+        {"sentence": tfds.features.Text(), "id": tfds.features.Scalar(np.int64)}
+      ),
+    )
 
   def _split_generators(self, dl_manager):
-    return {"train": self._generate_examples(DOCS[:30]),
-            "test": self._generate_examples(DOCS[30:])}
+    return {"train": self._generate_examples(DOCS[:30]), "test": self._generate_examples(DOCS[30:])}
 
   def _generate_examples(self, docs):
     for i, d in enumerate(docs):
@@ -219,10 +229,16 @@ class DirrouteTestText(tfds.core.GeneratorBasedBuilder):
 
 
 def test_tfds_source_reads_prepared_dataset(tmp_path):
-  DirrouteTestText(data_dir=str(tmp_path / "tfds"), file_format="array_record"
-                   ).download_and_prepare()
-  cfg = _cfg(tmp_path / "cache", source="tfds", tfds_name="dirroute_test_text",
-             tfds_data_dir=str(tmp_path / "tfds"), tfds_text_key="sentence")
+  DirrouteTestText(
+    data_dir=str(tmp_path / "tfds"), file_format="array_record"
+  ).download_and_prepare()
+  cfg = _cfg(
+    tmp_path / "cache",
+    source="tfds",
+    tfds_name="dirroute_test_text",
+    tfds_data_dir=str(tmp_path / "tfds"),
+    tfds_text_key="sentence",
+  )
   data = pipeline.make_data(cfg)
   stats = data.stats["splits"]
   assert data.domains == ("dirroute_test_text",)
@@ -246,8 +262,9 @@ def _write_docs(path, kind, docs, key="text"):
     for i, d in enumerate(docs):
       (path / f"doc{i:03d}.txt").write_text(d)
   elif kind == "jsonl":
-    (path / "a.jsonl").write_text("".join(json.dumps({key: d, "id": i}) + "\n"
-                                          for i, d in enumerate(docs)))
+    (path / "a.jsonl").write_text(
+      "".join(json.dumps({key: d, "id": i}) + "\n" for i, d in enumerate(docs))
+    )
   else:
     pq.write_table(pa.table({key: docs, "id": list(range(len(docs)))}), path / "a.parquet")
 
@@ -256,8 +273,9 @@ def _write_docs(path, kind, docs, key="text"):
 def test_files_source(tmp_path, kind):
   (tmp_path / "src").mkdir()
   _write_docs(tmp_path / "src", kind, DOCS)
-  cfg = _cfg(tmp_path / "cache", source="files", files=str(tmp_path / "src" / f"*.{kind}"),
-             eval_fraction=0.2)
+  cfg = _cfg(
+    tmp_path / "cache", source="files", files=str(tmp_path / "src" / f"*.{kind}"), eval_fraction=0.2
+  )
   data = pipeline.make_data(cfg)
   stats = data.stats["splits"]
   assert stats["train"]["files"]["docs"] + stats["validation"]["files"]["docs"] == len(DOCS)
@@ -284,8 +302,9 @@ def test_files_source_errors(tmp_path):
 
 def test_single_text_file_still_gets_a_heldout_tail(tmp_path):
   (tmp_path / "one.txt").write_text(DOCS[-1] * 20)
-  data = pipeline.make_data(_cfg(tmp_path / "c", source="files", files=str(tmp_path / "*.txt"),
-                                 eval_fraction=0.1))
+  data = pipeline.make_data(
+    _cfg(tmp_path / "c", source="files", files=str(tmp_path / "*.txt"), eval_fraction=0.1)
+  )
   stats = data.stats["splits"]
   n = len(DOCS[-1].encode()) * 20 + 1
   assert stats["validation"]["files"]["tokens"] == int(n * 0.1)
@@ -311,8 +330,10 @@ def test_synthetic(tmp_path):
 def test_batch_layout(embedded):
   b = embedded.batch_at(0)
   assert {k: (v.shape, v.dtype.name) for k, v in b.items()} == {
-      "inputs": ((BATCH, SEQ_LEN), "int32"), "targets": ((BATCH, SEQ_LEN), "int32"),
-      "weights": ((BATCH, SEQ_LEN), "float32")}
+    "inputs": ((BATCH, SEQ_LEN), "int32"),
+    "targets": ((BATCH, SEQ_LEN), "int32"),
+    "weights": ((BATCH, SEQ_LEN), "float32"),
+  }
   np.testing.assert_array_equal(b["inputs"][:, 1:], b["targets"][:, :-1])
   assert b["weights"].min() == 1.0
   assert b["inputs"].max() < embedded.tokenizer.vocab_size
@@ -321,11 +342,13 @@ def test_batch_layout(embedded):
 def test_one_epoch_is_a_permutation_of_contiguous_windows(tmp_path):
   (tmp_path / "src").mkdir()
   _write_docs(tmp_path / "src", "txt", DOCS)
-  data = pipeline.make_data(_cfg(tmp_path / "c", source="files",
-                                 files=str(tmp_path / "src" / "*.txt")))
+  data = pipeline.make_data(
+    _cfg(tmp_path / "c", source="files", files=str(tmp_path / "src" / "*.txt"))
+  )
   stream = np.load(data.stats["token_dir"] + "/train.npy")
-  windows = {tuple(stream[i * SEQ_LEN:(i + 1) * SEQ_LEN + 1])
-             for i in range(data.stats["train_windows"])}
+  windows = {
+    tuple(stream[i * SEQ_LEN : (i + 1) * SEQ_LEN + 1]) for i in range(data.stats["train_windows"])
+  }
   seen = []
   for step in range(data.stats["train_windows"] // BATCH):
     b = data.batch_at(step)
@@ -345,8 +368,9 @@ def test_batches_are_a_pure_function_of_seed_and_step(embedded_cfg, embedded):
   assert embedded.batch_at(10 * epoch)["inputs"].shape == (BATCH, SEQ_LEN)
   other = embedded_cfg.copy_and_resolve_references()
   other.seed = 8
-  assert not np.array_equal(pipeline.make_data(other).batch_at(0)["inputs"],
-                            embedded.batch_at(0)["inputs"])
+  assert not np.array_equal(
+    pipeline.make_data(other).batch_at(0)["inputs"], embedded.batch_at(0)["inputs"]
+  )
 
 
 def test_iterator_state_restore(embedded, tmp_path):
@@ -366,6 +390,7 @@ def test_iterator_state_restore(embedded, tmp_path):
   # The same through orbax, as the trainer checkpoints it.
   import grain  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
   it = embedded.train_iter(4)
   with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
     mngr.save(4, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))

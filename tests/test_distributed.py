@@ -29,12 +29,21 @@ def _free_port() -> int:
 
 
 def _train_cmd(workdir, cache, *extra):
-  return [sys.executable, os.path.join(REPO, "launch", "train.py"),
-          "--config=" + os.path.join(REPO, "configs", "tiny.py"), f"--workdir={workdir}",
-          "--compilation_cache=", "--config.data.tokenizer=bytes", "--config.seq_len=32",
-          "--config.batch_size=8", f"--config.steps={STEPS}",
-          f"--config.checkpoint_every={STEPS}", "--config.eval_every=0",
-          f"--config.data.cache_dir={cache}", *extra]
+  return [
+    sys.executable,
+    os.path.join(REPO, "launch", "train.py"),
+    "--config=" + os.path.join(REPO, "configs", "tiny.py"),
+    f"--workdir={workdir}",
+    "--compilation_cache=",
+    "--config.data.tokenizer=bytes",
+    "--config.seq_len=32",
+    "--config.batch_size=8",
+    f"--config.steps={STEPS}",
+    f"--config.checkpoint_every={STEPS}",
+    "--config.eval_every=0",
+    f"--config.data.cache_dir={cache}",
+    *extra,
+  ]
 
 
 def _build_cache(tmp_path):
@@ -47,8 +56,11 @@ def _build_cache(tmp_path):
 
 
 def _start(cmd, devices, log_path):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  env = {
+    **os.environ,
+    "JAX_PLATFORMS": "cpu",
+    "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+  }
   for k in [k for k in env if k.startswith(("SLURM_", "OMPI_", "TPU_"))]:
     del env[k]  # the child must not mistake this machine for a cluster
   log = open(log_path, "w")
@@ -86,10 +98,19 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path):
   port = _free_port()
   procs = [_start(_train_cmd(tmp_path / "one", cache), 2, tmp_path / "one.log")]
   for i in range(2):
-    procs.append(_start(
-        _train_cmd(tmp_path / "two", cache, f"--coordinator_address=127.0.0.1:{port}",
-                   "--num_processes=2", f"--process_id={i}"),
-        1, tmp_path / f"two.{i}.log"))
+    procs.append(
+      _start(
+        _train_cmd(
+          tmp_path / "two",
+          cache,
+          f"--coordinator_address=127.0.0.1:{port}",
+          "--num_processes=2",
+          f"--process_id={i}",
+        ),
+        1,
+        tmp_path / f"two.{i}.log",
+      )
+    )
   _wait(procs)
 
   log0 = open(tmp_path / "two.0.log").read()
@@ -98,25 +119,33 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path):
   # One grain iterator position per host, each at the step the weights were saved at.
   data_dir = tmp_path / "two" / "checkpoints" / str(STEPS) / "data"
   for i in range(2):
-    assert json.loads((data_dir / f"process_{i}-of-2.json").read_text()) == {
-        "next_index": STEPS}
+    assert json.loads((data_dir / f"process_{i}-of-2.json").read_text()) == {"next_index": STEPS}
 
   one, two = _restore_state(tmp_path / "one"), _restore_state(tmp_path / "two")
   assert jax.tree.structure(one) == jax.tree.structure(two)
   assert int(two["step"]) == STEPS
   for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(one)[0], jax.tree.leaves(two)):
-    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-6,
-                               err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(
+      np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-6, err_msg=jax.tree_util.keystr(path)
+    )
   # Training moved the weights: the comparison is not of two untouched inits.
-  assert any(np.abs(np.asarray(m)).max() > 0 for m in jax.tree.leaves(
-      one["models"]["routed"]["opt_state"]) if np.ndim(m) >= 2)
+  assert any(
+    np.abs(np.asarray(m)).max() > 0
+    for m in jax.tree.leaves(one["models"]["routed"]["opt_state"])
+    if np.ndim(m) >= 2
+  )
 
 
 def test_detect_cluster_from_environment():
   detect = distributed.detect_cluster
   assert detect({}) is None
-  slurm = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n[1-2]", "SLURM_NTASKS": "2",
-           "SLURM_PROCID": "1", "SLURM_LOCALID": "0"}
+  slurm = {
+    "SLURM_JOB_ID": "7",
+    "SLURM_STEP_NODELIST": "n[1-2]",
+    "SLURM_NTASKS": "2",
+    "SLURM_PROCID": "1",
+    "SLURM_LOCALID": "0",
+  }
   assert detect(slurm) == "slurm"
   assert detect({**slurm, "SLURM_NTASKS": "1"}) is None  # one task: nothing to coordinate
   batch_script = dict(slurm)

@@ -48,15 +48,19 @@ def test_copy_loads_like_the_workdir(trained_workdir, tmp_path, dtype):
       want = a if dtype == "float32" else a.astype(jnp.bfloat16).astype(jnp.float32)
       np.testing.assert_array_equal(np.asarray(b), np.asarray(want))
   tokens = np.asarray(next(full.data.eval_batches(1))["inputs"])[:2]
-  ours, theirs = (np.asarray(forward(r.models["routed"], r.params["routed"], tokens)[0])
-                  for r in (full, copy))
+  ours, theirs = (
+    np.asarray(forward(r.models["routed"], r.params["routed"], tokens)[0]) for r in (full, copy)
+  )
   if dtype == "float32":
     np.testing.assert_array_equal(ours, theirs)
   else:
     assert np.abs(ours - theirs).max() < 0.05 * ours.std()
   # No optimizer state on disk: the copy's checkpoint is a fraction of the full one's.
-  size = lambda p: sum(os.path.getsize(os.path.join(d, f))
-                       for d, _, files in os.walk(str(workdir_lib.checkpoints(p))) for f in files)
+  size = lambda p: sum(
+    os.path.getsize(os.path.join(d, f))
+    for d, _, files in os.walk(str(workdir_lib.checkpoints(p)))
+    for f in files
+  )
   assert size(out) < size(trained_workdir) / (2.5 if dtype == "float32" else 4)
   with pytest.raises(ValueError, match="already holds checkpoints"):
     params_only.export_params(full, out)
@@ -64,12 +68,31 @@ def test_copy_loads_like_the_workdir(trained_workdir, tmp_path, dtype):
 
 def test_launchers_run_on_the_copy(trained_workdir, tmp_path):
   out = tmp_path / "params"
-  done = subprocess.run([sys.executable, os.path.join(REPO, "launch", "export_params.py"),
-                         f"--workdir={trained_workdir}", f"--out={out}", "--dtype=float32"],
-                        capture_output=True, text=True, env=_env())
+  done = subprocess.run(
+    [
+      sys.executable,
+      os.path.join(REPO, "launch", "export_params.py"),
+      f"--workdir={trained_workdir}",
+      f"--out={out}",
+      "--dtype=float32",
+    ],
+    capture_output=True,
+    text=True,
+    env=_env(),
+  )
   assert done.returncode == 0, done.stderr
   sample = lambda w: subprocess.run(
-      [sys.executable, os.path.join(REPO, "launch", "sample.py"), f"--workdir={w}",
-       "--prompt=The ", "--max_new_tokens=8", "--temperature=0"],
-      capture_output=True, text=True, env=_env(), check=True).stdout.split("\n", 1)[1]
+    [
+      sys.executable,
+      os.path.join(REPO, "launch", "sample.py"),
+      f"--workdir={w}",
+      "--prompt=The ",
+      "--max_new_tokens=8",
+      "--temperature=0",
+    ],
+    capture_output=True,
+    text=True,
+    env=_env(),
+    check=True,
+  ).stdout.split("\n", 1)[1]
   assert sample(out) == sample(trained_workdir)  # same text, every model

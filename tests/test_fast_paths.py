@@ -32,8 +32,9 @@ def _reference_router(params, x_BxTxD, pooling, depth, temperature, act=nn.gelu)
 @pytest.mark.parametrize("depth,hidden", [(0, 16), (2, 16), (2, 48)])  # 48 > D: pools first
 def test_router_equals_pool_then_mlp(pooling, depth, hidden):
   x_BxTxD = jax.random.normal(jax.random.key(0), (2, 9, 24)) * 3.0 + 1.0
-  router = routing.Router(num_heads=3, num_directions=2, hidden=hidden, depth=depth,
-                          temperature=5.0, pooling=pooling)
+  router = routing.Router(
+    num_heads=3, num_directions=2, hidden=hidden, depth=depth, temperature=5.0, pooling=pooling
+  )
   params = nn.meta.unbox(router.init(jax.random.key(1), x_BxTxD)["params"])
   got = router.apply({"params": params}, x_BxTxD)
   want = _reference_router(params, x_BxTxD, pooling, depth, 5.0)
@@ -48,8 +49,11 @@ def _float32_arrays_of_shape(fn, shape, *args):
 
   def walk(jx):
     for eqn in jx.eqns:
-      found.extend(str(eqn.primitive) for v in eqn.outvars
-                   if v.aval.shape == shape and v.aval.dtype == jnp.float32)
+      found.extend(
+        str(eqn.primitive)
+        for v in eqn.outvars
+        if v.aval.shape == shape and v.aval.dtype == jnp.float32
+      )
       for sub in jax.extend.core.jaxprs_in_params(eqn.params):
         walk(sub)
 
@@ -61,8 +65,9 @@ def _float32_arrays_of_shape(fn, shape, *args):
 def test_bf16_causal_router_makes_no_float32_copy_of_its_input():
   B, T, D = 2, 8, 40  # D differs from hidden (16) so the two widths are told apart
   x = jax.random.normal(jax.random.key(0), (B, T, D)).astype(jnp.bfloat16)
-  router = routing.Router(num_heads=2, num_directions=2, hidden=16, depth=2,
-                          pooling="causal_mean", dtype=jnp.bfloat16)
+  router = routing.Router(
+    num_heads=2, num_directions=2, hidden=16, depth=2, pooling="causal_mean", dtype=jnp.bfloat16
+  )
   params = nn.meta.unbox(router.init(jax.random.key(1), x)["params"])
   loss = lambda p, x: router.apply({"params": p}, x).sum()
   assert _float32_arrays_of_shape(jax.grad(loss, argnums=(0, 1)), (B, T, D), params, x) == []
@@ -90,14 +95,20 @@ def test_bf16_suppression_stays_bf16_and_tracks_float32():
   np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want), atol=5e-2)
 
 
-def _fake_device(platform="gpu", kind="NVIDIA H100 80GB HBM3", capability="9.0",
-                 version="cuda 12080"):
-  return types.SimpleNamespace(platform=platform, device_kind=kind,
-                               compute_capability=capability,
-                               client=types.SimpleNamespace(platform_version=version))
+def _fake_device(
+  platform="gpu", kind="NVIDIA H100 80GB HBM3", capability="9.0", version="cuda 12080"
+):
+  return types.SimpleNamespace(
+    platform=platform,
+    device_kind=kind,
+    compute_capability=capability,
+    client=types.SimpleNamespace(platform_version=version),
+  )
 
 
-@pytest.mark.parametrize("device,dtype,head_dim,impl,why", [
+@pytest.mark.parametrize(
+  "device,dtype,head_dim,impl,why",
+  [
     (_fake_device(), "bfloat16", 128, "cudnn", "H100"),
     (_fake_device(), "bfloat16", 256, "cudnn", "H100"),  # Hopper allows up to 256
     (_fake_device(kind="NVIDIA A100", capability="8.0"), "bfloat16", 256, "xla", "<= 128"),
@@ -108,7 +119,8 @@ def _fake_device(platform="gpu", kind="NVIDIA H100 80GB HBM3", capability="9.0",
     (_fake_device("tpu", "TPU v5 lite", None, "tpu"), "bfloat16", 128, "splash", "TPU v5 lite"),
     # A compile-only CUDA device (launch/plan.py --target) names no "cuda" version: its kind does.
     (_fake_device(version="PJRT C API"), "bfloat16", 128, "cudnn", "H100"),
-])
+  ],
+)
 def test_auto_picks_cudnn_only_where_it_runs(device, dtype, head_dim, impl, why):
   got, reason = resolve_attention_impl("auto", dtype, head_dim, device)
   assert got == impl and why in reason
@@ -122,6 +134,7 @@ def _loss_and_grads(model, params, tokens, capture=()):
   def loss(p):
     logits, _ = forward(model, p, tokens[:, :-1], capture=capture)
     return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+
   return jax.value_and_grad(loss)(params)
 
 
@@ -155,14 +168,17 @@ def test_cudnn_equals_xla_on_gpu(tiny_cfg):
   if resolve_attention_impl("auto", "bfloat16", 64)[0] != "cudnn":
     pytest.skip("no GPU here that cuDNN flash attention supports")
   B, T, H, Dh = 2, 256, 4, 64
-  q, k, v = (jax.random.normal(key, (B, T, H, Dh), jnp.bfloat16)
-             for key in jax.random.split(jax.random.key(0), 3))
+  q, k, v = (
+    jax.random.normal(key, (B, T, H, Dh), jnp.bfloat16)
+    for key in jax.random.split(jax.random.key(0), 3)
+  )
   ct = jax.random.normal(jax.random.key(1), (B, T, H, Dh), jnp.bfloat16)
 
   def attend(impl):
     def f(q, k, v):
       out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
       return jnp.sum(out.astype(jnp.float32) * ct.astype(jnp.float32)), out
+
     return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True))(q, k, v)
 
   (_, out_x), grads_x = attend("xla")

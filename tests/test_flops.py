@@ -16,12 +16,15 @@ def test_analytic_flops_match_xla_cost_analysis(tiny_cfg, pooling):
   cfg = tiny_cfg
   cfg.model.pooling, cfg.batch_size, cfg.seq_len = pooling, 8, 64
   trainer = step.make_trainer(cfg, sharding.make_mesh(cfg.mesh, jax.devices()[:1]))
-  batch = {k: jax.ShapeDtypeStruct((8, 64), "float32" if k == "weights" else "int32",
-                                   sharding=trainer.batch_sharding) for k in step.BATCH_KEYS}
+  batch = {
+    k: jax.ShapeDtypeStruct(
+      (8, 64), "float32" if k == "weights" else "int32", sharding=trainer.batch_sharding
+    )
+    for k in step.BATCH_KEYS
+  }
   cost = trainer.train_step.lower(trainer.abstract_state(), batch).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
-  analytic = 8 * 64 * sum(flops.flops_per_token(m, 64)
-                          for m in model_configs(cfg).values())
+  analytic = 8 * 64 * sum(flops.flops_per_token(m, 64) for m in model_configs(cfg).values())
   # XLA also counts elementwise work (softmax, norms, Adam), a few percent at this size.
   assert 1.0 <= cost["flops"] / analytic < 1.06
 

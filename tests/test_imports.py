@@ -38,11 +38,10 @@ def _imported(name: str, path: str, modules: dict[str, str]) -> set[str]:
       base = node.module or ""
       if node.level:  # relative: level 1 is this module's package
         package = name.split(".") if is_package else name.split(".")[:-1]
-        anchor = package[:len(package) - node.level + 1]
+        anchor = package[: len(package) - node.level + 1]
         base = ".".join(anchor + ([base] if base else []))
       # `from pkg import module` imports pkg.module; `from module import name`, the module.
-      targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
-                 for a in node.names]
+      targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
     else:
       continue
     for target in targets:
@@ -68,7 +67,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     stack.append(node)
     for nxt in sorted(graph.get(node, ())):
       if state.get(nxt) == "open":
-        return stack[stack.index(nxt):] + [nxt]
+        return stack[stack.index(nxt) :] + [nxt]
       if nxt not in state:
         cycle = visit(nxt)
         if cycle:

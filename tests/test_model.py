@@ -43,16 +43,19 @@ def test_suppression_matches_numpy():
   # One weight per sequence (sequence_mean) broadcasts over T.
   got_seq = routing.suppress(jnp.asarray(o), jnp.asarray(r[:, :1]), jnp.asarray(d))
   np.testing.assert_allclose(
-      np.asarray(got_seq),
-      np.asarray(routing.suppress(jnp.asarray(o), jnp.broadcast_to(r[:, :1], r.shape),
-                                  jnp.asarray(d))), rtol=1e-6)
+    np.asarray(got_seq),
+    np.asarray(
+      routing.suppress(jnp.asarray(o), jnp.broadcast_to(r[:, :1], r.shape), jnp.asarray(d))
+    ),
+    rtol=1e-6,
+  )
 
 
 def test_causal_mean_pool_is_prefix_mean():
   x = np.random.default_rng(0).normal(size=(2, 7, 3)).astype(np.float32)
   got = np.asarray(routing.pool(jnp.asarray(x), "causal_mean"))
   for t in range(7):
-    np.testing.assert_allclose(got[:, t], x[:, :t + 1].mean(axis=1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[:, t], x[:, : t + 1].mean(axis=1), rtol=1e-5, atol=1e-6)
   seq = np.asarray(routing.pool(jnp.asarray(x), "sequence_mean"))
   assert seq.shape == (2, 1, 3)
   np.testing.assert_allclose(seq[:, 0], x.mean(axis=1), rtol=1e-5, atol=1e-6)
@@ -67,13 +70,12 @@ def test_routing_off_equals_baseline_with_shared_weights(tiny_cfg, pooling):
   # The baseline's params are exactly the routed model's minus routers and directions.
   flat = flax.traverse_util.flatten_dict(p_routed)
   p_base = flax.traverse_util.unflatten_dict(
-      {k: v for k, v in flat.items() if "router" not in k and k[-1] != "directions"})
-  assert jax.tree.structure(p_base) == jax.tree.structure(
-      init_params(baseline, jax.random.key(0)))
+    {k: v for k, v in flat.items() if "router" not in k and k[-1] != "directions"}
+  )
+  assert jax.tree.structure(p_base) == jax.tree.structure(init_params(baseline, jax.random.key(0)))
   tokens = _tokens(tiny_cfg.model)
   base_logits, _ = forward(baseline, p_base, tokens)
-  off_logits, _ = forward(routed, p_routed, tokens,
-                          interventions=iv.routing_off(tiny_cfg.model))
+  off_logits, _ = forward(routed, p_routed, tokens, interventions=iv.routing_off(tiny_cfg.model))
   on_logits, _ = forward(routed, p_routed, tokens)
   np.testing.assert_allclose(np.asarray(off_logits), np.asarray(base_logits), atol=1e-6)
   assert float(jnp.abs(on_logits - base_logits).max()) > 1e-3  # routing does something
@@ -84,9 +86,13 @@ def test_k1_r1_removes_the_direction(tiny_cfg):
   tiny_cfg.model.num_directions = 1
   model, _ = _pair(tiny_cfg.model)
   params = init_params(model, jax.random.key(0))
-  _, caps = forward(model, params, _tokens(tiny_cfg.model),
-                    interventions=iv.routing_fixed(tiny_cfg.model, 1.0),
-                    capture=("blocks.*.attn.z", "blocks.*.attn.z_routed"))
+  _, caps = forward(
+    model,
+    params,
+    _tokens(tiny_cfg.model),
+    interventions=iv.routing_fixed(tiny_cfg.model, 1.0),
+    capture=("blocks.*.attn.z", "blocks.*.attn.z_routed"),
+  )
   for l in range(tiny_cfg.model.num_layers):
     d_HxKxDh = routing.unit_directions(params[f"blocks_{l}"]["attn"]["directions"])
     z = caps[f"blocks.{l}.attn.z"]
@@ -102,23 +108,30 @@ def test_routing_interventions_set_captured_weights(tiny_cfg):
   model, _ = _pair(m)
   params = init_params(model, jax.random.key(0))
   tokens = _tokens(m)
-  _, caps = forward(model, params, tokens, interventions=iv.routing_fixed(m, 0.5),
-                    capture=("blocks.*.attn.r",))
-  assert all(np.all(np.asarray(caps[f"blocks.{l}.attn.r"]) == 0.5)
-             for l in range(m.num_layers))
+  _, caps = forward(
+    model, params, tokens, interventions=iv.routing_fixed(m, 0.5), capture=("blocks.*.attn.r",)
+  )
+  assert all(np.all(np.asarray(caps[f"blocks.{l}.attn.r"]) == 0.5) for l in range(m.num_layers))
   _, free = forward(model, params, tokens, capture=("blocks.*.attn.r",))
-  _, forced = forward(model, params, tokens, interventions=iv.force_direction(m, 1, 2, 3, 1.0),
-                      capture=("blocks.*.attn.r",))
+  _, forced = forward(
+    model,
+    params,
+    tokens,
+    interventions=iv.force_direction(m, 1, 2, 3, 1.0),
+    capture=("blocks.*.attn.r",),
+  )
   r_free, r_forced = np.asarray(free["blocks.1.attn.r"]), np.asarray(forced["blocks.1.attn.r"])
   assert np.all(r_forced[:, :, 2, 3] == 1.0)
   keep = np.ones(r_free.shape, bool)
   keep[:, :, 2, 3] = False
   np.testing.assert_array_equal(r_forced[keep], r_free[keep])
-  np.testing.assert_array_equal(np.asarray(forced["blocks.0.attn.r"]),
-                                np.asarray(free["blocks.0.attn.r"]))
+  np.testing.assert_array_equal(
+    np.asarray(forced["blocks.0.attn.r"]), np.asarray(free["blocks.0.attn.r"])
+  )
   # Single-layer knockout touches only that layer.
-  _, ko = forward(model, params, tokens, interventions=iv.routing_off(m, layers=[0]),
-                  capture=("blocks.*.attn.r",))
+  _, ko = forward(
+    model, params, tokens, interventions=iv.routing_off(m, layers=[0]), capture=("blocks.*.attn.r",)
+  )
   assert np.all(np.asarray(ko["blocks.0.attn.r"]) == 0.0)
   # Layer 1's router sees layer 0's changed output, so only its existence is checked.
   assert np.asarray(ko["blocks.1.attn.r"]).max() > 0.0
@@ -134,19 +147,25 @@ def test_head_knockout_changes_only_that_head(tiny_cfg, mean):
   _, clean = forward(model, params, tokens, capture=names)
   mean_LxHxDh = None
   if mean:
-    mean_LxHxDh = jnp.stack([clean[f"blocks.{l}.attn.z_routed"].mean(axis=(0, 1))
-                             for l in range(m.num_layers)])
-  _, ko = forward(model, params, tokens, capture=names,
-                  interventions=iv.knockout_heads(m, [(1, 2)], mean_LxHxDh))
-  z_clean, z_ko = np.asarray(clean["blocks.1.attn.z_routed"]), np.asarray(
-      ko["blocks.1.attn.z_routed"])
+    mean_LxHxDh = jnp.stack(
+      [clean[f"blocks.{l}.attn.z_routed"].mean(axis=(0, 1)) for l in range(m.num_layers)]
+    )
+  _, ko = forward(
+    model, params, tokens, capture=names, interventions=iv.knockout_heads(m, [(1, 2)], mean_LxHxDh)
+  )
+  z_clean, z_ko = (
+    np.asarray(clean["blocks.1.attn.z_routed"]),
+    np.asarray(ko["blocks.1.attn.z_routed"]),
+  )
   expected = 0.0 if mean_LxHxDh is None else np.asarray(mean_LxHxDh[1, 2])
-  np.testing.assert_allclose(z_ko[:, :, 2], np.broadcast_to(expected, z_ko[:, :, 2].shape),
-                             atol=1e-7)
+  np.testing.assert_allclose(
+    z_ko[:, :, 2], np.broadcast_to(expected, z_ko[:, :, 2].shape), atol=1e-7
+  )
   others = [h for h in range(m.num_heads) if h != 2]
   np.testing.assert_array_equal(z_ko[:, :, others], z_clean[:, :, others])
-  np.testing.assert_array_equal(np.asarray(ko["blocks.0.attn.z_routed"]),
-                                np.asarray(clean["blocks.0.attn.z_routed"]))
+  np.testing.assert_array_equal(
+    np.asarray(ko["blocks.0.attn.z_routed"]), np.asarray(clean["blocks.0.attn.z_routed"])
+  )
 
 
 @pytest.mark.slow
@@ -178,8 +197,9 @@ def test_attention_matches_reference_softmax():
   p = np.exp(s - s.max(-1, keepdims=True))
   p /= p.sum(-1, keepdims=True)
   np.testing.assert_allclose(np.asarray(pattern[0]), p, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(np.asarray(o[0]), np.einsum("hqk,khd->qhd", p, np.asarray(v[0])),
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(o[0]), np.einsum("hqk,khd->qhd", p, np.asarray(v[0])), rtol=1e-5, atol=1e-6
+  )
 
 
 def test_rope_scores_depend_only_on_relative_position():
@@ -194,8 +214,9 @@ def test_rope_scores_depend_only_on_relative_position():
     np.testing.assert_allclose(diag, diag[0], rtol=1e-4, atol=1e-4)
   assert abs(scores[5, 5] - scores[5, 2]) > 1e-3  # and it does depend on the offset
   # Norms are preserved: RoPE is a rotation.
-  np.testing.assert_allclose(np.linalg.norm(np.asarray(q), axis=-1), np.linalg.norm(q_vec),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    np.linalg.norm(np.asarray(q), axis=-1), np.linalg.norm(q_vec), rtol=1e-5
+  )
 
 
 def test_padded_vocab_is_masked(tiny_cfg):
@@ -226,9 +247,17 @@ def test_bfloat16_compute_tracks_float32(tiny_cfg):
   assert float(jnp.abs(p32 - p16).max()) < 2e-2
 
 
-@pytest.mark.parametrize("key,value", [("pooling", "mean"), ("router_activation", "swish"),
-                                       ("head_dim", 15), ("num_directions", 0),
-                                       ("dtype", "float16"), ("attention_impl", "flash")])
+@pytest.mark.parametrize(
+  "key,value",
+  [
+    ("pooling", "mean"),
+    ("router_activation", "swish"),
+    ("head_dim", 15),
+    ("num_directions", 0),
+    ("dtype", "float16"),
+    ("attention_impl", "flash"),
+  ],
+)
 def test_bad_model_config_is_a_clear_error(tiny_cfg, key, value):
   tiny_cfg.model[key] = value
   with pytest.raises(ConfigError, match=f"model.{key}"):
@@ -239,6 +268,7 @@ def test_bad_model_config_is_a_clear_error(tiny_cfg, key, value):
 @pytest.mark.parametrize("policy", ["full", "dots"])
 def test_remat_changes_nothing_but_memory(tiny_cfg, policy):
   import optax
+
   model = build_model(tiny_cfg.model)
   tiny_cfg.model.remat = policy
   remat_model = build_model(tiny_cfg.model)
@@ -251,7 +281,9 @@ def test_remat_changes_nothing_but_memory(tiny_cfg, policy):
 
   g_ref = jax.grad(lambda p: loss(model, p))(params)
   g_remat = jax.grad(lambda p: loss(remat_model, p))(params)
-  assert max(jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()),
-                                          g_ref, g_remat))) < 1e-5
+  assert (
+    max(jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), g_ref, g_remat)))
+    < 1e-5
+  )
   _, caps = forward(remat_model, params, tokens, capture=("blocks.1.attn.r",))
   assert caps["blocks.1.attn.r"].shape[-2:] == (4, 4)  # capture works through remat

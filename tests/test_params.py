@@ -76,16 +76,30 @@ def test_every_config_builds():
       assert counts["routed"].total > counts["baseline"].total > 0, name
       for key in ("routing", "pooling", "num_directions", "router_temperature"):
         assert key in cfg.model, (name, key)
-      for key in ("seed", "steps", "batch_size", "seq_len", "log_every", "eval_every",
-                  "checkpoint_every"):
+      for key in (
+        "seed",
+        "steps",
+        "batch_size",
+        "seq_len",
+        "log_every",
+        "eval_every",
+        "checkpoint_every",
+      ):
         assert key in cfg, (name, key)
       assert "source" in cfg.data and all(a in cfg.mesh for a in ("data", "fsdp", "tensor"))
 
 
 def test_params_cli_prints_table():
-  out = subprocess.run([sys.executable, os.path.join(REPO, "launch", "params.py"),
-                        "--config=" + os.path.join(REPO, "configs", "433m.py")],
-                       capture_output=True, text=True, check=True).stdout
+  out = subprocess.run(
+    [
+      sys.executable,
+      os.path.join(REPO, "launch", "params.py"),
+      "--config=" + os.path.join(REPO, "configs", "433m.py"),
+    ],
+    capture_output=True,
+    text=True,
+    check=True,
+  ).stdout
   assert "16,042,560" in out and "73,728" in out and "416,971,776" in out
   assert "3.865%" in out
   assert "matched baseline (d_ff 4387): -25,152 params vs routed" in out

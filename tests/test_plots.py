@@ -40,12 +40,20 @@ def test_integer_axes_have_integer_ticks(figures):
           continue
         lo, hi = sorted((lo, hi))
         # The labels, not the positions: grouped bars put "0", "1", ... between two bars.
-        shown = [t.get_text().replace("\u2212", "-")
-                 for loc, t in zip(axis.get_ticklocs(), axis.get_ticklabels()) if lo <= loc <= hi]
+        shown = [
+          t.get_text().replace("\u2212", "-")
+          for loc, t in zip(axis.get_ticklocs(), axis.get_ticklabels())
+          if lo <= loc <= hi
+        ]
         assert shown and all(s.lstrip("-").isdigit() for s in shown), (key, shown)
         checked.append(key)
-  assert {"linearise_ppl", "induction_heads", "directions_cosine", "spectral_cascade",
-          "ablation_layers"} <= set(checked)
+  assert {
+    "linearise_ppl",
+    "induction_heads",
+    "directions_cosine",
+    "spectral_cascade",
+    "ablation_layers",
+  } <= set(checked)
 
 
 def _overlaps(a, b) -> bool:
@@ -76,8 +84,12 @@ def test_spectral_cascade_legend_covers_no_point(figures):
   for line in ax.lines:
     xy = line.get_transform().transform(line.get_xydata())
     r = line.get_markersize() * fig.dpi / 72 / 2  # a marker covered even in part is hidden
-    inside = ((xy[:, 0] >= legend.x0 - r) & (xy[:, 0] <= legend.x1 + r)
-              & (xy[:, 1] >= legend.y0 - r) & (xy[:, 1] <= legend.y1 + r))
+    inside = (
+      (xy[:, 0] >= legend.x0 - r)
+      & (xy[:, 0] <= legend.x1 + r)
+      & (xy[:, 1] >= legend.y0 - r)
+      & (xy[:, 1] <= legend.y1 + r)
+    )
     assert not inside.any(), line.get_label()
 
 

@@ -6,20 +6,33 @@ import signal
 import time
 
 import pytest
+from test_distributed import _build_cache, _free_port, _start, _train_cmd
 
 from dirroute_jax import exit_codes
 from dirroute_jax.train import checkpoint
-from test_distributed import _build_cache, _free_port, _start, _train_cmd
 
 
 @pytest.mark.slow
 def test_sigterm_to_one_process_stops_both_at_one_saved_step(tmp_path):
   cache = _build_cache(tmp_path)
   port = _free_port()
-  procs = [_start(_train_cmd(tmp_path / "wd", cache, f"--coordinator_address=127.0.0.1:{port}",
-                             "--num_processes=2", f"--process_id={i}", "--config.steps=100000",
-                             "--config.checkpoint_every=0", "--config.log_every=1000"),
-                  1, tmp_path / f"p{i}.log") for i in range(2)]
+  procs = [
+    _start(
+      _train_cmd(
+        tmp_path / "wd",
+        cache,
+        f"--coordinator_address=127.0.0.1:{port}",
+        "--num_processes=2",
+        f"--process_id={i}",
+        "--config.steps=100000",
+        "--config.checkpoint_every=0",
+        "--config.log_every=1000",
+      ),
+      1,
+      tmp_path / f"p{i}.log",
+    )
+    for i in range(2)
+  ]
   deadline = time.time() + 240
   while "Training routed" not in open(tmp_path / "p0.log").read():
     assert time.time() < deadline and all(p.poll() is None for p, _ in procs)

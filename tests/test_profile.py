@@ -36,9 +36,13 @@ class _Device:
 
 
 def test_memory_report_warns_above_90_percent():
-  mem = types.SimpleNamespace(argument_size_in_bytes=60, output_size_in_bytes=60,
-                              alias_size_in_bytes=60, temp_size_in_bytes=30,
-                              generated_code_size_in_bytes=2)
+  mem = types.SimpleNamespace(
+    argument_size_in_bytes=60,
+    output_size_in_bytes=60,
+    alias_size_in_bytes=60,
+    temp_size_in_bytes=30,
+    generated_code_size_in_bytes=2,
+  )
   compiled = types.SimpleNamespace(memory_analysis=lambda: mem)  # peak 92 bytes
   line, warn = plan_lib.memory_report(compiled, _Device(100))
   assert warn and "(92%, from the compiler's memory analysis)" in line and "WARNING" in line
@@ -50,13 +54,27 @@ def test_memory_report_warns_above_90_percent():
 def test_run_prints_its_memory_and_traces_the_window(tmp_path):
   workdir = tmp_path / "w"
   proc = subprocess.run(
-      [sys.executable, os.path.join(REPO, "launch", "train.py"),
-       "--config=" + os.path.join(REPO, "configs", "tiny.py"), f"--workdir={workdir}",
-       f"--compilation_cache={tmp_path}/xla", f"--config.data.cache_dir={tmp_path}/cache",
-       "--config.data.tokenizer=bytes", "--config.seq_len=32", "--config.batch_size=8",
-       "--config.eval_batches=1", "--config.steps=6", "--config.log_every=2",
-       "--config.eval_every=0", "--config.checkpoint_every=0", "--config.profile_steps=3:5"],
-      capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
+    [
+      sys.executable,
+      os.path.join(REPO, "launch", "train.py"),
+      "--config=" + os.path.join(REPO, "configs", "tiny.py"),
+      f"--workdir={workdir}",
+      f"--compilation_cache={tmp_path}/xla",
+      f"--config.data.cache_dir={tmp_path}/cache",
+      "--config.data.tokenizer=bytes",
+      "--config.seq_len=32",
+      "--config.batch_size=8",
+      "--config.eval_batches=1",
+      "--config.steps=6",
+      "--config.log_every=2",
+      "--config.eval_every=0",
+      "--config.checkpoint_every=0",
+      "--config.profile_steps=3:5",
+    ],
+    capture_output=True,
+    text=True,
+    env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""},
+  )
   assert proc.returncode == 0, proc.stdout + proc.stderr
   out = proc.stdout
   # Before the first step: the compiled step's peak per device (CPU has no limit to compare).

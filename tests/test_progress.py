@@ -29,8 +29,7 @@ def test_run_says_its_attention_kernel_and_times_only_steady_windows(tiny_cfg, t
   cfg.eval_every, cfg.checkpoint_every, cfg.eval_batches = 0, 0, 1
   lines = []
   train(cfg, str(tmp_path / "workdir"), log=lines.append)
-  said = ("Attention: XLA (unfused softmax) (auto: cuDNN needs an NVIDIA GPU; the devices are "
-          "cpu)")
+  said = "Attention: XLA (unfused softmax) (auto: cuDNN needs an NVIDIA GPU; the devices are cpu)"
   progress = [l for l in lines if l.startswith("step ")]
   assert said in lines and lines.index(said) < lines.index(progress[0])
   assert len(progress) == 3

@@ -36,8 +36,12 @@ def commands() -> list[str]:
 
 def test_readme_names_commands_and_snippets():
   scripts = {c.split()[1] for c in commands()}
-  assert {"launch/train.py", "launch/sample.py", "launch/interpret.py",
-          "benchmarks/step_time.py"} <= scripts, scripts
+  assert {
+    "launch/train.py",
+    "launch/sample.py",
+    "launch/interpret.py",
+    "benchmarks/step_time.py",
+  } <= scripts, scripts
   assert len(python_blocks()) >= 2
 
 
@@ -100,16 +104,26 @@ def test_every_readme_command_exists_and_its_flags_parse():
     assert os.path.isfile(os.path.join(REPO, argv[0])), f"README names {argv[0]}: missing"
     todo.append(([a for a in argv if a != "..."], "..." in argv))
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-  done = subprocess.run([sys.executable, "-c", _CHECKER], input=json.dumps(todo), cwd=REPO,
-                        env=env, capture_output=True, text=True, check=True)
+  done = subprocess.run(
+    [sys.executable, "-c", _CHECKER],
+    input=json.dumps(todo),
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    check=True,
+  )
   errors = json.loads(done.stdout.splitlines()[-1])
   bad = [f"{' '.join(argv)}: {err}" for (argv, _), err in zip(todo, errors) if err]
   assert not bad, "\n".join(bad)
 
 
 def test_pip_extras_named_in_readme_exist():
-  extras = set(tomllib.load(open(os.path.join(REPO, "pyproject.toml"), "rb"))["project"][
-      "optional-dependencies"])
+  extras = set(
+    tomllib.load(open(os.path.join(REPO, "pyproject.toml"), "rb"))["project"][
+      "optional-dependencies"
+    ]
+  )
   named = set(re.findall(r"pip install [^`\n]*?'\.\[(\w+)\]'", README))
   assert {"cuda", "test", "gcs"} <= named and named <= extras, (named, extras)
 
@@ -118,18 +132,45 @@ def test_sbatch_script_stops_without_gpu_jax():
   """The sbatch script checks that jax sees GPUs before `srun`; on this CPU machine the check
   fails and prints the README's install line."""
   script = subprocess.run(
-      [sys.executable, os.path.join(REPO, "launch", "slurm.py"), "--workdir=/shared/run",
-       "--dry_run", "--", "--config.data.files=/shared/fineweb/*.parquet"], capture_output=True, text=True, check=True, cwd=REPO,
-      env=dict(os.environ, PYTHONPATH=REPO)).stdout
+    [
+      sys.executable,
+      os.path.join(REPO, "launch", "slurm.py"),
+      "--workdir=/shared/run",
+      "--dry_run",
+      "--",
+      "--config.data.files=/shared/fineweb/*.parquet",
+    ],
+    capture_output=True,
+    text=True,
+    check=True,
+    cwd=REPO,
+    env=dict(os.environ, PYTHONPATH=REPO),
+  ).stdout
   check = next(line for line in script.splitlines() if "default_backend" in line)
   assert script.index(check) < script.index("\nsrun ")
-  failed = subprocess.run(["bash", "-c", check.replace("python", shlex.quote(sys.executable), 1)],
-                          capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  failed = subprocess.run(
+    ["bash", "-c", check.replace("python", shlex.quote(sys.executable), 1)],
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
   assert failed.returncode != 0
   assert "pip install -e '.[cuda]'" in failed.stderr
   assert "pip install -e '.[cuda]'" in README
   no_check = subprocess.run(
-      [sys.executable, os.path.join(REPO, "launch", "slurm.py"), "--workdir=/shared/run",
-       "--dry_run", "--nocheck_gpu", "--", "--config.data.files=/shared/fineweb/*.parquet"], capture_output=True, text=True, check=True, cwd=REPO,
-      env=dict(os.environ, PYTHONPATH=REPO)).stdout
+    [
+      sys.executable,
+      os.path.join(REPO, "launch", "slurm.py"),
+      "--workdir=/shared/run",
+      "--dry_run",
+      "--nocheck_gpu",
+      "--",
+      "--config.data.files=/shared/fineweb/*.parquet",
+    ],
+    capture_output=True,
+    text=True,
+    check=True,
+    cwd=REPO,
+    env=dict(os.environ, PYTHONPATH=REPO),
+  ).stdout
   assert "default_backend" not in no_check

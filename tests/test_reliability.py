@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from dirroute_jax import exit_codes, workdir as workdir_lib
+from dirroute_jax import exit_codes
+from dirroute_jax import workdir as workdir_lib
 from dirroute_jax.data import sources, tokenizers
 from dirroute_jax.train import checkpoint, lock, metrics
 from dirroute_jax.train.loop import config_changes
@@ -23,6 +24,7 @@ ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
 
 
 # --- one writer per workdir ------------------------------------------------------------------
+
 
 def test_second_writer_is_refused_naming_the_first(tmp_path):
   with lock.WorkdirLock(tmp_path):
@@ -37,9 +39,18 @@ def test_second_writer_is_refused_naming_the_first(tmp_path):
 
 def _stale(tmp_path, **record):
   now = time.time()
-  (tmp_path / workdir_lib.WRITER_LOCK).write_text(json.dumps(
-      {"host": socket.gethostname(), "pid": os.getpid(), "started": now, "heartbeat": now,
-       "id": "other", **record}))
+  (tmp_path / workdir_lib.WRITER_LOCK).write_text(
+    json.dumps(
+      {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": now,
+        "heartbeat": now,
+        "id": "other",
+        **record,
+      }
+    )
+  )
 
 
 def test_lease_of_a_dead_process_is_taken_over(tmp_path, capsys):
@@ -70,6 +81,7 @@ def test_heartbeat_notices_a_lost_lease(tmp_path):
 
 # --- resume compares configs -----------------------------------------------------------------
 
+
 def _cfg_json(tiny_cfg, **overrides):
   cfg = json.loads(json.dumps(checkpoint.config_to_json(tiny_cfg)))
   for key, value in overrides.items():
@@ -81,10 +93,19 @@ def _cfg_json(tiny_cfg, **overrides):
   return cfg
 
 
-@pytest.mark.parametrize("key, value", [
-    ("model.pooling", "sequence_mean"), ("data.tokenizer", "bytes"), ("seed", 7),
-    ("optim.peak_lr", 1.0), ("model.d_model", 32), ("data.source", "synthetic"),
-    ("models", "routed"), ("batch_size", 4)])
+@pytest.mark.parametrize(
+  "key, value",
+  [
+    ("model.pooling", "sequence_mean"),
+    ("data.tokenizer", "bytes"),
+    ("seed", 7),
+    ("optim.peak_lr", 1.0),
+    ("model.d_model", 32),
+    ("data.source", "synthetic"),
+    ("models", "routed"),
+    ("batch_size", 4),
+  ],
+)
 def test_resume_changes_that_alter_the_run_are_named(tiny_cfg, key, value):
   saved = _cfg_json(tiny_cfg)
   meaning, _ = config_changes(saved, _cfg_json(tiny_cfg, **{key: value}))
@@ -93,9 +114,17 @@ def test_resume_changes_that_alter_the_run_are_named(tiny_cfg, key, value):
 
 def test_resume_may_change_length_intervals_and_layout(tiny_cfg):
   saved = _cfg_json(tiny_cfg)
-  meaning, allowed = config_changes(saved, _cfg_json(
-      tiny_cfg, steps=900, log_every=1, eval_every=7, checkpoint_every=3,
-      **{"mesh.preset": "fsdp", "data.cache_dir": "/elsewhere", "checkpoint.keep": 9}))
+  meaning, allowed = config_changes(
+    saved,
+    _cfg_json(
+      tiny_cfg,
+      steps=900,
+      log_every=1,
+      eval_every=7,
+      checkpoint_every=3,
+      **{"mesh.preset": "fsdp", "data.cache_dir": "/elsewhere", "checkpoint.keep": 9},
+    ),
+  )
   assert meaning == [] and len(allowed) == 7
 
 
@@ -108,6 +137,7 @@ def test_keys_added_since_the_checkpoint_compare_as_defaults(tiny_cfg):
 
 
 # --- metrics.jsonl ---------------------------------------------------------------------------
+
 
 def test_truncated_last_metrics_line_is_dropped(tmp_path, capsys):
   path = tmp_path / workdir_lib.METRICS
@@ -137,10 +167,11 @@ def test_one_row_per_step(tmp_path):
 def _events(path):
   """Event protos of a TensorBoard file (TFRecord framing: length, crc, data, crc)."""
   from tensorboardX.proto import event_pb2
+
   data, out, i = path.read_bytes(), [], 0
   while i < len(data):
-    (n,) = struct.unpack("<Q", data[i:i + 8])
-    out.append(event_pb2.Event.FromString(data[i + 12:i + 12 + n]))
+    (n,) = struct.unpack("<Q", data[i : i + 8])
+    out.append(event_pb2.Event.FromString(data[i + 12 : i + 12 + n]))
     i += 12 + n + 4
   return out
 
@@ -153,24 +184,32 @@ def test_resume_tells_tensorboard_to_drop_later_events(tmp_path):
   time.sleep(1.1)  # event files are named by the second
   metrics.MetricsWriter(str(tmp_path), resume_step=10).close()
   newest = max((tmp_path / workdir_lib.TENSORBOARD).iterdir(), key=lambda p: p.name)
-  starts = [e.step for e in _events(newest) if e.HasField("session_log")
-            and e.session_log.status == e.session_log.START]
+  starts = [
+    e.step
+    for e in _events(newest)
+    if e.HasField("session_log") and e.session_log.status == e.session_log.START
+  ]
   assert starts == [11]
 
 
 # --- data files: errors name the file and line -----------------------------------------------
 
-@pytest.mark.parametrize("line, says", [
+
+@pytest.mark.parametrize(
+  "line, says",
+  [
     (b"5", "is a JSON int, not an object"),
     (b'{"text": null}', "field 'text' is null, not a string"),
     (b'{"text": "a\xff\xfeb"}', "is not valid UTF-8"),
     (b'{"text": "unterminated', "is not valid JSON"),
-])
+  ],
+)
 def test_bad_jsonl_line_names_file_and_line(tmp_path, line, says):
   path = tmp_path / "docs.jsonl"
   # Long valid lines first: a decoder reading ahead in chunks would name the wrong line.
-  path.write_bytes(b"".join(json.dumps({"text": "x" * 5000}).encode() + b"\n"
-                            for _ in range(3)) + line + b"\n")
+  path.write_bytes(
+    b"".join(json.dumps({"text": "x" * 5000}).encode() + b"\n" for _ in range(3)) + line + b"\n"
+  )
   corpus = sources.files_corpus(str(path), "text", 0.0)
   with pytest.raises(ValueError, match=f"{path}:4"):
     try:
@@ -181,6 +220,7 @@ def test_bad_jsonl_line_names_file_and_line(tmp_path, line, says):
 
 
 # --- the bpe tokenizer of a gs:// workdir ----------------------------------------------------
+
 
 def test_bpe_tokenizer_of_a_remote_workdir_goes_through_epath(tmp_path, monkeypatch):
   from etils import epath
@@ -195,8 +235,7 @@ def test_bpe_tokenizer_of_a_remote_workdir_goes_through_epath(tmp_path, monkeypa
     def mkdir(self, *a, **k):
       pass
 
-  monkeypatch.setattr(epath, "Path", lambda p: FakeRemote(p) if "://" in str(p)
-                      else real_path(p))
+  monkeypatch.setattr(epath, "Path", lambda p: FakeRemote(p) if "://" in str(p) else real_path(p))
   monkeypatch.chdir(tmp_path)
   tok = tokenizers.BPETokenizer.train(["hello world " * 50, "routing directions"] * 5, 300)
   tokenizers.save_to_workdir(tok, "gs://bucket/run")
@@ -206,25 +245,34 @@ def test_bpe_tokenizer_of_a_remote_workdir_goes_through_epath(tmp_path, monkeypa
 
 # --- launchers: one line, the right status ---------------------------------------------------
 
+
 def _launch(name, *args):
-  return subprocess.run([sys.executable, os.path.join(REPO, "launch", f"{name}.py"), *args],
-                        capture_output=True, text=True, env=ENV, cwd=REPO)
+  return subprocess.run(
+    [sys.executable, os.path.join(REPO, "launch", f"{name}.py"), *args],
+    capture_output=True,
+    text=True,
+    env=ENV,
+    cwd=REPO,
+  )
 
 
 @pytest.mark.slow
 def test_train_config_file_errors_are_one_line(tmp_path):
   bad = tmp_path / "bad.py"
   bad.write_text("def get_config(:\n")
-  for config, says in (("configs/missing.py", "does not exist"),
-                       (str(bad), f"{bad}:1")):
+  for config, says in (("configs/missing.py", "does not exist"), (str(bad), f"{bad}:1")):
     proc = _launch("train", f"--config={config}", f"--workdir={tmp_path}/w")
     assert proc.returncode == exit_codes.USAGE, proc.stderr
     assert says in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def test_mistyped_config_key_prints_plain_text(tmp_path):
-  proc = _launch("train", "--config=configs/tiny.py", f"--workdir={tmp_path}/w",
-                 "--config.model.poolng=causal_mean")
+  proc = _launch(
+    "train",
+    "--config=configs/tiny.py",
+    f"--workdir={tmp_path}/w",
+    "--config.model.poolng=causal_mean",
+  )
   assert proc.returncode == exit_codes.USAGE
   assert "'poolng'" in proc.stderr and 'Did you mean "pooling"' in proc.stderr
   assert "\\'" not in proc.stderr and "\\n" not in proc.stderr
@@ -254,6 +302,7 @@ def test_unreadable_lease_is_replaced(tmp_path, capsys):
 
 # --- a restarted run recognises its own lease (issue 22) --------------------------------------
 
+
 def test_a_restarted_process_with_the_same_pid_takes_over_its_old_lease(tmp_path, capsys):
   # A container's trainer is pid 1 every time: after kill -9 and a restart the pid is alive
   # again, but it is another process (another start time).
@@ -279,8 +328,14 @@ def test_a_lease_from_before_a_reboot_is_stale(tmp_path):
 
 
 def _other_namespace_lease(tmp_path, heartbeat):
-  _stale(tmp_path, pid=1, pid_ns="4026531999", heartbeat_secs=0.2, heartbeat=heartbeat,
-         boot_id=lock._identity()["boot_id"])
+  _stale(
+    tmp_path,
+    pid=1,
+    pid_ns="4026531999",
+    heartbeat_secs=0.2,
+    heartbeat=heartbeat,
+    boot_id=lock._identity()["boot_id"],
+  )
 
 
 def test_a_dead_lease_of_another_container_on_this_host_is_taken_over(tmp_path):
@@ -294,6 +349,7 @@ def test_a_dead_lease_of_another_container_on_this_host_is_taken_over(tmp_path):
 
 def test_a_live_lease_of_another_container_on_this_host_is_busy(tmp_path):
   import threading
+
   stop = threading.Event()
 
   def beat():
@@ -334,24 +390,33 @@ with _StopFlag() as stop:
 
 @pytest.mark.parametrize("when, level", [("twice", 2), ("early", 2), ("early_ctrl_c", 1)])
 def test_sigterm_twice_or_before_the_handler_still_saves_and_preempts(when, level):
-  proc = subprocess.run([sys.executable, "-c", _SIGNALS, when], capture_output=True, text=True,
-                        env=ENV, timeout=120)
-  assert proc.returncode == 0 and f"LEVEL {level}" in proc.stdout, (
-      proc.stdout + proc.stderr[-2000:])
+  proc = subprocess.run(
+    [sys.executable, "-c", _SIGNALS, when], capture_output=True, text=True, env=ENV, timeout=120
+  )
+  assert proc.returncode == 0 and f"LEVEL {level}" in proc.stdout, proc.stdout + proc.stderr[-2000:]
   assert "aborted" not in proc.stdout
 
 
 # --- output nobody reads (issue 22) -----------------------------------------------------------
 
+
 def test_a_closed_stdout_does_not_end_the_process():
-  script = ("import sys\nfrom dirroute_jax import cli\ncli.tolerate_closed_output()\n"
-            "for i in range(20000):\n  print('progress line', i, flush=True)\n"
-            "open(sys.argv[1], 'w').write('done')\n")
+  script = (
+    "import sys\nfrom dirroute_jax import cli\ncli.tolerate_closed_output()\n"
+    "for i in range(20000):\n  print('progress line', i, flush=True)\n"
+    "open(sys.argv[1], 'w').write('done')\n"
+  )
   r, w = os.pipe()
   os.close(r)  # `| head` that has exited
   marker = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"closed_stdout_{os.getpid()}")
-  proc = subprocess.run([sys.executable, "-c", script, marker], stdout=w, stderr=subprocess.PIPE,
-                        text=True, env=ENV, timeout=120)
+  proc = subprocess.run(
+    [sys.executable, "-c", script, marker],
+    stdout=w,
+    stderr=subprocess.PIPE,
+    text=True,
+    env=ENV,
+    timeout=120,
+  )
   os.close(w)
   assert proc.returncode == 0, proc.stderr
   assert open(marker).read() == "done" and "Traceback" not in proc.stderr
@@ -360,13 +425,17 @@ def test_a_closed_stdout_does_not_end_the_process():
 
 # --- config files that raise (issue 22) -------------------------------------------------------
 
+
 @pytest.mark.slow
-@pytest.mark.parametrize("body, says", [
+@pytest.mark.parametrize(
+  "body, says",
+  [
     ("import no_such_module_here\n", "ModuleNotFoundError"),
     ("def get_config():\n  return undefined_name\n", "NameError"),
     ("def get_config():\n  return 1 / 0\n", "ZeroDivisionError"),
     ("raise RuntimeError('broken')\n", "RuntimeError: broken"),
-])
+  ],
+)
 def test_a_config_file_that_raises_is_one_line(tmp_path, body, says):
   bad = tmp_path / "raises.py"
   bad.write_text(body)
@@ -374,13 +443,21 @@ def test_a_config_file_that_raises_is_one_line(tmp_path, body, says):
   assert proc.returncode == exit_codes.USAGE, proc.stderr
   assert says in proc.stderr and str(bad) in proc.stderr, proc.stderr
   assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-  proc = _launch("tpu", "--name=x", "--zone=z", "--accelerator_type=v4-8",
-                 "--workdir=gs://b/w", f"--config={bad}", "--dry_run")
+  proc = _launch(
+    "tpu",
+    "--name=x",
+    "--zone=z",
+    "--accelerator_type=v4-8",
+    "--workdir=gs://b/w",
+    f"--config={bad}",
+    "--dry_run",
+  )
   assert proc.returncode == exit_codes.USAGE and says in proc.stderr, proc.stderr
   assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 # --- damaged files of a workdir are named (issue 22) ------------------------------------------
+
 
 def test_a_latin1_txt_file_is_an_error_naming_file_and_line(tmp_path):
   path = tmp_path / "book.txt"
@@ -423,6 +500,7 @@ def test_an_os_error_without_a_file_names_the_workdir(capsys):
   import errno
 
   from dirroute_jax import cli
+
   with pytest.raises(SystemExit) as e:
     with cli.exit_on_train_error("/runs/full"):
       raise OSError(errno.ENOSPC, "No space left on device")
@@ -435,15 +513,22 @@ def test_unfinished_orbax_coroutines_are_not_reported_one_by_one():
   import types
 
   from dirroute_jax import cli
+
   seen = []
   hook = cli._unraisable(seen.append)
   namespace = {}
-  exec(compile("async def read():\n  pass\n", os.path.join(os.sep, "site-packages", "orbax",
-                                                          "checkpoint", "read.py"), "exec"),
-       namespace)
+  exec(
+    compile(
+      "async def read():\n  pass\n",
+      os.path.join(os.sep, "site-packages", "orbax", "checkpoint", "read.py"),
+      "exec",
+    ),
+    namespace,
+  )
   coro = namespace["read"]()
-  hook(types.SimpleNamespace(exc_value=RuntimeError("coroutine ignored GeneratorExit"),
-                             object=coro))
+  hook(
+    types.SimpleNamespace(exc_value=RuntimeError("coroutine ignored GeneratorExit"), object=coro)
+  )
   coro.close()
   ours = _ours()
   hook(types.SimpleNamespace(exc_value=RuntimeError("ours"), object=ours))
@@ -472,8 +557,13 @@ def test_a_library_coroutine_never_started_leaves_the_error_last():
     with cli.exit_on_train_error("/runs/full"):
       raise OSError(28, "No space left on device")
   """
-  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                        cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  proc = subprocess.run(
+    [sys.executable, "-c", script],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
   assert proc.returncode == exit_codes.IO_ERROR, proc.stderr
   assert proc.stderr.strip().splitlines()[-1].startswith("error: No space left"), proc.stderr
 
@@ -482,6 +572,7 @@ def test_another_runs_valid_tokenizer_is_warned_about(tmp_path, tiny_cfg, caplog
   import logging as std_logging
 
   from dirroute_jax.analysis.load import Workdir
+
   tok = tokenizers.BPETokenizer.train(["hello world " * 50, "routing directions"] * 5, 300)
   tok.save(str(tmp_path / workdir_lib.TOKENIZER))
   (tmp_path / workdir_lib.DATA_FINGERPRINT).write_text(json.dumps({"tokenizer": "bpe-2048-x"}))

@@ -48,8 +48,12 @@ def _library_names(tree) -> set[str]:
         if a.name.split(".")[0] in LIBS:
           aliases[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
           names.add(a.name)
-    elif (isinstance(node, ast.ImportFrom) and not node.level and node.module
-          and node.module.split(".")[0] in LIBS):
+    elif (
+      isinstance(node, ast.ImportFrom)
+      and not node.level
+      and node.module
+      and node.module.split(".")[0] in LIBS
+    ):
       for a in node.names:
         aliases[a.asname or a.name] = f"{node.module}.{a.name}"
         names.add(f"{node.module}.{a.name}")
@@ -93,17 +97,27 @@ def test_the_project_uses_no_deprecated_or_private_library_names(tmp_path):
   for path, tree in _sources():
     for name in _library_names(tree):
       used.setdefault(name, set()).add(path)
-  private = sorted(f"{p}: {n}" for n, ps in used.items() for p in ps
-                   if any(p_.startswith("_") and not p_.startswith("__") for p_ in n.split(".")))
+  private = sorted(
+    f"{p}: {n}"
+    for n, ps in used.items()
+    for p in ps
+    if any(p_.startswith("_") and not p_.startswith("__") for p_ in n.split("."))
+  )
   assert not private, private  # e.g. jax._src: gone or changed without notice
   script = tmp_path / "resolve.py"
   script.write_text(_RESOLVE)
   order = sorted(used, key=lambda n: (n.split(".")[0] != "jax", n))
-  out = subprocess.run([sys.executable, str(script), json.dumps(order)], capture_output=True,
-                       text=True, check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  out = subprocess.run(
+    [sys.executable, str(script), json.dumps(order)],
+    capture_output=True,
+    text=True,
+    check=True,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
   bad = json.loads(out.stdout.splitlines()[-1])
-  found = sorted(f"{p}: {n}: {msg}" for n, msg in bad.items() for p in used[n]
-                 if (p, n) not in KNOWN)
+  found = sorted(
+    f"{p}: {n}: {msg}" for n, msg in bad.items() for p in used[n] if (p, n) not in KNOWN
+  )
   assert not found, found
 
 
@@ -124,3 +138,15 @@ def test_a_deprecation_warning_from_the_projects_code_is_an_error():
   with warnings.catch_warnings(record=True) as caught:
     caller("somelib.fake")(deprecated_api)
   assert [w.category for w in caught] == [DeprecationWarning]
+
+
+def test_the_tree_is_formatted_and_linted_by_ruff():
+  """pyproject.toml's [tool.ruff]: `ruff format . && ruff check .` leave nothing to change."""
+  import shutil
+
+  ruff = shutil.which("ruff") or os.path.join(os.path.dirname(sys.executable), "ruff")
+  if not os.path.exists(ruff):
+    pytest.skip("ruff not installed: pip install -e '.[test]'")
+  for cmd in ([ruff, "format", "--check", "."], [ruff, "check", "."]):
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd[1:])}: {proc.stdout}{proc.stderr}"

@@ -15,17 +15,23 @@ import pytest
 from dirroute_jax.analysis import plots, report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SECTIONS = ("causality", "ablation", "factual", "induction", "regimes", "directions",
-            "steering")
+SECTIONS = ("causality", "ablation", "factual", "induction", "regimes", "directions", "steering")
 
 
 @pytest.mark.slow
 def test_interpret_writes_json_markdown_and_plots(trained_workdir, tmp_path):
   out = tmp_path / "report"
   proc = subprocess.run(
-      [sys.executable, os.path.join(REPO, "launch", "interpret.py"),
-       f"--workdir={trained_workdir}", f"--out={out}"],
-      capture_output=True, text=True, env={**os.environ, "XLA_FLAGS": ""})
+    [
+      sys.executable,
+      os.path.join(REPO, "launch", "interpret.py"),
+      f"--workdir={trained_workdir}",
+      f"--out={out}",
+    ],
+    capture_output=True,
+    text=True,
+    env={**os.environ, "XLA_FLAGS": ""},
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.load(open(out / "report.json"))
   for section in SECTIONS:
@@ -45,8 +51,13 @@ def test_interpret_writes_json_markdown_and_plots(trained_workdir, tmp_path):
   assert f"Corpus fingerprint `{data['evaluated_on']['corpus']}`" in md
   # Each plot opens, has content (not a blank canvas) and is linked from report.md.
   pngs = sorted(p for p in os.listdir(out) if p.endswith(".png"))
-  assert {"ablation_layers.png", "factual_dla.png", "induction_heads.png",
-          "regimes_variance.png", "directions_cosine.png"} <= set(pngs)
+  assert {
+    "ablation_layers.png",
+    "factual_dla.png",
+    "induction_heads.png",
+    "regimes_variance.png",
+    "directions_cosine.png",
+  } <= set(pngs)
   for png in pngs:
     image = matplotlib.image.imread(out / png)
     assert image.shape[0] > 200 and image.shape[1] > 300
@@ -57,9 +68,16 @@ def test_interpret_writes_json_markdown_and_plots(trained_workdir, tmp_path):
 @pytest.mark.slow
 def test_interpret_missing_workdir_is_a_clear_error(tmp_path):
   proc = subprocess.run(
-      [sys.executable, os.path.join(REPO, "launch", "interpret.py"),
-       f"--workdir={tmp_path / 'nothing'}", f"--out={tmp_path / 'out'}"],
-      capture_output=True, text=True, env={**os.environ, "XLA_FLAGS": ""})
+    [
+      sys.executable,
+      os.path.join(REPO, "launch", "interpret.py"),
+      f"--workdir={tmp_path / 'nothing'}",
+      f"--out={tmp_path / 'out'}",
+    ],
+    capture_output=True,
+    text=True,
+    env={**os.environ, "XLA_FLAGS": ""},
+  )
   assert proc.returncode != 0
   assert "cannot load" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -70,13 +88,16 @@ GOLDEN = os.path.join(REPO, "tests", "golden")
 
 
 def _namespace(d: dict):
-  return types.SimpleNamespace(**{k: _namespace(v) if isinstance(v, dict) else v
-                                  for k, v in d.items()})
+  return types.SimpleNamespace(
+    **{k: _namespace(v) if isinstance(v, dict) else v for k, v in d.items()}
+  )
 
 
 def _committed_report(name: str) -> dict:
   """A committed report.json, with the factual fields that report predates filled in."""
-  with open(os.path.join(REPO, "tests", "golden", "reports", name.replace("/", "_") + ".json")) as f:
+  with open(
+    os.path.join(REPO, "tests", "golden", "reports", name.replace("/", "_") + ".json")
+  ) as f:
     r = json.load(f)
   for m in r.get("factual", {}).get("models", {}).values():
     for cond in ("as_trained", "routing_off"):
@@ -95,10 +116,15 @@ def _skipped_sections(r: dict) -> dict[str, dict]:
   if "regimes" not in r:
     return {}
   reason = "skipped: one domain (prose)"
-  return {"regimes": {"protocol": {"domains": ["prose"]}, "paper": r["regimes"]["paper"],
-                      "skipped": reason,
-                      "models": {"routed": reason, "baseline": "n/a (no router)"}},
-          "steering": {"skipped": "no model with routing in this workdir"}}
+  return {
+    "regimes": {
+      "protocol": {"domains": ["prose"]},
+      "paper": r["regimes"]["paper"],
+      "skipped": reason,
+      "models": {"routed": reason, "baseline": "n/a (no router)"},
+    },
+    "steering": {"skipped": "no model with routing in this workdir"},
+  }
 
 
 def _render(r: dict) -> tuple[str, list[str]]:
@@ -118,8 +144,9 @@ def _render(r: dict) -> tuple[str, list[str]]:
 def test_rendering_a_stored_report_is_unchanged(name):
   r = _committed_report(name)
   texts = []
-  for variant in [r] + [{**r, section: skipped}
-                        for section, skipped in _skipped_sections(r).items()]:
+  for variant in [r] + [
+    {**r, section: skipped} for section, skipped in _skipped_sections(r).items()
+  ]:
     md, keys = _render(variant)
     texts += [md, "figures: " + " ".join(keys)]
   got = "\n\n=====\n\n".join(texts)
@@ -135,8 +162,11 @@ def test_rendering_a_stored_report_is_unchanged(name):
 # their stored form round-trips.
 
 # The reports committed under results/, each beside the report.md it was written with.
-RESULTS = ["results/seeds/causal_mean/seed_0/report", "results/seeds/sequence_mean/seed_0/report",
-           "results/sd_tiny/report"]
+RESULTS = [
+  "results/seeds/causal_mean/seed_0/report",
+  "results/seeds/sequence_mean/seed_0/report",
+  "results/sd_tiny/report",
+]
 
 
 def _load(name: str) -> dict:
@@ -146,10 +176,10 @@ def _load(name: str) -> dict:
   return _committed_report(name)
 
 
-@pytest.mark.parametrize("name", ["small/causal_mean", "small/sequence_mean", "sd_tiny"]
-                         + RESULTS)
+@pytest.mark.parametrize("name", ["small/causal_mean", "small/sequence_mean", "sd_tiny"] + RESULTS)
 def test_committed_reports_load_typed_and_round_trip(name):
   from dirroute_jax.analysis import result
+
   stored = _load(name)
   typed = report.load_sections(stored)
   for section, s in report.SECTIONS.items():
@@ -165,6 +195,7 @@ def test_committed_reports_load_typed_and_round_trip(name):
 
 def test_a_stored_section_missing_a_field_names_it():
   from dirroute_jax.analysis import result
+
   stored = _committed_report("small/causal_mean")["ablation"]
   del stored["models"]["routed"]["worst_layer"]
   with pytest.raises(result.SchemaError, match=r"models\['routed'\].*worst_layer"):
@@ -173,6 +204,7 @@ def test_a_stored_section_missing_a_field_names_it():
 
 def test_skips_are_typed():
   from dirroute_jax.analysis import result
+
   skip = result.Skipped("no model with routing in this workdir")
   assert result.to_json(skip) == {"skipped": skip.reason}
   assert report.SECTIONS["causality"].load({"skipped": skip.reason}) == skip

@@ -16,13 +16,16 @@ from dirroute_jax.train import checkpoint, lock, loop
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("error, code", [
+@pytest.mark.parametrize(
+  "error, code",
+  [
     (loop.Diverged("loss is nan at step 7"), exit_codes.DIVERGED),
     (lock.WorkdirBusyError("held by pid 1"), exit_codes.BUSY),
     (checkpoint.CheckpointError("every checkpoint is corrupt"), exit_codes.IO_ERROR),
     (ConfigError("steps must be positive"), exit_codes.USAGE),
     (FileNotFoundError(2, "No such file or directory", "/x/y"), exit_codes.IO_ERROR),
-])
+  ],
+)
 def test_train_errors_exit_with_their_status_in_one_line(error, code, capsys):
   with pytest.raises(SystemExit) as exited:
     with cli.exit_on_train_error():
@@ -43,8 +46,9 @@ def test_exit_if_stopped(capsys):
   done = loop.RunSummary(last_step=10, interrupted=False, eval_metrics={}, workdir="w")
   cli.exit_if_stopped(done)  # trained to the end: carries on
   for preempted, code in ((True, exit_codes.PREEMPTED), (False, exit_codes.DONE)):
-    stopped = loop.RunSummary(last_step=3, interrupted=True, eval_metrics={}, workdir="w",
-                              preempted=preempted)
+    stopped = loop.RunSummary(
+      last_step=3, interrupted=True, eval_metrics={}, workdir="w", preempted=preempted
+    )
     with pytest.raises(SystemExit) as exited:
       cli.exit_if_stopped(stopped, skipped="claims.md")
     assert exited.value.code == code
@@ -52,11 +56,18 @@ def test_exit_if_stopped(capsys):
 
 
 def _cmd(out, cache, *overrides):
-  return [sys.executable, os.path.join(REPO, "launch", "reproduce.py"), f"--out={out}",
-          "--config=" + os.path.join(REPO, "configs", "tiny.py"),
-          f"--config.data.cache_dir={cache}", "--config.data.tokenizer=bytes",
-          "--config.seq_len=32", "--config.batch_size=8", "--config.eval_batches=2",
-          *overrides]
+  return [
+    sys.executable,
+    os.path.join(REPO, "launch", "reproduce.py"),
+    f"--out={out}",
+    "--config=" + os.path.join(REPO, "configs", "tiny.py"),
+    f"--config.data.cache_dir={cache}",
+    "--config.data.tokenizer=bytes",
+    "--config.seq_len=32",
+    "--config.batch_size=8",
+    "--config.eval_batches=2",
+    *overrides,
+  ]
 
 
 _ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
@@ -66,8 +77,13 @@ def test_busy_workdir_is_one_line_with_its_status(tmp_path):
   workdir = tmp_path / "out" / "sequence_mean" / "workdir"
   workdir.mkdir(parents=True)
   with lock.WorkdirLock(str(workdir)):  # this live process holds it
-    proc = subprocess.run(_cmd(tmp_path / "out", tmp_path / "cache", "--config.steps=2"),
-                          capture_output=True, text=True, env=_ENV, timeout=300)
+    proc = subprocess.run(
+      _cmd(tmp_path / "out", tmp_path / "cache", "--config.steps=2"),
+      capture_output=True,
+      text=True,
+      env=_ENV,
+      timeout=300,
+    )
   assert proc.returncode == exit_codes.BUSY, proc.stdout + proc.stderr
   assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: ")
   assert not (tmp_path / "out" / "claims.md").exists()
@@ -76,10 +92,20 @@ def test_busy_workdir_is_one_line_with_its_status(tmp_path):
 @pytest.mark.slow
 def test_sigterm_saves_and_stops_before_the_analyses(tmp_path):
   out = tmp_path / "out"
-  proc = subprocess.Popen(_cmd(out, tmp_path / "cache", "--config.steps=100000",
-                               "--config.log_every=1", "--config.eval_every=0",
-                               "--config.checkpoint_every=0"),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_ENV)
+  proc = subprocess.Popen(
+    _cmd(
+      out,
+      tmp_path / "cache",
+      "--config.steps=100000",
+      "--config.log_every=1",
+      "--config.eval_every=0",
+      "--config.checkpoint_every=0",
+    ),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    env=_ENV,
+  )
   lines = []
   for line in proc.stdout:
     lines.append(line)

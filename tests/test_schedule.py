@@ -13,8 +13,15 @@ def _schedule(stop=0, processes=1, agreed=None, **save):
     calls.append(int(value))
     return int(value) if agreed is None else agreed
 
-  s = schedule_lib.Schedule(steps=100, log_every=25, eval_every=40, save=SavePolicy(**save),
-                            stop_level=lambda: stop, processes=processes, agree=agree)
+  s = schedule_lib.Schedule(
+    steps=100,
+    log_every=25,
+    eval_every=40,
+    save=SavePolicy(**save),
+    stop_level=lambda: stop,
+    processes=processes,
+    agree=agree,
+  )
   return s, calls
 
 

@@ -20,8 +20,7 @@ def test_sd_operator_eigenvalues_have_nonpositive_real_part():
     eig = np.linalg.eigvals(op[h])
     assert eig.real.max() <= 1e-6
     sym = (op[h] + op[h].T) / 2
-    np.testing.assert_allclose(np.diag(sym), -np.log1p(np.exp(np.asarray(diag[h]))),
-                               rtol=1e-5)
+    np.testing.assert_allclose(np.diag(sym), -np.log1p(np.exp(np.asarray(diag[h]))), rtol=1e-5)
     np.testing.assert_allclose(sym - np.diag(np.diag(sym)), 0.0, atol=1e-6)
 
 
@@ -35,8 +34,12 @@ def test_linear_attention_is_causal_and_normalised():
   phi = lambda x: np.where(x > 0, x + 1, np.exp(x))
   qf, kf = phi(np.asarray(q[0, :, 1])), phi(np.asarray(k[0, :, 1]))
   s = np.tril(qf @ kf.T)
-  np.testing.assert_allclose(np.asarray(o[0, :, 1]), (s / s.sum(-1, keepdims=True))
-                             @ np.asarray(v[0, :, 1]), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(o[0, :, 1]),
+    (s / s.sum(-1, keepdims=True)) @ np.asarray(v[0, :, 1]),
+    rtol=1e-4,
+    atol=1e-5,
+  )
 
 
 @pytest.mark.slow
@@ -72,7 +75,8 @@ def test_linearising_layers_changes_only_those_layers(tiny_cfg):
   names = ("blocks.*.attn.pattern", "blocks.*.resid_pre")
   _, soft = forward(model, params, tokens, capture=names)
   _, lin = forward(model, params, tokens, capture=names, linear_layers=1)
-  np.testing.assert_array_equal(np.asarray(lin["blocks.0.resid_pre"]),
-                                np.asarray(soft["blocks.0.resid_pre"]))
+  np.testing.assert_array_equal(
+    np.asarray(lin["blocks.0.resid_pre"]), np.asarray(soft["blocks.0.resid_pre"])
+  )
   assert float(jnp.abs(lin["blocks.0.attn.pattern"] - soft["blocks.0.attn.pattern"]).max()) > 1e-3
   assert float(jnp.abs(lin["blocks.1.resid_pre"] - soft["blocks.1.resid_pre"]).max()) > 1e-4

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from dirroute_jax.analysis import stats
-from dirroute_jax.experiments import seeds
 from dirroute_jax.config import ConfigError
+from dirroute_jax.experiments import seeds
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,8 +67,12 @@ def _finals(with_prefix_for=(0, 1, 2)):
       ppl = {"routed": base * math.exp(-gains[i]), "baseline": base, "matched": base * 0.99}
       if pooling == "sequence_mean" and i in with_prefix_for:
         ppl[seeds.PREFIX] = base * math.exp(-0.005 * i)  # the leak-free routed model
-      finals[pooling][seed] = {"seed": seed, "step": 10, "train_sec": 1.0,
-                               "eval": _metrics(ppl, {"code": 0.5, "prose": 2.0})}
+      finals[pooling][seed] = {
+        "seed": seed,
+        "step": 10,
+        "train_sec": 1.0,
+        "eval": _metrics(ppl, {"code": 0.5, "prose": 2.0}),
+      }
   return finals
 
 
@@ -116,12 +120,17 @@ def test_aggregate_paired_intervals_on_synthetic_metrics():
 def test_aggregate_reports_missing_prefix_metrics_instead_of_failing():
   res = seeds.aggregate(_finals(with_prefix_for=(0,)))  # seeds 4 and 5 lack the keys
   entry = res["poolings"]["sequence_mean"]["comparisons"][
-      "routed, prefix-only routing, vs baseline"]["all"]
+    "routed, prefix-only routing, vs baseline"
+  ]["all"]
   assert "verdict" not in entry
-  assert entry["missing"] == ["seed 4: eval/routed_prefix/perplexity",
-                              "seed 5: eval/routed_prefix/perplexity"]
-  assert res["poolings"]["sequence_mean"]["comparisons"]["routed vs baseline"]["all"][
-      "verdict"] == "holds"
+  assert entry["missing"] == [
+    "seed 4: eval/routed_prefix/perplexity",
+    "seed 5: eval/routed_prefix/perplexity",
+  ]
+  assert (
+    res["poolings"]["sequence_mean"]["comparisons"]["routed vs baseline"]["all"]["verdict"]
+    == "holds"
+  )
   md = seeds.to_markdown(res)
   assert "not computed: 2 of 3 runs lack eval/routed_prefix/perplexity" in md
   none = seeds.aggregate(_finals(with_prefix_for=()))
@@ -146,8 +155,14 @@ def test_finished_seeds_are_skipped_only_under_the_same_config(tiny_cfg, tmp_pat
   for pooling in seeds.POOLINGS:
     os.makedirs(seeds.workdir_of(out, pooling, 7))
     with open(os.path.join(seeds.workdir_of(out, pooling, 7), seeds.FINAL), "w") as f:
-      json.dump({"seed": 7, "eval": {},
-                 "config": seeds._flat_config(seeds.run_config(tiny_cfg, pooling, 7))}, f)
+      json.dump(
+        {
+          "seed": 7,
+          "eval": {},
+          "config": seeds._flat_config(seeds.run_config(tiny_cfg, pooling, 7)),
+        },
+        f,
+      )
   logs = []
   assert seeds.run_seeds(tiny_cfg, out, [7], log=logs.append) is None  # nothing left to train
   assert logs == [f"2 of 2 runs already finished in {out}; 0 to train."]
@@ -161,14 +176,25 @@ def test_finished_seeds_are_skipped_only_under_the_same_config(tiny_cfg, tmp_pat
 @pytest.mark.slow
 def test_seeds_command_end_to_end(tmp_path):
   out = str(tmp_path / "seeds")
-  cmd = [sys.executable, os.path.join(REPO, "launch", "seeds.py"), f"--out={out}",
-         "--config=" + os.path.join(REPO, "configs", "seeds.py"), "--seeds=0,1",
-         "--config.steps=4", "--config.eval_every=2", "--config.log_every=2",
-         "--config.checkpoint_every=0", "--config.batch_size=8", "--config.seq_len=32",
-         "--config.eval_batches=2", "--config.data.tokenizer=bytes",
-         "--config.model.vocab_size=257", f"--config.data.cache_dir={tmp_path / 'cache'}",
-         f"--compilation_cache={tmp_path / 'xla'}",
-         "--claims_seed=-1"]  # the reports behind claims.md are tested in test_claims.py
+  cmd = [
+    sys.executable,
+    os.path.join(REPO, "launch", "seeds.py"),
+    f"--out={out}",
+    "--config=" + os.path.join(REPO, "configs", "seeds.py"),
+    "--seeds=0,1",
+    "--config.steps=4",
+    "--config.eval_every=2",
+    "--config.log_every=2",
+    "--config.checkpoint_every=0",
+    "--config.batch_size=8",
+    "--config.seq_len=32",
+    "--config.eval_batches=2",
+    "--config.data.tokenizer=bytes",
+    "--config.model.vocab_size=257",
+    f"--config.data.cache_dir={tmp_path / 'cache'}",
+    f"--compilation_cache={tmp_path / 'xla'}",
+    "--claims_seed=-1",
+  ]  # the reports behind claims.md are tested in test_claims.py
   env = {**os.environ, "PYTHONPATH": REPO, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
   first = subprocess.run(cmd, capture_output=True, text=True, env=env)
   assert first.returncode == 0, first.stderr[-3000:]
@@ -177,8 +203,9 @@ def test_seeds_command_end_to_end(tmp_path):
   for pooling in ("sequence_mean", "causal_mean"):
     assert res["poolings"][pooling]["seeds"] == [0, 1]
     assert set(res["poolings"][pooling]["perplexity"]) == {"0", "1"}
-    assert set(res["poolings"][pooling]["comparisons"]["routed vs matched"]["all"][
-        "per_seed_log_ratio"]) == {"0", "1"}
+    assert set(
+      res["poolings"][pooling]["comparisons"]["routed vs matched"]["all"]["per_seed_log_ratio"]
+    ) == {"0", "1"}
     curves = seeds.read_curves(seeds.workdir_of(out, pooling, 1))
     assert set(curves) >= {"routed", "baseline", "matched"}
     assert curves["matched"][0] == [2, 4]
@@ -197,8 +224,11 @@ def test_seeds_command_end_to_end(tmp_path):
 
 
 def test_seeds_command_rejects_bad_seeds(tmp_path):
-  out = subprocess.run([sys.executable, os.path.join(REPO, "launch", "seeds.py"),
-                        f"--out={tmp_path}", "--seeds=0,x"], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": REPO})
+  out = subprocess.run(
+    [sys.executable, os.path.join(REPO, "launch", "seeds.py"), f"--out={tmp_path}", "--seeds=0,x"],
+    capture_output=True,
+    text=True,
+    env={**os.environ, "PYTHONPATH": REPO},
+  )
   assert out.returncode == 2 and "--seeds=0,x: give distinct integers" in out.stderr
   assert "Traceback" not in out.stderr

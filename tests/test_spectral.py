@@ -23,9 +23,9 @@ def _planted(lams, symmetric=False, seed=0):
   u_DxD, _ = np.linalg.qr(rng.standard_normal((D, D)))
   wq, wk = np.zeros((D, Dh)), np.zeros((D, Dh))
   for i, lam in enumerate(lams):
-    plane_Dx2 = u_DxD[:, 2 * i:2 * i + 2]
-    wq[:, 2 * i:2 * i + 2] = lam * plane_Dx2
-    wk[:, 2 * i:2 * i + 2] = plane_Dx2 if symmetric else plane_Dx2 @ J_2x2.T
+    plane_Dx2 = u_DxD[:, 2 * i : 2 * i + 2]
+    wq[:, 2 * i : 2 * i + 2] = lam * plane_Dx2
+    wk[:, 2 * i : 2 * i + 2] = plane_Dx2 if symmetric else plane_Dx2 @ J_2x2.T
   return wq[None], wk[None]
 
 
@@ -65,10 +65,12 @@ def test_mean_rope_rotation_matches_the_model_rope():
   T, H, theta = 6, 1, 100.0
   rng = np.random.default_rng(1)
   q_Dh, k_Dh = rng.standard_normal((2, Dh))
-  rq_TxDh = np.asarray(rope(jnp.broadcast_to(jnp.asarray(q_Dh, jnp.float32), (1, T, H, Dh)),
-                            theta))[0, :, 0]
-  rk_TxDh = np.asarray(rope(jnp.broadcast_to(jnp.asarray(k_Dh, jnp.float32), (1, T, H, Dh)),
-                            theta))[0, :, 0]
+  rq_TxDh = np.asarray(
+    rope(jnp.broadcast_to(jnp.asarray(q_Dh, jnp.float32), (1, T, H, Dh)), theta)
+  )[0, :, 0]
+  rk_TxDh = np.asarray(
+    rope(jnp.broadcast_to(jnp.asarray(k_Dh, jnp.float32), (1, T, H, Dh)), theta)
+  )[0, :, 0]
   for t in range(T):
     for s in range(T):
       r_DhxDh = sp.mean_rope_rotation(Dh, theta, [t - s])
@@ -82,7 +84,8 @@ def test_offset_averaged_rope_skew_share_by_hand(T):
   eye = np.eye(2)[None]
   rbar = sp.mean_rope_rotation(2, 10_000.0, np.arange(T))
   assert _one(sp.head_stats(eye @ rbar, eye))["skew_share"] == pytest.approx(
-      math.sin((T - 1) / 2) ** 2, abs=1e-9)
+    math.sin((T - 1) / 2) ** 2, abs=1e-9
+  )
   two_sided = sp.mean_rope_rotation(2, 10_000.0, np.arange(-(T - 1), T))
   s = _one(sp.head_stats(eye @ two_sided, eye))
   assert s["skew_share"] == pytest.approx(0.0, abs=1e-12) and s["skew_erank"] == 0.0
@@ -112,8 +115,9 @@ def test_spectral_on_trained_pair_and_report(run, tmp_path):
       for key, heads_LxH in v.heads.items():
         arr = np.asarray(heads_LxH, float)
         assert arr.shape == (L, H) and np.all(np.isfinite(arr)), (name, view, key)
-      np.testing.assert_allclose(np.add(v.heads["skew_share"], v.heads["sym_share"]),
-                                 1.0, atol=1e-9)
+      np.testing.assert_allclose(
+        np.add(v.heads["skew_share"], v.heads["sym_share"]), 1.0, atol=1e-9
+      )
       assert len(v.per_layer["skew_erank"]) == L
   assert 0.4 < r.null.offset0["skew_share"].mean < 0.6
   assert r.null.max_rank == min(run.cfg.model.d_model, 2 * run.cfg.model.head_dim)

@@ -13,9 +13,11 @@ from dirroute_jax.analysis import stats
 def test_sign_flip_p_matches_brute_force_and_has_its_floor():
   x = [0.03, -0.01, 0.02, 0.05, 0.01, -0.02, 0.04]
   obs = abs(np.mean(x))
-  hits = sum(abs(np.mean([s * v for s, v in zip(signs, x)])) >= obs - 1e-15
-             for signs in itertools.product((1, -1), repeat=len(x)))
-  assert stats.sign_flip_p(x) == pytest.approx(hits / 2**len(x))
+  hits = sum(
+    abs(np.mean([s * v for s, v in zip(signs, x)])) >= obs - 1e-15
+    for signs in itertools.product((1, -1), repeat=len(x))
+  )
+  assert stats.sign_flip_p(x) == pytest.approx(hits / 2 ** len(x))
   assert stats.sign_flip_p([1.0, 2.0, 3.0, 4.0, 5.0]) == 2 / 32  # all one sign: the floor
   assert stats.sign_flip_p([0.1] * 15) == pytest.approx(2 / 2**15)
   assert math.isnan(stats.sign_flip_p([]))
@@ -33,7 +35,8 @@ def test_holm_adjusts_in_input_order_and_keeps_nan_out():
 def test_margin_maps_the_ratio_scale_to_the_log_scale():
   low, high = stats.log_margin(0.01)
   assert stats.reduction(low) == pytest.approx(-0.01) and stats.reduction(high) == pytest.approx(
-      0.01)
+    0.01
+  )
   with pytest.raises(ValueError):
     stats.log_margin(1.0)
 

@@ -11,15 +11,18 @@ import sys
 
 import pytest
 
-from dirroute_jax.train import plan as plan_lib, targets
+from dirroute_jax.train import plan as plan_lib
+from dirroute_jax.train import targets
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-needs_tpu_compiler = pytest.mark.skipif(not targets.compiler_installed("tpu"),
-                                        reason="libtpu not installed: pip install -e '.[tpu]'")
-needs_gpu_compiler = pytest.mark.skipif(not targets.compiler_installed("gpu"),
-                                        reason="jax's CUDA plugin not installed: "
-                                        "pip install -e '.[cuda]'")
+needs_tpu_compiler = pytest.mark.skipif(
+  not targets.compiler_installed("tpu"), reason="libtpu not installed: pip install -e '.[tpu]'"
+)
+needs_gpu_compiler = pytest.mark.skipif(
+  not targets.compiler_installed("gpu"),
+  reason="jax's CUDA plugin not installed: pip install -e '.[cuda]'",
+)
 
 
 def _plan(cfg, name):
@@ -87,11 +90,15 @@ def test_tiny_pair_compiles_for_a_tpu_slice(tiny_cfg, pooling):
 
 
 @needs_gpu_compiler
-@pytest.mark.parametrize("mesh", [
+@pytest.mark.parametrize(
+  "mesh",
+  [
     dict(data=1, fsdp=-1),
     pytest.param(dict(data=-1), marks=pytest.mark.slow),
-    pytest.param(dict(data=-1, tensor=2), marks=pytest.mark.slow)],
-    ids=["fsdp", "data", "tensor2"])
+    pytest.param(dict(data=-1, tensor=2), marks=pytest.mark.slow),
+  ],
+  ids=["fsdp", "data", "tensor2"],
+)
 def test_tiny_pair_compiles_with_cudnn_for_8_h100s(tiny_cfg, mesh):
   """The 8-GPU failure: on the fsdp mesh cuDNN's partitioner got q split over the batch and k, v
   replicated ("Query, key and value should have same sharding") and the compile failed. The
@@ -118,22 +125,33 @@ def test_float32_on_h100_keeps_xla_attention(tiny_cfg):
 
 def _plan_cli(*args):
   return subprocess.run(
-      [sys.executable, os.path.join(REPO, "launch", "plan.py"), *args],
-      capture_output=True, text=True, env={**os.environ, "XLA_FLAGS": ""})
+    [sys.executable, os.path.join(REPO, "launch", "plan.py"), *args],
+    capture_output=True,
+    text=True,
+    env={**os.environ, "XLA_FLAGS": ""},
+  )
 
 
 def test_unknown_target_is_one_line():
   out = _plan_cli("--config=" + os.path.join(REPO, "configs", "tiny.py"), "--target=v9-8")
   assert out.returncode != 0 and "Traceback" not in out.stderr
-  assert out.stderr.strip().splitlines()[-1].startswith("error: unknown target 'v9-8'; known "
-                                                        "targets: v4-8, ")
+  assert (
+    out.stderr.strip()
+    .splitlines()[-1]
+    .startswith("error: unknown target 'v9-8'; known targets: v4-8, ")
+  )
 
 
 @needs_tpu_compiler
 @pytest.mark.slow
 def test_plan_cli_target_uses_the_tpu_compiler():
-  out = _plan_cli("--config=" + os.path.join(REPO, "configs", "tiny.py"), "--target=v5e-4",
-                  "--config.model.num_layers=1", "--config.seq_len=16", "--config.batch_size=4")
+  out = _plan_cli(
+    "--config=" + os.path.join(REPO, "configs", "tiny.py"),
+    "--target=v5e-4",
+    "--config.model.num_layers=1",
+    "--config.seq_len=16",
+    "--config.batch_size=4",
+  )
   assert out.returncode == 0, out.stderr
   assert "Compiling the joint train step ahead of time for v5e-4 (4 x TPU v5 lite)" in out.stderr
   assert "compiler: TPU compiler (libtpu " in out.stdout

@@ -10,25 +10,32 @@ import pytest
 from dirroute_jax.config import ConfigError
 from dirroute_jax.model import kernels
 from dirroute_jax.model.transformer import build_model, forward, init_params
-from dirroute_jax.train import plan as plan_lib, sharding, step, targets
+from dirroute_jax.train import plan as plan_lib
+from dirroute_jax.train import sharding, step, targets
 
-needs_tpu_compiler = pytest.mark.skipif(not targets.compiler_installed("tpu"),
-                                        reason="libtpu not installed: pip install -e '.[tpu]'")
+needs_tpu_compiler = pytest.mark.skipif(
+  not targets.compiler_installed("tpu"), reason="libtpu not installed: pip install -e '.[tpu]'"
+)
 
 
 def _attend(impl, q, k, v, ct):
   def loss(q, k, v):
     o = kernels._fused(impl, q, k, v)
     return jnp.sum(o.astype(jnp.float32) * ct), o
+
   (_, o), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v)
   return np.asarray(o, np.float32), [np.asarray(g, np.float32) for g in grads]
 
 
-@pytest.mark.parametrize("shape,dtype,atol,grad_rtol", [
+@pytest.mark.parametrize(
+  "shape,dtype,atol,grad_rtol",
+  [
     ((2, 100, 4, 16), jnp.float32, 1e-5, 1e-5),  # T not a multiple of 128: padded, then dropped
     ((2, 128, 4, 16), jnp.bfloat16, 3e-2, 2e-2),
     pytest.param((1, 1024, 2, 128), jnp.float32, 1e-5, 1e-5, marks=pytest.mark.slow),  # 433m
-], ids=["tiny-f32", "tiny-bf16", "433m-slice-f32"])
+  ],
+  ids=["tiny-f32", "tiny-bf16", "433m-slice-f32"],
+)
 def test_splash_interpret_equals_xla(shape, dtype, atol, grad_rtol):
   q, k, v = (jax.random.normal(key, shape, dtype) for key in jax.random.split(jax.random.key(0), 3))
   ct = jax.random.normal(jax.random.key(1), shape, jnp.float32)
@@ -59,8 +66,9 @@ class _Device:
 def test_auto_picks_splash_on_tpu_only():
   impl, why = kernels.resolve_attention_impl("auto", "bfloat16", 128, _Device("tpu", "TPU v5 lite"))
   assert impl == "splash" and "TPU v5 lite" in why
-  assert kernels.resolve_attention_impl("splash", "float32", 16, _Device("cpu", "cpu"))[0] == \
-      "splash"  # the Pallas interpreter: what the tests above run
+  assert (
+    kernels.resolve_attention_impl("splash", "float32", 16, _Device("cpu", "cpu"))[0] == "splash"
+  )  # the Pallas interpreter: what the tests above run
   with pytest.raises(ConfigError, match="'splash' cannot run here: it is a TPU kernel"):
     kernels.resolve_attention_impl("splash", "bfloat16", 128, _Device("gpu", "NVIDIA H100"))
 
@@ -83,8 +91,9 @@ def test_dcn_data_splits_the_batch_not_the_parameters(tiny_cfg):
   two = step.make_trainer(tiny_cfg, sharding.make_mesh(tiny_cfg.mesh, jax.devices()[:8]))
   assert dict(two.mesh.shape) == {"dcn_data": 2, "data": 1, "fsdp": 4, "tensor": 1}
   # Each slice holds what one slice alone would: parameters are never split over dcn_data.
-  assert (plan_lib.bytes_per_device(two.abstract_state())
-          == plan_lib.bytes_per_device(one.abstract_state()))
+  assert plan_lib.bytes_per_device(two.abstract_state()) == plan_lib.bytes_per_device(
+    one.abstract_state()
+  )
   assert two.batch_sharding.spec == jax.sharding.PartitionSpec(("dcn_data", "data", "fsdp"))
 
 
@@ -106,9 +115,15 @@ def test_tiny_pair_compiles_for_two_tpu_slices(tiny_cfg):
 def test_tpu_launcher_requests_a_multi_slice_queued_resource():
   from dirroute_jax.cloud import tpu
 
-  job = tpu.TpuJob(name="dirroute-ms", zone="us-west4-a", accelerator_type="v5e-16",
-                   config="configs/433m.py", workdir="gs://bucket/run", num_slices=2,
-                   train_args=("--config.data.files=~/data/*.parquet",))
+  job = tpu.TpuJob(
+    name="dirroute-ms",
+    zone="us-west4-a",
+    accelerator_type="v5e-16",
+    config="configs/433m.py",
+    workdir="gs://bucket/run",
+    num_slices=2,
+    train_args=("--config.data.files=~/data/*.parquet",),
+  )
   cmds = [c for _, c in tpu.plan(job)]
   create = cmds[0]
   assert create[3:6] == ["queued-resources", "create", "dirroute-ms"]
@@ -120,5 +135,13 @@ def test_tpu_launcher_requests_a_multi_slice_queued_resource():
   train = next(a for a in ssh[1] if a.startswith("--command="))
   assert "--distributed=on" in train
   with pytest.raises(ValueError, match="--num_slices=0"):
-    tpu.plan(tpu.TpuJob(name="x", zone="z", accelerator_type="v5e-16", config="configs/433m.py",
-                        workdir="gs://b/r", num_slices=0))
+    tpu.plan(
+      tpu.TpuJob(
+        name="x",
+        zone="z",
+        accelerator_type="v5e-16",
+        config="configs/433m.py",
+        workdir="gs://b/r",
+        num_slices=0,
+      )
+    )

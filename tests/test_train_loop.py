@@ -14,7 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from dirroute_jax import exit_codes, workdir as workdir_lib
+from dirroute_jax import exit_codes
+from dirroute_jax import workdir as workdir_lib
 from dirroute_jax.train import checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,24 +28,35 @@ def cache(tmp_path_factory):
 
 
 def _cmd(workdir, cache, *overrides):
-  return [sys.executable, os.path.join(REPO, "launch", "train.py"),
-          "--config=" + os.path.join(REPO, "configs", "tiny.py"), f"--workdir={workdir}",
-          f"--compilation_cache={cache}/xla", f"--config.data.cache_dir={cache}",
-          "--config.data.tokenizer=bytes", "--config.seq_len=32", "--config.batch_size=8",
-          "--config.eval_batches=2", *overrides]
+  return [
+    sys.executable,
+    os.path.join(REPO, "launch", "train.py"),
+    "--config=" + os.path.join(REPO, "configs", "tiny.py"),
+    f"--workdir={workdir}",
+    f"--compilation_cache={cache}/xla",
+    f"--config.data.cache_dir={cache}",
+    "--config.data.tokenizer=bytes",
+    "--config.seq_len=32",
+    "--config.batch_size=8",
+    "--config.eval_batches=2",
+    *overrides,
+  ]
 
 
 def _run(workdir, cache, *overrides, check=True):
-  proc = subprocess.run(_cmd(workdir, cache, *overrides), capture_output=True, text=True,
-                        env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
+  proc = subprocess.run(
+    _cmd(workdir, cache, *overrides),
+    capture_output=True,
+    text=True,
+    env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""},
+  )
   if check:
     assert proc.returncode == 0, proc.stdout + proc.stderr
   return proc
 
 
 def _metrics(workdir):
-  return {row["step"]: row for row in map(json.loads, open(os.path.join(workdir,
-                                                                        "metrics.jsonl")))}
+  return {row["step"]: row for row in map(json.loads, open(os.path.join(workdir, "metrics.jsonl")))}
 
 
 def _final_state(workdir):
@@ -52,11 +64,16 @@ def _final_state(workdir):
   step = ckpt.latest_step()
   path = os.path.join(str(workdir), "checkpoints", str(step), "state")
   import orbax.checkpoint as ocp
+
   return step, ocp.StandardCheckpointer().restore(path)
 
 
-RUN = ("--config.steps=120", "--config.checkpoint_every=10", "--config.log_every=5",
-       "--config.eval_every=60")
+RUN = (
+  "--config.steps=120",
+  "--config.checkpoint_every=10",
+  "--config.log_every=5",
+  "--config.eval_every=60",
+)
 
 
 @pytest.mark.slow
@@ -68,13 +85,23 @@ def test_losses_fall_and_sigkill_resume_is_bitwise(tmp_path, cache):
   for name in ("routed", "baseline"):
     assert m[120][f"{name}/loss"] < m[5][f"{name}/loss"] - 0.5
     assert f"eval/{name}/perplexity" in m[120]
-  assert set(m[60]) >= {"step", "routed/loss", "baseline/loss", "eval/routed/loss",
-                        "delta/loss", "routed/router/mean", "perf/tokens_per_sec"}
+  assert set(m[60]) >= {
+    "step",
+    "routed/loss",
+    "baseline/loss",
+    "eval/routed/loss",
+    "delta/loss",
+    "routed/router/mean",
+    "perf/tokens_per_sec",
+  }
 
   crashed = tmp_path / "crashed"
-  proc = subprocess.Popen(_cmd(crashed, cache, *RUN), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
+  proc = subprocess.Popen(
+    _cmd(crashed, cache, *RUN),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+    env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""},
+  )
   deadline = time.time() + 120
   while not (crashed / "checkpoints" / "20").exists():
     assert proc.poll() is None and time.time() < deadline, "run ended before a checkpoint"
@@ -102,10 +129,20 @@ def test_losses_fall_and_sigkill_resume_is_bitwise(tmp_path, cache):
 @pytest.mark.slow
 def test_ctrl_c_saves_and_exits_cleanly(tmp_path, cache):
   wd = tmp_path / "interrupted"
-  proc = subprocess.Popen(_cmd(wd, cache, "--config.steps=100000", "--config.log_every=1000",
-                               "--config.checkpoint_every=0", "--config.eval_every=0"),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
+  proc = subprocess.Popen(
+    _cmd(
+      wd,
+      cache,
+      "--config.steps=100000",
+      "--config.log_every=1000",
+      "--config.checkpoint_every=0",
+      "--config.eval_every=0",
+    ),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""},
+  )
   for line in proc.stdout:
     if line.startswith("Training routed"):
       break
@@ -120,9 +157,11 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path, cache):
 
 def _all_finite(workdir):
   import orbax.checkpoint as ocp
+
   for step in checkpoint.CheckpointReader(str(workdir)).all_steps():
-    state = ocp.StandardCheckpointer().restore(os.path.join(str(workdir), "checkpoints",
-                                                            str(step), "state"))
+    state = ocp.StandardCheckpointer().restore(
+      os.path.join(str(workdir), "checkpoints", str(step), "state")
+    )
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state)), step
 
 
@@ -131,9 +170,17 @@ def test_a_non_finite_state_is_never_saved(tmp_path, cache):
   # An LR of inf turns 58 of the 183 leaves into inf/NaN in the first update, while the loss
   # of that step (computed before the update) is still finite.
   wd = tmp_path / "inf"
-  proc = _run(wd, cache, "--config.steps=20", "--config.checkpoint_every=1",
-              "--config.log_every=1", "--config.optim.warmup_steps=0",
-              "--config.optim.peak_lr=inf", "--config.optim.final_lr=inf", check=False)
+  proc = _run(
+    wd,
+    cache,
+    "--config.steps=20",
+    "--config.checkpoint_every=1",
+    "--config.log_every=1",
+    "--config.optim.warmup_steps=0",
+    "--config.optim.peak_lr=inf",
+    "--config.optim.final_lr=inf",
+    check=False,
+  )
   assert proc.returncode == exit_codes.DIVERGED, proc.stderr
   assert "has NaN/Inf in" in proc.stderr and "not saved" in proc.stderr
   assert checkpoint.CheckpointReader(str(wd)).all_steps() == []
@@ -148,8 +195,9 @@ def test_divergence_keeps_only_checkpoints_that_gave_a_finite_loss(tmp_path, cac
   for, without touching the workdir before that."""
   wd = tmp_path / "diverged"
   sane = ("--config.steps=8", "--config.checkpoint_every=1", "--config.log_every=1")
-  proc = _run(wd, cache, *sane, "--config.optim.warmup_steps=3", "--config.optim.peak_lr=1e9",
-              check=False)
+  proc = _run(
+    wd, cache, *sane, "--config.optim.warmup_steps=3", "--config.optim.peak_lr=1e9", check=False
+  )
   assert proc.returncode == exit_codes.DIVERGED, proc.stderr
   loss = re.search(r"non-finite \S+ at step (\d+)", proc.stderr)
   state = re.search(r"the state at step (\d+) has NaN/Inf in", proc.stderr)
@@ -168,13 +216,18 @@ def test_divergence_keeps_only_checkpoints_that_gave_a_finite_loss(tmp_path, cac
 
   before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in wd.iterdir() if p.is_file()}
   proc = _run(wd, cache, *sane, "--config.optim.warmup_steps=3", check=False)
-  assert proc.returncode == exit_codes.USAGE and "optim.peak_lr: 1000000000.0 -> " in \
-      proc.stderr and "--allow_config_change" in proc.stderr, proc.stderr
-  assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in wd.iterdir()
-          if p.is_file()} == before  # nothing written before the check
+  assert (
+    proc.returncode == exit_codes.USAGE
+    and "optim.peak_lr: 1000000000.0 -> " in proc.stderr
+    and "--allow_config_change" in proc.stderr
+  ), proc.stderr
+  assert {
+    p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in wd.iterdir() if p.is_file()
+  } == before  # nothing written before the check
 
-  proc = _run(wd, cache, *sane, "--config.optim.warmup_steps=3", "--allow_config_change",
-              check=False)
+  proc = _run(
+    wd, cache, *sane, "--config.optim.warmup_steps=3", "--allow_config_change", check=False
+  )
   assert f"Resumed from step {kept[-1]}" in proc.stdout and "changed config" in proc.stdout
   if loss:
     assert proc.returncode == 0 and math.isfinite(_metrics(wd)[8]["routed/loss"])
@@ -183,14 +236,16 @@ def test_divergence_keeps_only_checkpoints_that_gave_a_finite_loss(tmp_path, cac
   _all_finite(wd)
 
 
-@pytest.mark.parametrize("overrides,message", [
+@pytest.mark.parametrize(
+  "overrides,message",
+  [
     (("--config.data.tokenizer=gpt2",), "vocab"),
     (("--config.batch_size=0",), "batch_size"),
     (("--config.model.pooling=mean",), "model.pooling"),
-    (("--config.data.source=files", "--config.data.files=/nonexistent/*.parquet"),
-     "/nonexistent"),
+    (("--config.data.source=files", "--config.data.files=/nonexistent/*.parquet"), "/nonexistent"),
     (("--config.no_such_key=1",), "no_such_key"),
-])
+  ],
+)
 def test_bad_input_is_a_clear_error(tmp_path, cache, overrides, message):
   proc = _run(tmp_path / "bad", cache, "--config.steps=2", *overrides, check=False)
   assert proc.returncode != 0
@@ -213,10 +268,13 @@ def test_unwritable_workdir_and_mismatched_checkpoint(tmp_path, cache):
 
 def _start(workdir, cache, *overrides):
   """A long run in the background, returned once it is training (past compilation)."""
-  proc = subprocess.Popen(_cmd(workdir, cache, "--config.steps=100000", "--config.eval_every=0",
-                               *overrides),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
+  proc = subprocess.Popen(
+    _cmd(workdir, cache, "--config.steps=100000", "--config.eval_every=0", *overrides),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""},
+  )
   lines = []
   for line in proc.stdout:
     lines.append(line)
@@ -259,9 +317,14 @@ def test_second_writer_refused_then_sigterm_saves_and_exits_preempted(tmp_path, 
 @pytest.mark.slow
 def test_double_ctrl_c_aborts_in_one_line(tmp_path, cache):
   # Bigger steps, so the second Ctrl-C lands while the first is still being honoured.
-  proc, lines = _start(tmp_path / "abort", cache, "--config.log_every=1",
-                       "--config.checkpoint_every=0", "--config.batch_size=64",
-                       "--config.seq_len=128")
+  proc, lines = _start(
+    tmp_path / "abort",
+    cache,
+    "--config.log_every=1",
+    "--config.checkpoint_every=0",
+    "--config.batch_size=64",
+    "--config.seq_len=128",
+  )
   proc.send_signal(signal.SIGINT)
   for line in proc.stdout:  # Python runs the handler once per delivery it sees: wait for it
     lines.append(line)
@@ -270,7 +333,7 @@ def test_double_ctrl_c_aborts_in_one_line(tmp_path, cache):
   proc.send_signal(signal.SIGINT)
   out = "".join(lines) + proc.communicate(timeout=120)[0]
   assert proc.returncode == exit_codes.ABORTED, out
-  after = out[out.index("Interrupted"):]
+  after = out[out.index("Interrupted") :]
   assert "Traceback" not in after and len(after.strip().splitlines()) <= 4, after
   assert "aborted without saving" in after
   assert not (tmp_path / "abort" / workdir_lib.WRITER_LOCK).exists()
@@ -280,9 +343,16 @@ def test_double_ctrl_c_aborts_in_one_line(tmp_path, cache):
 def test_rerun_of_a_finished_or_shortened_run_writes_nothing_new(tmp_path, cache):
   wd = tmp_path / "finished"
   # A time-based interval too short to skip any step: a save after each one.
-  _run(wd, cache, "--config.steps=10", "--config.checkpoint_every=0", "--config.log_every=5",
-       "--config.eval_every=0", "--config.checkpoint_every_secs=1e-6",
-       "--config.checkpoint.keep=20")
+  _run(
+    wd,
+    cache,
+    "--config.steps=10",
+    "--config.checkpoint_every=0",
+    "--config.log_every=5",
+    "--config.eval_every=0",
+    "--config.checkpoint_every_secs=1e-6",
+    "--config.checkpoint.keep=20",
+  )
   assert checkpoint.CheckpointReader(str(wd)).all_steps() == list(range(1, 11))
   before = (wd / "metrics.jsonl").read_text()
   out = _run(wd, cache, "--config.steps=10").stdout
@@ -297,6 +367,7 @@ def test_rerun_of_a_finished_or_shortened_run_writes_nothing_new(tmp_path, cache
 
 def _limit_file_size():
   import resource
+
   signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails like ENOSPC
   resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
 
@@ -309,11 +380,21 @@ def test_a_failed_save_stops_training_with_one_line(tmp_path, cache):
   load), with an I/O status and no traceback."""
   _run(tmp_path / "warm", cache, "--config.steps=1")  # the data cache, written without a limit
   wd = tmp_path / "full"
-  proc = subprocess.run(_cmd(wd, cache, "--config.steps=40", "--config.checkpoint_every=10",
-                             "--config.log_every=2", "--config.eval_every=0",
-                             "--compilation_cache="),
-                        capture_output=True, text=True, preexec_fn=_limit_file_size,
-                        env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
+  proc = subprocess.run(
+    _cmd(
+      wd,
+      cache,
+      "--config.steps=40",
+      "--config.checkpoint_every=10",
+      "--config.log_every=2",
+      "--config.eval_every=0",
+      "--compilation_cache=",
+    ),
+    capture_output=True,
+    text=True,
+    preexec_fn=_limit_file_size,
+    env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""},
+  )
   assert proc.returncode == exit_codes.IO_ERROR, proc.stdout + proc.stderr
   lines = proc.stderr.strip().splitlines()
   assert lines[-1].startswith("error: saving checkpoint") and "Traceback" not in proc.stderr
@@ -340,8 +421,7 @@ def test_damaged_newest_steps_resume_exactly_from_what_is_sound(tmp_path, cache)
   for copy in (edited, no_data, from10):
     shutil.copytree(clean, copy)
   shutil.rmtree(from10 / "checkpoints" / "20")  # no_data's reference: a clean resume from 10
-  (edited / "checkpoints" / "20" / "data" / "process_0-of-1.json").write_text(
-      '{"next_index": 10}')
+  (edited / "checkpoints" / "20" / "data" / "process_0-of-1.json").write_text('{"next_index": 10}')
   shutil.copytree(edited / "checkpoints" / "20", edited / "checkpoints" / "25")
   (edited / "checkpoints" / "25" / "commit_success.txt").unlink(missing_ok=True)
   (edited / workdir_lib.DATA_FINGERPRINT).write_bytes(b"\xff\x00junk")
@@ -363,10 +443,20 @@ def test_damaged_newest_steps_resume_exactly_from_what_is_sound(tmp_path, cache)
 @pytest.mark.slow
 def test_a_closed_stdout_does_not_stop_training(tmp_path, cache):
   wd = tmp_path / "head"
-  proc = subprocess.Popen(_cmd(wd, cache, "--config.steps=20", "--config.log_every=1",
-                               "--config.checkpoint_every=10", "--config.eval_every=0"),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
+  proc = subprocess.Popen(
+    _cmd(
+      wd,
+      cache,
+      "--config.steps=20",
+      "--config.log_every=1",
+      "--config.checkpoint_every=10",
+      "--config.eval_every=0",
+    ),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""},
+  )
   for _ in range(3):  # `| head -n 3`
     proc.stdout.readline()
   proc.stdout.close()
@@ -377,9 +467,13 @@ def test_a_closed_stdout_does_not_stop_training(tmp_path, cache):
 
 @pytest.mark.slow
 def test_sigterm_during_start_up_exits_preempted(tmp_path, cache):
-  proc = subprocess.Popen(_cmd(tmp_path / "early", cache, "--config.steps=20"),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
+  proc = subprocess.Popen(
+    _cmd(tmp_path / "early", cache, "--config.steps=20"),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""},
+  )
   time.sleep(1.0)  # importing; the loop's handler is not installed yet
   proc.send_signal(signal.SIGTERM)
   out = proc.communicate(timeout=300)[0]
@@ -388,10 +482,15 @@ def test_sigterm_during_start_up_exits_preempted(tmp_path, cache):
 
 def _unshare_works():
   import shutil
+
   if not shutil.which("unshare"):
     return False
-  return subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
-                        capture_output=True).returncode == 0
+  return (
+    subprocess.run(
+      ["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True
+    ).returncode
+    == 0
+  )
 
 
 @pytest.mark.slow
@@ -401,11 +500,23 @@ def test_a_restarted_container_takes_back_its_own_workdir(tmp_path, cache):
   started again the same way at once: it must not be refused as 'in use by pid 1'."""
   wd = tmp_path / "container"
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-  cmd = ["unshare", "--pid", "--fork", "--mount-proc",
-         *_cmd(wd, cache, "--config.steps=100000", "--config.log_every=1", *SHORT[:1],
-               "--config.eval_every=0")]
-  first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           env=env)
+  cmd = [
+    "unshare",
+    "--pid",
+    "--fork",
+    "--mount-proc",
+    *_cmd(
+      wd,
+      cache,
+      "--config.steps=100000",
+      "--config.log_every=1",
+      *SHORT[:1],
+      "--config.eval_every=0",
+    ),
+  ]
+  first = subprocess.Popen(
+    cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+  )
   for line in first.stdout:
     if line.startswith("step "):
       break
@@ -415,11 +526,14 @@ def test_a_restarted_container_takes_back_its_own_workdir(tmp_path, cache):
   os.kill(int(children[0]), signal.SIGKILL)  # pid 1 of the namespace: the whole container
   first.wait(timeout=60)
   second = subprocess.run(
-      ["unshare", "--pid", "--fork", "--mount-proc", *_cmd(wd, cache, "--config.steps=12",
-                                                           *SHORT)],
-      capture_output=True, text=True, env=env, timeout=600)
+    ["unshare", "--pid", "--fork", "--mount-proc", *_cmd(wd, cache, "--config.steps=12", *SHORT)],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=600,
+  )
   assert second.returncode == exit_codes.DONE, second.stdout + second.stderr
   # The namespace's inode may be reused (then: pid 1 is another process, by its start time),
   # or not (then: another pid namespace whose heartbeat stopped).
   assert "taking over" in second.stdout, second.stdout
-  assert ("now another process" in second.stdout or "another pid namespace" in second.stdout)
+  assert "now another process" in second.stdout or "another pid namespace" in second.stdout

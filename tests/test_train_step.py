@@ -23,8 +23,9 @@ def _small(cfg):
 
 
 def _batch(cfg, s):
-  x = np.random.default_rng(s).integers(0, cfg.model.vocab_size,
-                                        (cfg.batch_size, cfg.seq_len + 1), dtype=np.int32)
+  x = np.random.default_rng(s).integers(
+    0, cfg.model.vocab_size, (cfg.batch_size, cfg.seq_len + 1), dtype=np.int32
+  )
   w = np.ones((cfg.batch_size, cfg.seq_len), np.float32)
   w[0, -5:] = 0.0  # padding in one row: the loss must average over real tokens only
   return {"inputs": x[:, :-1], "targets": x[:, 1:], "weights": w}
@@ -49,18 +50,26 @@ def test_pair_is_one_executable_and_equals_each_model_alone(tiny_cfg):
   trainer, pair, history, _ = _train(cfg, jax.devices()[:1])
   assert trainer.train_step._cache_size() == 1  # compiled once, for both models
   hlo = trainer.train_step.lower(
-      trainer.abstract_state(),
-      {k: jax.ShapeDtypeStruct((8, 32), v.dtype, sharding=trainer.batch_sharding)
-       for k, v in _batch(cfg, 0).items()}).as_text()
+    trainer.abstract_state(),
+    {
+      k: jax.ShapeDtypeStruct((8, 32), v.dtype, sharding=trainer.batch_sharding)
+      for k, v in _batch(cfg, 0).items()
+    },
+  ).as_text()
   assert hlo.count("func.func public @main") == 1
-  assert set(history[-1]) >= {"routed/loss", "baseline/loss", "delta/loss",
-                              "routed/router/mean", "baseline/grad_norm", "routed/lr"}
+  assert set(history[-1]) >= {
+    "routed/loss",
+    "baseline/loss",
+    "delta/loss",
+    "routed/router/mean",
+    "baseline/grad_norm",
+    "routed/lr",
+  }
   for name in ("routed", "baseline"):
     cfg.models = name
     _, alone, alone_hist, _ = _train(cfg, jax.devices()[:1])
     chex.assert_trees_all_close(pair["models"][name], alone["models"][name], atol=1e-6, rtol=0)
-    assert alone_hist[-1][f"{name}/loss"] == pytest.approx(history[-1][f"{name}/loss"],
-                                                           abs=1e-6)
+    assert alone_hist[-1][f"{name}/loss"] == pytest.approx(history[-1][f"{name}/loss"], abs=1e-6)
 
 
 @pytest.mark.slow
@@ -68,8 +77,9 @@ def test_pair_starts_from_identical_shared_weights(tiny_cfg):
   _, pair, _, _ = _train(_small(tiny_cfg), jax.devices()[:1], steps=0)
   routed, base = pair["models"]["routed"]["params"], pair["models"]["baseline"]["params"]
   np.testing.assert_array_equal(routed["embed"]["embedding"], base["embed"]["embedding"])
-  np.testing.assert_array_equal(routed["blocks_1"]["mlp"]["wo"]["kernel"],
-                                base["blocks_1"]["mlp"]["wo"]["kernel"])
+  np.testing.assert_array_equal(
+    routed["blocks_1"]["mlp"]["wo"]["kernel"], base["blocks_1"]["mlp"]["wo"]["kernel"]
+  )
 
 
 @pytest.mark.slow
@@ -84,11 +94,14 @@ def test_grad_accumulation_equals_full_batch(tiny_cfg):
 
 # One rules table; the mesh sizes decide the placement. The query kernel is D x H x Dh =
 # 64 x 4 x 16 and the MLP's up projection D x F = 64 x 176: fsdp splits D, tensor splits H and F.
-@pytest.mark.parametrize("mesh,q_shard,mlp_shard", [
+@pytest.mark.parametrize(
+  "mesh,q_shard,mlp_shard",
+  [
     (dict(data=-1, fsdp=1, tensor=1), (64, 4, 16), (64, 176)),  # data parallel: replicated
     (dict(data=2, fsdp=-1, tensor=1), (16, 4, 16), (16, 176)),  # fsdp 4
     (dict(data=2, fsdp=2, tensor=-1), (32, 2, 16), (32, 88)),  # fsdp 2 x tensor 2
-])
+  ],
+)
 @pytest.mark.slow
 def test_sharded_step_equals_single_device(tiny_cfg, mesh, q_shard, mlp_shard):
   if len(jax.devices()) < 8:
@@ -101,7 +114,8 @@ def test_sharded_step_equals_single_device(tiny_cfg, mesh, q_shard, mlp_shard):
   assert trainer.train_step._cache_size() == 1
   chex.assert_trees_all_close(single["models"], sharded["models"], atol=1e-5, rtol=0)
   assert sharded_hist[-1]["baseline/loss"] == pytest.approx(
-      single_hist[-1]["baseline/loss"], abs=1e-5)
+    single_hist[-1]["baseline/loss"], abs=1e-5
+  )
   p = live["models"]["routed"]["params"]
   q = p["blocks_0"]["attn"]["query"]["kernel"]
   mlp = p["blocks_0"]["mlp"]["wi_up"]["kernel"]
@@ -130,8 +144,11 @@ def test_indivisible_dimension_is_a_clear_error_before_compiling(tiny_cfg):
   cfg = _small(tiny_cfg)
   cfg.models, cfg.model.d_ff = "baseline", 175
   cfg.mesh.update(dict(data=1, fsdp=4, tensor=2))
-  with pytest.raises(ConfigError, match=r"'baseline' model's MLP width d_ff of 175 does not "
-                     r"divide over mesh.tensor=2 .*blocks_0/mlp/wi_gate/kernel.*mesh.tensor=1"):
+  with pytest.raises(
+    ConfigError,
+    match=r"'baseline' model's MLP width d_ff of 175 does not "
+    r"divide over mesh.tensor=2 .*blocks_0/mlp/wi_gate/kernel.*mesh.tensor=1",
+  ):
     step.make_trainer(cfg, sharding.make_mesh(cfg.mesh, jax.devices()[:8]))
   # The paper's size: the parameter-matched baseline's d_ff of 4387 (prime factors 41 x 107).
   cfg = load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs", "433m.py"))
@@ -162,21 +179,29 @@ def test_routing_params_get_half_lr_and_no_decay(tiny_cfg):
   cfg = tiny_cfg
   cfg.optim.warmup_steps, cfg.optim.peak_lr, cfg.optim.final_lr = 0, 1e-2, 1e-2
   cfg.optim.grad_clip = 1e9
-  params = {"blocks_0": {"attn": {"query": {"kernel": jnp.ones((4, 2, 2))},
-                                  "directions": jnp.ones((2, 2, 2)),
-                                  "router": {"out": {"kernel": jnp.ones((4, 4)),
-                                                     "bias": jnp.ones((4,))}}},
-                         "attn_norm": {"scale": jnp.ones((4,))}}}
+  params = {
+    "blocks_0": {
+      "attn": {
+        "query": {"kernel": jnp.ones((4, 2, 2))},
+        "directions": jnp.ones((2, 2, 2)),
+        "router": {"out": {"kernel": jnp.ones((4, 4)), "bias": jnp.ones((4,))}},
+      },
+      "attn_norm": {"scale": jnp.ones((4,))},
+    }
+  }
   tx = make_optimizer(cfg.optim, total_steps=10)
   grads = jax.tree.map(jnp.zeros_like, params)  # zero grads: the update is decay alone
   updates, _ = tx.update(grads, tx.init(params), params)
   lr, wd = 1e-2, cfg.optim.weight_decay
   np.testing.assert_allclose(updates["blocks_0"]["attn"]["query"]["kernel"], -lr * wd, rtol=1e-5)
-  np.testing.assert_allclose(updates["blocks_0"]["attn"]["router"]["out"]["kernel"],
-                             -0.5 * lr * wd, rtol=1e-5)
-  for no_decay in (updates["blocks_0"]["attn"]["directions"],
-                   updates["blocks_0"]["attn"]["router"]["out"]["bias"],
-                   updates["blocks_0"]["attn_norm"]["scale"]):
+  np.testing.assert_allclose(
+    updates["blocks_0"]["attn"]["router"]["out"]["kernel"], -0.5 * lr * wd, rtol=1e-5
+  )
+  for no_decay in (
+    updates["blocks_0"]["attn"]["directions"],
+    updates["blocks_0"]["attn"]["router"]["out"]["bias"],
+    updates["blocks_0"]["attn_norm"]["scale"],
+  ):
     np.testing.assert_array_equal(no_decay, 0.0)
   # With gradients, Adam's first step moves every weight by ~lr (x0.5 for routing).
   grads = jax.tree.map(jnp.ones_like, params)

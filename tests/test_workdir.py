@@ -8,11 +8,25 @@ from dirroute_jax import workdir as workdir_lib
 def test_names_are_the_on_disk_format():
   # Renaming any of these orphans every existing workdir (a resume would start over,
   # analysis would not find the tokenizer): change them only with a migration.
-  assert (workdir_lib.CHECKPOINTS, workdir_lib.CORRUPT_CHECKPOINTS,
-          workdir_lib.DIVERGED_CHECKPOINTS, workdir_lib.METRICS, workdir_lib.TENSORBOARD,
-          workdir_lib.DATA_FINGERPRINT, workdir_lib.TOKENIZER, workdir_lib.WRITER_LOCK) == (
-              "checkpoints", "corrupt_checkpoints", "diverged_checkpoints", "metrics.jsonl",
-              "tensorboard", "data_fingerprint.json", "tokenizer.json", "writer.lock")
+  assert (
+    workdir_lib.CHECKPOINTS,
+    workdir_lib.CORRUPT_CHECKPOINTS,
+    workdir_lib.DIVERGED_CHECKPOINTS,
+    workdir_lib.METRICS,
+    workdir_lib.TENSORBOARD,
+    workdir_lib.DATA_FINGERPRINT,
+    workdir_lib.TOKENIZER,
+    workdir_lib.WRITER_LOCK,
+  ) == (
+    "checkpoints",
+    "corrupt_checkpoints",
+    "diverged_checkpoints",
+    "metrics.jsonl",
+    "tensorboard",
+    "data_fingerprint.json",
+    "tokenizer.json",
+    "writer.lock",
+  )
 
 
 def test_remote_paths_keep_their_scheme(tmp_path):

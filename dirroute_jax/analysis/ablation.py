@@ -34,26 +34,32 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import jax
 import numpy as np
 
-from dirroute_jax.analysis import plots, result as result_lib, verdicts
+from dirroute_jax.analysis import plots, verdicts
+from dirroute_jax.analysis import result as result_lib
 from dirroute_jax.analysis.forward import complete, loss_sums, mean_routing
 from dirroute_jax.analysis.markdown import fmt, pct_ci, sample, table
-from dirroute_jax.analysis.verdicts import NO_DIFF, interval_verdict, yes_no
 from dirroute_jax.analysis.stats import paired_bootstrap_reduction
+from dirroute_jax.analysis.verdicts import NO_DIFF, interval_verdict, yes_no
 from dirroute_jax.model import interventions as iv_lib
 from dirroute_jax.model.transformer import Transformer, init_params
 from dirroute_jax.model.variants import PREFIX_ONLY
 from dirroute_jax.train import evaluate
 
-
 # The paper's numbers (433M model, 2.6B tokens): compare directions of effects, not magnitudes.
-PAPER = {"routed_ppl": 15.0, "all_off_ppl": 7.7e6, "all_0.5_ppl": 5284.0,
-         "worst_layer": 9, "worst_layer_delta_ppl": 42.6,
-         "routed_ppl_reduction_vs_baseline": "31-56% per domain"}
+PAPER = {
+  "routed_ppl": 15.0,
+  "all_off_ppl": 7.7e6,
+  "all_0.5_ppl": 5284.0,
+  "worst_layer": 9,
+  "worst_layer_delta_ppl": 42.6,
+  "routed_ppl_reduction_vs_baseline": "31-56% per domain",
+}
 
 # The paper's worst single-layer knockout is layer 9 of 12 (0-based): relative depth
 # (9 + 0.5) / 12, the centre of that layer in [0, 1].
@@ -66,6 +72,7 @@ Table = dict[str, dict[str, float]]
 @dataclasses.dataclass(frozen=True)
 class ModelAblation:
   """One model under every condition."""
+
   ppl: Table
   delta_ppl_vs_as_trained: Table
   loss: Table  # token-weighted mean cross-entropy
@@ -77,6 +84,7 @@ class ModelAblation:
 @dataclasses.dataclass(frozen=True)
 class Control:
   """Baseline invariance (the null of every routing ablation) and routed vs baseline PPL."""
+
   # Per model without a router: the largest change of its loss over the conditions, and
   # whether that is exactly 0. Stored as "<model>_max_abs_loss_change", "<model>_invariant".
   max_abs_loss_change: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -106,7 +114,7 @@ class Control:
       if key is None:
         out[k] = v
       else:
-        out[key][k[:-len(key) - 1]] = v
+        out[key][k[: -len(key) - 1]] = v
     return out
 
   @property
@@ -117,6 +125,7 @@ class Control:
 @dataclasses.dataclass(frozen=True)
 class Ablation:
   """The ablation section: every model's held-out PPL under every condition (module doc)."""
+
   paper: dict[str, Any]
   num_batches: int
   domains: list[str]
@@ -132,20 +141,26 @@ class Ablation:
 def conditions(model_cfg, mean_r_LxHxK=None) -> dict[str, iv_lib.Interventions]:
   """The ablation conditions (name -> complete Interventions), `as_trained` first;
   `all_mean` when the held-out mean routing weights are given."""
-  out = {"as_trained": complete(model_cfg),
-         "all_off": complete(model_cfg, iv_lib.routing_off(model_cfg))}
+  out = {
+    "as_trained": complete(model_cfg),
+    "all_off": complete(model_cfg, iv_lib.routing_off(model_cfg)),
+  }
   if mean_r_LxHxK is not None:
     out["all_mean"] = complete(model_cfg, iv_lib.routing_fixed(model_cfg, mean_r_LxHxK))
-  out.update({
-         "all_0.5": complete(model_cfg, iv_lib.routing_fixed(model_cfg, 0.5)),
-         "all_1": complete(model_cfg, iv_lib.routing_fixed(model_cfg, 1.0))})
+  out.update(
+    {
+      "all_0.5": complete(model_cfg, iv_lib.routing_fixed(model_cfg, 0.5)),
+      "all_1": complete(model_cfg, iv_lib.routing_fixed(model_cfg, 1.0)),
+    }
+  )
   for l in range(model_cfg.num_layers):
     out[f"layer_{l}_off"] = complete(model_cfg, iv_lib.routing_off(model_cfg, [l]))
   return out
 
 
-def ablation_ppl(models: dict[str, Transformer], params: dict, batches: Iterable[dict],
-                 domains: tuple[str, ...]) -> dict:
+def ablation_ppl(
+  models: dict[str, Transformer], params: dict, batches: Iterable[dict], domains: tuple[str, ...]
+) -> dict:
   """Perplexity of each model under each condition, overall and per domain.
 
   `batches` are eval batches (`inputs`, `targets`, `weights`, `domain`), iterated twice (the
@@ -157,8 +172,7 @@ def ablation_ppl(models: dict[str, Transformer], params: dict, batches: Iterable
   names = list(models)
   router = "routed" if "routed" in models else names[0]
   model_cfg = models[router].cfg
-  mean_r = (mean_routing(models[router], params[router], batches) if model_cfg.routing
-            else None)
+  mean_r = mean_routing(models[router], params[router], batches) if model_cfg.routing else None
   conds = conditions(model_cfg, mean_r)
   # sums[model][condition][domain id] = (loss sum, tokens)
   loss_sum = {n: {c: np.zeros(len(domains)) for c in conds} for n in names}
@@ -196,17 +210,25 @@ def ablation_ppl(models: dict[str, Transformer], params: dict, batches: Iterable
     loss_tab, ppl_tab = {}, {}
     for c in conds:
       s = loss_sum[name][c]
-      loss_tab[c] = {"all": float(s.sum() / tok.sum()),
-                     **{domains[d]: float(s[d] / tok[d]) for d in present}}
-      ppl_tab[c] = {"all": ppl(s.sum(), tok.sum()),
-                    **{domains[d]: ppl(s[d], tok[d]) for d in present}}
-    delta_tab = {c: {k: v - ppl_tab["as_trained"][k] for k, v in ppl_tab[c].items()}
-                 for c in conds}
+      loss_tab[c] = {
+        "all": float(s.sum() / tok.sum()),
+        **{domains[d]: float(s[d] / tok[d]) for d in present},
+      }
+      ppl_tab[c] = {
+        "all": ppl(s.sum(), tok.sum()),
+        **{domains[d]: ppl(s[d], tok[d]) for d in present},
+      }
+    delta_tab = {c: {k: v - ppl_tab["as_trained"][k] for k, v in ppl_tab[c].items()} for c in conds}
     deltas = [delta_tab[f"layer_{l}_off"]["all"] for l in range(model_cfg.num_layers)]
     worst = int(np.argmax(deltas))
     tables[name] = ModelAblation(
-        ppl=ppl_tab, delta_ppl_vs_as_trained=delta_tab, loss=loss_tab,
-        per_layer_delta_ppl=deltas, worst_layer=worst, worst_layer_delta_ppl=deltas[worst])
+      ppl=ppl_tab,
+      delta_ppl_vs_as_trained=delta_tab,
+      loss=loss_tab,
+      per_layer_delta_ppl=deltas,
+      worst_layer=worst,
+      worst_layer_delta_ppl=deltas[worst],
+    )
   control = _controls(tables, models)
   if "routed" in models and "baseline" in models and window_tokens:
     tokens_N, domain_N = np.concatenate(window_tokens), np.concatenate(window_domain)
@@ -216,15 +238,23 @@ def ablation_ppl(models: dict[str, Transformer], params: dict, batches: Iterable
       sel = domain_N == d
       ci[domains[d]] = paired_bootstrap_reduction(loss_r[sel], loss_b[sel], tokens_N[sel])
     control = dataclasses.replace(
-        control, routed_ppl_reduction_ci95=ci,
-        ci_method=f"paired bootstrap over {len(tokens_N)} held-out windows (2000 resamples)")
+      control,
+      routed_ppl_reduction_ci95=ci,
+      ci_method=f"paired bootstrap over {len(tokens_N)} held-out windows (2000 resamples)",
+    )
   return Ablation(
-      paper=PAPER, num_batches=num_batches, domains=[domains[d] for d in present],
-      conditions=list(conds),
-      tokens={"all": float(token_sum[names[0]].sum()),
-              **{domains[d]: float(token_sum[names[0]][d]) for d in present}},
-      models=tables, control=control,
-      mean_routing_LxHxK=None if mean_r is None else mean_r.tolist())
+    paper=PAPER,
+    num_batches=num_batches,
+    domains=[domains[d] for d in present],
+    conditions=list(conds),
+    tokens={
+      "all": float(token_sum[names[0]].sum()),
+      **{domains[d]: float(token_sum[names[0]][d]) for d in present},
+    },
+    models=tables,
+    control=control,
+    mean_routing_LxHxK=None if mean_r is None else mean_r.tolist(),
+  )
 
 
 def _controls(tables: dict[str, ModelAblation], models: dict[str, Transformer]) -> Control:
@@ -240,8 +270,9 @@ def _controls(tables: dict[str, ModelAblation], models: dict[str, Transformer]) 
     r, b = tables["routed"].ppl["as_trained"], tables["baseline"].ppl["as_trained"]
     # Positive = the routed model's perplexity is that fraction lower (the paper: 31-56%).
     reduction = {k: 1.0 - r[k] / b[k] for k in r}
-  return Control(max_abs_loss_change=change, invariant=invariant,
-                 routed_ppl_reduction_vs_baseline=reduction)
+  return Control(
+    max_abs_loss_change=change, invariant=invariant, routed_ppl_reduction_vs_baseline=reduction
+  )
 
 
 def reduction_at_init(models: dict[str, Transformer], batches, domains, seed: int) -> dict:
@@ -257,9 +288,14 @@ def reduction_at_init(models: dict[str, Transformer], batches, domains, seed: in
   for name in ("routed", PREFIX_ONLY):
     if f"eval/{name}/loss" not in m:
       continue
-    out[name] = {"all": 1.0 - math.exp(m[f"eval/{name}/loss"] - m["eval/baseline/loss"]),
-                 **{d: 1.0 - math.exp(m[f"eval/{name}/{d}/loss"] - m[f"eval/baseline/{d}/loss"])
-                    for d in domains if f"eval/{name}/{d}/loss" in m}}
+    out[name] = {
+      "all": 1.0 - math.exp(m[f"eval/{name}/loss"] - m["eval/baseline/loss"]),
+      **{
+        d: 1.0 - math.exp(m[f"eval/{name}/{d}/loss"] - m[f"eval/baseline/{d}/loss"])
+        for d in domains
+        if f"eval/{name}/{d}/loss" in m
+      },
+    }
   return out
 
 
@@ -269,15 +305,24 @@ def ablation(run, *, num_batches: int | None = None) -> Ablation:
   result = ablation_ppl(run.models, run.params, run.data.eval_batches(n), run.data.domains)
   control = result.control
   if "routed" in run.models and "baseline" in run.models:
-    control = dataclasses.replace(control, reduction_at_init=reduction_at_init(
-        run.models, run.data.eval_batches(n), run.data.domains, int(run.cfg.seed)))
-  return dataclasses.replace(result, eval_stride=run.data.eval_stride(n), control=control,
-                             protocol={
+    control = dataclasses.replace(
+      control,
+      reduction_at_init=reduction_at_init(
+        run.models, run.data.eval_batches(n), run.data.domains, int(run.cfg.seed)
+      ),
+    )
+  return dataclasses.replace(
+    result,
+    eval_stride=run.data.eval_stride(n),
+    control=control,
+    protocol={
       "intervention": "routing weights r replaced at every position after the router",
       "all_mean": "r fixed at its held-out token-weighted mean per (layer, head, direction)",
       "ppl": "exp(token-weighted mean CE) over held-out eval batches, padding excluded",
       "control": "baseline under the same interventions (must be unchanged)",
-      "checkpoint_step": int(run.step)})
+      "checkpoint_step": int(run.step),
+    },
+  )
 
 
 def per_layer_delta_ppl(r: Ablation, model: str = "routed") -> list[float] | None:
@@ -300,15 +345,15 @@ def paper_layer(num_layers: int) -> int:
 def claim_rows(r: Ablation, report: dict) -> verdicts.Rows:
   """The claims this section tests (analysis/claims.py):
 
-    ppl_gain        the 95% interval of the PPL reduction lies above zero and above the same
-                    pair's reduction at initialisation (routing changes the function before
-                    any training; `interval_verdict`; one run: paired bootstrap over held-out
-                    windows).
-    ppl_conditions  routing off more than doubles PPL and all-0.5 raises it.
-    mean_routing    r fixed at its held-out mean raises PPL by > 1%: routing that depends on
-                    the input does better than its average suppression.
-    layer_ko        one layer dominates (> 3x every other, > 1% of PPL) and it is the layer at
-                    the paper's relative depth (layer 9 of 12).
+  ppl_gain        the 95% interval of the PPL reduction lies above zero and above the same
+                  pair's reduction at initialisation (routing changes the function before
+                  any training; `interval_verdict`; one run: paired bootstrap over held-out
+                  windows).
+  ppl_conditions  routing off more than doubles PPL and all-0.5 raises it.
+  mean_routing    r fixed at its held-out mean raises PPL by > 1%: routing that depends on
+                  the input does better than its average suppression.
+  layer_ko        one layer dominates (> 3x every other, > 1% of PPL) and it is the layer at
+                  the paper's relative depth (layer 9 of 12).
   """
   del report  # every number is this section's
   out = {}
@@ -316,32 +361,45 @@ def claim_rows(r: Ablation, report: dict) -> verdicts.Rows:
   ci = r.control.routed_ppl_reduction_ci95 or {}
   init_all = (r.control.reduction_at_init or {}).get("routed", {}).get("all", 0.0)
   doms = [k for k in red if k != "all"]
-  out["ppl_gain"] = (verdicts.pct_ci(red["all"], ci.get("all")) + " (" + ", ".join(
-      f"{d} {verdicts.pct_ci(red[d], ci.get(d))}" for d in doms) + f"); untrained pair "
-      f"{100 * init_all:+.1f}%", interval_verdict(*ci["all"], init_all) if "all" in ci
-      else NO_DIFF)
+  out["ppl_gain"] = (
+    verdicts.pct_ci(red["all"], ci.get("all"))
+    + " ("
+    + ", ".join(f"{d} {verdicts.pct_ci(red[d], ci.get(d))}" for d in doms)
+    + f"); untrained pair "
+    f"{100 * init_all:+.1f}%",
+    interval_verdict(*ci["all"], init_all) if "all" in ci else NO_DIFF,
+  )
   ppl = r.models["routed"].ppl
   out["ppl_conditions"] = (
-      f"{fmt(ppl['as_trained']['all'])} / {fmt(ppl['all_off']['all'])} / "
-      f"{fmt(ppl['all_0.5']['all'])}",
-      yes_no(ppl["all_off"]["all"] > 2 * ppl["as_trained"]["all"]
-             and ppl["all_0.5"]["all"] > ppl["as_trained"]["all"]))
+    f"{fmt(ppl['as_trained']['all'])} / {fmt(ppl['all_off']['all'])} / "
+    f"{fmt(ppl['all_0.5']['all'])}",
+    yes_no(
+      ppl["all_off"]["all"] > 2 * ppl["as_trained"]["all"]
+      and ppl["all_0.5"]["all"] > ppl["as_trained"]["all"]
+    ),
+  )
   if "all_mean" in ppl:
     mean, on, off = ppl["all_mean"]["all"], ppl["as_trained"]["all"], ppl["all_off"]["all"]
-    out["mean_routing"] = (f"as trained {fmt(on)} / r at held-out mean {fmt(mean)} / off "
-                           f"{fmt(off)}", yes_no(mean > 1.01 * on))
+    out["mean_routing"] = (
+      f"as trained {fmt(on)} / r at held-out mean {fmt(mean)} / off {fmt(off)}",
+      yes_no(mean > 1.01 * on),
+    )
   deltas = per_layer_delta_ppl(r)
   worst = worst_layer(r)
   L = len(deltas)
   others = [d for l, d in enumerate(deltas) if l != worst]
-  dominates = bool(others) and deltas[worst] > 3 * max(max(others), 1e-9) and (
-      deltas[worst] > 0.01 * ppl["as_trained"]["all"])
+  dominates = (
+    bool(others)
+    and deltas[worst] > 3 * max(max(others), 1e-9)
+    and (deltas[worst] > 0.01 * ppl["as_trained"]["all"])
+  )
   expected = paper_layer(L)
-  out["layer_ko"] = (f"layer {worst} of {L} (relative depth {(worst + 0.5) / L:.2f}; the "
-                     f"paper's 9 of 12 is {PAPER_WORST_LAYER_DEPTH:.2f}, here layer {expected})"
-                     f": {deltas[worst]:+.3g} PPL; others "
-                     + ", ".join(f"{d:+.3g}" for d in others),
-                     yes_no(dominates and worst == expected))
+  out["layer_ko"] = (
+    f"layer {worst} of {L} (relative depth {(worst + 0.5) / L:.2f}; the "
+    f"paper's 9 of 12 is {PAPER_WORST_LAYER_DEPTH:.2f}, here layer {expected})"
+    f": {deltas[worst]:+.3g} PPL; others " + ", ".join(f"{d:+.3g}" for d in others),
+    yes_no(dominates and worst == expected),
+  )
   return out
 
 
@@ -352,29 +410,39 @@ def markdown(r: Ablation) -> str:
   rows = []
   for cond in r.conditions:
     rows.append([cond] + [routed.ppl[cond][c] for c in cols] + [base.ppl[cond]["all"]])
-  paper_line = (f"Paper: routed PPL ~{fmt(paper['routed_ppl'])}, all weights 0 "
-                f"~{fmt(paper['all_off_ppl'])}, all 0.5 {fmt(paper['all_0.5_ppl'])}; worst "
-                f"single layer {paper['worst_layer']} (+{paper['worst_layer_delta_ppl']} PPL); "
-                f"routed vs baseline {paper['routed_ppl_reduction_vs_baseline']} lower.")
+  paper_line = (
+    f"Paper: routed PPL ~{fmt(paper['routed_ppl'])}, all weights 0 "
+    f"~{fmt(paper['all_off_ppl'])}, all 0.5 {fmt(paper['all_0.5_ppl'])}; worst "
+    f"single layer {paper['worst_layer']} (+{paper['worst_layer_delta_ppl']} PPL); "
+    f"routed vs baseline {paper['routed_ppl_reduction_vs_baseline']} lower."
+  )
   red = r.control.routed_ppl_reduction_vs_baseline
   ci = r.control.routed_ppl_reduction_ci95 or {}
   ppl = routed.ppl
   split = ""
   if "all_mean" in ppl:
-    split = (f" Input-dependent routing (as trained vs r fixed at its held-out mean): "
-             f"{fmt(ppl['all_mean']['all'])} -> {fmt(ppl['as_trained']['all'])} PPL; average "
-             f"suppression (mean r vs routing off): {fmt(ppl['all_off']['all'])} -> "
-             f"{fmt(ppl['all_mean']['all'])}.")
-  return "\n".join([
-      table(["condition"] + [f"routed PPL {c}" for c in cols] + ["baseline PPL (control)"],
-            rows), "",
+    split = (
+      f" Input-dependent routing (as trained vs r fixed at its held-out mean): "
+      f"{fmt(ppl['all_mean']['all'])} -> {fmt(ppl['as_trained']['all'])} PPL; average "
+      f"suppression (mean r vs routing off): {fmt(ppl['all_off']['all'])} -> "
+      f"{fmt(ppl['all_mean']['all'])}."
+    )
+  return "\n".join(
+    [
+      table(["condition"] + [f"routed PPL {c}" for c in cols] + ["baseline PPL (control)"], rows),
+      "",
       f"Over {sample(r.num_batches, r.eval_stride)}. "
       f"Worst single-layer knockout: layer {worst_layer(r)} "
       f"({routed.worst_layer_delta_ppl:+.3g} PPL). Baseline unchanged under every "
       f"intervention: {r.control.baseline_invariant}. PPL reduction routed vs "
       f"baseline (95% interval, {r.control.ci_method or 'none'}): "
-      + ", ".join(f"{k} {pct_ci(v, ci.get(k))}" for k, v in red.items()) + "." + split,
-      "", paper_line])
+      + ", ".join(f"{k} {pct_ci(v, ci.get(k))}" for k, v in red.items())
+      + "."
+      + split,
+      "",
+      paper_line,
+    ]
+  )
 
 
 def figures(r: Ablation) -> dict:

@@ -42,9 +42,17 @@ class AuditResult:
     return "CAUSAL" if self.causal else "LEAK"
 
 
-def audit_causality(model: Transformer, params, *, vocab_size: int, seq_len: int = 64,
-                    batch: int = 2, num_cuts: int = 4, seed: int = 0,
-                    rtol: float = 1e-5) -> AuditResult:
+def audit_causality(
+  model: Transformer,
+  params,
+  *,
+  vocab_size: int,
+  seq_len: int = 64,
+  batch: int = 2,
+  num_cuts: int = 4,
+  seed: int = 0,
+  rtol: float = 1e-5,
+) -> AuditResult:
   """Perturbs all tokens after each cut point and measures earlier logits' change.
 
   Tolerance is `rtol` times the largest |logit|: XLA is free to reassociate float sums, so a
@@ -62,10 +70,11 @@ def audit_causality(model: Transformer, params, *, vocab_size: int, seq_len: int
     perturbed_BxT = tokens_BxT.copy()
     # A shift by a nonzero offset mod V guarantees every later token really changes.
     offset = rng.integers(1, vocab_size, (batch, seq_len - cut - 1))
-    perturbed_BxT[:, cut + 1:] = (tokens_BxT[:, cut + 1:] + offset) % vocab_size
+    perturbed_BxT[:, cut + 1 :] = (tokens_BxT[:, cut + 1 :] + offset) % vocab_size
     new_BxTxV = np.asarray(apply(params, perturbed_BxT))
-    change = float(np.abs(new_BxTxV[:, :cut + 1, :vocab_size]
-                          - logits_BxTxV[:, :cut + 1, :vocab_size]).max())
+    change = float(
+      np.abs(new_BxTxV[:, : cut + 1, :vocab_size] - logits_BxTxV[:, : cut + 1, :vocab_size]).max()
+    )
     if change > worst:
       worst, worst_cut = change, int(cut)
   return AuditResult(max_change=worst, tolerance=tolerance, worst_cut=worst_cut)
@@ -83,6 +92,7 @@ class ModelAudit:
 class Leak:
   """The measured leak of a sequence_mean router (`measure_leak`); `applies` False (and only a
   note) for any other model set."""
+
   applies: bool
   note: str | None = None
   # {"routed", PREFIX, "baseline": {domain or "all": PPL}}
@@ -100,6 +110,7 @@ class Leak:
 @dataclasses.dataclass(frozen=True)
 class Causality:
   """The causality section: the audit of every model and the measured leak."""
+
   models: dict[str, ModelAudit]
   all_causal: bool
   note: str
@@ -119,48 +130,63 @@ def measure_leak(models: dict[str, Transformer], params: dict, batches, domains)
   m = evaluate.evaluate_params(models, params, batches, domains, per_window=windows)
   names = [n for n in ("routed", PREFIX_ONLY, "baseline") if f"eval/{n}/perplexity" in m]
   present = [d for d in domains if f"eval/routed/{d}/perplexity" in m]
-  ppl = {n: {"all": m[f"eval/{n}/perplexity"],
-             **{d: m[f"eval/{n}/{d}/perplexity"] for d in present}} for n in names}
+  ppl = {
+    n: {"all": m[f"eval/{n}/perplexity"], **{d: m[f"eval/{n}/{d}/perplexity"] for d in present}}
+    for n in names
+  }
   out = {}
   if "baseline" in ppl:
     # Positive = lower perplexity than the baseline (the paper's sign).
     out["reduction_vs_baseline"] = {
-        n: {k: 1.0 - v / ppl["baseline"][k] for k, v in ppl[n].items()}
-        for n in ("routed", PREFIX_ONLY)}
+      n: {k: 1.0 - v / ppl["baseline"][k] for k, v in ppl[n].items()}
+      for n in ("routed", PREFIX_ONLY)
+    }
     base_loss, tokens, _ = windows["baseline"]
-    out["reduction_ci95"] = {n: paired_bootstrap_reduction(windows[n][0], base_loss, tokens)
-                             for n in ("routed", PREFIX_ONLY)}
+    out["reduction_ci95"] = {
+      n: paired_bootstrap_reduction(windows[n][0], base_loss, tokens)
+      for n in ("routed", PREFIX_ONLY)
+    }
     out["ci_method"] = f"paired bootstrap over {len(tokens)} held-out windows (2000 resamples)"
-  return Leak(applies=True, ppl=ppl, num_batches=int(m["eval/batches"]),
-              tokens=float(m["eval/routed/tokens"]),
-              prefix_over_as_trained={k: v / ppl["routed"][k]
-                                      for k, v in ppl[PREFIX_ONLY].items()}, **out)
+  return Leak(
+    applies=True,
+    ppl=ppl,
+    num_batches=int(m["eval/batches"]),
+    tokens=float(m["eval/routed/tokens"]),
+    prefix_over_as_trained={k: v / ppl["routed"][k] for k, v in ppl[PREFIX_ONLY].items()},
+    **out,
+  )
 
 
-def causality_report(run, *, seq_len: int | None = None,
-                     num_batches: int | None = None) -> Causality:
+def causality_report(
+  run, *, seq_len: int | None = None, num_batches: int | None = None
+) -> Causality:
   """The audit of every model in a loaded workdir and, for a sequence_mean routed model, the
   measured leak (`measure_leak`) over the held-out split (default: all of it)."""
   seq_len = seq_len or min(run.cfg.seq_len, 128)
   models = {}
   for name, model in run.models.items():
-    result = audit_causality(model, run.params[name], vocab_size=model.cfg.vocab_size,
-                             seq_len=seq_len, seed=run.cfg.seed)
+    result = audit_causality(
+      model, run.params[name], vocab_size=model.cfg.vocab_size, seq_len=seq_len, seed=run.cfg.seed
+    )
     models[name] = ModelAudit(
-        verdict=result.verdict, max_logit_change=result.max_change,
-        tolerance=result.tolerance, pooling=model.cfg.pooling if model.cfg.routing else None)
+      verdict=result.verdict,
+      max_logit_change=result.max_change,
+      tolerance=result.tolerance,
+      pooling=model.cfg.pooling if model.cfg.routing else None,
+    )
   all_causal = all(m.verdict == "CAUSAL" for m in models.values())
   n = run.cfg.eval_batches if num_batches is None else num_batches
-  leak = measure_leak(run.models, run.params, run.data.eval_batches(n or None),
-                      run.data.domains)
+  leak = measure_leak(run.models, run.params, run.data.eval_batches(n or None), run.data.domains)
   if leak.applies:
     leak = dataclasses.replace(leak, eval_stride=run.data.eval_stride(n or None))
-  note = ("All models are causal: perplexities are comparable with a causal LM."
-          if all_causal else
-          "NON-CAUSAL model(s): their logits at position t depend on tokens after t "
-          "(the sequence-mean router), so their perplexity is not a causal LM's. The "
-          "leak is measured, not bounded: the routed model's perplexity with prefix-only "
-          "routing (what it sees when generating) is its causal number.")
+  note = (
+    "All models are causal: perplexities are comparable with a causal LM."
+    if all_causal
+    else "NON-CAUSAL model(s): their logits at position t depend on tokens after t "
+    "(the sequence-mean router), so their perplexity is not a causal LM's. The "
+    "leak is measured, not bounded: the routed model's perplexity with prefix-only "
+    "routing (what it sees when generating) is its causal number."
+  )
   return Causality(models=models, all_causal=all_causal, note=note, leak=leak)
 
 
@@ -181,35 +207,54 @@ def claim_rows(r: Causality, report: dict) -> verdicts.Rows:
   lred = (leak.reduction_vs_baseline or {}).get(PREFIX_ONLY, {}).get("all")
   init_prefix = at_init.get(PREFIX_ONLY, {}).get("all", 0.0)
   out["prefix"] = (
-      f"PPL {fmt(lp[PREFIX_ONLY]['all'])} prefix-only vs {fmt(lp['routed']['all'])} as "
-      "trained" + (f" (baseline {fmt(lp['baseline']['all'])}): {verdicts.pct_ci(lred, lci)} vs "
-                   f"baseline; untrained pair {100 * init_prefix:+.1f}%"
-                   if lred is not None else ""),
-      verdicts.interval_verdict(*lci, init_prefix) if lci else verdicts.NO_DIFF)
+    f"PPL {fmt(lp[PREFIX_ONLY]['all'])} prefix-only vs {fmt(lp['routed']['all'])} as "
+    "trained"
+    + (
+      f" (baseline {fmt(lp['baseline']['all'])}): {verdicts.pct_ci(lred, lci)} vs "
+      f"baseline; untrained pair {100 * init_prefix:+.1f}%"
+      if lred is not None
+      else ""
+    ),
+    verdicts.interval_verdict(*lci, init_prefix) if lci else verdicts.NO_DIFF,
+  )
   return out
 
 
 def markdown(r: Causality) -> str:
-  rows = [[name, d.verdict, d.pooling, d.max_logit_change, d.tolerance]
-          for name, d in r.models.items()]
-  out = ["**" + r.note + "**", "", table(
-      ["model", "audit", "pooling", "max |Δlogit| at t' <= t", "tolerance"], rows)]
+  rows = [
+    [name, d.verdict, d.pooling, d.max_logit_change, d.tolerance] for name, d in r.models.items()
+  ]
+  out = [
+    "**" + r.note + "**",
+    "",
+    table(["model", "audit", "pooling", "max |Δlogit| at t' <= t", "tolerance"], rows),
+  ]
   leak = r.leak
   if leak is not None and leak.applies:
     ppl = leak.ppl
     cols = list(ppl["routed"])
-    names = {"routed": "routed, as trained (sees the whole window)",
-             PREFIX_ONLY: "routed, prefix-only routing (as when generating)",
-             "baseline": "baseline"}
+    names = {
+      "routed": "routed, as trained (sees the whole window)",
+      PREFIX_ONLY: "routed, prefix-only routing (as when generating)",
+      "baseline": "baseline",
+    }
     rows = [[names[n]] + [ppl[n][c] for c in cols] for n in names if n in ppl]
-    out += ["", f"Measured leak over {sample(leak.num_batches, leak.eval_stride)}: "
-            "same parameters, the router given the prefix mean instead of the whole window's.",
-            "",
-            table(["model"] + [f"PPL {c}" for c in cols], rows)]
+    out += [
+      "",
+      f"Measured leak over {sample(leak.num_batches, leak.eval_stride)}: "
+      "same parameters, the router given the prefix mean instead of the whole window's.",
+      "",
+      table(["model"] + [f"PPL {c}" for c in cols], rows),
+    ]
     if leak.reduction_vs_baseline is not None:
       red = leak.reduction_vs_baseline
       ci = leak.reduction_ci95 or {}
-      out += ["", "PPL reduction vs baseline: as trained " + pct_ci(
-          red["routed"]["all"], ci.get("routed")) + "; prefix-only " + pct_ci(
-          red[PREFIX_ONLY]["all"], ci.get(PREFIX_ONLY)) + "."]
+      out += [
+        "",
+        "PPL reduction vs baseline: as trained "
+        + pct_ci(red["routed"]["all"], ci.get("routed"))
+        + "; prefix-only "
+        + pct_ci(red[PREFIX_ONLY]["all"], ci.get(PREFIX_ONLY))
+        + ".",
+      ]
   return "\n".join(out)

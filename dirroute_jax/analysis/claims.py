@@ -31,8 +31,17 @@ from dirroute_jax.analysis.verdicts import pct_ci as _pct_ci
 from dirroute_jax.model.variants import PREFIX_ONLY as PREFIX
 
 # The table's words and rules, where the sections' claim rows define them.
-__all__ = ["CLAIMS", "claims_table", "leak_vs_gain", "YES", "NO", "NO_DIFF", "interval_verdict",
-           "paper_layer", "PAPER_WORST_LAYER_DEPTH"]
+__all__ = [
+  "CLAIMS",
+  "claims_table",
+  "leak_vs_gain",
+  "YES",
+  "NO",
+  "NO_DIFF",
+  "interval_verdict",
+  "paper_layer",
+  "PAPER_WORST_LAYER_DEPTH",
+]
 
 
 def _rows_for(r: dict) -> dict[str, tuple[str, str | None]]:
@@ -47,35 +56,69 @@ def _rows_for(r: dict) -> dict[str, tuple[str, str | None]]:
 
 
 CLAIMS = (
-    ("causal", "causality audit of the routed model", "not tested (the paper's router is "
-     "non-causal)"),
-    ("prefix", "the paper's (sequence_mean) model evaluated causally: prefix-only routing, "
-     "PPL reduction vs baseline", "not reported"),
-    ("ppl_gain", "PPL reduction routed vs baseline, 95% interval (overall, per domain)",
-     "31-56% per domain"),
-    ("ppl_conditions", "routed PPL / all weights 0 / all 0.5", "~15 / ~7.7M / 5,284"),
-    ("mean_routing", "input-dependent routing: PPL as trained / r at its mean / routing off",
-     "not reported"),
-    ("factual_off", "factual recall (whole-word P) with routing disabled",
-     "near-zero P on all 8 prompts"),
-    ("dla", "DLA embed / heads / routing delta / MLPs (minus mean-logit null)",
-     "-0.12 / -4.94 / +25.57 / -3.81"),
-    ("mover", "mover-head knockout: P(target) ratio, against every other head's",
-     "x1.07 (up)"),
-    ("induction", "induction accuracy with / without routing", "93.4% / 0.0%"),
-    ("induction_ko", "induction accuracy, strongest induction head knocked out", "98.6%"),
-    ("layer_ko", "single-layer routing knockout: which layer dominates", "layer 9 of 12 "
-     "+42.6 PPL; others small"),
-    ("variance", "routing variance across domains, first vs last layer (specialists shown, "
-     "not scored: with this many windows nearly every head passes)",
-     "0.070 vs 0.00055 (127x); 10 vs 0"),
-    ("classification", "nearest-centroid domain classification from routing vector, against "
-     "an untrained router and the baseline's residuals", "23/24"),
-    ("readout", "direction readout through W_O and unembedding",
-     "late layers -> function words/punctuation"),
-    ("cosine", "cross-layer cosine of directions", "off-diagonal mean ~0"),
-    ("spectral", "QK^T routing (skew) effective rank with depth (arXiv 2605.18826)",
-     "~2 at layer 1, growing with depth"),
+  (
+    "causal",
+    "causality audit of the routed model",
+    "not tested (the paper's router is non-causal)",
+  ),
+  (
+    "prefix",
+    "the paper's (sequence_mean) model evaluated causally: prefix-only routing, "
+    "PPL reduction vs baseline",
+    "not reported",
+  ),
+  (
+    "ppl_gain",
+    "PPL reduction routed vs baseline, 95% interval (overall, per domain)",
+    "31-56% per domain",
+  ),
+  ("ppl_conditions", "routed PPL / all weights 0 / all 0.5", "~15 / ~7.7M / 5,284"),
+  (
+    "mean_routing",
+    "input-dependent routing: PPL as trained / r at its mean / routing off",
+    "not reported",
+  ),
+  (
+    "factual_off",
+    "factual recall (whole-word P) with routing disabled",
+    "near-zero P on all 8 prompts",
+  ),
+  (
+    "dla",
+    "DLA embed / heads / routing delta / MLPs (minus mean-logit null)",
+    "-0.12 / -4.94 / +25.57 / -3.81",
+  ),
+  ("mover", "mover-head knockout: P(target) ratio, against every other head's", "x1.07 (up)"),
+  ("induction", "induction accuracy with / without routing", "93.4% / 0.0%"),
+  ("induction_ko", "induction accuracy, strongest induction head knocked out", "98.6%"),
+  (
+    "layer_ko",
+    "single-layer routing knockout: which layer dominates",
+    "layer 9 of 12 +42.6 PPL; others small",
+  ),
+  (
+    "variance",
+    "routing variance across domains, first vs last layer (specialists shown, "
+    "not scored: with this many windows nearly every head passes)",
+    "0.070 vs 0.00055 (127x); 10 vs 0",
+  ),
+  (
+    "classification",
+    "nearest-centroid domain classification from routing vector, against "
+    "an untrained router and the baseline's residuals",
+    "23/24",
+  ),
+  (
+    "readout",
+    "direction readout through W_O and unembedding",
+    "late layers -> function words/punctuation",
+  ),
+  ("cosine", "cross-layer cosine of directions", "off-diagonal mean ~0"),
+  (
+    "spectral",
+    "QK^T routing (skew) effective rank with depth (arXiv 2605.18826)",
+    "~2 at layer 1, growing with depth",
+  ),
 )
 
 
@@ -92,8 +135,10 @@ def claims_table(reports: dict[str, dict]) -> str:
       value, holds = per[name].get(key, ("n/a", None))
       row += [value, "-" if holds is None else holds]
     rows.append(row)
-  rows.append(["downstream multiple-choice benchmarks", "no gain"]
-              + ["not run (no benchmark data offline)", "-"] * len(reports))
+  rows.append(
+    ["downstream multiple-choice benchmarks", "no gain"]
+    + ["not run (no benchmark data offline)", "-"] * len(reports)
+  )
   return table(header, rows)
 
 
@@ -108,11 +153,20 @@ def leak_vs_gain(reports: dict[str, dict]) -> str:
     red = control.routed_ppl_reduction_vs_baseline["all"]
     ci = (control.routed_ppl_reduction_ci95 or {}).get("all")
     if leak is not None and leak.applies:
-      prefix = _pct_ci(leak.reduction_vs_baseline[PREFIX]["all"],
-                       (leak.reduction_ci95 or {}).get(PREFIX))
+      prefix = _pct_ci(
+        leak.reduction_vs_baseline[PREFIX]["all"], (leak.reduction_ci95 or {}).get(PREFIX)
+      )
       ratio = f"{leak.prefix_over_as_trained['all']:.4f}"
     else:
       prefix, ratio = "= as trained (causal router)", "1"
     rows.append([name, caus.models["routed"].verdict, _pct_ci(red, ci), prefix, ratio])
-  return table(["pooling", "audit", "PPL reduction vs baseline, as trained [95% interval]",
-                "... with prefix-only routing", "PPL prefix-only / as trained"], rows)
+  return table(
+    [
+      "pooling",
+      "audit",
+      "PPL reduction vs baseline, as trained [95% interval]",
+      "... with prefix-only routing",
+      "PPL prefix-only / as trained",
+    ],
+    rows,
+  )

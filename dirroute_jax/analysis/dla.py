@@ -31,8 +31,13 @@ PARTS = ("embedding", "heads_raw", "routing_delta", "mlps")
 PAPER_PARIS = {"embedding": -0.12, "heads_raw": -4.94, "routing_delta": 25.57, "mlps": -3.81}
 
 # The activations direct_logit_attribution reads (`forward(..., capture=CAPTURE)`).
-CAPTURE = ("blocks.0.resid_pre", "blocks.*.attn.z", "blocks.*.attn.z_routed", "blocks.*.mlp.out",
-           "final_norm.scale")
+CAPTURE = (
+  "blocks.0.resid_pre",
+  "blocks.*.attn.z",
+  "blocks.*.attn.z_routed",
+  "blocks.*.mlp.out",
+  "final_norm.scale",
+)
 
 
 def direct_logit_attribution(model_cfg, params, acts: dict, pos: int, target: int) -> dict:
@@ -56,13 +61,19 @@ def direct_logit_attribution(model_cfg, params, acts: dict, pos: int, target: in
       z_HxDh = f64(acts[f"blocks.{l}.attn.z"])[pos]
       zr_HxDh = f64(acts[f"blocks.{l}.attn.z_routed"])[pos]
       wu_HxDh = W_O_HxDhxD @ u_D
-      per_layer.append({"heads_raw": np.sum(z_HxDh * wu_HxDh, axis=1).tolist(),
-                        "routing_delta": np.sum((zr_HxDh - z_HxDh) * wu_HxDh, axis=1).tolist(),
-                        "mlp": float(f64(acts[f"blocks.{l}.mlp.out"])[pos] @ u_D)})
-    parts = {"embedding": float(f64(acts["blocks.0.resid_pre"])[pos] @ u_D),
-             "heads_raw": float(sum(sum(p["heads_raw"]) for p in per_layer)),
-             "routing_delta": float(sum(sum(p["routing_delta"]) for p in per_layer)),
-             "mlps": float(sum(p["mlp"] for p in per_layer))}
+      per_layer.append(
+        {
+          "heads_raw": np.sum(z_HxDh * wu_HxDh, axis=1).tolist(),
+          "routing_delta": np.sum((zr_HxDh - z_HxDh) * wu_HxDh, axis=1).tolist(),
+          "mlp": float(f64(acts[f"blocks.{l}.mlp.out"])[pos] @ u_D),
+        }
+      )
+    parts = {
+      "embedding": float(f64(acts["blocks.0.resid_pre"])[pos] @ u_D),
+      "heads_raw": float(sum(sum(p["heads_raw"]) for p in per_layer)),
+      "routing_delta": float(sum(sum(p["routing_delta"]) for p in per_layer)),
+      "mlps": float(sum(p["mlp"] for p in per_layer)),
+    }
     parts["sum"] = sum(parts.values())
     parts["per_layer"] = per_layer
     out[key] = parts
@@ -84,13 +95,13 @@ def summarize(per_prompt: list[dict]) -> dict:
   parts = (*PARTS, "sum")
   out = {}
   for key in ("dla", "dla_mean_logit"):
-    out[f"mean_{key}"] = {k: float(np.mean(col(lambda e: e[key][k]))) for k in parts}
+    out[f"mean_{key}"] = {k: float(np.mean(col(lambda e: e[key][k]))) for k in parts}  # noqa: B023
   out["mean_dla"]["logit"] = float(np.mean(col(lambda e: e["dla"]["logit"])))
-  out["mean_dla"]["max_abs_residual"] = float(np.max(np.abs(col(
-      lambda e: e["dla"]["residual"]))))
+  out["mean_dla"]["max_abs_residual"] = float(np.max(np.abs(col(lambda e: e["dla"]["residual"]))))
   # What matters for P(target): each part's push on the target logit beyond the mean logit.
   out["mean_dla_relative_to_mean_logit"] = {
-      k: out["mean_dla"][k] - out["mean_dla_mean_logit"][k] for k in parts}
+    k: out["mean_dla"][k] - out["mean_dla_mean_logit"][k] for k in parts
+  }
   return out
 
 
@@ -105,14 +116,21 @@ def markdown(paper: dict, summaries: dict) -> str:
   rows = [["paper (' Paris')"] + [paper["dla_paris"][k] for k in PARTS] + ["", ""]]
   for name, s in summaries.items():
     d, rel = s.mean_dla, relative(s)
-    rows.append([f"{name}: mean over prompts"] + [d[k] for k in PARTS]
-                + [d["logit"], d["max_abs_residual"]])
+    rows.append(
+      [f"{name}: mean over prompts"] + [d[k] for k in PARTS] + [d["logit"], d["max_abs_residual"]]
+    )
     rows.append([f"{name}: minus mean-logit null"] + [rel[k] for k in PARTS] + [rel["sum"], ""])
-  return "\n".join([
+  return "\n".join(
+    [
       "Direct logit attribution of the first target token's logit (final RMSNorm scale frozen "
-      "from the forward; parts sum to the logit, residual shown):", "",
-      table(["", "embedding", "heads (raw)", "routing delta", "MLPs", "logit / sum",
-             "max |residual|"], rows)])
+      "from the forward; parts sum to the logit, residual shown):",
+      "",
+      table(
+        ["", "embedding", "heads (raw)", "routing delta", "MLPs", "logit / sum", "max |residual|"],
+        rows,
+      ),
+    ]
+  )
 
 
 def figure(paper: dict, summaries: dict):

@@ -42,26 +42,31 @@ import functools
 import json
 import math
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dirroute_jax.analysis import dla, result as result_lib, verdicts
+from dirroute_jax.analysis import dla, verdicts
+from dirroute_jax.analysis import result as result_lib
 from dirroute_jax.analysis.forward import complete, token_weighted_mean
 from dirroute_jax.analysis.markdown import fmt, table
 from dirroute_jax.analysis.verdicts import yes_no
 from dirroute_jax.model import interventions as iv_lib
 from dirroute_jax.model.transformer import Transformer, forward
 
-DEFAULT_PROMPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prompts",
-                               "factual.json")
+DEFAULT_PROMPTS = os.path.join(
+  os.path.dirname(os.path.abspath(__file__)), "prompts", "factual.json"
+)
 
 # The paper's numbers (433M model): compare directions of effects, not magnitudes.
-PAPER = {"p_target_routing_off": "near zero on all 8 prompts",
-         "dla_paris": dict(dla.PAPER_PARIS),
-         "mover_knockout_p_ratio": 1.07}
+PAPER = {
+  "p_target_routing_off": "near zero on all 8 prompts",
+  "dla_paris": dict(dla.PAPER_PARIS),
+  "mover_knockout_p_ratio": 1.07,
+}
 
 # A target is "at chance" when P(whole word) is below 10x the uniform guess V**-n_tokens.
 AT_CHANCE_LOG = math.log(10.0)
@@ -72,6 +77,7 @@ _CAPTURE = dla.CAPTURE + ("blocks.*.attn.pattern",)  # the pattern finds the mov
 @dataclasses.dataclass(frozen=True)
 class Score:
   """One prompt's target under one condition."""
+
   p_target: float  # the whole word's probability
   rank: int  # the first token's rank (1 = argmax)
   target_logprob: float | None = None  # None in older reports (another definition)
@@ -105,6 +111,7 @@ class PromptResult:
 @dataclasses.dataclass(frozen=True)
 class ConditionSummary:
   """Means over prompts under one condition."""
+
   mean_p_target: float
   max_p_target: float
   median_rank: float
@@ -115,6 +122,7 @@ class ConditionSummary:
 @dataclasses.dataclass(frozen=True)
 class Summary:
   """One model's averages over prompts, each next to its null (`_summary`)."""
+
   chance_p: float
   as_trained: ConditionSummary
   routing_off: ConditionSummary
@@ -143,6 +151,7 @@ class ModelFactual:
 @dataclasses.dataclass(frozen=True)
 class Factual:
   """The factual section: recall, DLA and the mover head, every model on the same prompts."""
+
   paper: dict[str, Any]
   num_prompts: int
   models: dict[str, ModelFactual]
@@ -158,12 +167,16 @@ def load_prompts(path: str = DEFAULT_PROMPTS) -> list[dict]:
   except OSError as e:
     raise ValueError(f"cannot read the prompt file {path!r}: {e.strerror or e}") from None
   except json.JSONDecodeError as e:
-    raise ValueError(f"the prompt file {path!r} is not valid JSON ({e}); it must be a list of "
-                     '{"prompt", "target", "subject"} objects or {"prompts": [...]}') from None
+    raise ValueError(
+      f"the prompt file {path!r} is not valid JSON ({e}); it must be a list of "
+      '{"prompt", "target", "subject"} objects or {"prompts": [...]}'
+    ) from None
   prompts = data.get("prompts") if isinstance(data, dict) else data
   if not isinstance(prompts, list) or not prompts:
-    raise ValueError(f"the prompt file {path!r} holds no prompts: give a non-empty list of "
-                     '{"prompt", "target", "subject"} objects or {"prompts": [...]}')
+    raise ValueError(
+      f"the prompt file {path!r} holds no prompts: give a non-empty list of "
+      '{"prompt", "target", "subject"} objects or {"prompts": [...]}'
+    )
   for p in prompts:
     if not isinstance(p, dict):
       raise ValueError(f"bad prompt entry {p!r} in {path!r}: each entry is an object")
@@ -177,14 +190,14 @@ def subject_position(tokenizer, prompt: str, subject: str) -> tuple[int, bool]:
   """(index of the subject's last token in encode(prompt), whether the encodings align)."""
   end = prompt.index(subject) + len(subject)
   prefix_ids = tokenizer.encode(prompt[:end])
-  return len(prefix_ids) - 1, tokenizer.encode(prompt)[:len(prefix_ids)] == prefix_ids
+  return len(prefix_ids) - 1, tokenizer.encode(prompt)[: len(prefix_ids)] == prefix_ids
 
 
 def target_ids(tokenizer, prompt_ids: Sequence[int], prompt: str, target: str) -> list[int]:
   """The target's tokens in context (see module doc)."""
   both = tokenizer.encode(prompt + target)
-  if both[:len(prompt_ids)] == list(prompt_ids) and len(both) > len(prompt_ids):
-    return both[len(prompt_ids):]
+  if both[: len(prompt_ids)] == list(prompt_ids) and len(both) > len(prompt_ids):
+    return both[len(prompt_ids) :]
   return tokenizer.encode(target)
 
 
@@ -208,7 +221,7 @@ def _groups(rows: list[list[int]], causal: bool):
     idx = np.arange(len(rows)) if key is None else np.flatnonzero(lengths == key)
     tokens = np.zeros((len(idx), int(lengths[idx].max())), np.int32)
     for i, r in enumerate(idx):
-      tokens[i, :lengths[r]] = rows[r]
+      tokens[i, : lengths[r]] = rows[r]
     yield idx, tokens, (lengths[idx] - 1).astype(np.int32)
 
 
@@ -216,8 +229,9 @@ def _groups(rows: list[list[int]], causal: bool):
 def _score(model: Transformer, params, tokens_BxT, pos_B, label_B, iv):
   """(log P(label), rank of label; 1 = argmax) at each row's position `pos`."""
   logits_BxTxV, _ = forward(model, params, tokens_BxT, interventions=iv)
-  last_BxV = jnp.take_along_axis(logits_BxTxV, pos_B[:, None, None],
-                                 axis=1)[:, 0, :model.cfg.vocab_size]
+  last_BxV = jnp.take_along_axis(logits_BxTxV, pos_B[:, None, None], axis=1)[
+    :, 0, : model.cfg.vocab_size
+  ]
   logp_BxV = jax.nn.log_softmax(last_BxV)
   label_logit_B = jnp.take_along_axis(last_BxV, label_B[:, None], axis=1)
   logp_B = jnp.take_along_axis(logp_BxV, label_B[:, None], axis=1)[:, 0]
@@ -232,8 +246,7 @@ def _capture(model: Transformer, params, tokens_BxT, iv):
 @functools.partial(jax.jit, static_argnums=0)
 def _z_routed_sums(model: Transformer, params, inputs_BxT, weights_BxT):
   _, acts = forward(model, params, inputs_BxT, capture=("blocks.*.attn.z_routed",))
-  z_LxBxTxHxDh = jnp.stack([acts[f"blocks.{l}.attn.z_routed"]
-                            for l in range(model.cfg.num_layers)])
+  z_LxBxTxHxDh = jnp.stack([acts[f"blocks.{l}.attn.z_routed"] for l in range(model.cfg.num_layers)])
   return jnp.einsum("lbthd,bt->lhd", z_LxBxTxHxDh.astype(jnp.float32), weights_BxT)
 
 
@@ -245,8 +258,9 @@ def score_rows(model: Transformer, params, rows, labels, iv) -> tuple[np.ndarray
   """
   logp, rank = np.zeros(len(rows)), np.zeros(len(rows), np.int64)
   for idx, tokens, pos in _groups(rows, is_causal(model.cfg)):
-    lp, rk = jax.device_get(_score(model, params, tokens, pos,
-                                   np.asarray(labels, np.int32)[idx], iv))
+    lp, rk = jax.device_get(
+      _score(model, params, tokens, pos, np.asarray(labels, np.int32)[idx], iv)
+    )
     logp[idx], rank[idx] = lp, rk
   return logp, rank
 
@@ -264,8 +278,9 @@ def capture_rows(model: Transformer, params, rows, iv) -> list[tuple[int, np.nda
 def head_means(model: Transformer, params, batches) -> np.ndarray:
   """Mean of `attn.z_routed` (L x H x Dh) over held-out tokens with weight 1, as trained."""
   mean = token_weighted_mean(
-      lambda b: (_z_routed_sums(model, params, b["inputs"], b["weights"]),
-                 np.sum(b["weights"])), batches)
+    lambda b: (_z_routed_sums(model, params, b["inputs"], b["weights"]), np.sum(b["weights"])),
+    batches,
+  )
   return np.asarray(mean).astype(np.float32)
 
 
@@ -276,12 +291,21 @@ def _prompt_rows(tokenizer, prompts):
     ids = tokenizer.encode(p["prompt"])
     tgt = target_ids(tokenizer, ids, p["prompt"], p["target"])
     subj, aligned = subject_position(tokenizer, p["prompt"], p["subject"])
-    info.append({"prompt": p["prompt"], "target": p["target"], "subject": p["subject"],
-                 "prompt_tokens": len(ids), "target_ids": [int(t) for t in tgt],
-                 "target_first_token": tokenizer.decode([tgt[0]]),
-                 "target_tokens": [tokenizer.decode([t]) for t in tgt],
-                 "subject_position": subj, "subject_token": tokenizer.decode([ids[subj]]),
-                 "subject_aligned": bool(aligned), "last_position": len(ids) - 1})
+    info.append(
+      {
+        "prompt": p["prompt"],
+        "target": p["target"],
+        "subject": p["subject"],
+        "prompt_tokens": len(ids),
+        "target_ids": [int(t) for t in tgt],
+        "target_first_token": tokenizer.decode([tgt[0]]),
+        "target_tokens": [tokenizer.decode([t]) for t in tgt],
+        "subject_position": subj,
+        "subject_token": tokenizer.decode([ids[subj]]),
+        "subject_aligned": bool(aligned),
+        "last_position": len(ids) - 1,
+      }
+    )
     for j, t in enumerate(tgt):
       rows.append(ids + tgt[:j])
       labels.append(t)
@@ -289,8 +313,9 @@ def _prompt_rows(tokenizer, prompts):
   return info, rows, labels, owner
 
 
-def mean_percentile_p_value(observed: float, n: int, *, draws: int = 20_000,
-                            seed: int = 0) -> float:
+def mean_percentile_p_value(
+  observed: float, n: int, *, draws: int = 20_000, seed: int = 0
+) -> float:
   """P(mean of n uniform percentiles >= observed): how often heads picked at random would rank
   at least this high among the other heads' knockouts (one-sided, Monte Carlo)."""
   means = np.random.default_rng(seed).random((draws, n)).mean(1)
@@ -302,9 +327,15 @@ def _geomean(x) -> float:
   return float(np.exp(np.mean(np.log(x)))) if x.size else float("nan")
 
 
-def factual_recall(models: dict[str, Transformer], params: dict, tokenizer,
-                   prompts: list[dict], mean_batches: list[dict] | None = None,
-                   *, null_heads: bool = True) -> Factual:
+def factual_recall(
+  models: dict[str, Transformer],
+  params: dict,
+  tokenizer,
+  prompts: list[dict],
+  mean_batches: list[dict] | None = None,
+  *,
+  null_heads: bool = True,
+) -> Factual:
   """Per model: per-prompt results and a summary (see `factual`).
 
   `mean_batches`: held-out batches for the mean-ablation values; None skips mean ablation.
@@ -333,8 +364,7 @@ def factual_recall(models: dict[str, Transformer], params: dict, tokenizer,
     wanted = heads if null_heads else sorted({(m["layer"], m["head"]) for m in movers})
     for l, h in wanted:
       for m in modes:
-        iv = complete(cfg, iv_lib.knockout_heads(cfg, [(l, h)],
-                                                 None if m == "zero" else means))
+        iv = complete(cfg, iv_lib.knockout_heads(cfg, [(l, h)], None if m == "zero" else means))
         # All rows, not just the first-token ones: one compiled shape serves every condition.
         logp = score_rows(model, prm, rows, labels, iv)[0]
         knock[m][l, h] = [np.sum(logp[ks]) for ks in rows_of]
@@ -346,9 +376,13 @@ def factual_recall(models: dict[str, Transformer], params: dict, tokenizer,
       for c, (logp, rank) in scored.items():
         ks = rows_of[i]
         word = float(np.sum(logp[ks]))
-        entry[c] = {"p_target": math.exp(word), "target_logprob": word,
-                    "p_first_token": math.exp(logp[ks[0]]), "rank": int(rank[ks[0]]),
-                    "at_chance": word < entry["chance_logprob"] + AT_CHANCE_LOG}
+        entry[c] = {
+          "p_target": math.exp(word),
+          "target_logprob": word,
+          "p_first_token": math.exp(logp[ks[0]]),
+          "rank": int(rank[ks[0]]),
+          "at_chance": word < entry["chance_logprob"] + AT_CHANCE_LOG,
+        }
       pos, logits_V, acts = caps[i]
       target = p["target_ids"][0]
       entry.update(dla.attribute(cfg, prm, acts, pos, target, logits_V[target]))
@@ -360,52 +394,65 @@ def factual_recall(models: dict[str, Transformer], params: dict, tokenizer,
         others = others[~np.isnan(others)]
         null_ratios[m].extend(others.tolist())
         # Where the mover head's knockout falls among every other head's (1 = above all).
-        mv[f"percentile_{m}"] = (float(np.mean(others < ratio_LxH[mv["layer"], mv["head"]]))
-                                 if others.size else None)
+        mv[f"percentile_{m}"] = (
+          float(np.mean(others < ratio_LxH[mv["layer"], mv["head"]])) if others.size else None
+        )
         mv[f"p_{m}_ablated"] = math.exp(knock[m][mv["layer"], mv["head"], i])
         mv[f"ratio_{m}"] = float(ratio_LxH[mv["layer"], mv["head"]])
         mv[f"null_ratio_{m}_median"] = float(np.median(others)) if others.size else None
-        mv[f"knockout_ratios_{m}"] = [[None if np.isnan(x) else float(x) for x in row]
-                                      for row in ratio_LxH]
+        mv[f"knockout_ratios_{m}"] = [
+          [None if np.isnan(x) else float(x) for x in row] for row in ratio_LxH
+        ]
       entry["mover_head"] = mv
       per_prompt.append(entry)
     # Built as dicts (dla.py and _summary read them so), typed here: a key that is not a
     # field fails now, not in the report.
     out[name] = ModelFactual(
-        prompts=[result_lib.from_json(PromptResult, e, f"factual.{name}") for e in per_prompt],
-        summary=result_lib.from_json(Summary, _summary(per_prompt, null_ratios,
-                                                       cfg.vocab_size), f"factual.{name}"))
+      prompts=[result_lib.from_json(PromptResult, e, f"factual.{name}") for e in per_prompt],
+      summary=result_lib.from_json(
+        Summary, _summary(per_prompt, null_ratios, cfg.vocab_size), f"factual.{name}"
+      ),
+    )
   return Factual(paper=PAPER, num_prompts=len(prompts), models=out)
 
 
-def _summary(per_prompt: list[dict], null_ratios: dict[str, list[float]],
-             vocab_size: int) -> dict:
+def _summary(per_prompt: list[dict], null_ratios: dict[str, list[float]], vocab_size: int) -> dict:
   """Averages over prompts, each next to its null (`null_ratios[mode]`: the knockout ratios
   of every non-mover head over all prompts)."""
   col = lambda f: [f(e) for e in per_prompt]
-  out = {"chance_p": 1.0 / vocab_size,
-         "mean_chance_p_target": float(np.mean(col(lambda e: math.exp(e["chance_logprob"]))))}
+  out = {
+    "chance_p": 1.0 / vocab_size,
+    "mean_chance_p_target": float(np.mean(col(lambda e: math.exp(e["chance_logprob"])))),
+  }
   for c in ("as_trained", "routing_off"):
-    out[c] = {"mean_p_target": float(np.mean(col(lambda e: e[c]["p_target"]))),
-              "max_p_target": float(np.max(col(lambda e: e[c]["p_target"]))),
-              "median_rank": float(np.median(col(lambda e: e[c]["rank"]))),
-              "mean_target_logprob": float(np.mean(col(lambda e: e[c]["target_logprob"]))),
-              "num_at_chance": int(sum(col(lambda e: e[c]["at_chance"])))}
-  out["geomean_p_ratio_off_vs_trained"] = _geomean(col(
-      lambda e: e["routing_off"]["p_target"] / e["as_trained"]["p_target"]))
+    out[c] = {
+      "mean_p_target": float(np.mean(col(lambda e: e[c]["p_target"]))),  # noqa: B023
+      "max_p_target": float(np.max(col(lambda e: e[c]["p_target"]))),  # noqa: B023
+      "median_rank": float(np.median(col(lambda e: e[c]["rank"]))),  # noqa: B023
+      "mean_target_logprob": float(np.mean(col(lambda e: e[c]["target_logprob"]))),  # noqa: B023
+      "num_at_chance": int(sum(col(lambda e: e[c]["at_chance"]))),  # noqa: B023
+    }
+  out["geomean_p_ratio_off_vs_trained"] = _geomean(
+    col(lambda e: e["routing_off"]["p_target"] / e["as_trained"]["p_target"])
+  )
   out.update(dla.summarize(per_prompt))
   for m, nulls in null_ratios.items():
-    out[f"mover_ratio_{m}_geomean"] = _geomean(col(lambda e: e["mover_head"][f"ratio_{m}"]))
+    out[f"mover_ratio_{m}_geomean"] = _geomean(col(lambda e: e["mover_head"][f"ratio_{m}"]))  # noqa: B023
     out[f"null_ratio_{m}_geomean"] = _geomean(nulls) if nulls else None
-    pct = [x for x in col(lambda e: e["mover_head"].get(f"percentile_{m}")) if x is not None]
+    pct = [x for x in col(lambda e: e["mover_head"].get(f"percentile_{m}")) if x is not None]  # noqa: B023
     if pct:
       out[f"mover_percentile_{m}_mean"] = float(np.mean(pct))
       out[f"mover_p_value_{m}"] = mean_percentile_p_value(float(np.mean(pct)), len(pct))
   return out
 
 
-def factual(run, prompts_path: str = DEFAULT_PROMPTS, *, num_batches: int | None = None,
-            null_heads: bool = True) -> Factual:
+def factual(
+  run,
+  prompts_path: str = DEFAULT_PROMPTS,
+  *,
+  num_batches: int | None = None,
+  null_heads: bool = True,
+) -> Factual:
   """Factual recall, DLA and mover-head knockout for a loaded workdir (see module doc).
 
   Returns `Factual`: per model, every prompt's scores as trained and with routing off, its
@@ -413,19 +460,31 @@ def factual(run, prompts_path: str = DEFAULT_PROMPTS, *, num_batches: int | None
   first `num_batches` held-out batches (default `cfg.eval_batches`).
   """
   n = run.cfg.eval_batches if num_batches is None else num_batches
-  result = factual_recall(run.models, run.params, run.tokenizer, load_prompts(prompts_path),
-                          list(run.data.eval_batches(n)), null_heads=null_heads)
-  return dataclasses.replace(result, prompts_path=os.path.abspath(prompts_path), protocol={
+  result = factual_recall(
+    run.models,
+    run.params,
+    run.tokenizer,
+    load_prompts(prompts_path),
+    list(run.data.eval_batches(n)),
+    null_heads=null_heads,
+  )
+  return dataclasses.replace(
+    result,
+    prompts_path=os.path.abspath(prompts_path),
+    protocol={
       "p_target": "whole target: exp(sum of the log-probs of all its tokens, teacher-forced, "
-                  "each scored on its own prefix); rank = the first token's (1 = argmax)",
+      "each scored on its own prefix); rank = the first token's (1 = argmax)",
       "at_chance": "P(target) < 10 x V**-(number of target tokens)",
       "mover_p_value": "mover head's knockout percentile among all other heads, averaged over "
-                       "prompts, against the mean of uniform percentiles",
+      "prompts, against the mean of uniform percentiles",
       "subject_position": "last token of encode(prompt up to and including the subject)",
       "dla": "final RMSNorm 1/rms frozen from the real forward; parts sum to the logit",
       "mover_head": "argmax attention last position -> subject, as trained",
       "knockout": "head output before W_O replaced at every position (zero / held-out mean)",
-      "mean_batches": n, "checkpoint_step": int(run.step)})
+      "mean_batches": n,
+      "checkpoint_step": int(run.step),
+    },
+  )
 
 
 def claim_rows(r: Factual, report: dict) -> verdicts.Rows:
@@ -443,22 +502,28 @@ def claim_rows(r: Factual, report: dict) -> verdicts.Rows:
   fs = result_lib.model(r).summary
   on, off = fs.as_trained.mean_p_target, fs.routing_off.mean_p_target
   n_prompts = r.num_prompts
-  at_chance = (fs.as_trained.num_at_chance if fs.as_trained.num_at_chance is not None
-               else n_prompts)
+  at_chance = fs.as_trained.num_at_chance if fs.as_trained.num_at_chance is not None else n_prompts
   recalls = at_chance < n_prompts / 2  # most targets above chance as trained
   out["factual_off"] = (
-      f"mean P(word) {fmt(on)} -> {fmt(off)}; at chance as trained {at_chance}/{n_prompts}",
-      yes_no(recalls and off < 0.1 * on))
+    f"mean P(word) {fmt(on)} -> {fmt(off)}; at chance as trained {at_chance}/{n_prompts}",
+    yes_no(recalls and off < 0.1 * on),
+  )
   rel = dla.relative(fs)
-  out["dla"] = (" / ".join(f"{rel[p]:+.2f}" for p in dla.PARTS),
-                yes_no(recalls and rel["routing_delta"] > 1.0
-                       and rel["routing_delta"] == max(rel[p] for p in dla.PARTS)))
+  out["dla"] = (
+    " / ".join(f"{rel[p]:+.2f}" for p in dla.PARTS),
+    yes_no(
+      recalls
+      and rel["routing_delta"] > 1.0
+      and rel["routing_delta"] == max(rel[p] for p in dla.PARTS)
+    ),
+  )
   pct, pval = fs.mover_percentile_zero_mean, fs.mover_p_value_zero
-  out["mover"] = (f"x{fs.mover_ratio_zero_geomean:.2f} (other heads x"
-                  f"{fs.null_ratio_zero_geomean:.2f}; mean percentile among heads "
-                  f"{fmt(pct)}, p = {fmt(pval)})",
-                  yes_no(recalls and fs.mover_ratio_zero_geomean > 1.0
-                         and pval is not None and pval < 0.05))
+  out["mover"] = (
+    f"x{fs.mover_ratio_zero_geomean:.2f} (other heads x"
+    f"{fs.null_ratio_zero_geomean:.2f}; mean percentile among heads "
+    f"{fmt(pct)}, p = {fmt(pval)})",
+    yes_no(recalls and fs.mover_ratio_zero_geomean > 1.0 and pval is not None and pval < 0.05),
+  )
   return out
 
 
@@ -467,33 +532,81 @@ def markdown(r: Factual) -> str:
   rows = []
   for name, m in r.models.items():
     s = m.summary
-    rows.append([name, s.as_trained.mean_p_target, s.routing_off.mean_p_target,
-                 f"{s.as_trained.num_at_chance} / {s.routing_off.num_at_chance}",
-                 s.as_trained.median_rank, s.routing_off.median_rank,
-                 s.mover_ratio_zero_geomean, s.null_ratio_zero_geomean,
-                 s.mover_percentile_zero_mean, s.mover_p_value_zero,
-                 s.mover_ratio_mean_geomean, s.null_ratio_mean_geomean])
+    rows.append(
+      [
+        name,
+        s.as_trained.mean_p_target,
+        s.routing_off.mean_p_target,
+        f"{s.as_trained.num_at_chance} / {s.routing_off.num_at_chance}",
+        s.as_trained.median_rank,
+        s.routing_off.median_rank,
+        s.mover_ratio_zero_geomean,
+        s.null_ratio_zero_geomean,
+        s.mover_percentile_zero_mean,
+        s.mover_p_value_zero,
+        s.mover_ratio_mean_geomean,
+        s.null_ratio_mean_geomean,
+      ]
+    )
   chance = lambda c: " (AT CHANCE)" if c.at_chance else ""
-  per_prompt = [[p.prompt, p.target, " | ".join(repr(t) for t in p.target_tokens),
-                 p.subject_token, f"{fmt(p.as_trained.p_target)}{chance(p.as_trained)}",
-                 f"{fmt(p.routing_off.p_target)}{chance(p.routing_off)}",
-                 math.exp(p.chance_logprob), p.as_trained.rank,
-                 f"L{p.mover_head['layer']}H{p.mover_head['head']}",
-                 p.mover_head["ratio_zero"]]
-                for p in r.models["routed"].prompts]
-  return "\n".join([
-      table(["model", "mean P(target word)", "... routing off", "# at chance (trained / off)",
-             "median first-token rank", "... routing off", "mover KO P ratio (zero)",
-             "null (other heads)", "mover percentile among heads", "p-value",
-             "mover KO ratio (mean)", "null"], rows),
+  per_prompt = [
+    [
+      p.prompt,
+      p.target,
+      " | ".join(repr(t) for t in p.target_tokens),
+      p.subject_token,
+      f"{fmt(p.as_trained.p_target)}{chance(p.as_trained)}",
+      f"{fmt(p.routing_off.p_target)}{chance(p.routing_off)}",
+      math.exp(p.chance_logprob),
+      p.as_trained.rank,
+      f"L{p.mover_head['layer']}H{p.mover_head['head']}",
+      p.mover_head["ratio_zero"],
+    ]
+    for p in r.models["routed"].prompts
+  ]
+  return "\n".join(
+    [
+      table(
+        [
+          "model",
+          "mean P(target word)",
+          "... routing off",
+          "# at chance (trained / off)",
+          "median first-token rank",
+          "... routing off",
+          "mover KO P ratio (zero)",
+          "null (other heads)",
+          "mover percentile among heads",
+          "p-value",
+          "mover KO ratio (mean)",
+          "null",
+        ],
+        rows,
+      ),
       f"\nP(target word) is the product of the probabilities of all the target's tokens "
       f"(teacher-forced); AT CHANCE marks P < 10x the uniform guess V^-n. Paper: P(target) with "
       f"routing off {paper['p_target_routing_off']}; mover-head knockout raises P "
-      f"(x{paper['mover_knockout_p_ratio']}).", "",
-      dla.markdown(paper, _summaries(r)), "",
-      table(["prompt", "target", "scored tokens", "subject token", "P routed",
-             "P routing off", "chance", "first-token rank", "mover head", "KO ratio"],
-            per_prompt)])
+      f"(x{paper['mover_knockout_p_ratio']}).",
+      "",
+      dla.markdown(paper, _summaries(r)),
+      "",
+      table(
+        [
+          "prompt",
+          "target",
+          "scored tokens",
+          "subject token",
+          "P routed",
+          "P routing off",
+          "chance",
+          "first-token rank",
+          "mover head",
+          "KO ratio",
+        ],
+        per_prompt,
+      ),
+    ]
+  )
 
 
 def figures(r: Factual) -> dict:

@@ -9,7 +9,7 @@ module then imports only what it computes with, never another section.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -27,19 +27,20 @@ def complete(model_cfg, iv: iv_lib.Interventions | None = None) -> iv_lib.Interv
   model serves all of them: the interventions are traced arrays, not compile-time constants.
   A False mask leaves r and the head outputs bitwise unchanged (`jnp.where`).
   """
-  noop = iv_lib.routing_fixed(model_cfg, 0.0, layers=[]).merge(
-      iv_lib.knockout_heads(model_cfg, []))
+  noop = iv_lib.routing_fixed(model_cfg, 0.0, layers=[]).merge(iv_lib.knockout_heads(model_cfg, []))
   return noop if iv is None else noop.merge(iv)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 6))
-def loss_sums(model: Transformer, params, inputs_BxT, targets_BxT, weights_BxT, iv,
-              linear_layers: int = 0):
+def loss_sums(
+  model: Transformer, params, inputs_BxT, targets_BxT, weights_BxT, iv, linear_layers: int = 0
+):
   """(loss_sum_B, tokens_B). The model is static (hashable by config), so the compiled
   program is cached per model config and batch shape across calls and conditions.
   `linear_layers` (static) linearises the first k layers' attention (analysis/linearise.py)."""
-  logits_BxTxV, _ = forward(model, params, inputs_BxT, interventions=iv,
-                            linear_layers=linear_layers)
+  logits_BxTxV, _ = forward(
+    model, params, inputs_BxT, interventions=iv, linear_layers=linear_layers
+  )
   return cross_entropy_sums(logits_BxTxV, targets_BxT, weights_BxT)
 
 
@@ -64,14 +65,16 @@ def _routing_sums(model: Transformer, params, inputs_BxT, weights_BxT):
   L = model.cfg.num_layers
   _, acts = forward(model, params, inputs_BxT, capture=("blocks.*.attn.r",))
   r_LxBxTxHxK = jnp.stack([acts[f"blocks.{l}.attn.r"] for l in range(L)]).astype(jnp.float32)
-  r_LxBxTxHxK = jnp.broadcast_to(r_LxBxTxHxK, r_LxBxTxHxK.shape[:2] + weights_BxT.shape[1:]
-                                 + r_LxBxTxHxK.shape[3:])  # sequence_mean: r is B x 1
+  r_LxBxTxHxK = jnp.broadcast_to(
+    r_LxBxTxHxK, r_LxBxTxHxK.shape[:2] + weights_BxT.shape[1:] + r_LxBxTxHxK.shape[3:]
+  )  # sequence_mean: r is B x 1
   return jnp.einsum("lbthk,bt->lhk", r_LxBxTxHxK, weights_BxT.astype(jnp.float32))
 
 
 def mean_routing(model: Transformer, params, batches: Iterable[dict]) -> np.ndarray:
   """Held-out mean of the routing weights per (layer, head, direction), token-weighted."""
   mean = token_weighted_mean(
-      lambda b: (_routing_sums(model, params, b["inputs"], b["weights"]),
-                 np.sum(b["weights"])), batches)
+    lambda b: (_routing_sums(model, params, b["inputs"], b["weights"]), np.sum(b["weights"])),
+    batches,
+  )
   return np.asarray(mean).astype(np.float32)

@@ -36,15 +36,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dirroute_jax.analysis import plots, result as result_lib, verdicts
+from dirroute_jax.analysis import plots, verdicts
+from dirroute_jax.analysis import result as result_lib
 from dirroute_jax.analysis.load import as_workdir
 from dirroute_jax.analysis.markdown import fmt, table
 from dirroute_jax.analysis.verdicts import yes_no
 from dirroute_jax.model import interventions as iv_lib
 from dirroute_jax.model.transformer import forward
 
-PAPER = {"routed_accuracy": 0.934, "routed_accuracy_routing_off": 0.0,
-         "routed_accuracy_strongest_head_knocked_out": 0.986}
+PAPER = {
+  "routed_accuracy": 0.934,
+  "routed_accuracy_routing_off": 0.0,
+  "routed_accuracy_strongest_head_knocked_out": 0.986,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,18 +76,22 @@ class Null:
 @dataclasses.dataclass(frozen=True)
 class Induction:
   """The induction section, every model on the same repeated random sequences."""
+
   models: dict[str, ModelInduction]
   protocol: dict[str, Any]
   null: Null
   paper: dict[str, Any]
 
 
-def repeated_random_tokens(num_seqs: int, doc_len: int, repeats: int, pool_P: np.ndarray,
-                           seed: int) -> np.ndarray:
+def repeated_random_tokens(
+  num_seqs: int, doc_len: int, repeats: int, pool_P: np.ndarray, seed: int
+) -> np.ndarray:
   """num_seqs x (doc_len * repeats) int32: a block of distinct tokens from pool_P, tiled."""
   if doc_len > len(pool_P):
-    raise ValueError(f"doc_len={doc_len} exceeds the {len(pool_P)} tokens it is drawn from; "
-                     "the tokens of a block must be distinct.")
+    raise ValueError(
+      f"doc_len={doc_len} exceeds the {len(pool_P)} tokens it is drawn from; "
+      "the tokens of a block must be distinct."
+    )
   rng = np.random.default_rng(seed)
   blocks_NxW = np.stack([rng.choice(pool_P, doc_len, replace=False) for _ in range(num_seqs)])
   return np.tile(blocks_NxW, (1, repeats)).astype(np.int32)
@@ -106,15 +114,19 @@ def uniform_attention_score(T: int, doc_len: int) -> float:
 
 def _neutral(model_cfg) -> iv_lib.Interventions:
   """All intervention fields present but inactive: one compiled program for every variant."""
-  return iv_lib.routing_fixed(model_cfg, 0.0, layers=[]).merge(
-      iv_lib.knockout_heads(model_cfg, []))
+  return iv_lib.routing_fixed(model_cfg, 0.0, layers=[]).merge(iv_lib.knockout_heads(model_cfg, []))
 
 
-
-
-def induction(run, *, doc_len: int | None = None, repeats: int = 2, num_seqs: int = 64,
-              token_range: tuple[int, int] | None = None, seed: int = 0,
-              batch_size: int = 32) -> Induction:
+def induction(
+  run,
+  *,
+  doc_len: int | None = None,
+  repeats: int = 2,
+  num_seqs: int = 64,
+  token_range: tuple[int, int] | None = None,
+  seed: int = 0,
+  batch_size: int = 32,
+) -> Induction:
   """Induction accuracy, per-head induction scores and strongest-head knockout, both models.
 
   Args:
@@ -145,29 +157,37 @@ def induction(run, *, doc_len: int | None = None, repeats: int = 2, num_seqs: in
   T = tokens_NxT.shape[1]
   chance = 1.0 / len(pool_P)
 
-  models = {name: _model_induction(model, run.params[name], tokens_NxT, doc_len, vocab,
-                                   batch_size)
-            for name, model in run.models.items()}
+  models = {
+    name: _model_induction(model, run.params[name], tokens_NxT, doc_len, vocab, batch_size)
+    for name, model in run.models.items()
+  }
   protocol = {
-      "construction": "block of doc_len distinct tokens drawn uniformly from token_range "
-                      "(EOS excluded), repeated `repeats` times; no BOS",
-      "doc_len": doc_len, "repeats": repeats, "num_seqs": num_seqs, "seq_len": T,
-      "token_range": [int(lo), int(hi)], "tokens_drawn_from": int(len(pool_P)), "seed": seed,
-      "scored_positions_per_seq": T - 1 - doc_len,
-      "accuracy": "top-1 over the real vocabulary of token t+1 at positions t >= doc_len",
-      "induction_score": "mean attention from query t >= doc_len to key t - doc_len + 1",
-      "knockout": "zero ablation of the head output before W_O, routing on",
+    "construction": "block of doc_len distinct tokens drawn uniformly from token_range "
+    "(EOS excluded), repeated `repeats` times; no BOS",
+    "doc_len": doc_len,
+    "repeats": repeats,
+    "num_seqs": num_seqs,
+    "seq_len": T,
+    "token_range": [int(lo), int(hi)],
+    "tokens_drawn_from": int(len(pool_P)),
+    "seed": seed,
+    "scored_positions_per_seq": T - 1 - doc_len,
+    "accuracy": "top-1 over the real vocabulary of token t+1 at positions t >= doc_len",
+    "induction_score": "mean attention from query t >= doc_len to key t - doc_len + 1",
+    "knockout": "zero ablation of the head output before W_O, routing on",
   }
   null = Null(
-      chance_accuracy=chance,
-      uniform_attention_induction_score=uniform_attention_score(T, doc_len),
-      knockout_control="knockout_control_median_other_heads (per model)",
-      routing_control="the baseline model (no routing) on the same sequences")
+    chance_accuracy=chance,
+    uniform_attention_induction_score=uniform_attention_score(T, doc_len),
+    knockout_control="knockout_control_median_other_heads (per model)",
+    routing_control="the baseline model (no routing) on the same sequences",
+  )
   return Induction(models=models, protocol=protocol, null=null, paper=dict(PAPER))
 
 
-def _model_induction(model, params, tokens_NxT: np.ndarray, doc_len: int, vocab: int,
-                     batch_size: int) -> ModelInduction:
+def _model_induction(
+  model, params, tokens_NxT: np.ndarray, doc_len: int, vocab: int, batch_size: int
+) -> ModelInduction:
   cfg = model.cfg
   L, H = cfg.num_layers, cfg.num_heads
   neutral = _neutral(cfg)
@@ -185,10 +205,14 @@ def _model_induction(model, params, tokens_NxT: np.ndarray, doc_len: int, vocab:
     T = tokens_BxT.shape[1]
     q_Q = jnp.arange(doc_len, T)
     # Summed (not averaged) over the batch so that batches of any size combine exactly.
-    return jnp.stack([acts[f"blocks.{l}.attn.pattern"][:, :, q_Q, q_Q - doc_len + 1]
-                      .sum(axis=(0, 2)) for l in range(L)])
+    return jnp.stack(
+      [
+        acts[f"blocks.{l}.attn.pattern"][:, :, q_Q, q_Q - doc_len + 1].sum(axis=(0, 2))
+        for l in range(L)
+      ]
+    )
 
-  chunks = [tokens_NxT[i:i + batch_size] for i in range(0, len(tokens_NxT), batch_size)]
+  chunks = [tokens_NxT[i : i + batch_size] for i in range(0, len(tokens_NxT), batch_size)]
 
   def accuracy(iv, first_block=False):
     correct = total = 0
@@ -212,16 +236,17 @@ def _model_induction(model, params, tokens_NxT: np.ndarray, doc_len: int, vocab:
   knockout_LxH = np.array([[accuracy(knock(l, h)) for h in range(H)] for l in range(L)])
   others = np.delete(knockout_LxH.ravel(), l_best * H + h_best)
   return ModelInduction(
-      accuracy=accuracy(neutral),
-      first_block_accuracy=accuracy(neutral, first_block=True),
-      accuracy_routing_off=accuracy(off) if cfg.routing else None,
-      induction_scores=scores_LxH.tolist(),
-      induction_scores_routing_off=head_scores(off).tolist() if cfg.routing else None,
-      strongest_head=(l_best, h_best),
-      strongest_score=float(scores_LxH[l_best, h_best]),
-      accuracy_strongest_head_knocked_out=float(knockout_LxH[l_best, h_best]),
-      knockout_accuracy=knockout_LxH.tolist(),
-      knockout_control_median_other_heads=float(np.median(others)) if others.size else None)
+    accuracy=accuracy(neutral),
+    first_block_accuracy=accuracy(neutral, first_block=True),
+    accuracy_routing_off=accuracy(off) if cfg.routing else None,
+    induction_scores=scores_LxH.tolist(),
+    induction_scores_routing_off=head_scores(off).tolist() if cfg.routing else None,
+    strongest_head=(l_best, h_best),
+    strongest_score=float(scores_LxH[l_best, h_best]),
+    accuracy_strongest_head_knocked_out=float(knockout_LxH[l_best, h_best]),
+    knockout_accuracy=knockout_LxH.tolist(),
+    knockout_control_median_other_heads=float(np.median(others)) if others.size else None,
+  )
 
 
 def claim_rows(r: Induction, report: dict) -> verdicts.Rows:
@@ -231,12 +256,16 @@ def claim_rows(r: Induction, report: dict) -> verdicts.Rows:
   del report  # every number is this section's
   ind = r.models["routed"]
   return {
-      "induction": (f"{100 * ind.accuracy:.1f}% / {100 * ind.accuracy_routing_off:.1f}%"
-                    f" (chance {100 * r.null.chance_accuracy:.2f}%)",
-                    yes_no(ind.accuracy > 0.5 and ind.accuracy_routing_off < 0.1)),
-      "induction_ko": (f"{100 * ind.accuracy_strongest_head_knocked_out:.1f}%",
-                       yes_no(ind.accuracy_strongest_head_knocked_out
-                              >= 0.9 * ind.accuracy and ind.accuracy > 0.5))}
+    "induction": (
+      f"{100 * ind.accuracy:.1f}% / {100 * ind.accuracy_routing_off:.1f}%"
+      f" (chance {100 * r.null.chance_accuracy:.2f}%)",
+      yes_no(ind.accuracy > 0.5 and ind.accuracy_routing_off < 0.1),
+    ),
+    "induction_ko": (
+      f"{100 * ind.accuracy_strongest_head_knocked_out:.1f}%",
+      yes_no(ind.accuracy_strongest_head_knocked_out >= 0.9 * ind.accuracy and ind.accuracy > 0.5),
+    ),
+  }
 
 
 def _na(x) -> str:
@@ -247,26 +276,42 @@ def _na(x) -> str:
 def markdown(r: Induction) -> str:
   routed, base, null, paper = r.models["routed"], r.models["baseline"], r.null, r.paper
   rows = [
-      ["induction accuracy (repeated half)", paper["routed_accuracy"], routed.accuracy,
-       base.accuracy, f"chance {fmt(null.chance_accuracy)}; first block "
-       f"{fmt(routed.first_block_accuracy)}"],
-      ["... routing off", paper["routed_accuracy_routing_off"],
-       _na(routed.accuracy_routing_off), "n/a", "the baseline row above"],
-      ["... strongest induction head knocked out",
-       paper["routed_accuracy_strongest_head_knocked_out"],
-       routed.accuracy_strongest_head_knocked_out,
-       base.accuracy_strongest_head_knocked_out,
-       f"median other single-head knockout {_na(routed.knockout_control_median_other_heads)}"
-       f" / {_na(base.knockout_control_median_other_heads)}"],
-      ["strongest head (layer, head): score", "",
-       f"{tuple(routed.strongest_head)}: {fmt(routed.strongest_score)}",
-       f"{tuple(base.strongest_head)}: {fmt(base.strongest_score)}",
-       f"uniform attention {fmt(null.uniform_attention_induction_score)}"],
+    [
+      "induction accuracy (repeated half)",
+      paper["routed_accuracy"],
+      routed.accuracy,
+      base.accuracy,
+      f"chance {fmt(null.chance_accuracy)}; first block {fmt(routed.first_block_accuracy)}",
+    ],
+    [
+      "... routing off",
+      paper["routed_accuracy_routing_off"],
+      _na(routed.accuracy_routing_off),
+      "n/a",
+      "the baseline row above",
+    ],
+    [
+      "... strongest induction head knocked out",
+      paper["routed_accuracy_strongest_head_knocked_out"],
+      routed.accuracy_strongest_head_knocked_out,
+      base.accuracy_strongest_head_knocked_out,
+      f"median other single-head knockout {_na(routed.knockout_control_median_other_heads)}"
+      f" / {_na(base.knockout_control_median_other_heads)}",
+    ],
+    [
+      "strongest head (layer, head): score",
+      "",
+      f"{tuple(routed.strongest_head)}: {fmt(routed.strongest_score)}",
+      f"{tuple(base.strongest_head)}: {fmt(base.strongest_score)}",
+      f"uniform attention {fmt(null.uniform_attention_induction_score)}",
+    ],
   ]
   p = r.protocol
-  return (table(["claim", "paper", "routed", "baseline", "null / control"], rows)
-          + f"\n\nProtocol: {p['construction']}; doc_len {p['doc_len']}, repeats "
-            f"{p['repeats']}, {p['num_seqs']} sequences; {p['knockout']}.")
+  return (
+    table(["claim", "paper", "routed", "baseline", "null / control"], rows)
+    + f"\n\nProtocol: {p['construction']}; doc_len {p['doc_len']}, repeats "
+    f"{p['repeats']}, {p['num_seqs']} sequences; {p['knockout']}."
+  )
 
 
 def figures(r: Induction) -> dict:
@@ -276,8 +321,9 @@ def figures(r: Induction) -> dict:
     return {}
   # Constrained layout and one shared "layer" label: the second panel's label used to sit
   # on the first panel's tick labels.
-  fig, axes = plots.plt.subplots(1, len(models), figsize=(4 * len(models), 3), sharey=True,
-                                 layout="constrained")
+  fig, axes = plots.plt.subplots(
+    1, len(models), figsize=(4 * len(models), 3), sharey=True, layout="constrained"
+  )
   axes = np.atleast_1d(axes)
   vmax = max(float(np.max(m.induction_scores)) for m in models.values())
   for ax, (name, m) in zip(axes, models.items()):
@@ -288,6 +334,10 @@ def figures(r: Induction) -> dict:
     plots.integer_ticks(ax.xaxis, scores_LxH.shape[1])
     plots.integer_ticks(ax.yaxis, scores_LxH.shape[0])
   axes[0].set_ylabel("layer")
-  fig.colorbar(im, ax=list(axes), shrink=0.8,
-               label=f"uniform-attention null = {r.null.uniform_attention_induction_score:.3f}")
+  fig.colorbar(
+    im,
+    ax=list(axes),
+    shrink=0.8,
+    label=f"uniform-attention null = {r.null.uniform_attention_induction_score:.3f}",
+  )
   return {"induction_heads": fig}

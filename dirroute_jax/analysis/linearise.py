@@ -35,6 +35,7 @@ class ModelLinearise:
 @dataclasses.dataclass(frozen=True)
 class Linearise:
   """The linearise section: held-out PPL against k for every model of the set."""
+
   paper: dict[str, Any]
   num_batches: int
   models: dict[str, ModelLinearise]
@@ -51,21 +52,33 @@ def linearise(run, *, num_batches: int | None = None) -> Linearise:
   for name, model in run.models.items():
     ppl_k, no_interventions = [], complete(model.cfg)
     for k in range(model.cfg.num_layers + 1):
-      def sums(b, k=k):
-        l_B, t_B = jax.device_get(loss_sums(model, run.params[name], b["inputs"],
-                                            b["targets"], b["weights"], no_interventions, k))
+      # Bound as defaults: the closure is consumed in this iteration, but says so.
+      def sums(b, k=k, model=model, params=run.params[name], iv=no_interventions):
+        l_B, t_B = jax.device_get(
+          loss_sums(model, params, b["inputs"], b["targets"], b["weights"], iv, k)
+        )
         return float(l_B.sum()), float(t_B.sum())
+
       ppl_k.append(math.exp(token_weighted_mean(sums, batches)))
     models[name] = ModelLinearise(
-        attention=model.cfg.attention, routing=bool(model.cfg.routing), ppl_by_k=ppl_k,
-        relative_increase_by_k=[p / ppl_k[0] - 1 for p in ppl_k])
-  return Linearise(paper=PAPER, num_batches=len(batches), eval_stride=run.data.eval_stride(n),
-                   models=models, protocol={
+      attention=model.cfg.attention,
+      routing=bool(model.cfg.routing),
+      ppl_by_k=ppl_k,
+      relative_increase_by_k=[p / ppl_k[0] - 1 for p in ppl_k],
+    )
+  return Linearise(
+    paper=PAPER,
+    num_batches=len(batches),
+    eval_stride=run.data.eval_stride(n),
+    models=models,
+    protocol={
       "linear_attention": "phi(x) = elu(x) + 1 on queries and keys (for S-D: the query is "
-                          "(S - D)^T h), causal, normalised by the row sum",
+      "(S - D)^T h), causal, normalised by the row sum",
       "layers": "the first k layers linearised, k = 0 (as trained) .. L; no retraining",
       "ppl": "exp(token-weighted mean CE) over held-out eval batches",
-      "checkpoint_step": int(run.step)})
+      "checkpoint_step": int(run.step),
+    },
+  )
 
 
 def markdown(r: Linearise) -> str:
@@ -80,8 +93,10 @@ def markdown(r: Linearise) -> str:
   header = ["first k layers linear"]
   for name, m in models.items():
     header += [f"{name} ({m.attention}) PPL", "vs k=0"]
-  return (table(header, rows) + f"\n\nPaper: S-D, first 7 of a 125M model linearised: "
-          f"{r.paper['sd_first7_of_125M']}; standard attention {r.paper['standard']}.")
+  return (
+    table(header, rows) + f"\n\nPaper: S-D, first 7 of a 125M model linearised: "
+    f"{r.paper['sd_first7_of_125M']}; standard attention {r.paper['standard']}."
+  )
 
 
 def figures(r: Linearise) -> dict:
@@ -91,8 +106,7 @@ def figures(r: Linearise) -> dict:
   for name, m in r.models.items():
     increase_K = 100 * np.asarray(m.relative_increase_by_k)  # k = 0..L
     num_k = max(num_k, len(increase_K))
-    ax.plot(np.arange(len(increase_K)), increase_K, "o-",
-            label=f"{name} ({m.attention} attention)")
+    ax.plot(np.arange(len(increase_K)), increase_K, "o-", label=f"{name} ({m.attention} attention)")
   plots.integer_ticks(ax.xaxis, num_k)
   ax.axhline(5, color="k", ls="--", lw=0.8, label="paper's S-D bound: +5%")
   ax.set_xlabel("first k layers switched to ELU+1 linear attention (no retraining)")

@@ -8,11 +8,10 @@ import dataclasses
 import functools
 import logging as std_logging
 
-from absl import logging
-
 import flax.linen as nn
 import jax
 import ml_collections
+from absl import logging
 
 from dirroute_jax import workdir as workdir_lib
 from dirroute_jax.data import tokenizers
@@ -21,7 +20,6 @@ from dirroute_jax.model.transformer import Transformer, abstract_params, build_m
 from dirroute_jax.model.variants import model_configs
 from dirroute_jax.reader import WorkdirReader
 from dirroute_jax.train.integrity import CheckpointError
-
 
 # What load_workdir raises for a workdir it cannot open (missing, no checkpoint, every
 # checkpoint damaged, a checkpoint of another shape): launchers turn these into one line.
@@ -49,14 +47,16 @@ class Workdir:
     data = make_data(self.cfg, tokenizer=self.tokenizer)
     record, damaged = workdir_lib.read_data_fingerprint(self.path)
     if damaged:
-      logging.warning("%s; the corpus cannot be compared with the one the run trained on.",
-                      damaged)
+      logging.warning("%s; the corpus cannot be compared with the one the run trained on.", damaged)
     changed = workdir_lib.fingerprint_changes(record, {"corpus": data.record()["corpus"]})
     if "corpus" in changed:
       logging.warning(
-          "The corpus has changed since %s was trained (fingerprint %s, now %s: a "
-          "different project version or data options); held-out numbers are on today's "
-          "corpus.", self.path, *changed["corpus"])
+        "The corpus has changed since %s was trained (fingerprint %s, now %s: a "
+        "different project version or data options); held-out numbers are on today's "
+        "corpus.",
+        self.path,
+        *changed["corpus"],
+      )
     return data
 
 
@@ -79,9 +79,12 @@ def load_workdir(path: str, *, step: int | None = None) -> Workdir:
     models = {name: build_model(mc) for name, mc in model_configs(cfg).items()}
     device = jax.sharding.make_single_device_sharding(jax.local_devices()[0])
     abstract = {
-        name: jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-                           nn.meta.unbox(abstract_params(model)))
-        for name, model in models.items()}
+      name: jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+        nn.meta.unbox(abstract_params(model)),
+      )
+      for name, model in models.items()
+    }
     params, step = reader.params(abstract, step=step)
   return Workdir(path=path, step=step, cfg=cfg, models=models, params=params)
 

@@ -38,25 +38,33 @@ independent; permutation nulls assume exchangeability and are therefore optimist
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dirroute_jax.analysis import plots, result as result_lib, verdicts
+from dirroute_jax.analysis import plots, verdicts
+from dirroute_jax.analysis import result as result_lib
 from dirroute_jax.analysis.load import Workdir, as_workdir
 from dirroute_jax.analysis.markdown import fmt, table
 from dirroute_jax.analysis.verdicts import yes_no
 from dirroute_jax.model.transformer import forward, init_params
 
-PAPER = {"domain_variance_layer0": 0.070, "domain_variance_layer9": 0.00055,
-         "specialists_layer0": 10, "specialists_layer9": 0, "classification": "23/24"}
+PAPER = {
+  "domain_variance_layer0": 0.070,
+  "domain_variance_layer9": 0.00055,
+  "specialists_layer0": 10,
+  "specialists_layer9": 0,
+  "classification": "23/24",
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class Specialists:
   """Heads whose routing separates the domains (`specialists`: criterion in `criterion`)."""
+
   per_layer: list[int]
   significant_per_layer: list[int]
   heads: list[tuple[int, int]]  # (layer, head) of every specialist
@@ -71,6 +79,7 @@ class Specialists:
 @dataclasses.dataclass(frozen=True)
 class Classification:
   """Leave-one-out nearest-centroid domain classification from routing vectors."""
+
   accuracy: float
   correct: int
   total: int
@@ -103,6 +112,7 @@ class RoutedRegimes:
 class Regimes:
   """The regimes section: the routed model's routing across domains (the baseline has no
   routing weights: Skipped). With one held-out domain the whole section is Skipped."""
+
   protocol: dict[str, Any]
   paper: dict[str, Any]
   models: dict[str, RoutedRegimes | result_lib.Skipped]
@@ -141,7 +151,7 @@ def loo_nearest_centroid_predict(X_NxF, y_N) -> np.ndarray:
   C = int(y.max() + 1)
   n_C = np.bincount(y, minlength=C).astype(np.float64)
   means_CxF = np.nan_to_num(class_means(X, y, C))
-  d2_NxC = (X * X).sum(1)[:, None] - 2 * X @ means_CxF.T + (means_CxF ** 2).sum(1)[None, :]
+  d2_NxC = (X * X).sum(1)[:, None] - 2 * X @ means_CxF.T + (means_CxF**2).sum(1)[None, :]
   d2_NxC[:, n_C == 0] = np.inf
   n_own_N, rows = n_C[y], np.arange(len(y))
   scale_N = (n_own_N / np.maximum(n_own_N - 1, 1)) ** 2
@@ -160,8 +170,9 @@ def balanced_accuracy(y_N, pred_N) -> float:
   return float(np.mean([np.mean(pred[y == c] == c) for c in np.unique(y)]))
 
 
-def permutation_null(stat: Callable[[np.ndarray], np.ndarray], y_N, permutations: int,
-                     seed: int = 0) -> np.ndarray:
+def permutation_null(
+  stat: Callable[[np.ndarray], np.ndarray], y_N, permutations: int, seed: int = 0
+) -> np.ndarray:
   """`stat(y_perm)` for `permutations` random permutations of the labels, stacked."""
   rng = np.random.default_rng(seed)
   y = np.asarray(y_N)
@@ -183,16 +194,25 @@ def eta_squared(X_NxF, y_N, groups_F=None, num_classes: int | None = None) -> np
   centred = X - X.mean(0)
   sums_CxF = onehot_NxC.T @ centred
   with np.errstate(invalid="ignore", divide="ignore"):
-    between_F = np.where(n_C[:, None] > 0, sums_CxF ** 2 / n_C[:, None], 0.0).sum(0)
-  total_F = (centred ** 2).sum(0)
+    between_F = np.where(n_C[:, None] > 0, sums_CxF**2 / n_C[:, None], 0.0).sum(0)
+  total_F = (centred**2).sum(0)
   G = int(g_F.max() + 1)
   between_G, total_G = np.bincount(g_F, between_F, G), np.bincount(g_F, total_F, G)
-  return np.where(total_G > 1e-12 * max(1.0, total_G.max()), between_G / np.where(
-      total_G > 0, total_G, 1.0), 0.0)
+  return np.where(
+    total_G > 1e-12 * max(1.0, total_G.max()), between_G / np.where(total_G > 0, total_G, 1.0), 0.0
+  )
 
 
-def specialists(X_NxF, y_N, *, groups_F=None, permutations: int = 1000, alpha: float = 0.05,
-                min_effect: float = 0.1, seed: int = 0) -> dict:
+def specialists(
+  X_NxF,
+  y_N,
+  *,
+  groups_F=None,
+  permutations: int = 1000,
+  alpha: float = 0.05,
+  min_effect: float = 0.1,
+  seed: int = 0,
+) -> dict:
   """Units (feature groups, e.g. heads) whose features depend on the class, vs a permutation null.
 
   Criterion (module docstring): eta^2 above the (1 - alpha) quantile of the permutation
@@ -205,8 +225,7 @@ def specialists(X_NxF, y_N, *, groups_F=None, permutations: int = 1000, alpha: f
   X, y = np.asarray(X_NxF, np.float64), np.asarray(y_N)
   C = int(y.max() + 1)
   eta2_G = eta_squared(X, y, groups_F, C)
-  null_PxG = permutation_null(lambda yp: eta_squared(X, yp, groups_F, C), y, permutations,
-                              seed)
+  null_PxG = permutation_null(lambda yp: eta_squared(X, yp, groups_F, C), y, permutations, seed)
   max_P = null_PxG.max(axis=1)
   threshold = float(np.quantile(max_P, 1.0 - alpha))
   # (1 + #{null >= observed}) / (1 + P): the standard permutation p-value, never 0.
@@ -214,13 +233,16 @@ def specialists(X_NxF, y_N, *, groups_F=None, permutations: int = 1000, alpha: f
   p_unit = (1 + (null_PxG >= eta2_G[None, :] - 1e-12).sum(0)) / (1 + permutations)
   significant = eta2_G > threshold
   return {
-      "eta2": eta2_G.tolist(), "p_fwer": p_fwer.tolist(), "p_unit": p_unit.tolist(),
-      "threshold": threshold, "null_max_mean": float(max_P.mean()),
-      "significant": significant.tolist(),
-      "specialist": (significant & (eta2_G >= min_effect)).tolist(),
-      "criterion": f"eta^2 > {1 - alpha:.0%} quantile of the label-permutation null of the "
-                   f"max eta^2 over units ({permutations} permutations, FWER {alpha}) and "
-                   f"eta^2 >= {min_effect}",
+    "eta2": eta2_G.tolist(),
+    "p_fwer": p_fwer.tolist(),
+    "p_unit": p_unit.tolist(),
+    "threshold": threshold,
+    "null_max_mean": float(max_P.mean()),
+    "significant": significant.tolist(),
+    "specialist": (significant & (eta2_G >= min_effect)).tolist(),
+    "criterion": f"eta^2 > {1 - alpha:.0%} quantile of the label-permutation null of the "
+    f"max eta^2 over units ({permutations} permutations, FWER {alpha}) and "
+    f"eta^2 >= {min_effect}",
   }
 
 
@@ -255,31 +277,45 @@ def _window_means(model, params, batches, capture: tuple[str, ...]):
   return np.concatenate(xs).astype(np.float64), np.concatenate(ys).astype(np.int64)
 
 
-def routing_vectors(run: Workdir, num_batches: int | None = None, params=None
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def routing_vectors(
+  run: Workdir, num_batches: int | None = None, params=None
+) -> tuple[np.ndarray, np.ndarray]:
   """(X_NxF, y_N): per-window mean routing weights (F = L*H*K) of the routed model (or of the
   given `params` for it) and domains."""
   model = run.models["routed"]
   capture = tuple(f"blocks.{l}.attn.r" for l in range(model.cfg.num_layers))
-  return _window_means(model, run.params["routed"] if params is None else params,
-                       run.data.eval_batches(num_batches), capture)
+  return _window_means(
+    model,
+    run.params["routed"] if params is None else params,
+    run.data.eval_batches(num_batches),
+    capture,
+  )
 
 
-def baseline_features(run: Workdir, dim: int, num_batches: int | None = None, seed: int = 0
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def baseline_features(
+  run: Workdir, dim: int, num_batches: int | None = None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
   """(X_NxF, y_N): the baseline's residual stream leaving every block, mean-pooled per window
   and concatenated (L*D), projected by a fixed Gaussian matrix to `dim` features: what a
   classifier gets from a model without a router, at the routing vector's size."""
   model = run.models["baseline"]
   capture = tuple(f"blocks.{l}.resid_post" for l in range(model.cfg.num_layers))
-  X_NxLD, y_N = _window_means(model, run.params["baseline"],
-                              run.data.eval_batches(num_batches), capture)
+  X_NxLD, y_N = _window_means(
+    model, run.params["baseline"], run.data.eval_batches(num_batches), capture
+  )
   proj_LDxF = np.random.default_rng(seed).standard_normal((X_NxLD.shape[1], dim))
   return X_NxLD @ proj_LDxF / np.sqrt(X_NxLD.shape[1]), y_N
 
 
-def regimes(run, *, num_batches: int | None = None, permutations: int = 1000, seed: int = 0,
-            alpha: float = 0.05, min_effect: float = 0.1) -> Regimes | result_lib.Skipped:
+def regimes(
+  run,
+  *,
+  num_batches: int | None = None,
+  permutations: int = 1000,
+  seed: int = 0,
+  alpha: float = 0.05,
+  min_effect: float = 0.1,
+) -> Regimes | result_lib.Skipped:
   """Domain dependence of the routed model's routing weights, each statistic beside its null.
 
   Args:
@@ -300,14 +336,17 @@ def regimes(run, *, num_batches: int | None = None, permutations: int = 1000, se
   cfg = run.models["routed"].cfg
   L, H, K = cfg.num_layers, cfg.num_heads, cfg.num_directions
   domains = list(run.data.domains)
-  X_NxF, y_N = (routing_vectors(run, num_batches) if len(domains) > 1
-                else (None, np.zeros(0, np.int64)))
+  X_NxF, y_N = (
+    routing_vectors(run, num_batches) if len(domains) > 1 else (None, np.zeros(0, np.int64))
+  )
   present = [domains[d] for d in np.unique(y_N)]
   if len(present) < 2:  # one domain: every statistic would compare the domain with itself
-    reason = (f"skipped: routing regimes compare domains, and the held-out data has "
-              f"{len(present) or len(domains)} ({', '.join(present or domains)}). Label "
-              "domains with `domain=glob` entries in data.files (or data.domain_key, or "
-              "`domain=name` in data.tfds_name); see README, Data.")
+    reason = (
+      f"skipped: routing regimes compare domains, and the held-out data has "
+      f"{len(present) or len(domains)} ({', '.join(present or domains)}). Label "
+      "domains with `domain=glob` entries in data.files (or data.domain_key, or "
+      "`domain=name` in data.tfds_name); see README, Data."
+    )
     return result_lib.Skipped(reason)
   C = len(domains)
 
@@ -317,9 +356,15 @@ def regimes(run, *, num_batches: int | None = None, permutations: int = 1000, se
   var_L = layer_var(y_N)
   var_null_PxL = permutation_null(layer_var, y_N, permutations, seed)
 
-  spec = specialists(X_NxF, y_N, groups_F=np.arange(L * H * K) // K,
-                     permutations=permutations, alpha=alpha, min_effect=min_effect,
-                     seed=seed + 1)
+  spec = specialists(
+    X_NxF,
+    y_N,
+    groups_F=np.arange(L * H * K) // K,
+    permutations=permutations,
+    alpha=alpha,
+    min_effect=min_effect,
+    seed=seed + 1,
+  )
   sig_LxH = np.array(spec["significant"]).reshape(L, H)
   spec_LxH = np.array(spec["specialist"]).reshape(L, H)
 
@@ -344,59 +389,68 @@ def regimes(run, *, num_batches: int | None = None, permutations: int = 1000, se
   counts_C = np.bincount(y_N, minlength=C)
 
   routed = RoutedRegimes(
-      num_windows=int(len(y_N)),
-      windows_per_domain={d: int(n) for d, n in zip(domains, counts_C)},
-      domain_variance_per_layer=var_L.tolist(),
-      domain_variance_null_mean=var_null_PxL.mean(0).tolist(),
-      domain_variance_null_p95=np.quantile(var_null_PxL, 0.95, axis=0).tolist(),
-      layer0_over_last_layer=float(var_L[0] / var_L[-1]) if var_L[-1] > 0 else float("inf"),
-      specialists=Specialists(
-          per_layer=spec_LxH.sum(1).tolist(),
-          significant_per_layer=sig_LxH.sum(1).tolist(),
-          heads=[(int(l), int(h)) for l, h in zip(*np.nonzero(spec_LxH))],
-          eta2=np.array(spec["eta2"]).reshape(L, H).tolist(),
-          p_fwer=np.array(spec["p_fwer"]).reshape(L, H).tolist(),
-          threshold=float(spec["threshold"]),
-          null_max_eta2_mean=float(spec["null_max_mean"]),
-          criterion=spec["criterion"],
-          expected_false_specialists_under_null=f"<= {alpha} heads in total (FWER)"),
-      classification=Classification(
-          accuracy=float(np.mean(pred_N == y_N)),
-          correct=int(np.sum(pred_N == y_N)), total=int(len(y_N)),
-          null_mean=float(acc_null_Px2[:, 0].mean()),
-          null_p95=float(np.quantile(acc_null_Px2[:, 0], 0.95)),
-          majority_rate=float(counts_C.max() / counts_C.sum()),
-          balanced_accuracy=float(balanced_accuracy(y_N, pred_N)),
-          balanced_null_mean=float(acc_null_Px2[:, 1].mean()),
-          balanced_null_p95=float(np.quantile(acc_null_Px2[:, 1], 0.95)),
-          chance_uniform=1.0 / int((counts_C > 0).sum()),
-          confusion=confusion_CxC.tolist(),
-          controls={k: float(v) for k, v in controls.items()}))
+    num_windows=int(len(y_N)),
+    windows_per_domain={d: int(n) for d, n in zip(domains, counts_C)},
+    domain_variance_per_layer=var_L.tolist(),
+    domain_variance_null_mean=var_null_PxL.mean(0).tolist(),
+    domain_variance_null_p95=np.quantile(var_null_PxL, 0.95, axis=0).tolist(),
+    layer0_over_last_layer=float(var_L[0] / var_L[-1]) if var_L[-1] > 0 else float("inf"),
+    specialists=Specialists(
+      per_layer=spec_LxH.sum(1).tolist(),
+      significant_per_layer=sig_LxH.sum(1).tolist(),
+      heads=[(int(l), int(h)) for l, h in zip(*np.nonzero(spec_LxH))],
+      eta2=np.array(spec["eta2"]).reshape(L, H).tolist(),
+      p_fwer=np.array(spec["p_fwer"]).reshape(L, H).tolist(),
+      threshold=float(spec["threshold"]),
+      null_max_eta2_mean=float(spec["null_max_mean"]),
+      criterion=spec["criterion"],
+      expected_false_specialists_under_null=f"<= {alpha} heads in total (FWER)",
+    ),
+    classification=Classification(
+      accuracy=float(np.mean(pred_N == y_N)),
+      correct=int(np.sum(pred_N == y_N)),
+      total=int(len(y_N)),
+      null_mean=float(acc_null_Px2[:, 0].mean()),
+      null_p95=float(np.quantile(acc_null_Px2[:, 0], 0.95)),
+      majority_rate=float(counts_C.max() / counts_C.sum()),
+      balanced_accuracy=float(balanced_accuracy(y_N, pred_N)),
+      balanced_null_mean=float(acc_null_Px2[:, 1].mean()),
+      balanced_null_p95=float(np.quantile(acc_null_Px2[:, 1], 0.95)),
+      chance_uniform=1.0 / int((counts_C > 0).sum()),
+      confusion=confusion_CxC.tolist(),
+      controls={k: float(v) for k, v in controls.items()},
+    ),
+  )
   return Regimes(
-      protocol={
-          "routing_vector": "per window: mean of blocks.{l}.attn.r over input positions with "
-                            "weight 1; features ordered (layer, head, direction)",
-          "domain_variance": "variance across domains of per-domain feature means, averaged "
-                             "over the layer's heads and directions",
-          "specialist": spec["criterion"],
-          "classification": "leave-one-out nearest centroid, Euclidean on raw weights",
-          "null": f"label permutations ({permutations}), seed {seed}",
-          "caveat": "windows of a domain come from the same documents (not independent): "
-                    "permutation nulls are optimistic",
-          "domains": domains, "num_batches": num_batches, "L_H_K": [L, H, K],
-      },
-      paper=dict(PAPER),
-      models={"routed": routed, "baseline": result_lib.Skipped(
-          "n/a (no routing weights: the baseline has no router)")})
+    protocol={
+      "routing_vector": "per window: mean of blocks.{l}.attn.r over input positions with "
+      "weight 1; features ordered (layer, head, direction)",
+      "domain_variance": "variance across domains of per-domain feature means, averaged "
+      "over the layer's heads and directions",
+      "specialist": spec["criterion"],
+      "classification": "leave-one-out nearest centroid, Euclidean on raw weights",
+      "null": f"label permutations ({permutations}), seed {seed}",
+      "caveat": "windows of a domain come from the same documents (not independent): "
+      "permutation nulls are optimistic",
+      "domains": domains,
+      "num_batches": num_batches,
+      "L_H_K": [L, H, K],
+    },
+    paper=dict(PAPER),
+    models={
+      "routed": routed,
+      "baseline": result_lib.Skipped("n/a (no routing weights: the baseline has no router)"),
+    },
+  )
 
 
 def claim_rows(r: Regimes, report: dict) -> verdicts.Rows:
   """The claims this section tests (analysis/claims.py):
 
-    variance        layer 0 above its permutation null's p95 and > 10x the last layer's
-                    (specialists shown, not scored).
-    classification  accuracy above the permutation p95, the majority class, an untrained
-                    router's and the baseline's projected residuals'.
+  variance        layer 0 above its permutation null's p95 and > 10x the last layer's
+                  (specialists shown, not scored).
+  classification  accuracy above the permutation p95, the majority class, an untrained
+                  router's and the baseline's projected residuals'.
   """
   del report  # every number is this section's
   reg = result_lib.model(r)
@@ -407,41 +461,81 @@ def claim_rows(r: Regimes, report: dict) -> verdicts.Rows:
   var_p95 = reg.domain_variance_null_p95
   spec = reg.specialists.per_layer
   ratio = var[0] / max(var[-1], 1e-30)
-  out["variance"] = (f"{fmt(var[0])} vs {fmt(var[-1])} ({ratio:.2g}x; layer-0 null p95 "
-                     f"{fmt(var_p95[0])}); specialists {spec[0]} vs {spec[-1]} (not "
-                     "scored)", yes_no(var[0] > var_p95[0] and ratio > 10))
+  out["variance"] = (
+    f"{fmt(var[0])} vs {fmt(var[-1])} ({ratio:.2g}x; layer-0 null p95 "
+    f"{fmt(var_p95[0])}); specialists {spec[0]} vs {spec[-1]} (not "
+    "scored)",
+    yes_no(var[0] > var_p95[0] and ratio > 10),
+  )
   c = reg.classification
   controls = c.controls
   bar = max([c.null_p95, c.majority_rate, *controls.values()])
   out["classification"] = (
-      f"{c.correct}/{c.total} = {100 * c.accuracy:.0f}% (null p95 "
-      f"{100 * c.null_p95:.0f}%, majority {100 * c.majority_rate:.0f}%"
-      + "".join(f", {k.replace('_', ' ')} {100 * v:.0f}%" for k, v in controls.items())
-      + ")", yes_no(bool(controls) and c.accuracy > bar))
+    f"{c.correct}/{c.total} = {100 * c.accuracy:.0f}% (null p95 "
+    f"{100 * c.null_p95:.0f}%, majority {100 * c.majority_rate:.0f}%"
+    + "".join(f", {k.replace('_', ' ')} {100 * v:.0f}%" for k, v in controls.items())
+    + ")",
+    yes_no(bool(controls) and c.accuracy > bar),
+  )
   return out
 
 
 def markdown(r: Regimes) -> str:
   routed, paper = r.models["routed"], r.paper
   var_L = routed.domain_variance_per_layer
-  rows = [[f"layer {l}", var_L[l], routed.domain_variance_null_p95[l],
-           routed.specialists.per_layer[l]] for l in range(len(var_L))]
+  rows = [
+    [f"layer {l}", var_L[l], routed.domain_variance_null_p95[l], routed.specialists.per_layer[l]]
+    for l in range(len(var_L))
+  ]
   c = routed.classification
-  out = [table(["layer", "routing variance across domains", "null p95 (shuffled labels)",
-                "specialist heads"], rows), "",
-         f"Paper: variance {paper['domain_variance_layer0']} (layer 0) vs "
-         f"{paper['domain_variance_layer9']} (layer 9); specialists "
-         f"{paper['specialists_layer0']} vs {paper['specialists_layer9']}. Specialist "
-         f"criterion: {routed.specialists.criterion}", "",
-         table(["nearest-centroid domain classification", "paper", "ours", "null mean",
-                "null p95", "majority class"],
-               [["accuracy", paper["classification"], f"{c.correct}/{c.total} = "
-                 f"{fmt(c.accuracy)}", c.null_mean, c.null_p95, c.majority_rate],
-                *[[f"control: {k.replace('_', ' ')}", "", v, "", "", ""]
-                  for k, v in c.controls.items()],
-                ["balanced accuracy", "", c.balanced_accuracy, c.balanced_null_mean,
-                 c.balanced_null_p95, c.chance_uniform]]),
-         "", f"Caveat: {r.protocol['caveat']}."]
+  out = [
+    table(
+      [
+        "layer",
+        "routing variance across domains",
+        "null p95 (shuffled labels)",
+        "specialist heads",
+      ],
+      rows,
+    ),
+    "",
+    f"Paper: variance {paper['domain_variance_layer0']} (layer 0) vs "
+    f"{paper['domain_variance_layer9']} (layer 9); specialists "
+    f"{paper['specialists_layer0']} vs {paper['specialists_layer9']}. Specialist "
+    f"criterion: {routed.specialists.criterion}",
+    "",
+    table(
+      [
+        "nearest-centroid domain classification",
+        "paper",
+        "ours",
+        "null mean",
+        "null p95",
+        "majority class",
+      ],
+      [
+        [
+          "accuracy",
+          paper["classification"],
+          f"{c.correct}/{c.total} = {fmt(c.accuracy)}",
+          c.null_mean,
+          c.null_p95,
+          c.majority_rate,
+        ],
+        *[[f"control: {k.replace('_', ' ')}", "", v, "", "", ""] for k, v in c.controls.items()],
+        [
+          "balanced accuracy",
+          "",
+          c.balanced_accuracy,
+          c.balanced_null_mean,
+          c.balanced_null_p95,
+          c.chance_uniform,
+        ],
+      ],
+    ),
+    "",
+    f"Caveat: {r.protocol['caveat']}.",
+  ]
   return "\n".join(out)
 
 
@@ -453,8 +547,9 @@ def figures(r: Regimes) -> dict:
   var_L = np.asarray(routed.domain_variance_per_layer)
   fig, ax = plots.plt.subplots(figsize=(5, 3.2))
   ax.semilogy(var_L, "o-", label="routed: variance of domain means")
-  ax.semilogy(np.asarray(routed.domain_variance_null_p95), "k--",
-              label="null p95 (shuffled domain labels)")
+  ax.semilogy(
+    np.asarray(routed.domain_variance_null_p95), "k--", label="null p95 (shuffled domain labels)"
+  )
   plots.integer_ticks(ax.xaxis, len(var_L))
   ax.set_xlabel("layer")
   ax.set_ylabel("routing-weight variance across domains")

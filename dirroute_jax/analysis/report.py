@@ -20,12 +20,24 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 from dirroute_jax import workdir as workdir_lib
-from dirroute_jax.analysis import (ablation, causality, directions, factual, induction,
-                                   linearise, plots, regimes, result, spectral, steering)
+from dirroute_jax.analysis import (
+  ablation,
+  causality,
+  directions,
+  factual,
+  induction,
+  linearise,
+  plots,
+  regimes,
+  result,
+  spectral,
+  steering,
+)
 from dirroute_jax.analysis.load import Workdir
 from dirroute_jax.analysis.markdown import table
 
@@ -35,6 +47,7 @@ class Section(NamedTuple):
   (`markdown(result) -> str`; `figures(result) -> {key: Figure}` where it has plots;
   `claim_rows(result, report)` where it tests claims) and its result's type (a frozen
   dataclass, `analysis/result.py`)."""
+
   run: Callable[..., Any]
   module: ModuleType
   result_type: type
@@ -67,15 +80,15 @@ class Section(NamedTuple):
 
 # In report order.
 SECTIONS: dict[str, Section] = {
-    "causality": Section(causality.causality_report, causality, causality.Causality),
-    "ablation": Section(ablation.ablation, ablation, ablation.Ablation),
-    "factual": Section(factual.factual, factual, factual.Factual),
-    "induction": Section(induction.induction, induction, induction.Induction),
-    "regimes": Section(regimes.regimes, regimes, regimes.Regimes),
-    "directions": Section(directions.directions, directions, directions.Directions),
-    "steering": Section(steering.steering, steering, steering.Steering),
-    "spectral": Section(spectral.spectral, spectral, spectral.Spectral),
-    "linearise": Section(linearise.linearise, linearise, linearise.Linearise),
+  "causality": Section(causality.causality_report, causality, causality.Causality),
+  "ablation": Section(ablation.ablation, ablation, ablation.Ablation),
+  "factual": Section(factual.factual, factual, factual.Factual),
+  "induction": Section(induction.induction, induction, induction.Induction),
+  "regimes": Section(regimes.regimes, regimes, regimes.Regimes),
+  "directions": Section(directions.directions, directions, directions.Directions),
+  "steering": Section(steering.steering, steering, steering.Steering),
+  "spectral": Section(spectral.spectral, spectral, spectral.Spectral),
+  "linearise": Section(linearise.linearise, linearise, linearise.Linearise),
 }
 ANALYSES: dict[str, Callable[..., Any]] = {name: s.run for name, s in SECTIONS.items()}
 
@@ -91,11 +104,16 @@ def data_summary(run: Workdir) -> dict:
   ones the workdir recorded at training time."""
   trained_on, _ = workdir_lib.read_data_fingerprint(run.path)  # damaged: warned when loading
   now = run.data.record()
-  return {"evaluated_on": now, "trained_on": trained_on,
-          "same_as_training": None if trained_on is None else (
-              trained_on.get("corpus") == now["corpus"]
-              and trained_on.get("tokenizer") == now["tokenizer"]),
-          "eval_batches": run.data.num_eval_batches}
+  return {
+    "evaluated_on": now,
+    "trained_on": trained_on,
+    "same_as_training": None
+    if trained_on is None
+    else (
+      trained_on.get("corpus") == now["corpus"] and trained_on.get("tokenizer") == now["tokenizer"]
+    ),
+    "eval_batches": run.data.num_eval_batches,
+  }
 
 
 def run_analyses(run: Workdir, names=None, *, log=print, options: dict | None = None) -> dict:
@@ -105,9 +123,13 @@ def run_analyses(run: Workdir, names=None, *, log=print, options: dict | None = 
   if unknown:
     raise ValueError(f"unknown analyses {unknown}; choose from {list(ANALYSES)}.")
   options = options or {}
-  results = {"workdir": os.path.abspath(run.path), "step": run.step,
-             "config": json.loads(run.cfg.to_json_best_effort()), "data": data_summary(run),
-             "timings_sec": {}}
+  results = {
+    "workdir": os.path.abspath(run.path),
+    "step": run.step,
+    "config": json.loads(run.cfg.to_json_best_effort()),
+    "data": data_summary(run),
+    "timings_sec": {},
+  }
   for name in names:
     t0 = time.time()
     results[name] = ANALYSES[name](run, **options.get(name, {}))
@@ -119,8 +141,7 @@ def run_analyses(run: Workdir, names=None, *, log=print, options: dict | None = 
 def write_report(results: dict, run: Workdir, out_dir: str) -> dict[str, str]:
   """Writes report.json, report.md and the plots; returns their paths."""
   os.makedirs(out_dir, exist_ok=True)
-  paths = {"json": os.path.join(out_dir, "report.json"),
-           "md": os.path.join(out_dir, "report.md")}
+  paths = {"json": os.path.join(out_dir, "report.json"), "md": os.path.join(out_dir, "report.md")}
   with open(paths["json"], "w") as f:
     json.dump(result.to_json(results), f, indent=1)
   figures = plots.save(make_figures(results), out_dir)
@@ -147,12 +168,16 @@ def section_markdown(name: str, r) -> str:
 
 def render_markdown(results: dict, run: Workdir, figures: dict[str, str]) -> str:
   m = run.cfg.model
-  out = [f"# Interpretability report: `{results['workdir']}` (step {results['step']})", "",
-         f"Model: {m.num_layers} layers, d_model {m.d_model}, {m.num_heads} heads x "
-         f"{m.head_dim}, K={m.num_directions}, pooling `{m.pooling}`, vocab {m.vocab_size}; "
-         f"trained {results['step']} steps of {run.cfg.batch_size} x {run.cfg.seq_len} tokens "
-         f"on `{run.cfg.data.source}` data. The paper's model is 433M parameters trained on "
-         "2.6B tokens: compare directions of effects, not magnitudes.", ""]
+  out = [
+    f"# Interpretability report: `{results['workdir']}` (step {results['step']})",
+    "",
+    f"Model: {m.num_layers} layers, d_model {m.d_model}, {m.num_heads} heads x "
+    f"{m.head_dim}, K={m.num_directions}, pooling `{m.pooling}`, vocab {m.vocab_size}; "
+    f"trained {results['step']} steps of {run.cfg.batch_size} x {run.cfg.seq_len} tokens "
+    f"on `{run.cfg.data.source}` data. The paper's model is 433M parameters trained on "
+    "2.6B tokens: compare directions of effects, not magnitudes.",
+    "",
+  ]
   if "data" in results:
     out += [_data(results["data"]), ""]
   for name in SECTIONS:
@@ -161,8 +186,12 @@ def render_markdown(results: dict, run: Workdir, figures: dict[str, str]) -> str
       for key, path in figures.items():
         if key.startswith(name):
           out += [f"![{key}]({os.path.basename(path)})", ""]
-  out += ["## Timings", "", table(["analysis", "seconds"],
-                                  [[k, v] for k, v in results["timings_sec"].items()]), ""]
+  out += [
+    "## Timings",
+    "",
+    table(["analysis", "seconds"], [[k, v] for k, v in results["timings_sec"].items()]),
+    "",
+  ]
   return "\n".join(out)
 
 
@@ -170,12 +199,21 @@ def _data(d: dict) -> str:
   now = d["evaluated_on"]
   tokens = now.get("tokens", {})
   domains = sorted({dom for per in tokens.values() for dom in per})
-  rows = [[split] + [per.get(dom, 0) for dom in domains] + [sum(per.values())]
-          for split, per in tokens.items()]
-  same = {None: "no record in the workdir", True: "yes", False: "NO: numbers are on a "
-          "different corpus or tokenizer than training's"}[d["same_as_training"]]
-  return "\n".join([
+  rows = [
+    [split] + [per.get(dom, 0) for dom in domains] + [sum(per.values())]
+    for split, per in tokens.items()
+  ]
+  same = {
+    None: "no record in the workdir",
+    True: "yes",
+    False: "NO: numbers are on a different corpus or tokenizer than training's",
+  }[d["same_as_training"]]
+  return "\n".join(
+    [
       f"Corpus fingerprint `{now['corpus']}`, tokenizer `{now['tokenizer']}` (same as at "
       f"training: {same}); held-out split: {now.get('eval_windows')} windows in "
-      f"{d['eval_batches']} batches. Tokens:", "",
-      table(["split"] + domains + ["all"], rows)])
+      f"{d['eval_batches']} batches. Tokens:",
+      "",
+      table(["split"] + domains + ["all"], rows),
+    ]
+  )

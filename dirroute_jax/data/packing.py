@@ -33,6 +33,7 @@ _CHUNK_CHARS = 4_000_000  # text encoded per `encode_batch` call
 @dataclasses.dataclass(frozen=True)
 class TokenStream:
   """Tokens of one split; domain d owns `tokens[domain_offsets[d]:domain_offsets[d + 1]]`."""
+
   path: str | None
   domain_offsets: tuple[int, ...]
   array: np.ndarray | None = None  # in-memory streams (synthetic data) instead of `path`
@@ -49,8 +50,9 @@ def token_dtype(vocab_size: int) -> np.dtype:
   return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
 
 
-def tokenize_corpus(corpus: sources_lib.TextCorpus, tokenizer: tok_lib.Tokenizer,
-                    cache_dir: str, eval_fraction: float) -> tuple[dict[str, TokenStream], dict]:
+def tokenize_corpus(
+  corpus: sources_lib.TextCorpus, tokenizer: tok_lib.Tokenizer, cache_dir: str, eval_fraction: float
+) -> tuple[dict[str, TokenStream], dict]:
   """Returns ({split: TokenStream}, stats), tokenizing on the first call for this pair only."""
   out_dir = os.path.join(cache_dir, "tokens", f"{corpus.fingerprint}-{tokenizer.fingerprint}")
   meta_path = os.path.join(out_dir, "meta.json")
@@ -58,9 +60,10 @@ def tokenize_corpus(corpus: sources_lib.TextCorpus, tokenizer: tok_lib.Tokenizer
     _build(corpus, tokenizer, out_dir, eval_fraction)
   with open(meta_path) as f:
     meta = json.load(f)
-  streams = {split: TokenStream(os.path.join(out_dir, f"{split}.npy"),
-                                tuple(meta["domain_offsets"][split]))
-             for split in sources_lib.SPLITS}
+  streams = {
+    split: TokenStream(os.path.join(out_dir, f"{split}.npy"), tuple(meta["domain_offsets"][split]))
+    for split in sources_lib.SPLITS
+  }
   return streams, {**meta["stats"], "token_dir": out_dir}
 
 
@@ -102,9 +105,10 @@ def _build(corpus, tokenizer, out_dir: str, eval_fraction: float) -> None:
   if sum(sizes[("train", d)] for d in range(len(corpus.domains))) == 0:
     shutil.rmtree(tmp_dir)
     raise ValueError(
-        f"The corpus {corpus.name!r} has no training text ({sum(docs.values())} documents, all "
-        "empty or held out). Point data.files / data.tfds_name at non-empty text, check "
-        "data.text_key / data.tfds_text_key names the text field, or lower data.eval_fraction.")
+      f"The corpus {corpus.name!r} has no training text ({sum(docs.values())} documents, all "
+      "empty or held out). Point data.files / data.tfds_name at non-empty text, check "
+      "data.text_key / data.tfds_text_key names the text field, or lower data.eval_fraction."
+    )
 
   # Cut a held-out tail from the train tokens of any domain whose validation split is empty.
   tail = {}
@@ -112,8 +116,13 @@ def _build(corpus, tokenizer, out_dir: str, eval_fraction: float) -> None:
     n_train = sizes[("train", d)]
     if sizes[("validation", d)] == 0 and n_train >= 2 and eval_fraction > 0:
       tail[d] = max(1, int(n_train * eval_fraction))
-      logging.warning("Domain %r has no held-out documents; using the last %d of its %d train "
-                      "tokens for validation.", corpus.domains[d], tail[d], n_train)
+      logging.warning(
+        "Domain %r has no held-out documents; using the last %d of its %d train "
+        "tokens for validation.",
+        corpus.domains[d],
+        tail[d],
+        n_train,
+      )
 
   meta = {"domain_offsets": {}, "stats": {"tokenizer": tokenizer.fingerprint, "splits": {}}}
   for split in sources_lib.SPLITS:
@@ -127,20 +136,22 @@ def _build(corpus, tokenizer, out_dir: str, eval_fraction: float) -> None:
         pieces.append([(v, 0, sizes[("validation", d)]), (t, n_train - cut, n_train)])
     lengths = [sum(b - a for _, a, b in p) for p in pieces]
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(int).tolist()
-    arr = np.lib.format.open_memmap(os.path.join(tmp_dir, f"{split}.npy"), mode="w+",
-                                    dtype=dtype, shape=(max(offsets[-1], 1),))
+    arr = np.lib.format.open_memmap(
+      os.path.join(tmp_dir, f"{split}.npy"), mode="w+", dtype=dtype, shape=(max(offsets[-1], 1),)
+    )
     for d, parts in enumerate(pieces):
       pos = offsets[d]
       for path, a, b in parts:
         if b > a:
-          arr[pos:pos + b - a] = np.memmap(path, dtype=dtype, mode="r")[a:b]
+          arr[pos : pos + b - a] = np.memmap(path, dtype=dtype, mode="r")[a:b]
           pos += b - a
     arr.flush()
     del arr
     meta["domain_offsets"][split] = offsets
     meta["stats"]["splits"][split] = {
-        name: {"docs": docs[(split, d)], "chars": chars[(split, d)], "tokens": lengths[d]}
-        for d, name in enumerate(corpus.domains)}
+      name: {"docs": docs[(split, d)], "chars": chars[(split, d)], "tokens": lengths[d]}
+      for d, name in enumerate(corpus.domains)
+    }
   meta["stats"]["tokenize_seconds"] = round(time.time() - t0, 2)
   for path in os.listdir(tmp_dir):
     if path.endswith(".bin"):

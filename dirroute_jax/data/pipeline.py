@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import grain
 import numpy as np
@@ -54,16 +54,19 @@ class _Windows:
       self._tokens = self._stream.load()
     if self._rows is None:  # train: window i starts at i * T
       start = int(i) * self._seq_len
-      return np.asarray(self._tokens[start:start + self._seq_len + 1], np.int32)
+      return np.asarray(self._tokens[start : start + self._seq_len + 1], np.int32)
     start, length, domain = (int(x) for x in self._rows[i])
     window = np.zeros(self._seq_len + 1, np.int32)
-    window[:length] = self._tokens[start:start + length]
+    window[:length] = self._tokens[start : start + length]
     return {"window": window, "length": np.int32(length), "domain": np.int32(domain)}
 
 
 def _train_batch(window_BxT1: np.ndarray) -> dict[str, np.ndarray]:
-  return {"inputs": window_BxT1[:, :-1], "targets": window_BxT1[:, 1:],
-          "weights": np.ones(window_BxT1[:, 1:].shape, np.float32)}
+  return {
+    "inputs": window_BxT1[:, :-1],
+    "targets": window_BxT1[:, 1:],
+    "weights": np.ones(window_BxT1[:, 1:].shape, np.float32),
+  }
 
 
 def _eval_batch(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -71,8 +74,12 @@ def _eval_batch(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   t_T = np.arange(window_BxT1.shape[1] - 1)
   # Target t is window[t + 1]: real when t + 1 < length.
   weights_BxT = (t_T[None, :] + 1 < length_B[:, None]).astype(np.float32)
-  return {"inputs": window_BxT1[:, :-1], "targets": window_BxT1[:, 1:], "weights": weights_BxT,
-          "domain": np.where(length_B > 0, rows["domain"], -1).astype(np.int32)}
+  return {
+    "inputs": window_BxT1[:, :-1],
+    "targets": window_BxT1[:, 1:],
+    "weights": weights_BxT,
+    "domain": np.where(length_B > 0, rows["domain"], -1).astype(np.int32),
+  }
 
 
 @dataclasses.dataclass
@@ -86,6 +93,7 @@ class Data:
     eval_dataset: grain MapDataset, finite; element i is this host's i-th eval batch.
     stats: corpus sizes (docs / chars / tokens per split and domain) and cache paths.
   """
+
   tokenizer: tok_lib.Tokenizer
   domains: tuple[str, ...]
   train_dataset: grain.MapDataset
@@ -117,11 +125,15 @@ class Data:
   def record(self) -> dict:
     """What a run trains and is evaluated on: content fingerprints and token counts (written
     to the workdir at training time, repeated in every report)."""
-    return {"corpus": self.stats.get("corpus_fingerprint"),
-            "tokenizer": self.tokenizer.fingerprint,
-            "tokens": {split: {d: c["tokens"] for d, c in per.items()}
-                       for split, per in self.stats.get("splits", {}).items()},
-            "eval_windows": self.stats.get("eval_windows")}
+    return {
+      "corpus": self.stats.get("corpus_fingerprint"),
+      "tokenizer": self.tokenizer.fingerprint,
+      "tokens": {
+        split: {d: c["tokens"] for d, c in per.items()}
+        for split, per in self.stats.get("splits", {}).items()
+      },
+      "eval_windows": self.stats.get("eval_windows"),
+    }
 
   @property
   def num_eval_batches(self) -> int:
@@ -145,8 +157,9 @@ def resolve_cache_dir(data_cfg) -> str:
   return os.path.abspath(os.path.expanduser(data_cfg.get("cache_dir", "") or DEFAULT_CACHE_DIR))
 
 
-def make_data(cfg, *, process_index: int = 0, process_count: int = 1,
-              tokenizer: tok_lib.Tokenizer | None = None) -> Data:
+def make_data(
+  cfg, *, process_index: int = 0, process_count: int = 1, tokenizer: tok_lib.Tokenizer | None = None
+) -> Data:
   """Builds (first call) or loads (later calls) the corpus, tokenizer and token cache.
 
   Reads `seed`, `batch_size` (global), `seq_len`, `model.vocab_size` and `data.*`. Besides the
@@ -168,62 +181,85 @@ def make_data(cfg, *, process_index: int = 0, process_count: int = 1,
   global_batch, seq_len, seed = int(cfg.batch_size), int(cfg.seq_len), int(cfg.seed)
   shard = grain.sharding.ShardOptions(shard_index=process_index, shard_count=process_count)
   if global_batch % shard.shard_count:
-    raise ValueError(f"batch_size={global_batch} is not divisible by the number of hosts "
-                     f"(process_count={process_count}); every host needs the same batch. "
-                     f"Use a batch_size that is a multiple of {process_count}.")
+    raise ValueError(
+      f"batch_size={global_batch} is not divisible by the number of hosts "
+      f"(process_count={process_count}); every host needs the same batch. "
+      f"Use a batch_size that is a multiple of {process_count}."
+    )
   host_batch = global_batch // shard.shard_count
   cache_dir = resolve_cache_dir(data_cfg)
 
   if data_cfg.source == "synthetic":
     tokenizer = tok_lib.SyntheticTokenizer(cfg.model.vocab_size)
-    streams, stats = _synthetic_streams(seed, tokenizer.vocab_size,
-                                        int(data_cfg.get("synthetic_tokens",
-                                                         DEFAULT_SYNTHETIC_TOKENS)))
+    streams, stats = _synthetic_streams(
+      seed, tokenizer.vocab_size, int(data_cfg.get("synthetic_tokens", DEFAULT_SYNTHETIC_TOKENS))
+    )
     domains = ("synthetic",)
   else:
     # Fail before building a corpus or training a tokenizer the model cannot use.
-    known = {"gpt2": tok_lib.GPT2Tokenizer.vocab_size, "bytes": tok_lib.ByteTokenizer.vocab_size,
-             "bpe": int(data_cfg.bpe_vocab_size)}
+    known = {
+      "gpt2": tok_lib.GPT2Tokenizer.vocab_size,
+      "bytes": tok_lib.ByteTokenizer.vocab_size,
+      "bpe": int(data_cfg.bpe_vocab_size),
+    }
     if data_cfg.tokenizer in known:
       tok_lib.check_vocab_fits(data_cfg.tokenizer, known[data_cfg.tokenizer], cfg.model.vocab_size)
     corpus = sources_lib.make_corpus(data_cfg, cache_dir)
     if tokenizer is None:
-      tokenizer = tok_lib.get_tokenizer(data_cfg, lambda: corpus.texts("train"), cache_dir,
-                                        corpus_fingerprint=corpus.fingerprint)
+      tokenizer = tok_lib.get_tokenizer(
+        data_cfg, lambda: corpus.texts("train"), cache_dir, corpus_fingerprint=corpus.fingerprint
+      )
     tok_lib.check_tokenizer_fits(tokenizer, cfg.model.vocab_size)
-    streams, stats = packing.tokenize_corpus(corpus, tokenizer, cache_dir,
-                                             float(data_cfg.eval_fraction))
+    streams, stats = packing.tokenize_corpus(
+      corpus, tokenizer, cache_dir, float(data_cfg.eval_fraction)
+    )
     domains = corpus.domains
 
   train = streams["train"]
   if packing.train_windows(train.num_tokens, seq_len) == 0:
-    raise ValueError(f"The training split has {train.num_tokens} tokens, fewer than one window "
-                     f"of seq_len + 1 = {seq_len + 1}. Add text or lower seq_len.")
-  train_ds = (grain.MapDataset.source(_Windows(train, seq_len, None))
-              .shuffle(seed=seed % 2**32)
-              .repeat()
-              .batch(host_batch)
-              [shard.shard_index::shard.shard_count]
-              .map(_train_batch))
+    raise ValueError(
+      f"The training split has {train.num_tokens} tokens, fewer than one window "
+      f"of seq_len + 1 = {seq_len + 1}. Add text or lower seq_len."
+    )
+  train_ds = (
+    grain.MapDataset.source(_Windows(train, seq_len, None))
+    .shuffle(seed=seed % 2**32)
+    .repeat()
+    .batch(host_batch)[shard.shard_index :: shard.shard_count]
+    .map(_train_batch)
+  )
 
   rows_Nx3 = packing.eval_rows(streams["validation"], seq_len)
   pad = (-len(rows_Nx3)) % global_batch  # whole global batches: every host gets the same count
   rows_Nx3 = np.concatenate([rows_Nx3, np.zeros((pad, 3), np.int64)])
-  eval_ds = (grain.MapDataset.source(_Windows(streams["validation"], seq_len, rows_Nx3))
-             .batch(host_batch)
-             [shard.shard_index::shard.shard_count]
-             .map(_eval_batch))
+  eval_ds = (
+    grain.MapDataset.source(_Windows(streams["validation"], seq_len, rows_Nx3))
+    .batch(host_batch)[shard.shard_index :: shard.shard_count]
+    .map(_eval_batch)
+  )
 
   threads = int(data_cfg.get("worker_count", 0)) or 4
-  stats = {**stats, "cache_dir": cache_dir, "train_tokens": train.num_tokens,
-           "corpus_fingerprint": None if data_cfg.source == "synthetic" else corpus.fingerprint,
-           "train_windows": packing.train_windows(train.num_tokens, seq_len),
-           "eval_windows": len(rows_Nx3) - pad}
-  return Data(tokenizer=tokenizer, domains=tuple(domains), train_dataset=train_ds,
-              eval_dataset=eval_ds, seq_len=seq_len, global_batch_size=global_batch,
-              host_batch_size=host_batch, process_index=shard.shard_index,
-              process_count=shard.shard_count, stats=stats,
-              read_options=grain.ReadOptions(num_threads=threads, prefetch_buffer_size=16))
+  stats = {
+    **stats,
+    "cache_dir": cache_dir,
+    "train_tokens": train.num_tokens,
+    "corpus_fingerprint": None if data_cfg.source == "synthetic" else corpus.fingerprint,
+    "train_windows": packing.train_windows(train.num_tokens, seq_len),
+    "eval_windows": len(rows_Nx3) - pad,
+  }
+  return Data(
+    tokenizer=tokenizer,
+    domains=tuple(domains),
+    train_dataset=train_ds,
+    eval_dataset=eval_ds,
+    seq_len=seq_len,
+    global_batch_size=global_batch,
+    host_batch_size=host_batch,
+    process_index=shard.shard_index,
+    process_count=shard.shard_count,
+    stats=stats,
+    read_options=grain.ReadOptions(num_threads=threads, prefetch_buffer_size=16),
+  )
 
 
 def _synthetic_streams(seed: int, vocab_size: int, num_tokens: int):
@@ -233,9 +269,15 @@ def _synthetic_streams(seed: int, vocab_size: int, num_tokens: int):
   n_eval = max(num_tokens // 20, 2)
   train = rng.integers(0, vocab_size - 1, num_tokens, dtype=np.int64).astype(dtype)
   valid = rng.integers(0, vocab_size - 1, n_eval, dtype=np.int64).astype(dtype)
-  streams = {"train": packing.TokenStream(None, (0, num_tokens), train),
-             "validation": packing.TokenStream(None, (0, n_eval), valid)}
-  stats = {"tokenizer": f"synthetic-{vocab_size}", "splits": {
+  streams = {
+    "train": packing.TokenStream(None, (0, num_tokens), train),
+    "validation": packing.TokenStream(None, (0, n_eval), valid),
+  }
+  stats = {
+    "tokenizer": f"synthetic-{vocab_size}",
+    "splits": {
       "train": {"synthetic": {"docs": 0, "chars": 0, "tokens": num_tokens}},
-      "validation": {"synthetic": {"docs": 0, "chars": 0, "tokens": n_eval}}}}
+      "validation": {"synthetic": {"docs": 0, "chars": 0, "tokens": n_eval}},
+    },
+  }
   return streams, stats

@@ -27,7 +27,7 @@ import hashlib
 import json
 import os
 import re
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from dirroute_jax.data import corpus as corpus_lib
 
@@ -40,6 +40,7 @@ class TextCorpus:
 
   `fingerprint` changes whenever the text could change; it keys every cache built from it.
   """
+
   name: str
   fingerprint: str
   domains: tuple[str, ...]
@@ -55,21 +56,31 @@ def make_corpus(data_cfg, cache_dir: str) -> TextCorpus:
   max_docs = int(data_cfg.get("max_docs", 0))
   if source == "embedded":
     return embedded_corpus(
-        cache_dir, eval_fraction,
-        int(data_cfg.get("max_bytes_per_domain", corpus_lib.DEFAULT_MAX_BYTES_PER_DOMAIN)))
+      cache_dir,
+      eval_fraction,
+      int(data_cfg.get("max_bytes_per_domain", corpus_lib.DEFAULT_MAX_BYTES_PER_DOMAIN)),
+    )
   if source == "tfds":
-    return tfds_corpus(data_cfg.tfds_name, data_cfg.tfds_data_dir, data_cfg.tfds_text_key,
-                       eval_fraction, max_docs)
+    return tfds_corpus(
+      data_cfg.tfds_name, data_cfg.tfds_data_dir, data_cfg.tfds_text_key, eval_fraction, max_docs
+    )
   if source == "files":
-    return files_corpus(data_cfg.files, data_cfg.text_key, eval_fraction, max_docs,
-                        domain_key=data_cfg.get("domain_key", ""))
-  raise ValueError(f"data.source={source!r} is unknown; use one of "
-                   "('embedded', 'tfds', 'files', 'synthetic').")
+    return files_corpus(
+      data_cfg.files,
+      data_cfg.text_key,
+      eval_fraction,
+      max_docs,
+      domain_key=data_cfg.get("domain_key", ""),
+    )
+  raise ValueError(
+    f"data.source={source!r} is unknown; use one of ('embedded', 'tfds', 'files', 'synthetic')."
+  )
 
 
 def embedded_corpus(cache_dir: str, eval_fraction: float, max_bytes_per_domain: int) -> TextCorpus:
-  ec = corpus_lib.load_embedded(cache_dir, eval_fraction=eval_fraction,
-                                max_bytes_per_domain=max_bytes_per_domain)
+  ec = corpus_lib.load_embedded(
+    cache_dir, eval_fraction=eval_fraction, max_bytes_per_domain=max_bytes_per_domain
+  )
 
   def iter_docs():
     for split in SPLITS:
@@ -81,18 +92,20 @@ def embedded_corpus(cache_dir: str, eval_fraction: float, max_bytes_per_domain: 
   return TextCorpus("embedded", "embedded-" + ec.fingerprint, ec.domains, iter_docs)
 
 
-def tfds_corpus(names: str, data_dir: str, text_key: str, eval_fraction: float,
-                max_docs: int = 0) -> TextCorpus:
+def tfds_corpus(
+  names: str, data_dir: str, text_key: str, eval_fraction: float, max_docs: int = 0
+) -> TextCorpus:
   """Prepared TFDS dataset(s): `names` is one name, or `domain=name` pairs (one domain per
   dataset). Eval = each dataset's `validation` (else `test`) split, else a hash hold-out."""
   if not names:
-    raise ValueError("data.source=tfds needs data.tfds_name (e.g. lm1b) and "
-                     "data.tfds_data_dir (the directory the dataset was prepared into).")
+    raise ValueError(
+      "data.source=tfds needs data.tfds_name (e.g. lm1b) and "
+      "data.tfds_data_dir (the directory the dataset was prepared into)."
+    )
   entries = labelled_entries(names)
   labels = [label or name.split("/")[0].split(":")[0] for label, name in entries]
   domains = tuple(dict.fromkeys(labels))
-  parts = [_tfds_dataset(name, data_dir, text_key, eval_fraction, max_docs)
-           for _, name in entries]
+  parts = [_tfds_dataset(name, data_dir, text_key, eval_fraction, max_docs) for _, name in entries]
   fp = _hash(*labels, *(part_fp for part_fp, _ in parts))
 
   def iter_docs():
@@ -102,8 +115,7 @@ def tfds_corpus(names: str, data_dir: str, text_key: str, eval_fraction: float,
   return TextCorpus(f"tfds:{names}", "tfds-" + fp, domains, iter_docs)
 
 
-def _tfds_dataset(name: str, data_dir: str, text_key: str, eval_fraction: float,
-                  max_docs: int):
+def _tfds_dataset(name: str, data_dir: str, text_key: str, eval_fraction: float, max_docs: int):
   """(fingerprint, iter_docs) of one prepared dataset; iter_docs yields (split, text)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
@@ -112,20 +124,30 @@ def _tfds_dataset(name: str, data_dir: str, text_key: str, eval_fraction: float,
     sources = tfds.data_source(name, data_dir=data_dir or None, download=False)
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(
-        f"Could not read TFDS dataset {name!r} from data_dir={data_dir or '~/tensorflow_datasets'}"
-        f" ({type(e).__name__}: {str(e).splitlines()[0]}). It must be prepared in array_record "
-        f"format first, e.g. `tfds build {name} --data_dir=DIR --file_format=array_record` on a "
-        "machine with TensorFlow, or bring the text as files (data.source=files).") from e
+      f"Could not read TFDS dataset {name!r} from data_dir={data_dir or '~/tensorflow_datasets'}"
+      f" ({type(e).__name__}: {str(e).splitlines()[0]}). It must be prepared in array_record "
+      f"format first, e.g. `tfds build {name} --data_dir=DIR --file_format=array_record` on a "
+      "machine with TensorFlow, or bring the text as files (data.source=files)."
+    ) from e
   if "train" not in sources:
     raise ValueError(f"TFDS dataset {name!r} has no 'train' split (it has {sorted(sources)}).")
   eval_split = next((s for s in ("validation", "test") if s in sources), None)
   first = sources["train"][0] if len(sources["train"]) else {}
   if text_key not in first:
-    raise ValueError(f"TFDS dataset {name!r} has no feature data.tfds_text_key={text_key!r}; "
-                     f"its features are {sorted(first)}.")
+    raise ValueError(
+      f"TFDS dataset {name!r} has no feature data.tfds_text_key={text_key!r}; "
+      f"its features are {sorted(first)}."
+    )
   info = sources["train"].dataset_info
-  fp = _hash(name, data_dir, str(info.version), text_key, eval_fraction, max_docs,
-             *(f"{s}:{len(src)}" for s, src in sorted(sources.items())))
+  fp = _hash(
+    name,
+    data_dir,
+    str(info.version),
+    text_key,
+    eval_fraction,
+    max_docs,
+    *(f"{s}:{len(src)}" for s, src in sorted(sources.items())),
+  )
 
   def iter_docs():
     train = sources["train"]
@@ -149,11 +171,12 @@ def _check_prepared(name: str, data_dir: str) -> None:
   dataset_dir = os.path.join(root, name.split(":")[0])
   if not glob.glob(os.path.join(dataset_dir, "**", "dataset_info.json"), recursive=True):
     raise ValueError(
-        f"Could not read TFDS dataset {name!r}: it is not prepared in "
-        f"data.tfds_data_dir={root!r} (no "
-        f"{dataset_dir}/.../dataset_info.json); nothing is downloaded at training time. Prepare "
-        f"it once: `pip install tensorflow && tfds build {name.split(':')[0]} --data_dir={root} "
-        "--file_format=array_record`, then pass --config.data.tfds_data_dir to that directory.")
+      f"Could not read TFDS dataset {name!r}: it is not prepared in "
+      f"data.tfds_data_dir={root!r} (no "
+      f"{dataset_dir}/.../dataset_info.json); nothing is downloaded at training time. Prepare "
+      f"it once: `pip install tensorflow && tfds build {name.split(':')[0]} --data_dir={root} "
+      "--file_format=array_record`, then pass --config.data.tfds_data_dir to that directory."
+    )
 
 
 def labelled_entries(spec: str) -> list[tuple[str | None, str]]:
@@ -167,13 +190,16 @@ def labelled_entries(spec: str) -> list[tuple[str | None, str]]:
   return out
 
 
-def files_corpus(patterns: str, text_key: str, eval_fraction: float,
-                 max_docs: int = 0, domain_key: str = "") -> TextCorpus:
+def files_corpus(
+  patterns: str, text_key: str, eval_fraction: float, max_docs: int = 0, domain_key: str = ""
+) -> TextCorpus:
   """Local files; every document is held out or not by the hash of "path:row". Domains come
   from `domain=glob` entries and the `domain_key` field (module docstring), else "files"."""
   if not patterns:
-    raise ValueError("data.source=files needs data.files, a glob of .txt/.jsonl/.parquet files "
-                     "(e.g. --config.data.files='/data/fineweb/*.parquet').")
+    raise ValueError(
+      "data.source=files needs data.files, a glob of .txt/.jsonl/.parquet files "
+      "(e.g. --config.data.files='/data/fineweb/*.parquet')."
+    )
   label_of = {}  # path -> the label of the first entry that matches it
   for label, pattern in labelled_entries(patterns):
     for p in sorted(glob.glob(os.path.expanduser(pattern), recursive=True)):
@@ -181,21 +207,30 @@ def files_corpus(patterns: str, text_key: str, eval_fraction: float,
         label_of.setdefault(p, label or "files")
   paths = sorted(label_of)
   if not paths:
-    raise ValueError(f"data.files={patterns!r} matched no files (searched from {os.getcwd()}). "
-                     "Check the path, quote the glob so the shell does not expand it, and use "
-                     "'**' with a directory prefix for recursive matches.")
+    raise ValueError(
+      f"data.files={patterns!r} matched no files (searched from {os.getcwd()}). "
+      "Check the path, quote the glob so the shell does not expand it, and use "
+      "'**' with a directory prefix for recursive matches."
+    )
   bad = [p for p in paths if not p.endswith(tuple(_READERS))]
   if bad:
-    raise ValueError(f"data.files matched files of unsupported type: {bad[:3]}; "
-                     f"supported: {sorted(_READERS)}.")
+    raise ValueError(
+      f"data.files matched files of unsupported type: {bad[:3]}; supported: {sorted(_READERS)}."
+    )
   stats = [(p, os.path.getsize(p), os.stat(p).st_mtime_ns) for p in paths]
   # Per-row labels (None: the file's label), read once here: the domains must be known first.
   row_labels = {p: _row_domains(p, domain_key) for p in paths} if domain_key else {}
-  domains = tuple(sorted({label for p in paths
-                          for label in _file_domains(label_of[p], row_labels.get(p))}))
+  domains = tuple(
+    sorted({label for p in paths for label in _file_domains(label_of[p], row_labels.get(p))})
+  )
   labelled = domain_key or any(label != "files" for label in label_of.values())
-  fp = _hash(text_key, eval_fraction, max_docs, *map(str, stats),
-             *([domain_key, *(label_of[p] for p in paths)] if labelled else []))
+  fp = _hash(
+    text_key,
+    eval_fraction,
+    max_docs,
+    *map(str, stats),
+    *([domain_key, *(label_of[p] for p in paths)] if labelled else []),
+  )
 
   def iter_docs():
     n = 0
@@ -220,6 +255,7 @@ def _file_domains(file_label: str, rows: list | None) -> set[str]:
 def _row_domains(path: str, key: str) -> list[str | None] | None:
   """The `key` field of every row of a .jsonl / .parquet file (None where absent or empty);
   None for a file without such rows. Unreadable rows are left to the text reader to report."""
+
   def label(v):
     return None if v is None or v == "" else str(v)
 
@@ -236,6 +272,7 @@ def _row_domains(path: str, key: str) -> list[str | None] | None:
     return out
   if path.endswith(".parquet"):
     import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+
     f = pq.ParquetFile(path)
     if key not in f.schema_arrow.names:
       return None
@@ -252,8 +289,10 @@ def _read_txt(path: str, text_key: str) -> Iterator[str]:
     yield raw.decode("utf-8")
   except UnicodeDecodeError as e:
     line = raw.count(b"\n", 0, e.start) + 1
-    raise ValueError(f"{path}:{line} is not valid UTF-8 (byte {e.start}: "
-                     f"{raw[e.start:e.start + 4]!r}); re-encode the file as UTF-8.") from None
+    raise ValueError(
+      f"{path}:{line} is not valid UTF-8 (byte {e.start}: "
+      f"{raw[e.start : e.start + 4]!r}); re-encode the file as UTF-8."
+    ) from None
 
 
 def _read_jsonl(path: str, text_key: str) -> Iterator[str]:
@@ -264,24 +303,34 @@ def _read_jsonl(path: str, text_key: str) -> Iterator[str]:
       try:
         line = raw.decode("utf-8")
       except UnicodeDecodeError as e:
-        raise ValueError(f"{where} is not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 4]!r}"
-                         "); re-encode the file as UTF-8 or drop that line.") from None
+        raise ValueError(
+          f"{where} is not valid UTF-8 (byte {e.start}: {raw[e.start : e.start + 4]!r}"
+          "); re-encode the file as UTF-8 or drop that line."
+        ) from None
       if not line.strip():
         continue
       try:
         rec = json.loads(line)
       except json.JSONDecodeError as e:
-        raise ValueError(f"{where} is not valid JSON ({e.msg} at column {e.colno}); each line "
-                         "of a .jsonl file must be one JSON object.") from None
+        raise ValueError(
+          f"{where} is not valid JSON ({e.msg} at column {e.colno}); each line "
+          "of a .jsonl file must be one JSON object."
+        ) from None
       if not isinstance(rec, dict):
-        raise ValueError(f"{where} is a JSON {type(rec).__name__}, not an object; each line "
-                         f"must be an object with a {text_key!r} field.")
+        raise ValueError(
+          f"{where} is a JSON {type(rec).__name__}, not an object; each line "
+          f"must be an object with a {text_key!r} field."
+        )
       if text_key not in rec:
-        raise ValueError(f"{where} has no field data.text_key={text_key!r}; its fields "
-                         f"are {sorted(rec)}. Set --config.data.text_key to the text field.")
+        raise ValueError(
+          f"{where} has no field data.text_key={text_key!r}; its fields "
+          f"are {sorted(rec)}. Set --config.data.text_key to the text field."
+        )
       if not isinstance(rec[text_key], str):
-        raise ValueError(f"{where}: field {text_key!r} is {json.dumps(rec[text_key])[:40]}, "
-                         "not a string; fix or drop that line.")
+        raise ValueError(
+          f"{where}: field {text_key!r} is {json.dumps(rec[text_key])[:40]}, "
+          "not a string; fix or drop that line."
+        )
       yield rec[text_key]
 
 
@@ -291,8 +340,10 @@ def _read_parquet(path: str, text_key: str) -> Iterator[str]:
   f = pq.ParquetFile(path)
   names = f.schema_arrow.names
   if text_key not in names:
-    raise ValueError(f"{path} has no column data.text_key={text_key!r}; its columns are "
-                     f"{names}. Set --config.data.text_key to the text column.")
+    raise ValueError(
+      f"{path} has no column data.text_key={text_key!r}; its columns are "
+      f"{names}. Set --config.data.text_key to the text column."
+    )
   for batch in f.iter_batches(batch_size=1024, columns=[text_key]):
     for text in batch.column(0).to_pylist():
       yield text or ""

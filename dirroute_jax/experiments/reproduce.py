@@ -18,7 +18,7 @@ import copy
 import json
 import os
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 from dirroute_jax.analysis import claims
 from dirroute_jax.analysis.load import load_workdir
@@ -29,8 +29,8 @@ from dirroute_jax.train.loop import train
 
 def reproduce(base_cfg, out_dir: str, poolings: Iterable[str]) -> tuple[str, dict]:
   """Trains (or resumes) each pooling's pair, writes its report, then OUT/claims.md and
-  OUT/timings.json; returns claims.md's text and the timings. A stopped training exits the process as
-  launch/train.py does (`cli.exit_if_stopped`), before its analyses."""
+  OUT/timings.json; returns claims.md's text and the timings. A stopped training exits the
+  process as launch/train.py does (`cli.exit_if_stopped`), before its analyses."""
   t0 = time.time()
   reports, timings = {}, {}
   for pooling in poolings:

@@ -22,7 +22,7 @@ import json
 import math
 import os
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import matplotlib
 
@@ -30,9 +30,9 @@ matplotlib.use("Agg")  # files only; no display on a training host
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
+from dirroute_jax import workdir as workdir_lib  # noqa: E402
 from dirroute_jax.analysis import stats  # noqa: E402
 from dirroute_jax.analysis.markdown import fmt, table  # noqa: E402
-from dirroute_jax import workdir as workdir_lib  # noqa: E402
 from dirroute_jax.config import ConfigError, flatten  # noqa: E402
 from dirroute_jax.model.variants import PREFIX_ONLY as PREFIX  # noqa: E402
 
@@ -44,11 +44,11 @@ FINAL = "final.json"
 # (label, model a, model b, poolings it applies to (None: all)); each is "a lowers held-out
 # PPL relative to b", the paper's side (+1) being a gain from routing.
 COMPARISONS = (
-    ("routed vs baseline", "routed", "baseline", None),
-    ("routed vs matched", "routed", "matched", None),
-    ("routed, prefix-only routing, vs baseline", PREFIX, "baseline", ("sequence_mean",)),
-    ("routed, prefix-only routing, vs matched", PREFIX, "matched", ("sequence_mean",)),
-    ("leak: routed as trained vs prefix-only routing", "routed", PREFIX, ("sequence_mean",)),
+  ("routed vs baseline", "routed", "baseline", None),
+  ("routed vs matched", "routed", "matched", None),
+  ("routed, prefix-only routing, vs baseline", PREFIX, "baseline", ("sequence_mean",)),
+  ("routed, prefix-only routing, vs matched", PREFIX, "matched", ("sequence_mean",)),
+  ("leak: routed as trained vs prefix-only routing", "routed", PREFIX, ("sequence_mean",)),
 )
 # The gain whose difference between the poolings is reported (sequence_mean minus causal_mean).
 # The same against `matched`: under one seed both poolings train identical baselines (checked).
@@ -60,24 +60,27 @@ EQUIVALENCE_MARGIN = 0.01
 PRIMARY_SCOPE = "all"
 
 METHOD = (
-    "Per seed, the held-out log-perplexity difference log PPL_b - log PPL_a (positive: a is "
-    "better) of two models trained in the same run (same seed, same batches). Mean over seeds "
-    "with a two-sided 95% Student-t interval (n - 1 degrees of freedom) on those paired "
-    "differences; shown as a PPL reduction 1 - PPL_a / PPL_b, i.e. 1 - exp(-mean), the interval "
-    "mapped the same way. The pooling difference is paired by seed (both poolings share each "
-    "seed's initial weights and batches): per seed, the sequence_mean gain minus the causal_mean "
-    "gain in log-perplexity, with the same t-interval (the baselines being identical under "
-    "both poolings, it is the same against the matched baseline). Beside each interval, the t-test p it inverts "
-    "and the exact two-sided sign-flip p over the 2^n sign patterns of the per-seed differences "
-    "(no normality assumption; its floor is 2/2^n, 0.0625 at 5 seeds, 6.1e-05 at 15). The "
-    "all-domains scope is the one primary comparison of each row's claim; the per-domain scopes "
-    "are exploratory, their t-test p Holm-adjusted over every per-domain test of the table (the "
-    "family-wise error rate: 'how many did you test?'). Verdict, on the log scale (the ratio "
-    "scale maps monotonically, so it gives the same verdict): 'holds' when p < 0.05 (for the "
-    "primary scope: the 95% interval excludes zero) on the side of a gain, Holm-adjusted for "
-    "exploratory rows; 'does not hold (opposite)' the same on the other side; 'no difference (within margin)' when the two "
-    f"one-sided tests (the 90% interval) put the mean within +/-{100 * EQUIVALENCE_MARGIN:g}% PPL; "
-    "'uninformative' otherwise (too few seeds for either).")
+  "Per seed, the held-out log-perplexity difference log PPL_b - log PPL_a (positive: a is "
+  "better) of two models trained in the same run (same seed, same batches). Mean over seeds "
+  "with a two-sided 95% Student-t interval (n - 1 degrees of freedom) on those paired "
+  "differences; shown as a PPL reduction 1 - PPL_a / PPL_b, i.e. 1 - exp(-mean), the interval "
+  "mapped the same way. The pooling difference is paired by seed (both poolings share each "
+  "seed's initial weights and batches): per seed, the sequence_mean gain minus the causal_mean "
+  "gain in log-perplexity, with the same t-interval (the baselines being identical under "
+  "both poolings, it is the same against the matched baseline). Beside each interval, the "
+  "t-test p it inverts and the exact two-sided sign-flip p over the 2^n sign patterns of the "
+  "per-seed differences "
+  "(no normality assumption; its floor is 2/2^n, 0.0625 at 5 seeds, 6.1e-05 at 15). The "
+  "all-domains scope is the one primary comparison of each row's claim; the per-domain scopes "
+  "are exploratory, their t-test p Holm-adjusted over every per-domain test of the table (the "
+  "family-wise error rate: 'how many did you test?'). Verdict, on the log scale (the ratio "
+  "scale maps monotonically, so it gives the same verdict): 'holds' when p < 0.05 (for the "
+  "primary scope: the 95% interval excludes zero) on the side of a gain, Holm-adjusted for "
+  "exploratory rows; 'does not hold (opposite)' the same on the other side; 'no difference "
+  "(within margin)' when the two "
+  f"one-sided tests (the 90% interval) put the mean within +/-{100 * EQUIVALENCE_MARGIN:g}% PPL; "
+  "'uninformative' otherwise (too few seeds for either)."
+)
 
 
 def run_config(base_cfg, pooling: str, seed: int):
@@ -107,17 +110,24 @@ def _check_same_config(final_path: str, cfg) -> None:
   with open(final_path) as f:
     old = json.load(f).get("config", {})
   new = _flat_config(cfg)
-  diff = sorted(k for k in set(old) | set(new)
-                if k not in _IRRELEVANT and old.get(k) != new.get(k))
+  diff = sorted(k for k in set(old) | set(new) if k not in _IRRELEVANT and old.get(k) != new.get(k))
   if diff:
     shown = ", ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in diff[:3])
-    raise ConfigError(f"{final_path} was trained with a different config ({shown}"
-                      f"{', ...' if len(diff) > 3 else ''}). Use another --out for a new "
-                      "experiment, or the flags of the first run to finish this one.")
+    raise ConfigError(
+      f"{final_path} was trained with a different config ({shown}"
+      f"{', ...' if len(diff) > 3 else ''}). Use another --out for a new "
+      "experiment, or the flags of the first run to finish this one."
+    )
 
 
-def run_seeds(base_cfg, out_dir: str, seeds: Iterable[int], poolings: Iterable[str] = POOLINGS,
-              *, log: Callable[..., None] = print):
+def run_seeds(
+  base_cfg,
+  out_dir: str,
+  seeds: Iterable[int],
+  poolings: Iterable[str] = POOLINGS,
+  *,
+  log: Callable[..., None] = print,
+):
   """Trains every (seed, pooling) not finished yet; a rerun skips finished seeds and resumes a
   partly trained one from its checkpoint. Seeds are the outer loop, so an interrupted command
   leaves whole seeds (both poolings) behind. Returns None when every run finished, else the
@@ -133,8 +143,10 @@ def run_seeds(base_cfg, out_dir: str, seeds: Iterable[int], poolings: Iterable[s
         _check_same_config(path, run_config(base_cfg, p, s))
       else:
         todo.append((s, p))
-  log(f"{len(seeds) * len(poolings) - len(todo)} of {len(seeds) * len(poolings)} runs already "
-      f"finished in {out_dir}; {len(todo)} to train.")
+  log(
+    f"{len(seeds) * len(poolings) - len(todo)} of {len(seeds) * len(poolings)} runs already "
+    f"finished in {out_dir}; {len(todo)} to train."
+  )
   t_all = time.time()
   for i, (seed, pooling) in enumerate(todo):
     workdir = workdir_of(out_dir, pooling, seed)
@@ -143,21 +155,29 @@ def run_seeds(base_cfg, out_dir: str, seeds: Iterable[int], poolings: Iterable[s
     summary = train(run_config(base_cfg, pooling, seed), workdir, log=log)
     if summary.interrupted:
       return summary
-    final = {"pooling": pooling, "seed": seed, "step": summary.last_step,
-             "train_sec": round(time.time() - t, 1), "eval": summary.eval_metrics,
-             "config": _flat_config(run_config(base_cfg, pooling, seed))}
+    final = {
+      "pooling": pooling,
+      "seed": seed,
+      "step": summary.last_step,
+      "train_sec": round(time.time() - t, 1),
+      "eval": summary.eval_metrics,
+      "config": _flat_config(run_config(base_cfg, pooling, seed)),
+    }
     tmp = os.path.join(workdir, FINAL + ".tmp")
     with open(tmp, "w") as f:
       json.dump(final, f, indent=1)
     os.replace(tmp, os.path.join(workdir, FINAL))
     elapsed = time.time() - t_all
-    log(f"=== run {i + 1}/{len(todo)} done in {final['train_sec']:.0f}s; "
-        f"{len(todo) - i - 1} left, about {elapsed / (i + 1) * (len(todo) - i - 1) / 60:.0f} min")
+    log(
+      f"=== run {i + 1}/{len(todo)} done in {final['train_sec']:.0f}s; "
+      f"{len(todo) - i - 1} left, about {elapsed / (i + 1) * (len(todo) - i - 1) / 60:.0f} min"
+    )
   return None
 
 
-def collect(out_dir: str, poolings: Iterable[str] = POOLINGS,
-            seeds: Iterable[int] | None = None) -> dict[str, dict[int, dict]]:
+def collect(
+  out_dir: str, poolings: Iterable[str] = POOLINGS, seeds: Iterable[int] | None = None
+) -> dict[str, dict[int, dict]]:
   """{pooling: {seed: final.json}} for every finished run under `out_dir` (of `seeds` only,
   if given)."""
   wanted = None if seeds is None else {str(int(s)) for s in seeds}
@@ -167,8 +187,11 @@ def collect(out_dir: str, poolings: Iterable[str] = POOLINGS,
     runs = {}
     for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
       path = os.path.join(root, name, FINAL)
-      if name.startswith("seed_") and os.path.exists(path) and (
-          wanted is None or name[len("seed_"):] in wanted):
+      if (
+        name.startswith("seed_")
+        and os.path.exists(path)
+        and (wanted is None or name[len("seed_") :] in wanted)
+      ):
         with open(path) as f:
           final = json.load(f)
         runs[int(final["seed"])] = final
@@ -187,8 +210,12 @@ def _domains(finals: dict[str, dict[int, dict]]) -> list[str]:
     for final in runs.values():
       for k in final["eval"]:
         parts = k.split("/")
-        if len(parts) == 4 and parts[0] == "eval" and parts[1] == "baseline" \
-            and parts[3] == "perplexity":
+        if (
+          len(parts) == 4
+          and parts[0] == "eval"
+          and parts[1] == "baseline"
+          and parts[3] == "perplexity"
+        ):
           found.add(parts[2])
   return sorted(found)
 
@@ -199,13 +226,18 @@ def _interval_entry(per_seed: dict[int, float], missing: list[str]) -> dict:
     entry["missing"] = missing
     return entry
   ci = stats.t_interval(list(per_seed.values()))
-  entry.update({
-      "n": ci["n"], "mean_log_ratio": ci["mean"], "sd_log_ratio": ci["sd"],
+  entry.update(
+    {
+      "n": ci["n"],
+      "mean_log_ratio": ci["mean"],
+      "sd_log_ratio": ci["sd"],
       "ci_log_ratio": [ci["low"], ci["high"]],
       "reduction": stats.reduction(ci["mean"]),
       "reduction_ci": [stats.reduction(ci["low"]), stats.reduction(ci["high"])],
       "t_test_p": stats.t_test_p(list(per_seed.values())),
-      "sign_flip_p": stats.sign_flip_p(list(per_seed.values()))})
+      "sign_flip_p": stats.sign_flip_p(list(per_seed.values())),
+    }
+  )
   _set_verdict(entry)
   return entry
 
@@ -213,15 +245,22 @@ def _interval_entry(per_seed: dict[int, float], missing: list[str]) -> dict:
 def _set_verdict(entry: dict) -> None:
   """The entry's verdict from its per-seed differences and its p (Holm-adjusted if set)."""
   entry["verdict"] = stats.paired_verdict(
-      list(entry["per_seed_log_ratio"].values()), stats.log_margin(EQUIVALENCE_MARGIN),
-      p=entry.get("p_holm", entry["t_test_p"]))
+    list(entry["per_seed_log_ratio"].values()),
+    stats.log_margin(EQUIVALENCE_MARGIN),
+    p=entry.get("p_holm", entry["t_test_p"]),
+  )
 
 
 def _adjust_exploratory(tables: list[dict]) -> None:
   """Holm over every exploratory (per-domain) entry of `tables` ({label: {scope: entry}}),
   in place: sets each one's p_holm and recomputes its verdict from it."""
-  entries = [e for t in tables for by_scope in t.values() for scope, e in by_scope.items()
-             if scope != PRIMARY_SCOPE and "t_test_p" in e]
+  entries = [
+    e
+    for t in tables
+    for by_scope in t.values()
+    for scope, e in by_scope.items()
+    if scope != PRIMARY_SCOPE and "t_test_p" in e
+  ]
   for e, p in zip(entries, stats.holm([e["t_test_p"] for e in entries])):
     e["p_holm"] = p
     _set_verdict(e)
@@ -235,14 +274,25 @@ def aggregate(finals: dict[str, dict[int, dict]]) -> dict:
   """
   domains = _domains(finals)
   scopes = ["all"] + domains
-  out = {"method": METHOD, "level": 0.95, "domains": domains, "poolings": {},
-         "pooling_difference": {}, "checks": {},
-         "train_sec_total": round(sum(final.get("train_sec") or 0.0 for runs in finals.values()
-                                      for final in runs.values()), 1)}
+  out = {
+    "method": METHOD,
+    "level": 0.95,
+    "domains": domains,
+    "poolings": {},
+    "pooling_difference": {},
+    "checks": {},
+    "train_sec_total": round(
+      sum(final.get("train_sec") or 0.0 for runs in finals.values() for final in runs.values()), 1
+    ),
+  }
   for pooling, runs in finals.items():
-    per_seed_ppl = {str(s): {m: {sc: final["eval"].get(_key(m, sc)) for sc in scopes}
-                             for m in MODELS + ((PREFIX,) if pooling == "sequence_mean" else ())}
-                    for s, final in runs.items()}
+    per_seed_ppl = {
+      str(s): {
+        m: {sc: final["eval"].get(_key(m, sc)) for sc in scopes}
+        for m in MODELS + ((PREFIX,) if pooling == "sequence_mean" else ())
+      }
+      for s, final in runs.items()
+    }
     comparisons = {}
     for label, a, b, applies in COMPARISONS:
       if applies is not None and pooling not in applies:
@@ -259,9 +309,12 @@ def aggregate(finals: dict[str, dict[int, dict]]) -> dict:
             diffs[seed] = math.log(final["eval"][kb]) - math.log(final["eval"][ka])
         comparisons[label][scope] = _interval_entry(diffs, missing)
     out["poolings"][pooling] = {
-        "seeds": sorted(runs), "steps": sorted({final["step"] for final in runs.values()}),
-        "train_sec": {str(s): final.get("train_sec") for s, final in runs.items()},
-        "perplexity": per_seed_ppl, "comparisons": comparisons}
+      "seeds": sorted(runs),
+      "steps": sorted({final["step"] for final in runs.values()}),
+      "train_sec": {str(s): final.get("train_sec") for s, final in runs.items()},
+      "perplexity": per_seed_ppl,
+      "comparisons": comparisons,
+    }
 
   seq, causal = out["poolings"].get("sequence_mean"), out["poolings"].get("causal_mean")
   both = set(seq["perplexity"]) & set(causal["perplexity"]) if seq and causal else set()
@@ -275,19 +328,24 @@ def aggregate(finals: dict[str, dict[int, dict]]) -> dict:
         b = causal["comparisons"][label][scope]["per_seed_log_ratio"]
         common = sorted(set(a) & set(b), key=int)
         only = sorted(set(a) ^ set(b), key=int)
-        entry = _interval_entry({int(s): a[s] - b[s] for s in common},
-                                missing=[] if common else ["no seed under both poolings"])
+        entry = _interval_entry(
+          {int(s): a[s] - b[s] for s in common},
+          missing=[] if common else ["no seed under both poolings"],
+        )
         if only:  # the interval is over the seeds common to both poolings
           entry["excluded"] = [f"seed {s}: under one pooling only" for s in only]
         out["pooling_difference"][label][scope] = entry
     # Routing is the only difference between the poolings, so each seed's baseline must come
     # out the same under both: a check that the runs are paired as claimed.
-    pairs = [(seq["perplexity"][s]["baseline"]["all"],
-              causal["perplexity"][s]["baseline"]["all"]) for s in both]
+    pairs = [
+      (seq["perplexity"][s]["baseline"]["all"], causal["perplexity"][s]["baseline"]["all"])
+      for s in both
+    ]
     gaps = [abs(math.log(a) - math.log(b)) for a, b in pairs if a and b]
     out["checks"]["baseline_max_abs_log_ppl_gap_between_poolings"] = max(gaps) if gaps else None
-  _adjust_exploratory([p["comparisons"] for p in out["poolings"].values()]
-                      + [out["pooling_difference"]])
+  _adjust_exploratory(
+    [p["comparisons"] for p in out["poolings"].values()] + [out["pooling_difference"]]
+  )
   out["equivalence_margin"] = EQUIVALENCE_MARGIN
   return out
 
@@ -298,12 +356,24 @@ def _pct(x: float) -> str:
 
 def _row_cells(entry: dict) -> list:
   if "missing" in entry:
-    return ["missing", "-", "-", "-", len(entry["per_seed_log_ratio"]),
-            f"not computed: {len(entry['missing'])} metric(s) missing (seeds.json lists them)"]
+    return [
+      "missing",
+      "-",
+      "-",
+      "-",
+      len(entry["per_seed_log_ratio"]),
+      f"not computed: {len(entry['missing'])} metric(s) missing (seeds.json lists them)",
+    ]
   lo, hi = entry["reduction_ci"]
   p = f"{entry['t_test_p']:.2g}" + (f" (Holm {entry['p_holm']:.2g})" if "p_holm" in entry else "")
-  return [_pct(entry["reduction"]), f"[{_pct(lo)}, {_pct(hi)}]", p,
-          f"{entry['sign_flip_p']:.3g}", entry["n"], entry["verdict"]]
+  return [
+    _pct(entry["reduction"]),
+    f"[{_pct(lo)}, {_pct(hi)}]",
+    p,
+    f"{entry['sign_flip_p']:.3g}",
+    entry["n"],
+    entry["verdict"],
+  ]
 
 
 def _rows(by_scope: dict, prefix: list) -> list[list]:
@@ -313,11 +383,23 @@ def _rows(by_scope: dict, prefix: list) -> list[list]:
     lacking = sorted({m.split(": ", 1)[0] for m in first["missing"]})
     total = len(lacking) + len(first["per_seed_log_ratio"])
     key = first["missing"][0].split(": ", 1)[-1]
-    return [prefix + ["every scope", "missing", "-", "-", "-", len(first["per_seed_log_ratio"]),
-                      f"not computed: {len(lacking)} of {total} runs lack {key} (and more; "
-                      "seeds.json lists them)"]]
-  return [prefix + [scope if scope != PRIMARY_SCOPE else f"{scope} (primary)"]
-          + _row_cells(entry) for scope, entry in by_scope.items()]
+    return [
+      prefix
+      + [
+        "every scope",
+        "missing",
+        "-",
+        "-",
+        "-",
+        len(first["per_seed_log_ratio"]),
+        f"not computed: {len(lacking)} of {total} runs lack {key} (and more; "
+        "seeds.json lists them)",
+      ]
+    ]
+  return [
+    prefix + [scope if scope != PRIMARY_SCOPE else f"{scope} (primary)"] + _row_cells(entry)
+    for scope, entry in by_scope.items()
+  ]
 
 
 def to_markdown(results: dict) -> str:
@@ -326,30 +408,69 @@ def to_markdown(results: dict) -> str:
   for pooling, p in results["poolings"].items():
     for label, by_scope in p["comparisons"].items():
       rows += _rows(by_scope, [pooling, label])
-  lines += [table(["pooling", "comparison (a vs b)", "held-out scope",
-                   "mean PPL reduction 1 - PPL_a/PPL_b", "95% CI", "t-test p", "sign-flip p", "seeds",
-                   "verdict"], rows), ""]
+  lines += [
+    table(
+      [
+        "pooling",
+        "comparison (a vs b)",
+        "held-out scope",
+        "mean PPL reduction 1 - PPL_a/PPL_b",
+        "95% CI",
+        "t-test p",
+        "sign-flip p",
+        "seeds",
+        "verdict",
+      ],
+      rows,
+    ),
+    "",
+  ]
   if results["pooling_difference"]:
     lines += ["### sequence_mean gain minus causal_mean gain (paired by seed)", ""]
-    rows = [row for label, by_scope in results["pooling_difference"].items()
-            for row in _rows(by_scope, [label])]
-    lines += [table(["gain", "held-out scope", "mean difference (as a PPL reduction)", "95% CI",
-                     "t-test p", "sign-flip p", "seeds", "verdict"], rows), ""]
+    rows = [
+      row
+      for label, by_scope in results["pooling_difference"].items()
+      for row in _rows(by_scope, [label])
+    ]
+    lines += [
+      table(
+        [
+          "gain",
+          "held-out scope",
+          "mean difference (as a PPL reduction)",
+          "95% CI",
+          "t-test p",
+          "sign-flip p",
+          "seeds",
+          "verdict",
+        ],
+        rows,
+      ),
+      "",
+    ]
   lines += ["### Per seed: held-out perplexity (all domains)", ""]
   rows = []
   for pooling, p in results["poolings"].items():
     for seed, by_model in p["perplexity"].items():
-      rows.append([pooling, seed] + [fmt(by_model[m]["all"]) if m in by_model
-                                     and by_model[m]["all"] is not None else "-"
-                                     for m in MODELS + (PREFIX,)])
+      rows.append(
+        [pooling, seed]
+        + [
+          fmt(by_model[m]["all"]) if m in by_model and by_model[m]["all"] is not None else "-"
+          for m in MODELS + (PREFIX,)
+        ]
+      )
   lines += [table(["pooling", "seed", *MODELS, "routed, prefix-only routing"], rows), ""]
-  lines.append(f"Training time of these runs, summed: {results['train_sec_total'] / 60:.1f} min "
-               "(per run: seeds.json, `train_sec`).")
+  lines.append(
+    f"Training time of these runs, summed: {results['train_sec_total'] / 60:.1f} min "
+    "(per run: seeds.json, `train_sec`)."
+  )
   lines.append("")
   gap = results["checks"].get("baseline_max_abs_log_ppl_gap_between_poolings")
   if gap is not None:
-    lines.append(f"Check: each seed's baseline under the two poolings differs by at most {gap:.3g}"
-                 " in held-out log-perplexity (0 when the runs are paired as claimed).")
+    lines.append(
+      f"Check: each seed's baseline under the two poolings differs by at most {gap:.3g}"
+      " in held-out log-perplexity (0 when the runs are paired as claimed)."
+    )
   return "\n".join(lines) + "\n"
 
 
@@ -363,8 +484,11 @@ def read_curves(workdir: str) -> dict[str, tuple[list[int], list[float]]]:
         rows.setdefault(row["step"], {}).update(row)
   curves = {}
   for model in MODELS + (PREFIX,):
-    pts = [(s, r[f"eval/{model}/perplexity"]) for s, r in sorted(rows.items())
-           if f"eval/{model}/perplexity" in r]
+    pts = [
+      (s, r[f"eval/{model}/perplexity"])
+      for s, r in sorted(rows.items())
+      if f"eval/{model}/perplexity" in r
+    ]
     if pts:
       curves[model] = ([p[0] for p in pts], [p[1] for p in pts])
   return curves
@@ -373,15 +497,17 @@ def read_curves(workdir: str) -> dict[str, tuple[list[int], list[float]]]:
 def plot_curves(out_dir: str, finals: dict[str, dict[int, dict]], path: str) -> str:
   """Held-out PPL versus step, one panel per pooling, one line per seed and model."""
   colors = {"routed": "tab:red", "baseline": "tab:blue", "matched": "tab:green"}
-  fig, axes = plt.subplots(1, len(finals), figsize=(5.5 * len(finals), 3.8), squeeze=False,
-                           sharey=True)
+  fig, axes = plt.subplots(
+    1, len(finals), figsize=(5.5 * len(finals), 3.8), squeeze=False, sharey=True
+  )
   for ax, (pooling, runs) in zip(axes[0], finals.items()):
     for seed in runs:
       curves = read_curves(workdir_of(out_dir, pooling, seed))
       for model, color in colors.items():
         if model in curves:
-          ax.plot(*curves[model], color=color, alpha=0.6, lw=1,
-                  label=model if seed == min(runs) else None)
+          ax.plot(
+            *curves[model], color=color, alpha=0.6, lw=1, label=model if seed == min(runs) else None
+          )
     ax.set_title(f"{pooling} ({len(runs)} seeds)")
     ax.set_xlabel("step")
     ax.set_yscale("log")
@@ -396,17 +522,20 @@ def plot_curves(out_dir: str, finals: dict[str, dict[int, dict]], path: str) -> 
   return path
 
 
-def write_outputs(out_dir: str, poolings: Iterable[str] = POOLINGS,
-                  seeds: Iterable[int] | None = None) -> dict[str, str]:
+def write_outputs(
+  out_dir: str, poolings: Iterable[str] = POOLINGS, seeds: Iterable[int] | None = None
+) -> dict[str, str]:
   """Aggregates the finished runs under `out_dir` (of `seeds` only, if given) into seeds.json,
   seeds.md and ppl_vs_step.png."""
   finals = collect(out_dir, poolings, seeds)
   if not finals:
     raise FileNotFoundError(f"no finished run (*/seed_*/{FINAL}) under {out_dir}; train first.")
   results = aggregate(finals)
-  paths = {"json": os.path.join(out_dir, "seeds.json"),
-           "markdown": os.path.join(out_dir, "seeds.md"),
-           "plot": os.path.join(out_dir, "ppl_vs_step.png")}
+  paths = {
+    "json": os.path.join(out_dir, "seeds.json"),
+    "markdown": os.path.join(out_dir, "seeds.md"),
+    "plot": os.path.join(out_dir, "ppl_vs_step.png"),
+  }
   with open(paths["json"], "w") as f:
     json.dump(results, f, indent=1)
   with open(paths["markdown"], "w") as f:
@@ -415,8 +544,9 @@ def write_outputs(out_dir: str, poolings: Iterable[str] = POOLINGS,
   return paths
 
 
-def write_claims(out_dir: str, seed: int, poolings: Iterable[str] = POOLINGS,
-                 log=print) -> dict[str, str]:
+def write_claims(
+  out_dir: str, seed: int, poolings: Iterable[str] = POOLINGS, log=print
+) -> dict[str, str]:
   """Every interpretability analysis of `seed`'s run under each pooling (report.json, report.md
   and plots in OUT/<pooling>/seed_<seed>/report) and the claims table built from them
   (OUT/claims.md). One seed: the analyses' own nulls and controls give its intervals."""
@@ -429,16 +559,23 @@ def write_claims(out_dir: str, seed: int, poolings: Iterable[str] = POOLINGS,
   for pooling in poolings:
     workdir = workdir_of(out_dir, pooling, seed)
     if not os.path.exists(os.path.join(workdir, FINAL)):
-      raise FileNotFoundError(f"seed {seed} under {pooling} has not finished ({workdir}); "
-                              "train it first or pick a finished --claims_seed.")
+      raise FileNotFoundError(
+        f"seed {seed} under {pooling} has not finished ({workdir}); "
+        "train it first or pick a finished --claims_seed."
+      )
     log(f"Interpretability report of {workdir} (a few minutes on 2 CPU cores)")
     run = load_workdir(workdir)
     reports[pooling] = run_analyses(run)
-    paths[f"report_{pooling}"] = write_report(reports[pooling], run,
-                                              os.path.join(workdir, "report"))["md"]
+    paths[f"report_{pooling}"] = write_report(
+      reports[pooling], run, os.path.join(workdir, "report")
+    )["md"]
   paths["claims"] = os.path.join(out_dir, "claims.md")
   with open(paths["claims"], "w") as f:
-    f.write(f"Seed {seed}.\n\n" + claims.claims_table(reports) + "\n\n"
-            + claims.leak_vs_gain(reports) + "\n")
+    f.write(
+      f"Seed {seed}.\n\n"
+      + claims.claims_table(reports)
+      + "\n\n"
+      + claims.leak_vs_gain(reports)
+      + "\n"
+    )
   return paths
-

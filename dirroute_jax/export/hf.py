@@ -46,7 +46,7 @@ class Exported:
   model: str
   step: int
   dtype: str
-  num_params: int        # parameters written (the tied embedding once)
+  num_params: int  # parameters written (the tied embedding once)
   dropped_vocab_rows: int  # padded embedding rows left out (masked to -1e9 in our forward)
 
 
@@ -54,18 +54,25 @@ def check_exportable(name: str, model_cfg) -> None:
   """Raises ExportError (one line) unless `model_cfg` is a Llama-shaped model."""
   if model_cfg.routing:
     raise ExportError(
-        f"model {name!r} is routed: its routers and suppression directions have no Hugging "
-        "Face architecture. Export --model=baseline or --model=matched, and evaluate the "
-        "routed model with launch/lm_eval.py --models=routed (or load_workdir in Python).")
+      f"model {name!r} is routed: its routers and suppression directions have no Hugging "
+      "Face architecture. Export --model=baseline or --model=matched, and evaluate the "
+      "routed model with launch/lm_eval.py --models=routed (or load_workdir in Python)."
+    )
   if model_cfg.attention != "dot":
-    raise ExportError(f"model {name!r} uses model.attention={model_cfg.attention!r} (S-D "
-                      "attention), which Llama does not have; only dot-product baselines export.")
+    raise ExportError(
+      f"model {name!r} uses model.attention={model_cfg.attention!r} (S-D "
+      "attention), which Llama does not have; only dot-product baselines export."
+    )
   if model_cfg.norm != "rms":
-    raise ExportError(f"model {name!r} has model.norm={model_cfg.norm!r}; Llama always "
-                      "applies RMSNorm, so only model.norm=rms exports.")
+    raise ExportError(
+      f"model {name!r} has model.norm={model_cfg.norm!r}; Llama always "
+      "applies RMSNorm, so only model.norm=rms exports."
+    )
   if model_cfg.d_model % model_cfg.num_heads:
-    raise ExportError(f"d_model={model_cfg.d_model} is not a multiple of num_heads="
-                      f"{model_cfg.num_heads}, which transformers' LlamaConfig rejects.")
+    raise ExportError(
+      f"d_model={model_cfg.d_model} is not a multiple of num_heads="
+      f"{model_cfg.num_heads}, which transformers' LlamaConfig rejects."
+    )
 
 
 def llama_config(model_cfg, *, eos_id: int, max_positions: int, dtype: str) -> dict:
@@ -73,31 +80,31 @@ def llama_config(model_cfg, *, eos_id: int, max_positions: int, dtype: str) -> d
   and as `rope_theta` (what transformers 4 and other readers look for)."""
   theta = float(model_cfg.rope_theta)
   return {
-      "architectures": ["LlamaForCausalLM"],
-      "model_type": "llama",
-      "vocab_size": int(model_cfg.vocab_size),
-      "hidden_size": int(model_cfg.d_model),
-      "intermediate_size": int(model_cfg.d_ff),
-      "num_hidden_layers": int(model_cfg.num_layers),
-      "num_attention_heads": int(model_cfg.num_heads),
-      "num_key_value_heads": int(model_cfg.num_heads),
-      "head_dim": int(model_cfg.head_dim),
-      "hidden_act": "silu",
-      "max_position_embeddings": int(max_positions),
-      "rms_norm_eps": float(model_cfg.norm_eps),
-      "rope_parameters": {"rope_type": "default", "rope_theta": theta},
-      "rope_theta": theta,
-      "tie_word_embeddings": True,
-      "attention_bias": False,
-      "attention_dropout": 0.0,
-      "mlp_bias": False,
-      "initializer_range": float(model_cfg.init_std),
-      # The pipeline puts EOS between documents, so EOS is also what a document follows.
-      "bos_token_id": int(eos_id),
-      "eos_token_id": int(eos_id),
-      "use_cache": True,
-      "dtype": dtype,
-      "torch_dtype": dtype,
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "vocab_size": int(model_cfg.vocab_size),
+    "hidden_size": int(model_cfg.d_model),
+    "intermediate_size": int(model_cfg.d_ff),
+    "num_hidden_layers": int(model_cfg.num_layers),
+    "num_attention_heads": int(model_cfg.num_heads),
+    "num_key_value_heads": int(model_cfg.num_heads),
+    "head_dim": int(model_cfg.head_dim),
+    "hidden_act": "silu",
+    "max_position_embeddings": int(max_positions),
+    "rms_norm_eps": float(model_cfg.norm_eps),
+    "rope_parameters": {"rope_type": "default", "rope_theta": theta},
+    "rope_theta": theta,
+    "tie_word_embeddings": True,
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "mlp_bias": False,
+    "initializer_range": float(model_cfg.init_std),
+    # The pipeline puts EOS between documents, so EOS is also what a document follows.
+    "bos_token_id": int(eos_id),
+    "eos_token_id": int(eos_id),
+    "use_cache": True,
+    "dtype": dtype,
+    "torch_dtype": dtype,
   }
 
 
@@ -110,8 +117,10 @@ def llama_tensors(model_cfg, params) -> dict[str, np.ndarray]:
   """
   D, H, Dh = model_cfg.d_model, model_cfg.num_heads, model_cfg.head_dim
   f32 = lambda a: np.asarray(a, np.float32)
-  out = {"model.embed_tokens.weight": f32(params["embed"]["embedding"])[:model_cfg.vocab_size],
-         "model.norm.weight": f32(params["final_norm"]["scale"])}
+  out = {
+    "model.embed_tokens.weight": f32(params["embed"]["embedding"])[: model_cfg.vocab_size],
+    "model.norm.weight": f32(params["final_norm"]["scale"]),
+  }
   for l in range(model_cfg.num_layers):
     p, pre = params[f"blocks_{l}"], f"model.layers.{l}"
     attn = p["attn"]
@@ -127,8 +136,12 @@ def llama_tensors(model_cfg, params) -> dict[str, np.ndarray]:
   return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
-def write_safetensors(path: str, tensors: dict[str, np.ndarray], dtype: str = "float32",
-                      metadata: dict[str, str] | None = None) -> None:
+def write_safetensors(
+  path: str,
+  tensors: dict[str, np.ndarray],
+  dtype: str = "float32",
+  metadata: dict[str, str] | None = None,
+) -> None:
   """Writes `tensors` cast to `dtype` (bf16 rounds to nearest even, as torch does)."""
   header, offset, blobs = {}, 0, []
   for name in sorted(tensors):
@@ -136,8 +149,11 @@ def write_safetensors(path: str, tensors: dict[str, np.ndarray], dtype: str = "f
       blob = np.asarray(jnp.asarray(tensors[name], jnp.bfloat16)).tobytes()
     else:
       blob = np.asarray(tensors[name], _NUMPY_DTYPE[dtype]).astype("<f4").tobytes()
-    header[name] = {"dtype": _SAFETENSORS_DTYPE[dtype], "shape": list(tensors[name].shape),
-                    "data_offsets": [offset, offset + len(blob)]}
+    header[name] = {
+      "dtype": _SAFETENSORS_DTYPE[dtype],
+      "shape": list(tensors[name].shape),
+      "data_offsets": [offset, offset + len(blob)],
+    }
     offset += len(blob)
     blobs.append(blob)
   header["__metadata__"] = {"format": "pt", **(metadata or {})}
@@ -173,8 +189,10 @@ def tokenizer_json(tokenizer: tok_lib.Tokenizer) -> str:
     tok = hf.Tokenizer(hf.models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
   else:
-    raise ExportError(f"a {tokenizer.name!r} tokenizer has no Hugging Face form (a synthetic "
-                      "run has no text); export a run trained on text.")
+    raise ExportError(
+      f"a {tokenizer.name!r} tokenizer has no Hugging Face form (a synthetic "
+      "run has no text); export a run trained on text."
+    )
   tok.decoder = hf.decoders.ByteLevel()
   tok.add_special_tokens([hf.AddedToken(tok_lib.ENDOFTEXT, special=True, normalized=False)])
   if tok.token_to_id(tok_lib.ENDOFTEXT) != tokenizer.eos_id:
@@ -184,14 +202,14 @@ def tokenizer_json(tokenizer: tok_lib.Tokenizer) -> str:
 
 def tokenizer_config(tokenizer: tok_lib.Tokenizer, max_length: int) -> dict:
   return {
-      "tokenizer_class": "PreTrainedTokenizerFast",
-      "bos_token": tok_lib.ENDOFTEXT,
-      "eos_token": tok_lib.ENDOFTEXT,
-      "add_bos_token": False,  # the model was trained without one
-      "add_eos_token": False,
-      "split_special_tokens": True,  # "<|endoftext|>" in text stays text, as in training
-      "clean_up_tokenization_spaces": False,  # decode(encode(text)) == text
-      "model_max_length": int(max_length),
+    "tokenizer_class": "PreTrainedTokenizerFast",
+    "bos_token": tok_lib.ENDOFTEXT,
+    "eos_token": tok_lib.ENDOFTEXT,
+    "add_bos_token": False,  # the model was trained without one
+    "add_eos_token": False,
+    "split_special_tokens": True,  # "<|endoftext|>" in text stays text, as in training
+    "clean_up_tokenization_spaces": False,  # decode(encode(text)) == text
+    "model_max_length": int(max_length),
   }
 
 
@@ -200,8 +218,7 @@ def export_run(run, model_name: str, out: str, *, dtype: str = "float32") -> Exp
   if dtype not in DTYPES:
     raise ExportError(f"dtype={dtype!r}: use one of {DTYPES}.")
   if model_name not in run.models:
-    raise ExportError(f"{run.path} has no model {model_name!r}; it has "
-                      f"{', '.join(run.models)}.")
+    raise ExportError(f"{run.path} has no model {model_name!r}; it has {', '.join(run.models)}.")
   model_cfg = run.models[model_name].cfg
   check_exportable(model_name, model_cfg)
   tokenizer = run.tokenizer
@@ -210,20 +227,26 @@ def export_run(run, model_name: str, out: str, *, dtype: str = "float32") -> Exp
   os.makedirs(out, exist_ok=True)
   write_safetensors(os.path.join(out, "model.safetensors"), tensors, dtype)
   files = {
-      "config.json": llama_config(model_cfg, eos_id=tokenizer.eos_id,
-                                  max_positions=run.cfg.seq_len, dtype=dtype),
-      "generation_config.json": {"bos_token_id": tokenizer.eos_id,
-                                 "eos_token_id": tokenizer.eos_id},
-      "tokenizer_config.json": tokenizer_config(tokenizer, run.cfg.seq_len),
-      "special_tokens_map.json": {"bos_token": tok_lib.ENDOFTEXT,
-                                  "eos_token": tok_lib.ENDOFTEXT},
+    "config.json": llama_config(
+      model_cfg, eos_id=tokenizer.eos_id, max_positions=run.cfg.seq_len, dtype=dtype
+    ),
+    "generation_config.json": {"bos_token_id": tokenizer.eos_id, "eos_token_id": tokenizer.eos_id},
+    "tokenizer_config.json": tokenizer_config(tokenizer, run.cfg.seq_len),
+    "special_tokens_map.json": {"bos_token": tok_lib.ENDOFTEXT, "eos_token": tok_lib.ENDOFTEXT},
   }
   exported = Exported(
-      path=out, model=model_name, step=int(run.step), dtype=dtype,
-      num_params=int(sum(v.size for v in tensors.values())),
-      dropped_vocab_rows=padded_vocab_size(model_cfg) - int(model_cfg.vocab_size))
-  files["dirroute_export.json"] = {"workdir": str(run.path), "tokenizer": tokenizer.name,
-                                   **dataclasses.asdict(exported)}
+    path=out,
+    model=model_name,
+    step=int(run.step),
+    dtype=dtype,
+    num_params=int(sum(v.size for v in tensors.values())),
+    dropped_vocab_rows=padded_vocab_size(model_cfg) - int(model_cfg.vocab_size),
+  )
+  files["dirroute_export.json"] = {
+    "workdir": str(run.path),
+    "tokenizer": tokenizer.name,
+    **dataclasses.asdict(exported),
+  }
   for name, content in files.items():
     with open(os.path.join(out, name), "w") as f:
       json.dump(content, f, indent=2)
@@ -233,8 +256,9 @@ def export_run(run, model_name: str, out: str, *, dtype: str = "float32") -> Exp
   return exported
 
 
-def export(workdir: str, model_name: str, out: str, *, dtype: str = "float32",
-           step: int | None = None) -> Exported:
+def export(
+  workdir: str, model_name: str, out: str, *, dtype: str = "float32", step: int | None = None
+) -> Exported:
   """Loads `workdir` (at `step`, default the latest) and exports `model_name` to `out`."""
   from dirroute_jax.analysis.load import load_workdir  # pylint: disable=g-import-not-at-top
 

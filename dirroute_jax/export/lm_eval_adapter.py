@@ -28,16 +28,16 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 try:
+  from lm_eval import utils as lm_utils
   from lm_eval.api.model import TemplateLM
   from lm_eval.api.registry import register_model
-  from lm_eval import utils as lm_utils
 except ImportError as e:  # one line, said where it is used (launch/lm_eval.py, tests)
   raise ImportError(f"lm-evaluation-harness does not import ({e}): pip install -e '.[eval]'") from e
 
@@ -64,8 +64,10 @@ def resolve(run, model_name: str, routing: str = "as_trained"):
   if routing == "prefix":
     twin = prefix_model(model.cfg)
     if twin is None:
-      raise ValueError(f"routing=prefix is for a sequence_mean router; {model_name!r} pools "
-                       f"{model.cfg.pooling!r}, which is already prefix-only.")
+      raise ValueError(
+        f"routing=prefix is for a sequence_mean router; {model_name!r} pools "
+        f"{model.cfg.pooling!r}, which is already prefix-only."
+      )
     return twin, params, None
   if routing == "off":
     return model, params, iv.routing_off(model.cfg)
@@ -93,8 +95,18 @@ def _token_logprobs(model: Transformer, params, interventions, inputs_BxT, targe
 
 
 @functools.partial(jax.jit, static_argnames=("model", "steps", "temperature", "top_k"))
-def _generate_batch(model: Transformer, params, interventions, prompts_BxP, lengths_B, key, *,
-                    steps, temperature, top_k):
+def _generate_batch(
+  model: Transformer,
+  params,
+  interventions,
+  prompts_BxP,
+  lengths_B,
+  key,
+  *,
+  steps,
+  temperature,
+  top_k,
+):
   """The KV-cache sampler over a batch of prompts of different lengths (right-padded).
 
   Step i feeds every row the token at position i: its prompt's while i < its length, else
@@ -104,19 +116,26 @@ def _generate_batch(model: Transformer, params, interventions, prompts_BxP, leng
   """
   decoder = model.clone(decode=True)
   B, P = prompts_BxP.shape
-  shapes = jax.eval_shape(lambda: decoder.apply(
-      {"params": params}, jnp.zeros((B, steps), jnp.int32), interventions,
-      mutable=["cache"])[1]["cache"])
+  shapes = jax.eval_shape(
+    lambda: decoder.apply(
+      {"params": params}, jnp.zeros((B, steps), jnp.int32), interventions, mutable=["cache"]
+    )[1]["cache"]
+  )
   cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
   prompts_BxS = jnp.pad(prompts_BxP, ((0, 0), (0, max(steps - P, 0))))[:, :steps]
 
   def step(carry, i):
     cache, picked_B = carry
     token_B = jnp.where(i < lengths_B, prompts_BxS[:, i], picked_B)
-    logits_Bx1xV, state = decoder.apply({"params": params, "cache": cache}, token_B[:, None],
-                                        interventions, mutable=["cache"])
-    next_B = sampling._pick(logits_Bx1xV[:, 0], jax.random.fold_in(key, i),  # pylint: disable=protected-access
-                            temperature, top_k)
+    logits_Bx1xV, state = decoder.apply(
+      {"params": params, "cache": cache}, token_B[:, None], interventions, mutable=["cache"]
+    )
+    next_B = sampling._pick(
+      logits_Bx1xV[:, 0],
+      jax.random.fold_in(key, i),  # pylint: disable=protected-access
+      temperature,
+      top_k,
+    )
     return (state["cache"], next_B), token_B
 
   _, tokens_SxB = jax.lax.scan(step, (cache, jnp.zeros((B,), jnp.int32)), jnp.arange(steps))
@@ -127,14 +146,24 @@ def _generate_batch(model: Transformer, params, interventions, prompts_BxP, leng
 class DirrouteLM(TemplateLM):
   """One model of a workdir as an lm-eval LM (see the module docstring for the args)."""
 
-  def __init__(self, workdir: str | None = None, model: str = "routed",
-               routing: str = "as_trained", step: int | None = None, batch_size: int = 16,
-               max_length: int | None = None, seed: int = 0, run=None, **unused):
+  def __init__(
+    self,
+    workdir: str | None = None,
+    model: str = "routed",
+    routing: str = "as_trained",
+    step: int | None = None,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    seed: int = 0,
+    run=None,
+    **unused,
+  ):
     super().__init__()
     if run is None:
       if workdir is None:
         raise ValueError("dirroute needs model_args workdir=DIR (a launch/train.py workdir).")
       from dirroute_jax.analysis.load import load_workdir  # pylint: disable=g-import-not-at-top
+
       run = load_workdir(workdir, step=None if step in (None, "") else int(step))
     self.run = run
     self.model_name, self.routing = model, str(routing)
@@ -165,31 +194,36 @@ class DirrouteLM(TemplateLM):
     return self.tokenizer.decode(tokens)
 
   # -- scoring --
-  def token_logprobs(self, sequences: Sequence[Sequence[int]]
-                     ) -> list[tuple[np.ndarray, np.ndarray]]:
+  def token_logprobs(
+    self, sequences: Sequence[Sequence[int]]
+  ) -> list[tuple[np.ndarray, np.ndarray]]:
     """For each token sequence s: (log p(s[t] | s[:t]) for t >= 1, greedy flags), float64.
     Sequences longer than max_length + 1 keep their last max_length + 1 tokens."""
-    seqs = [list(s)[-(self.max_length + 1):] for s in sequences]
+    seqs = [list(s)[-(self.max_length + 1) :] for s in sequences]
     if any(len(s) < 2 for s in seqs):
       raise ValueError("scoring needs at least two tokens per sequence (a context token).")
     out: list = [None] * len(seqs)
-    key = (lambda i: bucket(len(seqs[i]) - 1, self.max_length)) if self.causal else (
-        lambda i: len(seqs[i]) - 1)
+    key = (
+      (lambda i: bucket(len(seqs[i]) - 1, self.max_length))
+      if self.causal
+      else (lambda i: len(seqs[i]) - 1)
+    )
     order = sorted(range(len(seqs)), key=lambda i: (-key(i), i))
     groups: dict[int, list[int]] = {}
     for i in order:
       groups.setdefault(key(i), []).append(i)
     for T, members in groups.items():
       for start in range(0, len(members), self.batch_size):
-        rows = members[start:start + self.batch_size]
+        rows = members[start : start + self.batch_size]
         inputs = np.full((self.batch_size, T), self.eot_token_id, np.int32)
         targets = np.zeros((self.batch_size, T), np.int32)
         for r, i in enumerate(rows):
           s = seqs[i]
-          inputs[r, :len(s) - 1], targets[r, :len(s) - 1] = s[:-1], s[1:]
+          inputs[r, : len(s) - 1], targets[r, : len(s) - 1] = s[:-1], s[1:]
         self.compiled_shapes.add((self.batch_size, T))
-        lp, greedy = _token_logprobs(self.model, self.params, self.interventions,
-                                     jnp.asarray(inputs), jnp.asarray(targets))
+        lp, greedy = _token_logprobs(
+          self.model, self.params, self.interventions, jnp.asarray(inputs), jnp.asarray(targets)
+        )
         lp, greedy = np.asarray(lp, np.float64), np.asarray(greedy)
         for r, i in enumerate(rows):
           n = len(seqs[i]) - 1
@@ -214,15 +248,22 @@ class DirrouteLM(TemplateLM):
     del disable_tqdm
     windows, owner = [], []
     for k, (text,) in enumerate(req.args for req in requests):
-      for ctx, cont in map(lm_utils.make_disjoint_window, lm_utils.get_rolling_token_windows(
-          token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
-          max_seq_len=self.max_length, context_len=1)):
+      for ctx, cont in map(
+        lm_utils.make_disjoint_window,
+        lm_utils.get_rolling_token_windows(
+          token_list=self.tok_encode(text),
+          prefix_token=self.prefix_token_id,
+          max_seq_len=self.max_length,
+          context_len=1,
+        ),
+      ):
         windows.append((ctx, cont))
         owner.append(k)
     totals = [0.0] * len(requests)
-    for k, (_, cont), (lp, _) in zip(owner, windows,
-                                     self.token_logprobs([c + t for c, t in windows])):
-      totals[k] += float(lp[-len(cont):].sum())
+    for k, (_, cont), (lp, _) in zip(
+      owner, windows, self.token_logprobs([c + t for c, t in windows])
+    ):
+      totals[k] += float(lp[-len(cont) :].sum())
     for req, total in zip(requests, totals):
       if self.cache_hook is not None:
         self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
@@ -242,52 +283,75 @@ class DirrouteLM(TemplateLM):
     for (max_new, temperature, top_k), members in groups.items():
       members.sort(key=lambda k: -len(parsed[k][0]))
       for start in range(0, len(members), self.batch_size):
-        rows = members[start:start + self.batch_size]
+        rows = members[start : start + self.batch_size]
         prompts = [self.tok_encode(parsed[k][0]) or [self.eot_token_id] for k in rows]
         for k, new in zip(rows, self.generate_tokens(prompts, max_new, temperature, top_k)):
           until = parsed[k][1][3]
           text = self.tok_decode(new)
           for stop in until:
             if stop and stop in text:
-              text = text[:text.index(stop)]
+              text = text[: text.index(stop)]
           results[k] = text
           if self.cache_hook is not None:
             self.cache_hook.add_partial("generate_until", requests[k].args, text)
     return results
 
-  def generate_tokens(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                      temperature: float = 0.0, top_k: int = 0) -> list[list[int]]:
+  def generate_tokens(
+    self,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int = 0,
+  ) -> list[list[int]]:
     """Each prompt's `max_new_tokens` continuation (greedy at temperature 0), cut at EOS.
     Prompts keep their last max_length - max_new_tokens tokens (at least one)."""
     keep = max(self.max_length - max_new_tokens, 1)
     prompts = [list(p)[-keep:] for p in prompts]
     key = jax.random.key(self.seed)
     if not self.causal:  # re-pools the prefix per token: sampling.sample, one row at a time
-      outs = [sampling.sample(self.model, self.params, p, max_new_tokens=max_new_tokens,
-                              temperature=temperature, top_k=top_k, seed=self.seed).tokens
-              for p in prompts]
+      outs = [
+        sampling.sample(
+          self.model,
+          self.params,
+          p,
+          max_new_tokens=max_new_tokens,
+          temperature=temperature,
+          top_k=top_k,
+          seed=self.seed,
+        ).tokens
+        for p in prompts
+      ]
     else:
       outs = []
       for start in range(0, len(prompts), self.batch_size):
-        chunk = prompts[start:start + self.batch_size]
+        chunk = prompts[start : start + self.batch_size]
         P = bucket(max(map(len, chunk)), self.max_length)
         padded = np.zeros((self.batch_size, P), np.int32)
         lengths = np.full((self.batch_size,), 1, np.int32)
         for r, p in enumerate(chunk):
-          padded[r, :len(p)], lengths[r] = p, len(p)
+          padded[r, : len(p)], lengths[r] = p, len(p)
         steps = P + max_new_tokens  # the last step's own pick is not needed; one wasted step
         self.compiled_shapes.add((self.batch_size, steps))
-        fed = np.asarray(_generate_batch(
-            self.model, self.params, self.interventions, jnp.asarray(padded),
-            jnp.asarray(lengths), key, steps=steps, temperature=float(temperature),
-            top_k=int(top_k)))
+        fed = np.asarray(
+          _generate_batch(
+            self.model,
+            self.params,
+            self.interventions,
+            jnp.asarray(padded),
+            jnp.asarray(lengths),
+            key,
+            steps=steps,
+            temperature=float(temperature),
+            top_k=int(top_k),
+          )
+        )
         for r, p in enumerate(chunk):
           # Position i holds the token fed at step i: the prompt, then what was sampled.
-          outs.append(list(fed[r, len(p):len(p) + max_new_tokens]))
+          outs.append(list(fed[r, len(p) : len(p) + max_new_tokens]))
     cut = []
     for new in outs:
       new = [int(t) for t in new]
-      cut.append(new[:new.index(self.eot_token_id)] if self.eot_token_id in new else new)
+      cut.append(new[: new.index(self.eot_token_id)] if self.eot_token_id in new else new)
     return cut
 
 

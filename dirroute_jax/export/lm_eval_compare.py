@@ -9,7 +9,7 @@ documents. Used by launch/lm_eval.py.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from dirroute_jax.analysis import stats
 from dirroute_jax.export import lm_eval_adapter as adapter
@@ -18,27 +18,42 @@ BASELINE = "baseline"
 
 
 def parse_model_specs(spec: str) -> list[tuple[str, str, str]]:
-  """"routed,routed:off,baseline" -> [(label, model, routing)]; routing defaults to as_trained."""
+  """ "routed,routed:off,baseline" -> [(label, model, routing)]; routing defaults to as_trained."""
   out = []
   for item in (s.strip() for s in spec.split(",") if s.strip()):
     model, _, routing = item.partition(":")
     out.append((item, model, routing or "as_trained"))
   if not out or len({label for label, _, _ in out}) != len(out):
-    raise ValueError(f"--models={spec!r}: give distinct models, e.g. routed,baseline or "
-                     "routed,routed:off,baseline.")
+    raise ValueError(
+      f"--models={spec!r}: give distinct models, e.g. routed,baseline or "
+      "routed,routed:off,baseline."
+    )
   return out
 
 
 def _metric_names(task_result: dict) -> list[str]:
   """'acc,none' style keys that have a standard error beside them."""
-  return [k for k in task_result if "," in k and not k.split(",")[0].endswith("_stderr")
-          and f"{k.split(',')[0]}_stderr,{k.split(',', 1)[1]}" in task_result]
+  return [
+    k
+    for k in task_result
+    if "," in k
+    and not k.split(",")[0].endswith("_stderr")
+    and f"{k.split(',')[0]}_stderr,{k.split(',', 1)[1]}" in task_result
+  ]
 
 
-def compare(run, tasks: Sequence[str], model_specs: Sequence[tuple[str, str, str]], *,
-            include_path: str | None = None, limit: int | float | None = None,
-            num_fewshot: int | None = None, batch_size: int = 16,
-            max_length: int | None = None, log=print) -> dict:
+def compare(
+  run,
+  tasks: Sequence[str],
+  model_specs: Sequence[tuple[str, str, str]],
+  *,
+  include_path: str | None = None,
+  limit: int | float | None = None,
+  num_fewshot: int | None = None,
+  batch_size: int = 16,
+  max_length: int | None = None,
+  log=print,
+) -> dict:
   """Evaluates each (label, model, routing) of a loaded workdir on `tasks`.
 
   Returns {"models": {label: {task: {metric: value, metric_stderr: se}}}, "paired": {label:
@@ -49,17 +64,34 @@ def compare(run, tasks: Sequence[str], model_specs: Sequence[tuple[str, str, str
   from lm_eval.tasks import TaskManager  # pylint: disable=g-import-not-at-top
 
   manager = TaskManager(include_path=include_path) if include_path else TaskManager()
-  lms = {label: adapter.DirrouteLM(run=run, model=model, routing=routing,
-                                   batch_size=batch_size, max_length=max_length)
-         for label, model, routing in model_specs}  # resolve all first: bad specs fail early
-  out = {"workdir": str(run.path), "step": int(run.step), "tasks": list(tasks),
-         "models": {}, "paired": {}, "lm_eval": {}, "limit": limit, "num_fewshot": num_fewshot}
+  lms = {
+    label: adapter.DirrouteLM(
+      run=run, model=model, routing=routing, batch_size=batch_size, max_length=max_length
+    )
+    for label, model, routing in model_specs
+  }  # resolve all first: bad specs fail early
+  out = {
+    "workdir": str(run.path),
+    "step": int(run.step),
+    "tasks": list(tasks),
+    "models": {},
+    "paired": {},
+    "lm_eval": {},
+    "limit": limit,
+    "num_fewshot": num_fewshot,
+  }
   per_doc = {}
   for label, lm in lms.items():
     log(f"Evaluating {label} on {', '.join(tasks)} ...")
-    res = evaluator.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager,
-                                    limit=limit, num_fewshot=num_fewshot, log_samples=True,
-                                    bootstrap_iters=1000)
+    res = evaluator.simple_evaluate(
+      model=lm,
+      tasks=list(tasks),
+      task_manager=manager,
+      limit=limit,
+      num_fewshot=num_fewshot,
+      log_samples=True,
+      bootstrap_iters=1000,
+    )
     out["models"][label] = {}
     per_doc[label] = {}
     for task, values in res["results"].items():
@@ -72,8 +104,9 @@ def compare(run, tasks: Sequence[str], model_specs: Sequence[tuple[str, str, str
       out["models"][label][task] = metrics
     for task, samples in res.get("samples", {}).items():
       per_doc[label][task] = {s["doc_id"]: s for s in samples}
-    out["lm_eval"][label] = {k: res[k] for k in ("results", "versions", "n-shot", "configs")
-                             if k in res}
+    out["lm_eval"][label] = {
+      k: res[k] for k in ("results", "versions", "n-shot", "configs") if k in res
+    }
   if BASELINE in per_doc:
     for label in per_doc:
       if label == BASELINE:
@@ -109,7 +142,8 @@ def format_table(result: dict) -> str:
         row.append(f"{m[name]:.4f} +- {m[f'{name}_stderr']:.4f}" if name in m else "-")
       for l in paired:
         d = result["paired"][l].get(task, {}).get(name)
-        row.append(f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] (n={d['n']})"
-                   if d else "-")
+        row.append(
+          f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] (n={d['n']})" if d else "-"
+        )
       lines.append("| " + " | ".join(row) + " |")
   return "\n".join(lines)

@@ -32,7 +32,7 @@ class ParamsOnly:
   step: int
   dtype: str
   models: tuple[str, ...]
-  num_params: int   # all models together
+  num_params: int  # all models together
   array_bytes: int  # what the parameter arrays take at `dtype`
 
 
@@ -47,8 +47,10 @@ def export_params(run, out: str, *, dtype: str = "bfloat16") -> ParamsOnly:
     raise ValueError("--out must differ from --workdir.")
   target = jnp.dtype(dtype)
   params = jax.tree.map(lambda x: jnp.asarray(x, target), run.params)
-  state = {"step": jnp.asarray(run.step, jnp.int32),
-           "models": {name: {"params": p} for name, p in params.items()}}
+  state = {
+    "step": jnp.asarray(run.step, jnp.int32),
+    "models": {name: {"params": p} for name, p in params.items()},
+  }
   out_path.mkdir(parents=True, exist_ok=True)
   with checkpoint.Checkpointer(out_path, keep=1, async_save=False) as ckpt:
     ckpt.save(int(run.step), state, config=run.cfg, force=True)
@@ -58,26 +60,34 @@ def export_params(run, out: str, *, dtype: str = "bfloat16") -> ParamsOnly:
     if src.exists():
       shutil.copyfile(str(src), str(workdir_lib.path(out_path, name)))
   leaves = jax.tree.leaves(params)
-  done = ParamsOnly(path=str(out), step=int(run.step), dtype=dtype, models=tuple(run.params),
-                    num_params=int(sum(x.size for x in leaves)),
-                    array_bytes=int(sum(x.size * x.dtype.itemsize for x in leaves)))
-  workdir_lib.params_only(out_path).write_text(json.dumps(
-      {"source_workdir": str(run.path), **dataclasses.asdict(done)}, indent=2) + "\n")
+  done = ParamsOnly(
+    path=str(out),
+    step=int(run.step),
+    dtype=dtype,
+    models=tuple(run.params),
+    num_params=int(sum(x.size for x in leaves)),
+    array_bytes=int(sum(x.size * x.dtype.itemsize for x in leaves)),
+  )
+  workdir_lib.params_only(out_path).write_text(
+    json.dumps({"source_workdir": str(run.path), **dataclasses.asdict(done)}, indent=2) + "\n"
+  )
   return done
 
 
 def state_bytes_per_param(cfg) -> float:
   """Bytes per parameter of a full training checkpoint of `cfg`: float32 params plus the
   optimizer state (AdamW: mu and nu), from jax.eval_shape (nothing allocated)."""
-  from dirroute_jax.model.variants import model_variant  # pylint: disable=g-import-not-at-top
-  from dirroute_jax.model.transformer import abstract_params, build_model  # pylint: disable=g-import-not-at-top
-  from dirroute_jax.train.optimizer import make_optimizer  # pylint: disable=g-import-not-at-top
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  from dirroute_jax.model.transformer import abstract_params, build_model  # pylint: disable=g-import-not-at-top
+  from dirroute_jax.model.variants import model_variant  # pylint: disable=g-import-not-at-top
+  from dirroute_jax.train.optimizer import make_optimizer  # pylint: disable=g-import-not-at-top
 
   model = build_model(model_variant(cfg.model, "routed"))
   params = nn.meta.unbox(abstract_params(model))
   opt = jax.eval_shape(make_optimizer(cfg.optim, cfg.steps).init, params)
-  size = lambda tree: sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize
-                          for x in jax.tree.leaves(tree))
+  size = lambda tree: sum(
+    int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)
+  )
   n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
   return (size(params) + size(opt)) / n

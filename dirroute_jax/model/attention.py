@@ -13,7 +13,7 @@ incremental decoding's attention over the cache is another (`cached_attention`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -35,7 +35,7 @@ def rope(x_BxTxHxDh: Array, theta: float, offset: Array | int = 0) -> Array:
   angle_TxF = pos_T[:, None] * inv_freq[None, :]
   sin, cos = jnp.sin(angle_TxF)[None, :, None, :], jnp.cos(angle_TxF)[None, :, None, :]
   x = x_BxTxHxDh.astype(jnp.float32)
-  x1, x2 = x[..., : Dh // 2], x[..., Dh // 2:]
+  x1, x2 = x[..., : Dh // 2], x[..., Dh // 2 :]
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x_BxTxHxDh.dtype)
 
@@ -47,9 +47,9 @@ def causal_attention_with_pattern(q_BxTxHxDh, k_BxTxHxDh, v_BxTxHxDh):
   give the same numbers.
   """
   Dh = q_BxTxHxDh.shape[-1]
-  scores_BxHxTxT = jnp.einsum("bqhd,bkhd->bhqk", q_BxTxHxDh, k_BxTxHxDh,
-                              preferred_element_type=jnp.float32) / jnp.sqrt(Dh).astype(
-                                  jnp.float32)
+  scores_BxHxTxT = jnp.einsum(
+    "bqhd,bkhd->bhqk", q_BxTxHxDh, k_BxTxHxDh, preferred_element_type=jnp.float32
+  ) / jnp.sqrt(Dh).astype(jnp.float32)
   T = q_BxTxHxDh.shape[1]
   causal_TxT = jnp.tril(jnp.ones((T, T), bool))
   scores_BxHxTxT = jnp.where(causal_TxT, scores_BxHxTxT, jnp.finfo(jnp.float32).min)
@@ -99,8 +99,12 @@ class Projection(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    kernel = self.param("kernel", nn.with_logical_partitioning(
-        nn.initializers.normal(self.init_std), self.axes), self.shape, jnp.float32)
+    kernel = self.param(
+      "kernel",
+      nn.with_logical_partitioning(nn.initializers.normal(self.init_std), self.axes),
+      self.shape,
+      jnp.float32,
+    )
     return jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
 
 
@@ -134,8 +138,10 @@ class AttentionConfig:
 
   def __post_init__(self):
     if self.decode and (self.linear or (self.routing and self.pooling != "causal_mean")):
-      raise ValueError("incremental decoding needs softmax attention and causal_mean pooling; "
-                       "a sequence_mean router re-pools the whole prefix at every token.")
+      raise ValueError(
+        "incremental decoding needs softmax attention and causal_mean pooling; "
+        "a sequence_mean router re-pools the whole prefix at every token."
+      )
 
 
 def mixing_op(cfg: AttentionConfig, with_pattern: bool):
@@ -152,11 +158,11 @@ def mixing_op(cfg: AttentionConfig, with_pattern: bool):
   return lambda q, k, v: (kernels.causal_attention(q, k, v, impl), None)
 
 
-def cached_attention(q_BxTxHxDh: Array, k_BxCxHxDh: Array, v_BxCxHxDh: Array,
-                     mask_TxC: Array) -> Array:
+def cached_attention(
+  q_BxTxHxDh: Array, k_BxCxHxDh: Array, v_BxCxHxDh: Array, mask_TxC: Array
+) -> Array:
   """Softmax attention of a decoded chunk's queries over the whole cache (capacity C)."""
-  return jax.nn.dot_product_attention(q_BxTxHxDh, k_BxCxHxDh, v_BxCxHxDh,
-                                      mask=mask_TxC[None, None])
+  return jax.nn.dot_product_attention(q_BxTxHxDh, k_BxCxHxDh, v_BxCxHxDh, mask=mask_TxC[None, None])
 
 
 class Attention(nn.Module):
@@ -172,24 +178,41 @@ class Attention(nn.Module):
 
   def _proj(self, name: str) -> Projection:
     c = self.cfg
-    return Projection("btd,dhk->bthk", (c.d_model, c.num_heads, c.head_dim),
-                      ("embed", "heads", "head_dim"), c.init_std, c.dtype, name=name)
+    return Projection(
+      "btd,dhk->bthk",
+      (c.d_model, c.num_heads, c.head_dim),
+      ("embed", "heads", "head_dim"),
+      c.init_std,
+      c.dtype,
+      name=name,
+    )
 
   def _queries_keys(self, x_BxTxD: Array, offset: Array | int) -> tuple[Array, Array]:
     """q and k after RoPE, for dot-product or S-D scores."""
     c = self.cfg
     H, Dh = c.num_heads, c.head_dim
     if c.attention != "sd":
-      return (rope(self._proj("query")(x_BxTxD), c.rope_theta, offset),
-              rope(self._proj("key")(x_BxTxD), c.rope_theta, offset))
+      return (
+        rope(self._proj("query")(x_BxTxD), c.rope_theta, offset),
+        rope(self._proj("key")(x_BxTxD), c.rope_theta, offset),
+      )
     # One projection h into head space; score(t, s) = h_t^T (S - D) h_s, i.e. the query is
     # (S - D)^T h_t and the key is h_s. RoPE rotates h before the operator.
     h_BxTxHxDh = rope(self._proj("query")(x_BxTxD), c.rope_theta, offset)
-    skew = self.param("skew", nn.with_logical_partitioning(
-        nn.initializers.normal(Dh ** -0.5), ("heads", "head_dim", "head_dim_out")),
-                      (H, Dh, Dh), jnp.float32)
-    diag = self.param("diag", nn.with_logical_partitioning(
-        nn.initializers.zeros_init(), ("heads", "head_dim")), (H, Dh), jnp.float32)
+    skew = self.param(
+      "skew",
+      nn.with_logical_partitioning(
+        nn.initializers.normal(Dh**-0.5), ("heads", "head_dim", "head_dim_out")
+      ),
+      (H, Dh, Dh),
+      jnp.float32,
+    )
+    diag = self.param(
+      "diag",
+      nn.with_logical_partitioning(nn.initializers.zeros_init(), ("heads", "head_dim")),
+      (H, Dh),
+      jnp.float32,
+    )
     op_HxDhxDh = sd_operator(skew, diag).astype(c.dtype)
     return jnp.einsum("bthi,hij->bthj", h_BxTxHxDh, op_HxDhxDh), h_BxTxHxDh
 
@@ -207,10 +230,12 @@ class Attention(nn.Module):
     router_sum = self.variable("cache", "router_sum", zeros(B, router_x_BxTxD.shape[-1]))
     index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
     i = index.value
-    keys.value = jax.lax.dynamic_update_slice(keys.value, k_BxTxHxDh.astype(jnp.float32),
-                                              (0, i, 0, 0))
-    values.value = jax.lax.dynamic_update_slice(values.value, v_BxTxHxDh.astype(jnp.float32),
-                                                (0, i, 0, 0))
+    keys.value = jax.lax.dynamic_update_slice(
+      keys.value, k_BxTxHxDh.astype(jnp.float32), (0, i, 0, 0)
+    )
+    values.value = jax.lax.dynamic_update_slice(
+      values.value, v_BxTxHxDh.astype(jnp.float32), (0, i, 0, 0)
+    )
     capacity = keys.value.shape[1]
     pos_T = i + jnp.arange(T)
     mask_TxC = jnp.arange(capacity)[None, :] <= pos_T[:, None]
@@ -219,11 +244,21 @@ class Attention(nn.Module):
     router_sum.value = cum_BxTxD[:, -1]
     index.value = i + T
     u_BxTxD = cum_BxTxD / (pos_T + 1).astype(jnp.float32)[None, :, None]
-    return (keys.value.astype(k_BxTxHxDh.dtype), values.value.astype(v_BxTxHxDh.dtype),
-            mask_TxC, u_BxTxD)
+    return (
+      keys.value.astype(k_BxTxHxDh.dtype),
+      values.value.astype(v_BxTxHxDh.dtype),
+      mask_TxC,
+      u_BxTxD,
+    )
 
-  def _route(self, z_BxTxHxDh: Array, router_in: Array, pooling: str,
-             iv: LayerInterventions, capture: Sequence[str]) -> Array:
+  def _route(
+    self,
+    z_BxTxHxDh: Array,
+    router_in: Array,
+    pooling: str,
+    iv: LayerInterventions,
+    capture: Sequence[str],
+  ) -> Array:
     """Eq. (1) on the head outputs, with the routing weights of this layer's router.
 
     `router_in` is the un-pooled router input with `pooling` the config's (the Router pools
@@ -231,41 +266,58 @@ class Attention(nn.Module):
     already with `pooling` "none"."""
     c = self.cfg
     dirs_HxKxDh = self.param(
-        "directions",
-        nn.with_logical_partitioning(nn.initializers.normal(1.0),
-                                     ("heads", "directions", "head_dim")),
-        (c.num_heads, c.num_directions, c.head_dim), jnp.float32)
+      "directions",
+      nn.with_logical_partitioning(
+        nn.initializers.normal(1.0), ("heads", "directions", "head_dim")
+      ),
+      (c.num_heads, c.num_directions, c.head_dim),
+      jnp.float32,
+    )
     if wants(capture, f"{self.prefix}.router_in"):
-      self._sow(capture, "router_in",
-                router_in if pooling == "none" else routing.pool(router_in, pooling))
+      self._sow(
+        capture, "router_in", router_in if pooling == "none" else routing.pool(router_in, pooling)
+      )
     r_BxSxHxK = routing.Router(
-        num_heads=c.num_heads, num_directions=c.num_directions, hidden=c.router_hidden,
-        depth=c.router_depth, activation=c.router_activation,
-        temperature=c.router_temperature, pooling=pooling, dtype=c.dtype,
-        name="router")(router_in)
+      num_heads=c.num_heads,
+      num_directions=c.num_directions,
+      hidden=c.router_hidden,
+      depth=c.router_depth,
+      activation=c.router_activation,
+      temperature=c.router_temperature,
+      pooling=pooling,
+      dtype=c.dtype,
+      name="router",
+    )(router_in)
     r_BxSxHxK = iv.apply_routing(r_BxSxHxK)
     T = z_BxTxHxDh.shape[1]
-    self._sow(capture, "r",
-              jnp.broadcast_to(r_BxSxHxK, (r_BxSxHxK.shape[0], T) + r_BxSxHxK.shape[2:]))
+    self._sow(
+      capture, "r", jnp.broadcast_to(r_BxSxHxK, (r_BxSxHxK.shape[0], T) + r_BxSxHxK.shape[2:])
+    )
     return routing.suppress(z_BxTxHxDh, r_BxSxHxK, dirs_HxKxDh)
 
   @nn.compact
-  def __call__(self, x_BxTxD: Array, router_x_BxTxD: Array, iv: LayerInterventions,
-               capture: Sequence[str] = ()) -> Array:
+  def __call__(
+    self, x_BxTxD: Array, router_x_BxTxD: Array, iv: LayerInterventions, capture: Sequence[str] = ()
+  ) -> Array:
     c = self.cfg
     # Position of this chunk's first token: 0, or the number already cached when decoding.
-    offset = (self.get_variable("cache", "index", 0) if c.decode else 0)
+    offset = self.get_variable("cache", "index", 0) if c.decode else 0
     q_BxTxHxDh, k_BxTxHxDh = self._queries_keys(x_BxTxD, offset)
     v_BxTxHxDh = self._proj("value")(x_BxTxD)
-    activation_axes = ("activation_batch", "activation_length", "activation_heads",
-                       "activation_head_dim")
+    activation_axes = (
+      "activation_batch",
+      "activation_length",
+      "activation_heads",
+      "activation_head_dim",
+    )
     q_BxTxHxDh = nn.with_logical_constraint(q_BxTxHxDh, activation_axes)
     k_BxTxHxDh = nn.with_logical_constraint(k_BxTxHxDh, activation_axes)
     v_BxTxHxDh = nn.with_logical_constraint(v_BxTxHxDh, activation_axes)
 
     if c.decode:
       k_BxCxHxDh, v_BxCxHxDh, mask_TxC, u_BxTxD = self._decode_cache(
-          k_BxTxHxDh, v_BxTxHxDh, router_x_BxTxD)
+        k_BxTxHxDh, v_BxTxHxDh, router_x_BxTxD
+      )
       z_BxTxHxDh = cached_attention(q_BxTxHxDh, k_BxCxHxDh, v_BxCxHxDh, mask_TxC)
       router_in, router_pooling = u_BxTxD, "none"  # the cache keeps the running prefix sum
     else:
@@ -280,8 +332,13 @@ class Attention(nn.Module):
       z_BxTxHxDh = self._route(z_BxTxHxDh, router_in, router_pooling, iv, capture)
     z_BxTxHxDh = iv.apply_heads(z_BxTxHxDh)
     self._sow(capture, "z_routed", z_BxTxHxDh)
-    out_BxTxD = Projection("bthk,hkd->btd", (c.num_heads, c.head_dim, c.d_model),
-                           ("heads", "head_dim", "embed"), c.out_init_std, c.dtype,
-                           name="out")(z_BxTxHxDh)
+    out_BxTxD = Projection(
+      "bthk,hkd->btd",
+      (c.num_heads, c.head_dim, c.d_model),
+      ("heads", "head_dim", "embed"),
+      c.out_init_std,
+      c.dtype,
+      name="out",
+    )(z_BxTxHxDh)
     self._sow(capture, "out", out_BxTxD)
     return out_BxTxD

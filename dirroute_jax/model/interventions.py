@@ -38,7 +38,7 @@ the parameter `params["final_norm"]["scale"]`.
 from __future__ import annotations
 
 import fnmatch
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import flax.struct
 import jax
@@ -48,18 +48,18 @@ import numpy as np
 Array = jax.Array
 
 CAPTURE_NAMES = (
-    "blocks.{l}.resid_pre",
-    "blocks.{l}.attn.router_in",
-    "blocks.{l}.attn.r",
-    "blocks.{l}.attn.pattern",
-    "blocks.{l}.attn.z",
-    "blocks.{l}.attn.z_routed",
-    "blocks.{l}.attn.out",
-    "blocks.{l}.resid_mid",
-    "blocks.{l}.mlp.out",
-    "blocks.{l}.resid_post",
-    "final_norm.scale",
-    "logits",
+  "blocks.{l}.resid_pre",
+  "blocks.{l}.attn.router_in",
+  "blocks.{l}.attn.r",
+  "blocks.{l}.attn.pattern",
+  "blocks.{l}.attn.z",
+  "blocks.{l}.attn.z_routed",
+  "blocks.{l}.attn.out",
+  "blocks.{l}.resid_mid",
+  "blocks.{l}.mlp.out",
+  "blocks.{l}.resid_post",
+  "final_norm.scale",
+  "logits",
 )
 
 
@@ -110,20 +110,20 @@ class Interventions:
   def layer(self, l: int) -> LayerInterventions:
     take = lambda a: None if a is None else a[l]
     return LayerInterventions(
-        routing_value_HxK=take(self.routing_value_LxHxK),
-        routing_mask_HxK=take(self.routing_mask_LxHxK),
-        head_mask_H=take(self.head_mask_LxH),
-        head_value_HxDh=take(self.head_value_LxHxDh),
+      routing_value_HxK=take(self.routing_value_LxHxK),
+      routing_mask_HxK=take(self.routing_mask_LxHxK),
+      head_mask_H=take(self.head_mask_LxH),
+      head_value_HxDh=take(self.head_value_LxHxDh),
     )
 
-  def merge(self, other: "Interventions") -> "Interventions":
+  def merge(self, other: Interventions) -> Interventions:
     """Fields set in `other` override this one's (routing and head edits are independent)."""
     pick = lambda a, b: a if b is None else b
     return Interventions(
-        routing_value_LxHxK=pick(self.routing_value_LxHxK, other.routing_value_LxHxK),
-        routing_mask_LxHxK=pick(self.routing_mask_LxHxK, other.routing_mask_LxHxK),
-        head_mask_LxH=pick(self.head_mask_LxH, other.head_mask_LxH),
-        head_value_LxHxDh=pick(self.head_value_LxHxDh, other.head_value_LxHxDh),
+      routing_value_LxHxK=pick(self.routing_value_LxHxK, other.routing_value_LxHxK),
+      routing_mask_LxHxK=pick(self.routing_mask_LxHxK, other.routing_mask_LxHxK),
+      head_mask_LxH=pick(self.head_mask_LxH, other.head_mask_LxH),
+      head_value_LxHxDh=pick(self.head_value_LxHxDh, other.head_value_LxHxDh),
     )
 
 
@@ -148,26 +148,33 @@ def routing_off(model_cfg, layers: Iterable[int] | None = None) -> Interventions
   return routing_fixed(model_cfg, 0.0, layers)
 
 
-def force_direction(model_cfg, layer: int, head: int, direction: int,
-                    value: float = 1.0) -> Interventions:
+def force_direction(
+  model_cfg, layer: int, head: int, direction: int, value: float = 1.0
+) -> Interventions:
   """One (layer, head, direction) weight forced to `value`; all others as the router says."""
   L, H, K = _lhk(model_cfg)
   mask = np.zeros((L, H, K), bool)
   mask[layer, head, direction] = True
-  return Interventions(routing_value_LxHxK=jnp.full((L, H, K), value, jnp.float32),
-                       routing_mask_LxHxK=jnp.asarray(mask))
+  return Interventions(
+    routing_value_LxHxK=jnp.full((L, H, K), value, jnp.float32),
+    routing_mask_LxHxK=jnp.asarray(mask),
+  )
 
 
-def knockout_heads(model_cfg, heads: Iterable[tuple[int, int]],
-                   mean_LxHxDh: Array | None = None) -> Interventions:
+def knockout_heads(
+  model_cfg, heads: Iterable[tuple[int, int]], mean_LxHxDh: Array | None = None
+) -> Interventions:
   """Head knockout of the given (layer, head) pairs: zero ablation, or mean ablation when the
   dataset mean of `attn.z_routed` (L x H x Dh) is given."""
   L, H, Dh = model_cfg.num_layers, model_cfg.num_heads, model_cfg.head_dim
   mask = np.zeros((L, H), bool)
   for l, h in heads:
     mask[l, h] = True
-  value = jnp.zeros((L, H, Dh), jnp.float32) if mean_LxHxDh is None else jnp.asarray(
-      mean_LxHxDh, jnp.float32)
+  value = (
+    jnp.zeros((L, H, Dh), jnp.float32)
+    if mean_LxHxDh is None
+    else jnp.asarray(mean_LxHxDh, jnp.float32)
+  )
   if value.shape != (L, H, Dh):
     raise ValueError(f"mean_LxHxDh has shape {value.shape}, expected {(L, H, Dh)}.")
   return Interventions(head_mask_LxH=jnp.asarray(mask), head_value_LxHxDh=value)

@@ -27,16 +27,23 @@ from dirroute_jax.config import ConfigError
 Array = jax.Array
 
 KERNELS = ("xla", "cudnn", "splash")
-NAMES = {"xla": "XLA (unfused softmax)", "cudnn": "cuDNN flash attention",
-         "splash": "Pallas splash attention"}
+NAMES = {
+  "xla": "XLA (unfused softmax)",
+  "cudnn": "cuDNN flash attention",
+  "splash": "Pallas splash attention",
+}
 # Splash attention's tiles along the sequence (query and key blocks, forward and backward):
 # the largest of these that divides the (padded) length. At 433m (T = 1024, Dh = 128, bf16) 512
 # gives 2 x 2 blocks per head: a 512 x 512 float32 score tile (1 MiB) plus the q, k, v, o tiles
 # (128 KiB each) sit well inside the smallest VMEM of v4/v5e/v5p/v6e, with 4x fewer grid steps
 # (and per-step overheads) than jax's default of 128, as MaxText's defaults do.
 SPLASH_BLOCKS = (512, 256, 128)
-ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_heads",
-                   "activation_head_dim")
+ACTIVATION_AXES = (
+  "activation_batch",
+  "activation_length",
+  "activation_heads",
+  "activation_head_dim",
+)
 
 
 def _is_nvidia(device) -> bool:
@@ -50,8 +57,9 @@ def _is_nvidia(device) -> bool:
   return device.device_kind.upper().startswith("NVIDIA")
 
 
-def resolve_attention_impl(requested: str, dtype, head_dim: int,
-                           device: jax.Device | None = None) -> tuple[str, str]:
+def resolve_attention_impl(
+  requested: str, dtype, head_dim: int, device: jax.Device | None = None
+) -> tuple[str, str]:
   """The kernel the fused attention path runs, "xla", "cudnn" or "splash", and why.
 
   `jax.nn.dot_product_attention(implementation=None)` is XLA's unfused softmax(QK^T)V on every
@@ -76,39 +84,52 @@ def resolve_attention_impl(requested: str, dtype, head_dim: int,
     capability = tuple(int(v) for v in str(device.compute_capability).split("."))
     max_dh = 256 if capability >= (9, 0) else 128
     if capability < (8, 0):
-      problems.append(f"cuDNN flash attention needs compute capability >= 8.0, "
-                      f"{device.device_kind} has {device.compute_capability}")
+      problems.append(
+        f"cuDNN flash attention needs compute capability >= 8.0, "
+        f"{device.device_kind} has {device.compute_capability}"
+      )
     if head_dim % 8 or head_dim > max_dh:
       problems.append(f"cuDNN needs head_dim a multiple of 8 and <= {max_dh}, got {head_dim}")
   if jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
-    problems.append(f"cuDNN needs bf16/fp16 compute (model.dtype=bfloat16), the model runs "
-                    f"{jnp.dtype(dtype).name}")
+    problems.append(
+      f"cuDNN needs bf16/fp16 compute (model.dtype=bfloat16), the model runs "
+      f"{jnp.dtype(dtype).name}"
+    )
   if requested == "cudnn" and problems:
-    raise ConfigError(f"model.attention_impl='cudnn' cannot run here: {'; '.join(problems)}. "
-                      "Use model.attention_impl=auto (cuDNN where possible) or xla.")
+    raise ConfigError(
+      f"model.attention_impl='cudnn' cannot run here: {'; '.join(problems)}. "
+      "Use model.attention_impl=auto (cuDNN where possible) or xla."
+    )
   if problems:
     return "xla", f"auto: {problems[0]}"
-  return "cudnn", (f"model.attention_impl={requested}: {device.device_kind}, "
-                   f"{jnp.dtype(dtype).name}, head_dim {head_dim}")
+  return "cudnn", (
+    f"model.attention_impl={requested}: {device.device_kind}, "
+    f"{jnp.dtype(dtype).name}, head_dim {head_dim}"
+  )
 
 
 def _resolve_splash(requested: str, device) -> tuple[str, str]:
   """Splash attention is a Pallas TPU kernel: compiled by Mosaic on a TPU, run by the Pallas
   interpreter on a CPU (slow: for tests), and not available on GPUs."""
   if device.platform == "tpu":
-    return "splash", (f"model.attention_impl={requested}: {device.device_kind}, sequence blocks "
-                      f"of up to {SPLASH_BLOCKS[0]}")
+    return "splash", (
+      f"model.attention_impl={requested}: {device.device_kind}, sequence blocks "
+      f"of up to {SPLASH_BLOCKS[0]}"
+    )
   if device.platform == "cpu" and requested == "splash":
     return "splash", "model.attention_impl=splash: Pallas interpreter on CPU (slow; for tests)"
-  raise ConfigError(f"model.attention_impl='splash' cannot run here: it is a TPU kernel (run by "
-                    f"the Pallas interpreter on CPU), the devices are {device.platform} "
-                    f"({device.device_kind}). Use model.attention_impl=auto.")
+  raise ConfigError(
+    f"model.attention_impl='splash' cannot run here: it is a TPU kernel (run by "
+    f"the Pallas interpreter on CPU), the devices are {device.platform} "
+    f"({device.device_kind}). Use model.attention_impl=auto."
+  )
 
 
 def attention_impl_summary(model_cfg, device: jax.Device | None = None) -> str:
   """One line for the run's log: which attention kernel training uses and why."""
-  impl, why = resolve_attention_impl(model_cfg.attention_impl, model_cfg.dtype,
-                                     model_cfg.head_dim, device)
+  impl, why = resolve_attention_impl(
+    model_cfg.attention_impl, model_cfg.dtype, model_cfg.head_dim, device
+  )
   return f"Attention: {NAMES[impl]} ({why})"
 
 
@@ -117,8 +138,9 @@ def with_kernel(model_cfg, device: jax.Device):
 
   Trainers call this with their mesh's first device before tracing: inside a trace only an
   abstract description of the devices exists (no compute capability to check)."""
-  impl, _ = resolve_attention_impl(model_cfg.attention_impl, model_cfg.dtype,
-                                   model_cfg.head_dim, device)
+  impl, _ = resolve_attention_impl(
+    model_cfg.attention_impl, model_cfg.dtype, model_cfg.head_dim, device
+  )
   resolved = model_cfg.copy_and_resolve_references()
   with resolved.unlocked():
     resolved.attention_impl = impl
@@ -166,15 +188,23 @@ def splash_attention(q_BxTxHxDh, k_BxTxHxDh, v_BxTxHxDh, interpret: bool | None 
   B, T, H, Dh = q_BxTxHxDh.shape
   Tp = -(-T // 128) * 128
   block = next(b for b in SPLASH_BLOCKS if Tp % b == 0)
-  scale = jnp.asarray(Dh ** -0.5, jnp.float32)
+  scale = jnp.asarray(Dh**-0.5, jnp.float32)
   q_BxTxHxDh = (q_BxTxHxDh.astype(jnp.float32) * scale).astype(q_BxTxHxDh.dtype)
   pad = lambda x: jnp.pad(x, ((0, 0), (0, Tp - T), (0, 0), (0, 0))).swapaxes(1, 2)
   mask = splash.MultiHeadMask(masks=(splash.CausalMask(shape=(Tp, Tp)),) * H)
-  sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
-                            block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
-                            block_q_dq=block, block_kv_dq=block)
-  kernel = splash.make_splash_mha(mask=mask, head_shards=1, q_seq_shards=1, block_sizes=sizes,
-                                  interpret=interpret)
+  sizes = splash.BlockSizes(
+    block_q=block,
+    block_kv=block,
+    block_kv_compute=block,
+    block_q_dkv=block,
+    block_kv_dkv=block,
+    block_kv_dkv_compute=block,
+    block_q_dq=block,
+    block_kv_dq=block,
+  )
+  kernel = splash.make_splash_mha(
+    mask=mask, head_shards=1, q_seq_shards=1, block_sizes=sizes, interpret=interpret
+  )
   o_BxHxTxDh = jax.vmap(kernel)(pad(q_BxTxHxDh), pad(k_BxTxHxDh), pad(v_BxTxHxDh))
   return o_BxHxTxDh.swapaxes(1, 2)[:, :T].astype(v_BxTxHxDh.dtype)
 
@@ -182,12 +212,12 @@ def splash_attention(q_BxTxHxDh, k_BxTxHxDh, v_BxTxHxDh, interpret: bool | None 
 def _fused(impl: str, q_BxTxHxDh, k_BxTxHxDh, v_BxTxHxDh):
   if impl == "splash":
     return splash_attention(q_BxTxHxDh, k_BxTxHxDh, v_BxTxHxDh)
-  return jax.nn.dot_product_attention(q_BxTxHxDh, k_BxTxHxDh, v_BxTxHxDh, is_causal=True,
-                                      implementation=impl)
+  return jax.nn.dot_product_attention(
+    q_BxTxHxDh, k_BxTxHxDh, v_BxTxHxDh, is_causal=True, implementation=impl
+  )
 
 
-def causal_attention(q_BxTxHxDh: Array, k_BxTxHxDh: Array, v_BxTxHxDh: Array,
-                     impl: str) -> Array:
+def causal_attention(q_BxTxHxDh: Array, k_BxTxHxDh: Array, v_BxTxHxDh: Array, impl: str) -> Array:
   """softmax(q k^T / sqrt(Dh), causal) v per head, by kernel `impl` (see `resolve_attention_impl`).
 
   Returns z_BxTxHxDh, the per-head outputs before W_O."""
@@ -195,5 +225,9 @@ def causal_attention(q_BxTxHxDh: Array, k_BxTxHxDh: Array, v_BxTxHxDh: Array,
   if impl == "xla" or spec is None:  # plain XLA ops: the partitioner handles any sharding
     return _fused(impl, q_BxTxHxDh, k_BxTxHxDh, v_BxTxHxDh)
   # Each device attends within its own sequences and heads: no communication is needed.
-  return jax.shard_map(lambda q, k, v: _fused(impl, q, k, v), in_specs=(spec, spec, spec),
-                       out_specs=spec, check_vma=False)(q_BxTxHxDh, k_BxTxHxDh, v_BxTxHxDh)
+  return jax.shard_map(
+    lambda q, k, v: _fused(impl, q, k, v),
+    in_specs=(spec, spec, spec),
+    out_specs=spec,
+    check_vma=False,
+  )(q_BxTxHxDh, k_BxTxHxDh, v_BxTxHxDh)

@@ -5,8 +5,9 @@ import jax
 import optax
 
 
-def cross_entropy_sums(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
-                       weights_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
+def cross_entropy_sums(
+  logits_BxTxV: jax.Array, targets_BxT: jax.Array, weights_BxT: jax.Array
+) -> tuple[jax.Array, jax.Array]:
   """(loss_sum_B, tokens_B): per sequence, the weight-summed next-token cross-entropy and the
   summed weights (the number of real target tokens). Sums, not means, so that micro-batches,
   evaluation batches and processes combine exactly: mean = total loss / total tokens."""

@@ -65,14 +65,19 @@ def format_table(counts: dict[str, ParamCount], matched_d_ff: int | None = None)
   for comp in COMPONENTS:
     rows.append(f"{comp:<22}" + "".join(f"{counts[n].by_component[comp]:>16,}" for n in names))
   rows.append(f"{'total (padded vocab)':<22}" + "".join(f"{counts[n].total:>16,}" for n in names))
-  rows.append(f"{'total (vocab unpadded)':<22}"
-              + "".join(f"{counts[n].total_unpadded:>16,}" for n in names))
+  rows.append(
+    f"{'total (vocab unpadded)':<22}" + "".join(f"{counts[n].total_unpadded:>16,}" for n in names)
+  )
   overhead = routed.routing / baseline.total_unpadded
-  rows.append(f"routing overhead: {routed.routing:,} params = {100 * overhead:.3f}% of the "
-              f"unpadded baseline ({100 * routed.routing / baseline.total:.3f}% of the padded)")
+  rows.append(
+    f"routing overhead: {routed.routing:,} params = {100 * overhead:.3f}% of the "
+    f"unpadded baseline ({100 * routed.routing / baseline.total:.3f}% of the padded)"
+  )
   if "matched" in counts:
     gap = counts["matched"].total_unpadded - routed.total_unpadded
     width = f" (d_ff {matched_d_ff})" if matched_d_ff is not None else ""
-    rows.append(f"matched baseline{width}: {gap:+,} params vs routed = "
-                f"{100 * gap / routed.total_unpadded:+.4f}% (closest integer d_ff)")
+    rows.append(
+      f"matched baseline{width}: {gap:+,} params vs routed = "
+      f"{100 * gap / routed.total_unpadded:+.4f}% (closest integer d_ff)"
+    )
   return "\n".join(rows)

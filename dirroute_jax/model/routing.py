@@ -86,8 +86,9 @@ class Router(nn.Module):
     out_axes = ["router_hidden"] * self.depth + ["router_out"]  # distinct names to shard
     widths = [self.hidden] * self.depth + [self.num_heads * self.num_directions]
     names = [f"hidden_{i}" for i in range(self.depth)] + ["out"]
-    layers = [_dense(w, (i, o), self.dtype, n)
-              for w, i, o, n in zip(widths, in_axes, out_axes, names)]
+    layers = [
+      _dense(w, (i, o), self.dtype, n) for w, i, o, n in zip(widths, in_axes, out_axes, names)
+    ]
     if self.pooling == "none":  # the caller pooled already (incremental decoding)
       h = layers[0](x_BxTxD)
     elif self.pooling == "causal_mean" and widths[0] < x_BxTxD.shape[-1]:
@@ -104,9 +105,9 @@ class Router(nn.Module):
 
 def _dense(features: int, axes: tuple[str, str], dtype, name: str) -> nn.Dense:
   return nn.Dense(
-      features,
-      dtype=dtype,
-      kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)),
-      name=name,
+    features,
+    dtype=dtype,
+    kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)),
+    name=name,
   )

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,9 +31,9 @@ Array = jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class Sample:
-  tokens: list[int]        # the generated tokens (the prompt excluded)
-  logits_NxV: np.ndarray   # float32 logits each generated token was drawn from
-  incremental: bool        # False: the prefix was re-run in full for every token
+  tokens: list[int]  # the generated tokens (the prompt excluded)
+  logits_NxV: np.ndarray  # float32 logits each generated token was drawn from
+  incremental: bool  # False: the prefix was re-run in full for every token
 
 
 def is_incremental(model: Transformer) -> bool:
@@ -41,9 +41,17 @@ def is_incremental(model: Transformer) -> bool:
   return not model.cfg.routing or model.cfg.pooling == "causal_mean"
 
 
-def sample(model: Transformer, params, prompt_tokens: Sequence[int], *, max_new_tokens: int,
-           temperature: float = 1.0, top_k: int = 0, seed: int = 0,
-           incremental: bool | None = None) -> Sample:
+def sample(
+  model: Transformer,
+  params,
+  prompt_tokens: Sequence[int],
+  *,
+  max_new_tokens: int,
+  temperature: float = 1.0,
+  top_k: int = 0,
+  seed: int = 0,
+  incremental: bool | None = None,
+) -> Sample:
   """Generates `max_new_tokens` tokens after `prompt_tokens` (at least one token).
 
   temperature 0 is greedy decoding; top_k > 0 samples among the k most likely tokens only.
@@ -54,22 +62,26 @@ def sample(model: Transformer, params, prompt_tokens: Sequence[int], *, max_new_
   if len(prompt_tokens) == 0:
     raise ValueError("sampling needs a prompt of at least one token.")
   if temperature < 0 or top_k < 0 or max_new_tokens < 1:
-    raise ValueError(f"need temperature >= 0, top_k >= 0 and max_new_tokens >= 1 (got "
-                     f"{temperature}, {top_k}, {max_new_tokens}).")
+    raise ValueError(
+      f"need temperature >= 0, top_k >= 0 and max_new_tokens >= 1 (got "
+      f"{temperature}, {top_k}, {max_new_tokens})."
+    )
   if incremental is None:
     incremental = is_incremental(model)
   elif incremental and not is_incremental(model):
     raise ValueError("a sequence_mean router cannot decode incrementally; use incremental=None.")
   prompt_1xP = jnp.asarray([list(prompt_tokens)], jnp.int32)
   key = jax.random.key(seed)
-  settings = dict(max_new_tokens=int(max_new_tokens), temperature=float(temperature),
-                  top_k=int(top_k))
+  settings = dict(
+    max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_k=int(top_k)
+  )
   if incremental:
     tokens_N, logits_NxV = _generate_cached(model, params, prompt_1xP, key, **settings)
   else:
     tokens_N, logits_NxV = _generate_full(model, params, prompt_1xP, key, **settings)
-  return Sample([int(t) for t in np.asarray(tokens_N)], np.asarray(logits_NxV, np.float32),
-                bool(incremental))
+  return Sample(
+    [int(t) for t in np.asarray(tokens_N)], np.asarray(logits_NxV, np.float32), bool(incremental)
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("temperature", "top_k"))
@@ -88,14 +100,16 @@ def _generate_cached(model, params, prompt_1xP, key, *, max_new_tokens, temperat
   decoder = model.clone(decode=True)
 
   def run(cache, tokens_1xT):
-    logits_1xTxV, state = decoder.apply({"params": params, "cache": cache}, tokens_1xT,
-                                        mutable=["cache"])
+    logits_1xTxV, state = decoder.apply(
+      {"params": params, "cache": cache}, tokens_1xT, mutable=["cache"]
+    )
     return state["cache"], logits_1xTxV[:, -1]
 
   # The cache's capacity is the length of the sequence that creates it; start it empty.
   capacity_1xC = jnp.zeros((1, prompt_1xP.shape[1] + max_new_tokens), jnp.int32)
   shapes = jax.eval_shape(
-      lambda: decoder.apply({"params": params}, capacity_1xC, mutable=["cache"])[1]["cache"])
+    lambda: decoder.apply({"params": params}, capacity_1xC, mutable=["cache"])[1]["cache"]
+  )
   cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
   cache, logits_1xV = run(cache, prompt_1xP)
 
@@ -105,8 +119,7 @@ def _generate_cached(model, params, prompt_1xP, key, *, max_new_tokens, temperat
     cache, next_logits_1xV = run(cache, token_1[:, None])
     return (cache, next_logits_1xV), (token_1[0], logits_1xV[0])
 
-  _, (tokens_N, logits_NxV) = jax.lax.scan(step, (cache, logits_1xV),
-                                           jnp.arange(max_new_tokens))
+  _, (tokens_N, logits_NxV) = jax.lax.scan(step, (cache, logits_1xV), jnp.arange(max_new_tokens))
   return tokens_N, logits_NxV
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import flax.traverse_util
@@ -40,9 +40,12 @@ class RMSNorm(nn.Module):
     """Returns (normalised x, 1/rms(x) as B x T x 1); the second is what DLA needs."""
     if not self.enabled:
       return x_BxTxD.astype(self.dtype), jnp.ones(x_BxTxD.shape[:-1] + (1,), jnp.float32)
-    scale_D = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(),
-                                                               ("norm",)),
-                         (x_BxTxD.shape[-1],), jnp.float32)
+    scale_D = self.param(
+      "scale",
+      nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+      (x_BxTxD.shape[-1],),
+      jnp.float32,
+    )
     x = x_BxTxD.astype(jnp.float32)
     inv_rms_BxTx1 = jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
     return (x * inv_rms_BxTx1 * scale_D).astype(self.dtype), inv_rms_BxTx1
@@ -58,15 +61,19 @@ class SwiGLU(nn.Module):
   @nn.compact
   def __call__(self, x_BxTxD: Array) -> Array:
     def dense(features, axes, std, name):
-      return nn.Dense(features, use_bias=False, dtype=self.dtype, name=name,
-                      kernel_init=nn.with_logical_partitioning(nn.initializers.normal(std),
-                                                               axes))
+      return nn.Dense(
+        features,
+        use_bias=False,
+        dtype=self.dtype,
+        name=name,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.normal(std), axes),
+      )
 
     gate_BxTxF = dense(self.d_ff, ("embed", "mlp"), self.init_std, "wi_gate")(x_BxTxD)
     up_BxTxF = dense(self.d_ff, ("embed", "mlp"), self.init_std, "wi_up")(x_BxTxD)
-    h_BxTxF = nn.with_logical_constraint(nn.silu(gate_BxTxF) * up_BxTxF,
-                                         ("activation_batch", "activation_length",
-                                          "activation_mlp"))
+    h_BxTxF = nn.with_logical_constraint(
+      nn.silu(gate_BxTxF) * up_BxTxF, ("activation_batch", "activation_length", "activation_mlp")
+    )
     return dense(self.d_model, ("mlp", "embed"), self.out_init_std, "wo")(h_BxTxF)
 
 
@@ -79,13 +86,25 @@ def _out_init_std(m) -> float:
 def attention_config(m, *, decode: bool = False, linear: bool = False) -> AttentionConfig:
   """The attention layers' config, from the model config `m` and the model's modes."""
   return AttentionConfig(
-      num_heads=m.num_heads, head_dim=m.head_dim, d_model=m.d_model, rope_theta=m.rope_theta,
-      init_std=m.init_std, out_init_std=_out_init_std(m), dtype=jnp.dtype(m.dtype),
-      attention=m.attention, attention_impl=m.attention_impl, routing=m.routing,
-      num_directions=m.num_directions, router_hidden=m.router_hidden,
-      router_depth=m.router_depth, router_activation=m.router_activation,
-      router_temperature=m.router_temperature, pooling=m.pooling, linear=linear,
-      decode=decode)
+    num_heads=m.num_heads,
+    head_dim=m.head_dim,
+    d_model=m.d_model,
+    rope_theta=m.rope_theta,
+    init_std=m.init_std,
+    out_init_std=_out_init_std(m),
+    dtype=jnp.dtype(m.dtype),
+    attention=m.attention,
+    attention_impl=m.attention_impl,
+    routing=m.routing,
+    num_directions=m.num_directions,
+    router_hidden=m.router_hidden,
+    router_depth=m.router_depth,
+    router_activation=m.router_activation,
+    router_temperature=m.router_temperature,
+    pooling=m.pooling,
+    linear=linear,
+    decode=decode,
+  )
 
 
 class Block(nn.Module):
@@ -107,12 +126,12 @@ class Block(nn.Module):
     h_BxTxD, _ = RMSNorm(m.norm_eps, dtype, norm, name="attn_norm")(x_BxTxD)
     router_x_BxTxD = h_BxTxD if m.router_input == "normed" else x_BxTxD
     x_BxTxD = x_BxTxD + Attention(self.attn, prefix=f"{prefix}.attn", name="attn")(
-        h_BxTxD, router_x_BxTxD, iv.layer(self.layer), capture)
+      h_BxTxD, router_x_BxTxD, iv.layer(self.layer), capture
+    )
     x_BxTxD = nn.with_logical_constraint(x_BxTxD, _RESID_AXES)
     sow("resid_mid", x_BxTxD)
     h_BxTxD, _ = RMSNorm(m.norm_eps, dtype, norm, name="mlp_norm")(x_BxTxD)
-    mlp_BxTxD = SwiGLU(m.d_ff, m.d_model, m.init_std, _out_init_std(m), dtype,
-                       name="mlp")(h_BxTxD)
+    mlp_BxTxD = SwiGLU(m.d_ff, m.d_model, m.init_std, _out_init_std(m), dtype, name="mlp")(h_BxTxD)
     sow("mlp.out", mlp_BxTxD)
     x_BxTxD = nn.with_logical_constraint(x_BxTxD + mlp_BxTxD, _RESID_AXES)
     sow("resid_post", x_BxTxD)
@@ -122,8 +141,9 @@ class Block(nn.Module):
 def _remat(block_cls, policy: str):
   if policy == "none":
     return block_cls
-  jax_policy = {"full": None,
-                "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}[policy]
+  jax_policy = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}[
+    policy
+  ]
   # static_argnums counts self: (x, interventions, capture) -> capture is 3.
   return nn.remat(block_cls, policy=jax_policy, static_argnums=(3,))
 
@@ -145,23 +165,28 @@ class Transformer(nn.Module):
   linear_layers: int = 0
 
   @nn.compact
-  def __call__(self, tokens_BxT: Array, interventions: Interventions | None = None,
-               capture: Sequence[str] = ()) -> Array:
+  def __call__(
+    self, tokens_BxT: Array, interventions: Interventions | None = None, capture: Sequence[str] = ()
+  ) -> Array:
     m, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
     iv = interventions if interventions is not None else Interventions()
     V = padded_vocab_size(m)
     embed = nn.Embed(
-        V, m.d_model, dtype=dtype, name="embed",
-        embedding_init=nn.with_logical_partitioning(nn.initializers.normal(m.init_std),
-                                                    ("vocab", "embed")))
+      V,
+      m.d_model,
+      dtype=dtype,
+      name="embed",
+      embedding_init=nn.with_logical_partitioning(
+        nn.initializers.normal(m.init_std), ("vocab", "embed")
+      ),
+    )
     x_BxTxD = nn.with_logical_constraint(embed(tokens_BxT), _RESID_AXES)
     block_cls = Block if self.decode else _remat(Block, m.remat)
     attn = attention_config(m, decode=self.decode)
     for l in range(m.num_layers):
       attn_l = dataclasses.replace(attn, linear=l < self.linear_layers)
       x_BxTxD = block_cls(m, l, attn_l, name=f"blocks_{l}")(x_BxTxD, iv, tuple(capture))
-    h_BxTxD, inv_rms_BxTx1 = RMSNorm(m.norm_eps, dtype, m.norm == "rms",
-                                     name="final_norm")(x_BxTxD)
+    h_BxTxD, inv_rms_BxTx1 = RMSNorm(m.norm_eps, dtype, m.norm == "rms", name="final_norm")(x_BxTxD)
     if wants(capture, "final_norm.scale"):
       self.sow("intermediates", "final_norm.scale", inv_rms_BxTx1)
     logits_BxTxV = embed.attend(h_BxTxD).astype(jnp.float32)  # tied input/output embedding
@@ -178,9 +203,15 @@ def build_model(model_cfg: ml_collections.ConfigDict) -> Transformer:
   return Transformer(ml_collections.FrozenConfigDict(model_cfg))
 
 
-def forward(model: Transformer, params, tokens_BxT: Array, *,
-            interventions: Interventions | None = None, capture: Sequence[str] = (),
-            linear_layers: int = 0) -> tuple[Array, dict[str, Array]]:
+def forward(
+  model: Transformer,
+  params,
+  tokens_BxT: Array,
+  *,
+  interventions: Interventions | None = None,
+  capture: Sequence[str] = (),
+  linear_layers: int = 0,
+) -> tuple[Array, dict[str, Array]]:
   """The pure forward pass: (logits_BxTxV, {activation name: array}).
 
   `params` are unboxed Linen params (no `nn.Partitioned` wrappers needed, but they are accepted).
@@ -196,8 +227,9 @@ def forward(model: Transformer, params, tokens_BxT: Array, *,
     model = model.clone(linear_layers=linear_layers)
   if not capture:
     return model.apply({"params": params}, tokens_BxT, interventions, ()), {}
-  logits, state = model.apply({"params": params}, tokens_BxT, interventions, capture,
-                              mutable=["intermediates"])
+  logits, state = model.apply(
+    {"params": params}, tokens_BxT, interventions, capture, mutable=["intermediates"]
+  )
   flat = flax.traverse_util.flatten_dict(state["intermediates"])
   return logits, {path[-1]: values[0] for path, values in flat.items()}
 
@@ -210,5 +242,6 @@ def init_params(model: Transformer, rng: Array, seq_len: int = 8):
 
 def abstract_params(model: Transformer, seq_len: int = 8):
   """Params as boxed ShapeDtypeStructs (logical axis names kept), nothing allocated."""
-  return jax.eval_shape(lambda: model.init(jax.random.key(0),
-                                           jnp.zeros((1, seq_len), jnp.int32)))["params"]
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, seq_len), jnp.int32)))[
+    "params"
+  ]

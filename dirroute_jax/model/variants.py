@@ -54,10 +54,10 @@ def matched_d_ff(model_cfg) -> int:
 # a callable value is computed from `model`. "matched" is the baseline with its MLP widened so
 # that its parameter count matches the routed model's (the rule: `matched_d_ff`).
 MODEL_VARIANTS = {
-    "routed": {"routing": True},
-    "baseline": {"routing": False},
-    "sd": {"routing": False, "attention": "sd"},
-    "matched": {"routing": False, "d_ff": matched_d_ff},
+  "routed": {"routing": True},
+  "baseline": {"routing": False},
+  "sd": {"routing": False, "attention": "sd"},
+  "matched": {"routing": False, "d_ff": matched_d_ff},
 }
 
 
@@ -73,8 +73,9 @@ def model_configs(cfg) -> dict[str, ml_collections.ConfigDict]:
   names = [n.strip() for n in cfg.models.split(",") if n.strip()]
   unknown = [n for n in names if n not in MODEL_VARIANTS]
   if not names or unknown or len(set(names)) != len(names):
-    raise ConfigError(f"models={cfg.models!r}: give distinct names from "
-                      f"{sorted(MODEL_VARIANTS)}, comma-separated.")
+    raise ConfigError(
+      f"models={cfg.models!r}: give distinct names from {sorted(MODEL_VARIANTS)}, comma-separated."
+    )
   return {name: model_variant(cfg.model, name) for name in names}
 
 

@@ -24,22 +24,26 @@ Restores always use the caller's target shardings, never the saved ones, so a
 checkpoint written on a pod loads onto one CPU or any other mesh.
 """
 
-from collections.abc import Mapping
 import dataclasses
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
-from absl import logging
-from etils import epath
 import grain
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
 
 from dirroute_jax import workdir as workdir_lib
 from dirroute_jax.train import integrity
-from dirroute_jax.train.integrity import (CHECKSUM, CheckpointCorruptError, CheckpointError,
-                                          CheckpointMismatchError)
+from dirroute_jax.train.integrity import (
+  CHECKSUM,
+  CheckpointCorruptError,
+  CheckpointError,
+  CheckpointMismatchError,
+)
 
 PyTree = Any
 
@@ -122,8 +126,9 @@ class CheckpointReader:
 
   # --- restoring (read only) ---------------------------------------------------
 
-  def restore_subtree(self, abstract_subtree: PyTree, *,
-                      step: int | None = None) -> tuple[PyTree, int]:
+  def restore_subtree(
+    self, abstract_subtree: PyTree, *, step: int | None = None
+  ) -> tuple[PyTree, int]:
     """Restores only the leaves present in `abstract_subtree` (e.g. params).
 
     Analysis tools need params only; this skips reading optimizer moments.
@@ -134,30 +139,43 @@ class CheckpointReader:
 
     def restore_step(step):
       saved_tree = self._saved_tree(step)
-      integrity.check_fits(saved_tree, abstract_subtree, self._step_dir(step),
-                  partial=True)
+      integrity.check_fits(saved_tree, abstract_subtree, self._step_dir(step), partial=True)
       wanted = abstract_subtree
       # The saved step number comes along, to be checked against the
       # directory's name (a few bytes).
       key = self.step_leaf
-      add_step = (key is not None and isinstance(saved_tree, Mapping)
-                  and key in saved_tree and isinstance(wanted, Mapping)
-                  and key not in wanted)
+      add_step = (
+        key is not None
+        and isinstance(saved_tree, Mapping)
+        and key in saved_tree
+        and isinstance(wanted, Mapping)
+        and key not in wanted
+      )
       if add_step:
         leaf = saved_tree[key]
-        wanted = {**wanted, key: jax.ShapeDtypeStruct(
-            tuple(leaf.shape), leaf.dtype, sharding=_default_sharding())}
+        wanted = {
+          **wanted,
+          key: jax.ShapeDtypeStruct(tuple(leaf.shape), leaf.dtype, sharding=_default_sharding()),
+        }
       args = ocp.args.PyTreeRestore(
-          item=wanted,
-          restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
-          partial_restore=True)
+        item=wanted,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
+        partial_restore=True,
+      )
       with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
         restored = ckptr.restore(self._step_dir(step) / STATE, args=args)
       saved_items = self._saved_items(step)
-      sums = (self._restore_items(step, {})[CHECKSUM]
-              if (self._step_dir(step) / CHECKSUM).exists() else None)
-      integrity.verify(restored, sums, self._step_dir(step),
-              checksum_saved=saved_items is None or CHECKSUM in saved_items)
+      sums = (
+        self._restore_items(step, {})[CHECKSUM]
+        if (self._step_dir(step) / CHECKSUM).exists()
+        else None
+      )
+      integrity.verify(
+        restored,
+        sums,
+        self._step_dir(step),
+        checksum_saved=saved_items is None or CHECKSUM in saved_items,
+      )
       integrity.check_step(restored, step, self._step_dir(step), self.step_leaf)
       if add_step:
         restored = {k: v for k, v in restored.items() if k != key}
@@ -176,8 +194,11 @@ class CheckpointReader:
     for _ in range(_MAX_ROUNDS):
       # Newest first, listed again after a step vanished under a reader (a
       # trainer's retention deletes old steps while this one reads).
-      s = int(step) if step is not None else next(
-          (s for s in reversed(self.all_steps()) if s not in tried), None)
+      s = (
+        int(step)
+        if step is not None
+        else next((s for s in reversed(self.all_steps()) if s not in tried), None)
+      )
       if s is None or s in tried:
         break
       tried.add(s)
@@ -194,16 +215,20 @@ class CheckpointReader:
           continue
         if step is not None:
           raise CheckpointError(
-              f'the config saved in {self._step_dir(s) / CONFIG} is '
-              f'unreadable ({type(e).__name__}: {_short(e)})') from e
-        logging.warning('The config saved in %s is unreadable (%s: %s); '
-                        'using an older step\'s.', self._step_dir(s) / CONFIG,
-                        type(e).__name__, _short(e))
+            f'the config saved in {self._step_dir(s) / CONFIG} is '
+            f'unreadable ({type(e).__name__}: {_short(e)})'
+          ) from e
+        logging.warning(
+          'The config saved in %s is unreadable (%s: %s); using an older step\'s.',
+          self._step_dir(s) / CONFIG,
+          type(e).__name__,
+          _short(e),
+        )
     steps = self.all_steps() or steps
     where = f'step {step}' if step is not None else 'any step'
     raise FileNotFoundError(
-        f'no saved config for {where} in {self.directory} (none readable); '
-        f'steps: {steps}')
+      f'no saved config for {where} in {self.directory} (none readable); steps: {steps}'
+    )
 
   # --- internals --------------------------------------------------------------
 
@@ -242,16 +267,16 @@ class CheckpointReader:
     if step is not None:
       if int(step) not in steps:
         raise FileNotFoundError(
-            f'no complete checkpoint for step {step} in {self.directory}; '
-            f'available steps: {steps}')
+          f'no complete checkpoint for step {step} in {self.directory}; available steps: {steps}'
+        )
       try:
         return restore_step(int(step)), int(step)
       except CheckpointMismatchError:
         raise
       except Exception as e:  # pylint: disable=broad-exception-caught
         raise CheckpointError(
-            f'checkpoint {self._step_dir(step)} is unreadable: '
-            f'{type(e).__name__}: {e}') from e
+          f'checkpoint {self._step_dir(step)} is unreadable: {type(e).__name__}: {e}'
+        ) from e
     if not steps:
       raise FileNotFoundError(f'no checkpoint in {self.directory}')
     failures, tried = [], set()
@@ -274,37 +299,47 @@ class CheckpointReader:
         # trainer beside it: the failed step is being deleted by its retention
         # (orbax removes a step's items one by one), not damaged.
         removed = not self._step_dir(s).exists() or (
-            self.read_only and any(n > s for n in self.all_steps()))
+          self.read_only and any(n > s for n in self.all_steps())
+        )
         if removed:
-          logging.info('Checkpoint %s was removed while being read (a running '
-                       'trainer\'s retention); trying the newest one left.',
-                       self._step_dir(s))
+          logging.info(
+            'Checkpoint %s was removed while being read (a running '
+            'trainer\'s retention); trying the newest one left.',
+            self._step_dir(s),
+          )
           continue
-        what = (f'it is moved to '
-                f'{workdir_lib.path(self.workdir, workdir_lib.CORRUPT_CHECKPOINTS)}'
-                if not self.read_only else
-                'it is left where it is (a reader moves nothing)')
+        what = (
+          f'it is moved to {workdir_lib.path(self.workdir, workdir_lib.CORRUPT_CHECKPOINTS)}'
+          if not self.read_only
+          else 'it is left where it is (a reader moves nothing)'
+        )
         logging.warning(
-            'Checkpoint %s is corrupt or partial (%s: %s); falling back to '
-            'the previous one.', self._step_dir(s), type(e).__name__,
-            _short(e))
-        print(f'WARNING: checkpoint {self._step_dir(s)} is corrupt or partial '
-              f'({type(e).__name__}: {_short(e, 200)}); {what} and '
-              'the previous one is used.', flush=True)
+          'Checkpoint %s is corrupt or partial (%s: %s); falling back to the previous one.',
+          self._step_dir(s),
+          type(e).__name__,
+          _short(e),
+        )
+        print(
+          f'WARNING: checkpoint {self._step_dir(s)} is corrupt or partial '
+          f'({type(e).__name__}: {_short(e, 200)}); {what} and '
+          'the previous one is used.',
+          flush=True,
+        )
         failures.append((s, e))
         continue
       self._quarantine([f for f, _ in failures if f > s])
       return restored, s
     if not failures:
       raise FileNotFoundError(
-          f'no checkpoint in {self.directory} (steps {sorted(tried)} were '
-          'removed while being read; is a trainer with checkpoint.keep=1 '
-          'saving there? Try again)')
-    details = '; '.join(
-        f'step {s}: {type(e).__name__}: {_short(e)}' for s, e in failures)
+        f'no checkpoint in {self.directory} (steps {sorted(tried)} were '
+        'removed while being read; is a trainer with checkpoint.keep=1 '
+        'saving there? Try again)'
+      )
+    details = '; '.join(f'step {s}: {type(e).__name__}: {_short(e)}' for s, e in failures)
     raise CheckpointError(
-        f'no usable checkpoint in {self.directory} (tried steps '
-        f'{[s for s, _ in failures]}): {details}') from failures[0][1]
+      f'no usable checkpoint in {self.directory} (tried steps '
+      f'{[s for s, _ in failures]}): {details}'
+    ) from failures[0][1]
 
   def _quarantine(self, steps: list[int]):
     """A reader moves nothing: skipped steps stay where they are."""
@@ -322,26 +357,44 @@ class Checkpointer(CheckpointReader):
 
   read_only = False
 
-  def __init__(self, workdir: epath.PathLike, *, keep: int = 3,
-               permanent_every: int = 0, async_save: bool = True,
-               step_leaf: str | None = None,
-               policy: SavePolicy | None = None):
+  def __init__(
+    self,
+    workdir: epath.PathLike,
+    *,
+    keep: int = 3,
+    permanent_every: int = 0,
+    async_save: bool = True,
+    step_leaf: str | None = None,
+    policy: SavePolicy | None = None,
+  ):
     """`step_leaf`: see CheckpointReader. `policy`: when training saves
     (default: only when the loop forces a save)."""
     if keep < 1:
-      raise ValueError(f'keep must be >= 1 (got {keep}): keep=0 would delete '
-                       'the checkpoint just written.')
+      raise ValueError(
+        f'keep must be >= 1 (got {keep}): keep=0 would delete the checkpoint just written.'
+      )
     self._locate(workdir, step_leaf)
     _check_writable(self.directory)
     self.policy = policy or SavePolicy()
-    self._mngr = _manager(self.directory, read_only=False, keep=keep,
-                          permanent_every=permanent_every,
-                          async_save=async_save)
+    self._mngr = _manager(
+      self.directory,
+      read_only=False,
+      keep=keep,
+      permanent_every=permanent_every,
+      async_save=async_save,
+    )
 
   # --- saving -----------------------------------------------------------------
 
-  def save(self, step: int, state: PyTree, *, data_iter: Any = None,
-           config: Any = None, force: bool = False) -> bool:
+  def save(
+    self,
+    step: int,
+    state: PyTree,
+    *,
+    data_iter: Any = None,
+    config: Any = None,
+    force: bool = False,
+  ) -> bool:
     """Starts saving `state` (and the iterator position and config) at `step`.
 
     Returns as soon as device arrays are copied to host (if async); the write
@@ -363,16 +416,16 @@ class Checkpointer(CheckpointReader):
       return False
     digest = integrity.state_digest(state)
     integrity.check_finite(digest, step)
-    items = {STATE: ocp.args.StandardSave(state),
-             CHECKSUM: ocp.args.JsonSave(
-                 {p: d['sums'] for p, d in digest.items()})}
+    items = {
+      STATE: ocp.args.StandardSave(state),
+      CHECKSUM: ocp.args.JsonSave({p: d['sums'] for p, d in digest.items()}),
+    }
     if data_iter is not None:
       items[DATA] = grain.checkpoint.CheckpointSave(data_iter)
     if config is not None:
       items[CONFIG] = ocp.args.JsonSave(config_to_json(config))
     try:
-      started = self._mngr.save(
-          int(step), args=ocp.args.Composite(**items), force=force)
+      started = self._mngr.save(int(step), args=ocp.args.Composite(**items), force=force)
     except Exception as e:  # pylint: disable=broad-exception-caught
       raise _write_error(self.directory, step, e) from e
     self.policy.restart_clock()
@@ -405,9 +458,15 @@ class Checkpointer(CheckpointReader):
 
   # --- restoring the training state -------------------------------------------
 
-  def restore(self, abstract_state: PyTree, *, step: int | None = None,
-              data_iter: Any = None, data_fallback: Any = None,
-              data_verify: Any = None) -> tuple[PyTree, int]:
+  def restore(
+    self,
+    abstract_state: PyTree,
+    *,
+    step: int | None = None,
+    data_iter: Any = None,
+    data_fallback: Any = None,
+    data_verify: Any = None,
+  ) -> tuple[PyTree, int]:
     """Restores the state onto the shardings of `abstract_state`.
 
     Args:
@@ -448,48 +507,62 @@ class Checkpointer(CheckpointReader):
 
     def restore_step(step):
       step_dir = self._step_dir(step)
-      integrity.check_fits(self._saved_tree(step), abstract_state, step_dir,
-                  partial=False)
+      integrity.check_fits(self._saved_tree(step), abstract_state, step_dir, partial=False)
       args = {STATE: ocp.args.StandardRestore(abstract_state)}
       saved_items = self._saved_items(step)
       if data_iter is not None:
-        own_file = (step_dir / DATA /
-                    f'process_{jax.process_index()}-of-{jax.process_count()}.json')
+        own_file = step_dir / DATA / f'process_{jax.process_index()}-of-{jax.process_count()}.json'
         if not (step_dir / DATA).exists():
           if saved_items is None or DATA in saved_items:
             # Saved with an iterator that is gone now (deleted, a partial
             # copy): the step is incomplete, like one with a missing array.
             raise CheckpointCorruptError(
-                f'{step_dir / DATA} is missing, though the step was saved '
-                'with it')
+              f'{step_dir / DATA} is missing, though the step was saved with it'
+            )
           if data_fallback is None:
             # This step was saved without an iterator, which falling back
             # would not fix.
             raise CheckpointMismatchError(
-                f'{step_dir} holds no data-iterator state (saved without '
-                'data_iter); restore without data_iter.')
-          logging.warning('%s was saved without a data-iterator position; '
-                          'positioning the iterator from the step.', step_dir)
+              f'{step_dir} holds no data-iterator state (saved without '
+              'data_iter); restore without data_iter.'
+            )
+          logging.warning(
+            '%s was saved without a data-iterator position; '
+            'positioning the iterator from the step.',
+            step_dir,
+          )
         elif own_file.exists() or data_fallback is None:
           args[DATA] = grain.checkpoint.CheckpointRestore(data_iter)
         else:
-          logging.warning('%s; positioning the data iterator from the step '
-                          'instead.', _why_no_iterator_file(own_file))
+          logging.warning(
+            '%s; positioning the data iterator from the step instead.',
+            _why_no_iterator_file(own_file),
+          )
       restored = self._restore_items(step, args)
-      integrity.verify(restored[STATE], restored.get(CHECKSUM), step_dir,
-              checksum_saved=saved_items is None or CHECKSUM in saved_items)
+      integrity.verify(
+        restored[STATE],
+        restored.get(CHECKSUM),
+        step_dir,
+        checksum_saved=saved_items is None or CHECKSUM in saved_items,
+      )
       integrity.check_step(restored[STATE], step, step_dir, self.step_leaf)
       if data_iter is not None and DATA in args and data_verify is not None:
         why = data_verify(step)
         if why is not None:
           if data_fallback is None:
             raise CheckpointCorruptError(f'{step_dir / DATA} is damaged: {why}')
-          logging.warning('%s does not belong to step %d (%s); positioning '
-                          'the data iterator from the step instead.',
-                          step_dir / DATA, step, why)
-          print(f'WARNING: {step_dir / DATA} does not belong to step {step} '
-                f'({why}); the data iterator is positioned from the step.',
-                flush=True)
+          logging.warning(
+            '%s does not belong to step %d (%s); positioning '
+            'the data iterator from the step instead.',
+            step_dir / DATA,
+            step,
+            why,
+          )
+          print(
+            f'WARNING: {step_dir / DATA} does not belong to step {step} '
+            f'({why}); the data iterator is positioned from the step.',
+            flush=True,
+          )
           args.pop(DATA)
       if data_iter is not None and DATA not in args:
         data_fallback(step)
@@ -528,33 +601,42 @@ _STEP_METADATA = '_CHECKPOINT_METADATA'  # orbax's per-step metadata file
 _MAX_ROUNDS = 50
 
 
-def _manager(directory: epath.Path, *, read_only: bool, keep: int = 1,
-             permanent_every: int = 0,
-             async_save: bool = True) -> ocp.CheckpointManager:
+def _manager(
+  directory: epath.Path,
+  *,
+  read_only: bool,
+  keep: int = 1,
+  permanent_every: int = 0,
+  async_save: bool = True,
+) -> ocp.CheckpointManager:
   """Orbax's manager for `directory`, reading only or writing with retention."""
   policies = [_policies.LatestN(keep)]
   if permanent_every > 0:
     policies.append(_policies.EveryNSteps(permanent_every))
   options = ocp.CheckpointManagerOptions(
-      preservation_policy=_policies.AnyPreservationPolicy(policies),
-      enable_async_checkpointing=async_save,
-      save_interval_steps=0 if read_only else 1,
-      # Removes `<step>.orbax-checkpoint-tmp` leftovers of a crashed save.
-      cleanup_tmp_directories=not read_only,
-      read_only=read_only,
-      create=not read_only,
+    preservation_policy=_policies.AnyPreservationPolicy(policies),
+    enable_async_checkpointing=async_save,
+    save_interval_steps=0 if read_only else 1,
+    # Removes `<step>.orbax-checkpoint-tmp` leftovers of a crashed save.
+    cleanup_tmp_directories=not read_only,
+    read_only=read_only,
+    create=not read_only,
   )
   # Explicit handlers let a fresh process read metadata before any save. A handler
   # registry, not `item_handlers=` (deprecated since orbax 0.11): one entry per item and
   # direction, the same handler for both.
   registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
   for item, handler, save_args, restore_args in (
-      (STATE, ocp.StandardCheckpointHandler(), ocp.args.StandardSave,
-       ocp.args.StandardRestore),
-      (DATA, grain.checkpoint.CheckpointHandler(), grain.checkpoint.CheckpointSave,
-       grain.checkpoint.CheckpointRestore),
-      (CONFIG, ocp.JsonCheckpointHandler(), ocp.args.JsonSave, ocp.args.JsonRestore),
-      (CHECKSUM, ocp.JsonCheckpointHandler(), ocp.args.JsonSave, ocp.args.JsonRestore)):
+    (STATE, ocp.StandardCheckpointHandler(), ocp.args.StandardSave, ocp.args.StandardRestore),
+    (
+      DATA,
+      grain.checkpoint.CheckpointHandler(),
+      grain.checkpoint.CheckpointSave,
+      grain.checkpoint.CheckpointRestore,
+    ),
+    (CONFIG, ocp.JsonCheckpointHandler(), ocp.args.JsonSave, ocp.args.JsonRestore),
+    (CHECKSUM, ocp.JsonCheckpointHandler(), ocp.args.JsonSave, ocp.args.JsonRestore),
+  ):
     registry.add(item, save_args, handler)
     registry.add(item, restore_args, handler)
   return ocp.CheckpointManager(directory, options=options, handler_registry=registry)
@@ -568,22 +650,26 @@ def _why_no_iterator_file(own_file: epath.Path) -> str:
   """Why this process's grain state is not in the step: deleted, or written
   by a different number of processes (grain saves one file per process)."""
   others = sorted(f.name for f in own_file.parent.glob('process_*.json'))
-  counts = {n.rsplit('-of-', 1)[-1][:-len('.json')] for n in others}
+  counts = {n.rsplit('-of-', 1)[-1][: -len('.json')] for n in others}
   if others and str(jax.process_count()) not in counts:
-    return (f'{own_file.parent} was written by {"/".join(sorted(counts))} '
-            f'process(es), this run has {jax.process_count()} (no '
-            f'{own_file.name})')
-  return (f'{own_file} is missing (deleted or never finished writing; the '
-          f'step holds {others or "no iterator files"})')
+    return (
+      f'{own_file.parent} was written by {"/".join(sorted(counts))} '
+      f'process(es), this run has {jax.process_count()} (no '
+      f'{own_file.name})'
+    )
+  return (
+    f'{own_file} is missing (deleted or never finished writing; the '
+    f'step holds {others or "no iterator files"})'
+  )
 
 
-def _write_error(directory: epath.Path, step: int | None,
-                 e: Exception) -> CheckpointError:
+def _write_error(directory: epath.Path, step: int | None, e: Exception) -> CheckpointError:
   where = f'step {step} to ' if step is not None else ''
   return CheckpointError(
-      f'saving checkpoint {where}{directory} failed ({type(e).__name__}: '
-      f'{_short(e, 200)}); free space or fix the directory, then rerun to resume '
-      'from the last complete checkpoint')
+    f'saving checkpoint {where}{directory} failed ({type(e).__name__}: '
+    f'{_short(e, 200)}); free space or fix the directory, then rerun to resume '
+    'from the last complete checkpoint'
+  )
 
 
 def config_to_json(config: Any) -> dict[str, Any]:
@@ -619,4 +705,3 @@ def _with_target_shardings(tree: PyTree) -> PyTree:
 def _short(e: Exception, limit: int = 300) -> str:
   s = str(e).replace('\n', ' ')
   return s if len(s) <= limit else s[:limit] + '...'
-

@@ -22,14 +22,19 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
-from absl import logging
 import jax
+from absl import logging
 
 MODES = ("auto", "on", "off")
-_SLURM_STEP_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
-                    "SLURM_LOCALID")
+_SLURM_STEP_VARS = (
+  "SLURM_JOB_ID",
+  "SLURM_STEP_NODELIST",
+  "SLURM_NTASKS",
+  "SLURM_PROCID",
+  "SLURM_LOCALID",
+)
 
 
 def detect_cluster(environ=None) -> str | None:
@@ -55,8 +60,9 @@ def detect_cluster(environ=None) -> str | None:
 # Google's PCI vendor id and its TPU chips' device ids (v3, v4, v5p, v5e, v6e, TPU7x, ...): the
 # table jax's own probe reads at `import jax` (it is private there, so it is repeated here).
 _GOOGLE_PCI_VENDOR = "0x1ae0"
-_TPU_PCI_DEVICES = frozenset({"0x0027", "0x0056", "0x005e", "0x0062", "0x0063", "0x006f",
-                              "0x0076", "0x007c", "0x0083"})
+_TPU_PCI_DEVICES = frozenset(
+  {"0x0027", "0x0056", "0x005e", "0x0062", "0x0063", "0x006f", "0x0076", "0x007c", "0x0083"}
+)
 
 
 def _on_cloud_tpu_vm(pci_devices: str = "/sys/bus/pci/devices") -> bool:
@@ -92,10 +98,14 @@ def _parse_ids(local_device_ids) -> list[int] | None:
   return [int(x) for x in local_device_ids]
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None,
-               local_device_ids: str | int | Sequence[int] | None = None, *,
-               mode: str = "auto") -> bool:
+def initialize(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  local_device_ids: str | int | Sequence[int] | None = None,
+  *,
+  mode: str = "auto",
+) -> bool:
   """Joins this process to a multi-process JAX job, or does nothing for a single process.
 
   Args:
@@ -124,20 +134,28 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   if any(v is not None for v in explicit):
     if any(v is None for v in explicit):
       raise ValueError(
-          "multi-process training needs all of --coordinator_address=HOST:PORT, "
-          f"--num_processes and --process_id (got coordinator_address={coordinator_address!r}, "
-          f"num_processes={num_processes!r}, process_id={process_id!r}); or give none of them "
-          "on SLURM / Cloud TPU, where they are detected.")
+        "multi-process training needs all of --coordinator_address=HOST:PORT, "
+        f"--num_processes and --process_id (got coordinator_address={coordinator_address!r}, "
+        f"num_processes={num_processes!r}, process_id={process_id!r}); or give none of them "
+        "on SLURM / Cloud TPU, where they are detected."
+      )
   elif mode == "auto":
     cluster = detect_cluster()
     if cluster is None:
       return False
     logging.info("Detected a multi-process %s environment.", cluster)
   _cpu_collectives()
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id,
-                             local_device_ids=ids)
-  logging.info("JAX distributed: process %d of %d, %d local / %d global devices.",
-               jax.process_index(), jax.process_count(), jax.local_device_count(),
-               jax.device_count())
+  jax.distributed.initialize(
+    coordinator_address=coordinator_address,
+    num_processes=num_processes,
+    process_id=process_id,
+    local_device_ids=ids,
+  )
+  logging.info(
+    "JAX distributed: process %d of %d, %d local / %d global devices.",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
   return True

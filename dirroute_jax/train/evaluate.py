@@ -30,9 +30,10 @@ from dirroute_jax.train.step import BATCH_KEYS, Trainer
 
 def to_global(trainer: Trainer, host_batch: dict) -> dict:
   """This host's rows -> one global array per key, sharded over the batch axes."""
-  return {k: jax.make_array_from_process_local_data(trainer.batch_sharding,
-                                                    np.asarray(host_batch[k]))
-          for k in BATCH_KEYS}
+  return {
+    k: jax.make_array_from_process_local_data(trainer.batch_sharding, np.asarray(host_batch[k]))
+    for k in BATCH_KEYS
+  }
 
 
 def prefix_model(model_cfg) -> Transformer | None:
@@ -52,7 +53,7 @@ def _loss_sums_fn(model: Transformer, params, inputs_BxT, targets_BxT, weights_B
 _loss_sums = jax.jit(_loss_sums_fn, static_argnums=(0,))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sharded_loss_sums(model: Transformer, mesh, rules):
   """`_loss_sums` on the training mesh, outputs replicated so every host can read them."""
 
@@ -118,8 +119,8 @@ def evaluate(trainer: Trainer, state, batches, domains) -> dict[str, float]:
     out = dict(trainer.eval_step(state, batch))
     for name, (model, params_of) in extra.items():
       out[name] = _sharded_loss_sums(model, trainer.mesh, trainer.rules)(
-          state["models"][params_of]["params"], batch["inputs"], batch["targets"],
-          batch["weights"])
+        state["models"][params_of]["params"], batch["inputs"], batch["targets"], batch["weights"]
+      )
     out = jax.device_get(out)
     domain_B = np.asarray(multihost_utils.process_allgather(host_batch["domain"], tiled=True))
     for name, (loss_B, tokens_B) in out.items():
@@ -129,8 +130,9 @@ def evaluate(trainer: Trainer, state, batches, domains) -> dict[str, float]:
   return metrics
 
 
-def evaluate_params(models: dict[str, Transformer], params: dict, batches, domains, *,
-                    per_window: dict | None = None) -> dict[str, float]:
+def evaluate_params(
+  models: dict[str, Transformer], params: dict, batches, domains, *, per_window: dict | None = None
+) -> dict[str, float]:
   """The same metrics for loaded params on one host (the analyses' entry point).
 
   `per_window`, when given, is filled with {name: (loss_sum_N, tokens_N, domain_N)} over the
@@ -142,16 +144,23 @@ def evaluate_params(models: dict[str, Transformer], params: dict, batches, domai
     num_batches += 1
     domain_B = np.asarray(batch["domain"])
     for name, (model, params_of) in fns.items():
-      loss_B, tokens_B = jax.device_get(_loss_sums(model, params[params_of], batch["inputs"],
-                                                   batch["targets"], batch["weights"]))
+      loss_B, tokens_B = jax.device_get(
+        _loss_sums(model, params[params_of], batch["inputs"], batch["targets"], batch["weights"])
+      )
       _accumulate(loss_sums, token_sums, name, domain_B, loss_B, tokens_B, domains)
       real_B = domain_B >= 0
-      windows[name].append((np.asarray(loss_B, np.float64)[real_B],
-                            np.asarray(tokens_B, np.float64)[real_B], domain_B[real_B]))
+      windows[name].append(
+        (
+          np.asarray(loss_B, np.float64)[real_B],
+          np.asarray(tokens_B, np.float64)[real_B],
+          domain_B[real_B],
+        )
+      )
   if per_window is not None:
     for name, parts in windows.items():
-      per_window[name] = tuple(np.concatenate([p[i] for p in parts]) if parts else np.zeros(0)
-                               for i in range(3))
+      per_window[name] = tuple(
+        np.concatenate([p[i] for p in parts]) if parts else np.zeros(0) for i in range(3)
+      )
   metrics = perplexity_metrics(loss_sums, token_sums, fns)
   metrics["eval/batches"] = num_batches
   return metrics

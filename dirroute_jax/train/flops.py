@@ -23,9 +23,16 @@ from dirroute_jax.model.transformer import padded_vocab_size
 
 # Dense bf16 peak FLOP/s per chip (vendor datasheets, no sparsity).
 PEAK_FLOPS = {
-    "h100": 989e12, "h200": 989e12, "a100": 312e12,
-    "tpu v4": 275e12, "tpu v5 lite": 197e12, "tpu v5e": 197e12, "tpu v5p": 459e12,
-    "tpu v5": 459e12, "tpu v6 lite": 918e12, "tpu v6e": 918e12,
+  "h100": 989e12,
+  "h200": 989e12,
+  "a100": 312e12,
+  "tpu v4": 275e12,
+  "tpu v5 lite": 197e12,
+  "tpu v5e": 197e12,
+  "tpu v5p": 459e12,
+  "tpu v5": 459e12,
+  "tpu v6 lite": 918e12,
+  "tpu v6e": 918e12,
 }
 
 

@@ -16,14 +16,15 @@ too, and launchers map them to exit statuses (cli.py).
 from collections.abc import Mapping
 from typing import Any
 
-from absl import logging
-from etils import epath
 import jax
 import jax.numpy as jnp
+from absl import logging
+from etils import epath
 
 PyTree = Any
 
 CHECKSUM = 'checksum'  # the step item holding the checksums (train/checkpoint.py)
+
 
 class CheckpointError(RuntimeError):
   """A checkpoint directory cannot be written, or holds no usable checkpoint."""
@@ -64,13 +65,18 @@ def _leaf_digest(x: jax.Array) -> dict[str, jax.Array]:
   stride = 1
   for axis in reversed(range(words.ndim)):
     index += jax.lax.broadcasted_iota(jnp.uint32, words.shape, axis) * jnp.uint32(
-        stride & 0xFFFFFFFF)
+      stride & 0xFFFFFFFF
+    )
     stride *= words.shape[axis]
-  nonfinite = (jnp.sum(~jnp.isfinite(x), dtype=jnp.int32)
-               if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.int32(0))
-  return {'sums': jnp.stack([jnp.sum(words, dtype=jnp.uint32),
-                             jnp.sum(words * index, dtype=jnp.uint32)]),
-          'nonfinite': nonfinite}
+  nonfinite = (
+    jnp.sum(~jnp.isfinite(x), dtype=jnp.int32)
+    if jnp.issubdtype(x.dtype, jnp.inexact)
+    else jnp.int32(0)
+  )
+  return {
+    'sums': jnp.stack([jnp.sum(words, dtype=jnp.uint32), jnp.sum(words * index, dtype=jnp.uint32)]),
+    'nonfinite': nonfinite,
+  }
 
 
 _digest = jax.jit(lambda tree: jax.tree.map(_leaf_digest, tree))
@@ -80,10 +86,12 @@ def state_digest(state: PyTree) -> dict[str, dict[str, Any]]:
   """{leaf path: {'sums': [s1, s2], 'nonfinite': n}} of `state`, computed on
   device (one small transfer per leaf). Paths are as orbax names them."""
   digest = jax.device_get(_digest(state))
-  return {_path_str(p): {'sums': [int(v) for v in d['sums']],
-                         'nonfinite': int(d['nonfinite'])}
-          for p, d in jax.tree_util.tree_flatten_with_path(
-              digest, is_leaf=lambda d: isinstance(d, dict) and 'sums' in d)[0]}
+  return {
+    _path_str(p): {'sums': [int(v) for v in d['sums']], 'nonfinite': int(d['nonfinite'])}
+    for p, d in jax.tree_util.tree_flatten_with_path(
+      digest, is_leaf=lambda d: isinstance(d, dict) and 'sums' in d
+    )[0]
+  }
 
 
 def check_finite(digest: dict[str, dict[str, Any]], step: int):
@@ -92,12 +100,17 @@ def check_finite(digest: dict[str, dict[str, Any]], step: int):
   if bad:
     first = next(iter(bad))
     raise NonFiniteStateError(
-        f'the state at step {step} has NaN/Inf in {len(bad)} of {len(digest)} '
-        f'leaves (first: {first!r}, {bad[first]} values); it was not saved')
+      f'the state at step {step} has NaN/Inf in {len(bad)} of {len(digest)} '
+      f'leaves (first: {first!r}, {bad[first]} values); it was not saved'
+    )
 
 
-def verify(restored: PyTree, saved_sums: dict[str, Any] | None,
-            step_dir: epath.Path, checksum_saved: bool = True):
+def verify(
+  restored: PyTree,
+  saved_sums: dict[str, Any] | None,
+  step_dir: epath.Path,
+  checksum_saved: bool = True,
+):
   """Raises CheckpointCorruptError unless `restored` matches `saved_sums`.
 
   `checksum_saved`: whether the step's metadata says it was written with a
@@ -108,35 +121,38 @@ def verify(restored: PyTree, saved_sums: dict[str, Any] | None,
   if saved_sums is None:
     if checksum_saved:
       raise CheckpointCorruptError(
-          f'{step_dir / CHECKSUM} is missing, though the step was saved with '
-          'it: its arrays cannot be verified')
-    logging.warning('%s has no checksums (saved by an older version); its '
-                    'arrays are not verified.', step_dir)
+        f'{step_dir / CHECKSUM} is missing, though the step was saved with '
+        'it: its arrays cannot be verified'
+      )
+    logging.warning(
+      '%s has no checksums (saved by an older version); its arrays are not verified.', step_dir
+    )
     return
   digest = state_digest(restored)
-  bad = [p for p, d in digest.items()
-         if p in saved_sums and list(saved_sums[p]) != d['sums']]
+  bad = [p for p, d in digest.items() if p in saved_sums and list(saved_sums[p]) != d['sums']]
   unknown = [p for p in digest if p not in saved_sums]
   if bad or unknown:
-    what = (f'{len(bad)} of {len(digest)} leaves differ from the checksums '
-            f'written at save time (first: {bad[0]!r})' if bad else
-            f'leaf {unknown[0]!r} has no saved checksum')
+    what = (
+      f'{len(bad)} of {len(digest)} leaves differ from the checksums '
+      f'written at save time (first: {bad[0]!r})'
+      if bad
+      else f'leaf {unknown[0]!r} has no saved checksum'
+    )
     raise CheckpointCorruptError(
-        f'{step_dir} is damaged: {what}; its files were changed after the save')
+      f'{step_dir} is damaged: {what}; its files were changed after the save'
+    )
 
 
-def check_step(restored: PyTree, step: int, step_dir: epath.Path,
-                step_leaf: str | None):
+def check_step(restored: PyTree, step: int, step_dir: epath.Path, step_leaf: str | None):
   """The saved step leaf, not the directory's name, says which step this is:
   a step directory copied or renamed would otherwise skip or repeat steps."""
-  if step_leaf is None or not isinstance(restored, Mapping) or (
-      step_leaf not in restored):
+  if step_leaf is None or not isinstance(restored, Mapping) or (step_leaf not in restored):
     return
   saved = int(jax.device_get(restored[step_leaf]))
   if saved != int(step):
     raise CheckpointCorruptError(
-        f'{step_dir} holds the state of step {saved}, not {step} (a copied or '
-        'renamed step directory)')
+      f'{step_dir} holds the state of step {saved}, not {step} (a copied or renamed step directory)'
+    )
 
 
 def _path_str(path) -> str:
@@ -144,26 +160,26 @@ def _path_str(path) -> str:
   return jax.tree_util.keystr(path, simple=True, separator='/')
 
 
-def check_fits(saved_tree: PyTree, abstract: PyTree, step_dir: epath.Path,
-                partial: bool):
+def check_fits(saved_tree: PyTree, abstract: PyTree, step_dir: epath.Path, partial: bool):
   """Raises CheckpointMismatchError naming the first leaf that differs.
 
   Orbax's own errors for this are deep tensorstore messages; a changed
   config (say d_model) deserves a message that says what to do.
   """
-  saved = {_path_str(p): leaf for p, leaf
-           in jax.tree_util.tree_flatten_with_path(saved_tree)[0]}
-  expected = {_path_str(p): leaf for p, leaf
-              in jax.tree_util.tree_flatten_with_path(abstract)[0]}
-  hint = (f'The checkpoint in {step_dir.parent} was written by a different '
-          'config; use a fresh --workdir or the original config.')
+  saved = {_path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(saved_tree)[0]}
+  expected = {_path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+  hint = (
+    f'The checkpoint in {step_dir.parent} was written by a different '
+    'config; use a fresh --workdir or the original config.'
+  )
   missing = [p for p in expected if p not in saved]
   if missing:
     want = expected[missing[0]]
     raise CheckpointMismatchError(
-        f'{step_dir} has no leaf {missing[0]!r} (expected shape '
-        f'{tuple(want.shape)} {want.dtype}; {len(missing)} missing in all). '
-        f'{hint}')
+      f'{step_dir} has no leaf {missing[0]!r} (expected shape '
+      f'{tuple(want.shape)} {want.dtype}; {len(missing)} missing in all). '
+      f'{hint}'
+    )
 
   def saved_sig(path):
     leaf = saved[path]
@@ -172,19 +188,20 @@ def check_fits(saved_tree: PyTree, abstract: PyTree, step_dir: epath.Path,
   def differs(path):
     shape, dtype = saved_sig(path)
     want = expected[path]
-    return (shape != tuple(want.shape)
-            or (dtype is not None and dtype != want.dtype))
+    return shape != tuple(want.shape) or (dtype is not None and dtype != want.dtype)
 
   bad = [p for p in expected if differs(p)]
   if bad:
     (shape, dtype), want = saved_sig(bad[0]), expected[bad[0]]
     raise CheckpointMismatchError(
-        f'{step_dir}: leaf {bad[0]!r} has saved shape {shape} {dtype} but '
-        f'expected shape {tuple(want.shape)} {want.dtype} ({len(bad)} leaves '
-        f'differ). {hint}')
+      f'{step_dir}: leaf {bad[0]!r} has saved shape {shape} {dtype} but '
+      f'expected shape {tuple(want.shape)} {want.dtype} ({len(bad)} leaves '
+      f'differ). {hint}'
+    )
   if not partial:
     extra = [p for p in saved if p not in expected]
     if extra:
       raise CheckpointMismatchError(
-          f'{step_dir} has leaves the expected state lacks, first: '
-          f'{extra[0]!r} ({len(extra)} in all). {hint}')
+        f'{step_dir} has leaves the expected state lacks, first: '
+        f'{extra[0]!r} ({len(extra)} in all). {hint}'
+      )

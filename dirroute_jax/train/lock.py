@@ -45,8 +45,7 @@ def _now() -> float:
 
 
 def _iso(t: float) -> str:
-  return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime(
-      "%Y-%m-%d %H:%M:%S UTC")
+  return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -87,15 +86,24 @@ def _pid_namespace() -> str | None:
 
 def _identity() -> dict:
   """What identifies this process instance beyond its pid (Linux; empty fields elsewhere)."""
-  return {"boot_id": _read("/proc/sys/kernel/random/boot_id"), "pid_ns": _pid_namespace(),
-          "proc_start": _proc_start(os.getpid())}
+  return {
+    "boot_id": _read("/proc/sys/kernel/random/boot_id"),
+    "pid_ns": _pid_namespace(),
+    "proc_start": _proc_start(os.getpid()),
+  }
 
 
 class WorkdirLock:
   """`with WorkdirLock(workdir): ...` holds the lease; raises WorkdirBusyError if taken."""
 
-  def __init__(self, workdir: epath.PathLike, *, heartbeat_secs: float = HEARTBEAT_SECS,
-               stale_secs: float = STALE_SECS, settle_secs: float = 1.0):
+  def __init__(
+    self,
+    workdir: epath.PathLike,
+    *,
+    heartbeat_secs: float = HEARTBEAT_SECS,
+    stale_secs: float = STALE_SECS,
+    settle_secs: float = 1.0,
+  ):
     self.path = workdir_lib.writer_lock(workdir)
     self.heartbeat_secs = heartbeat_secs
     self.stale_secs = stale_secs
@@ -130,8 +138,9 @@ class WorkdirLock:
           return f"its pid {pid} is not running on this host"
         started = holder.get("proc_start")
         if started and _proc_start(pid) not in (None, started):
-          return (f"its pid {pid} is now another process (started at another time: the run "
-                  "was restarted)")
+          return (
+            f"its pid {pid} is now another process (started at another time: the run was restarted)"
+          )
     if age > self.stale_secs:
       return f"its heartbeat is {age:.0f} s old (stale after {self.stale_secs:.0f} s)"
     return None
@@ -139,8 +148,11 @@ class WorkdirLock:
   def _unverifiable(self, holder: dict) -> bool:
     """A holder on this host in another pid namespace (a previous container): its pid means
     nothing here, so only its heartbeat can tell whether it runs."""
-    return (holder.get("host") == socket.gethostname() and bool(holder.get("pid_ns"))
-            and holder.get("pid_ns") != _identity()["pid_ns"])
+    return (
+      holder.get("host") == socket.gethostname()
+      and bool(holder.get("pid_ns"))
+      and holder.get("pid_ns") != _identity()["pid_ns"]
+    )
 
   def _watch(self, holder: dict) -> str | None:
     """Waits a little over one heartbeat interval of `holder`; a live one refreshes its
@@ -150,32 +162,45 @@ class WorkdirLock:
     # Time already passed since its last beat counts: a restart a minute later waits not at all.
     wait = max(0.0, window - (_now() - float(holder.get("heartbeat", 0))))
     if wait:
-      print(f"{self.path} is held by pid {holder.get('pid')} of another container on this "
-            f"host (pid namespace {holder.get('pid_ns')}); waiting {wait:.0f} s for its "
-            "heartbeat.", flush=True)
+      print(
+        f"{self.path} is held by pid {holder.get('pid')} of another container on this "
+        f"host (pid namespace {holder.get('pid_ns')}); waiting {wait:.0f} s for its "
+        "heartbeat.",
+        flush=True,
+      )
       time.sleep(wait)
     now = self.read()
     if now is None or now.get("id") != holder.get("id"):
       return "it was released meanwhile"
     if float(now.get("heartbeat", 0)) == float(holder.get("heartbeat", 0)):
-      return (f"it runs in another pid namespace (a previous container) and its heartbeat "
-              f"did not advance in {window:.0f} s")
+      return (
+        f"it runs in another pid namespace (a previous container) and its heartbeat "
+        f"did not advance in {window:.0f} s"
+      )
     return None
 
   @staticmethod
   def describe(holder: dict) -> str:
-    return (f"pid {holder.get('pid')} on host {holder.get('host')}, started "
-            f"{_iso(float(holder.get('started', 0)))}, last heartbeat "
-            f"{_now() - float(holder.get('heartbeat', 0)):.0f} s ago")
+    return (
+      f"pid {holder.get('pid')} on host {holder.get('host')}, started "
+      f"{_iso(float(holder.get('started', 0)))}, last heartbeat "
+      f"{_now() - float(holder.get('heartbeat', 0)):.0f} s ago"
+    )
 
   # --- holding ----------------------------------------------------------------
 
-  def acquire(self) -> "WorkdirLock":
+  def acquire(self) -> WorkdirLock:
     self.path.parent.mkdir(parents=True, exist_ok=True)
     now = _now()
-    self._record = {"host": socket.gethostname(), "pid": os.getpid(), "started": now,
-                    "heartbeat": now, "id": uuid.uuid4().hex,
-                    "heartbeat_secs": self.heartbeat_secs, **_identity()}
+    self._record = {
+      "host": socket.gethostname(),
+      "pid": os.getpid(),
+      "started": now,
+      "heartbeat": now,
+      "id": uuid.uuid4().hex,
+      "heartbeat_secs": self.heartbeat_secs,
+      **_identity(),
+    }
     holder = self.read()
     if holder is None and self.path.exists():  # being created right now, or left half-written
       time.sleep(max(self.settle_secs, 0.2))
@@ -190,10 +215,14 @@ class WorkdirLock:
         reason = self._watch(holder)
       if reason is None:
         raise self._busy(holder)
-      logging.warning("Taking over the stale lease %s of %s: %s.", self.path,
-                      self.describe(holder), reason)
-      print(f"WARNING: taking over {self.path} left by a run that ended without releasing it "
-            f"({reason}).", flush=True)
+      logging.warning(
+        "Taking over the stale lease %s of %s: %s.", self.path, self.describe(holder), reason
+      )
+      print(
+        f"WARNING: taking over {self.path} left by a run that ended without releasing it "
+        f"({reason}).",
+        flush=True,
+      )
       self.path.unlink(missing_ok=True)
     self._create()
     # An object store's last write wins, and so does a local take-over racing another one
@@ -234,17 +263,21 @@ class WorkdirLock:
   def _busy(self, holder: dict) -> WorkdirBusyError:
     who = self.describe(holder) if holder else "another process"
     return WorkdirBusyError(
-        f"{self.path.parent} is in use by another run ({who}); two writers would overwrite "
-        f"each other's checkpoints and metrics. Wait for it to finish or stop it, or use "
-        f"another --workdir. If that run is gone for good, delete {self.path}.")
+      f"{self.path.parent} is in use by another run ({who}); two writers would overwrite "
+      f"each other's checkpoints and metrics. Wait for it to finish or stop it, or use "
+      f"another --workdir. If that run is gone for good, delete {self.path}."
+    )
 
   def _beat(self):
     while not self._stop.wait(self.heartbeat_secs):
       holder = self.read()
       if holder is None or holder.get("id") != self._record["id"]:
         self.lost = True
-        logging.error("Lost the lease %s to %s.", self.path,
-                      self.describe(holder) if holder else "nobody (file removed)")
+        logging.error(
+          "Lost the lease %s to %s.",
+          self.path,
+          self.describe(holder) if holder else "nobody (file removed)",
+        )
         return
       self._record["heartbeat"] = _now()
       try:
@@ -257,9 +290,10 @@ class WorkdirLock:
     if self.lost:
       holder = self.read()
       raise WorkdirBusyError(
-          f"another run took over {self.path} "
-          f"({self.describe(holder) if holder else 'and removed it'}); stopping so as not to "
-          "overwrite its checkpoints.")
+        f"another run took over {self.path} "
+        f"({self.describe(holder) if holder else 'and removed it'}); stopping so as not to "
+        "overwrite its checkpoints."
+      )
 
   def release(self):
     self._stop.set()

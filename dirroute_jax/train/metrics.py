@@ -13,12 +13,11 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 from absl import logging
 from etils import epath
-import numpy as np
 
 from dirroute_jax import workdir as workdir_lib
-
 
 # A metrics key is its parts joined by "/", a model's name first within its scope:
 #   <model>/<stat>  delta/<stat>  eval/<model>/<stat>  eval/<model>/<domain>/<stat>  perf/<stat>
@@ -64,8 +63,9 @@ def delta_pair(models) -> tuple[str, str] | None:
 
 def display_order(names) -> list[str]:
   """`names` as progress lines and summaries list them: DELTA_PAIR's first, then by name."""
-  return sorted(names, key=lambda n: (DELTA_PAIR.index(n) if n in DELTA_PAIR
-                                      else len(DELTA_PAIR), n))
+  return sorted(
+    names, key=lambda n: (DELTA_PAIR.index(n) if n in DELTA_PAIR else len(DELTA_PAIR), n)
+  )
 
 
 class MetricsFileError(ValueError):
@@ -73,7 +73,6 @@ class MetricsFileError(ValueError):
 
 
 class MetricsWriter:
-
   def __init__(self, workdir: str, *, resume_step: int = 0, enabled: bool = True):
     self.enabled = enabled
     self.path = workdir_lib.metrics(workdir)
@@ -88,16 +87,19 @@ class MetricsWriter:
     if not workdir_lib.is_remote(workdir):
       try:
         from tensorboardX import SummaryWriter
+
         # purge_step: TensorBoard drops the events a crashed run logged past the checkpoint.
-        self._tb = SummaryWriter(str(workdir_lib.tensorboard(workdir)),
-                                 purge_step=resume_step + 1 if resume_step else None)
+        self._tb = SummaryWriter(
+          str(workdir_lib.tensorboard(workdir)), purge_step=resume_step + 1 if resume_step else None
+        )
       except ImportError:
         self._tb = None
 
   def eval_row(self, step: int) -> dict:
     """The `eval/...` metrics already written for `step` ({} if none)."""
-    return {k: v for r in self._rows if r["step"] == step for k, v in r.items()
-            if k.startswith("eval/")}
+    return {
+      k: v for r in self._rows if r["step"] == step for k, v in r.items() if k.startswith("eval/")
+    }
 
   def write(self, step: int, metrics: dict) -> None:
     if not self.enabled:
@@ -124,6 +126,7 @@ class MetricsWriter:
     """The run's config in TensorBoard's HPARAMS tab, against the named scalars."""
     if self._tb is not None:
       from tensorboardX.summary import hparams as hparams_summary
+
       for summary in hparams_summary(hparams, {name: 0.0 for name in metric_names}):
         self._tb.file_writer.add_summary(summary)
       self._tb.flush()
@@ -156,8 +159,9 @@ def read_rows(path: epath.PathLike) -> list[dict]:
         print(f"WARNING: {path}:{lineno} (the last line) is damaged; dropped it.", flush=True)
         break
       raise MetricsFileError(
-          f"{path}:{lineno} is damaged ({e}); fix or delete that line (each line is one "
-          "logged step) and rerun.") from None
+        f"{path}:{lineno} is damaged ({e}); fix or delete that line (each line is one "
+        "logged step) and rerun."
+      ) from None
     rows.append(row)
   return rows
 

@@ -37,13 +37,22 @@ import jax.numpy as jnp
 
 from dirroute_jax.model import kernels
 from dirroute_jax.model.variants import model_configs
-from dirroute_jax.train import flops as flops_lib, sharding, step as step_lib
+from dirroute_jax.train import flops as flops_lib
+from dirroute_jax.train import sharding
+from dirroute_jax.train import step as step_lib
 
 GIB = 1024**3
 # HBM per chip (per GPU), bytes: for `--accelerator` with fake CPU devices (`--target` knows its
 # own, train/targets.py).
-ACCELERATORS = {"v4": 32 * GIB, "v5e": 16 * GIB, "v5p": 95 * GIB, "v6e": 32 * GIB,
-                "h100": 80 * GIB, "h200": 141 * GIB, "a100": 80 * GIB}
+ACCELERATORS = {
+  "v4": 32 * GIB,
+  "v5e": 16 * GIB,
+  "v5p": 95 * GIB,
+  "v6e": 32 * GIB,
+  "h100": 80 * GIB,
+  "h200": 141 * GIB,
+  "a100": 80 * GIB,
+}
 # Warn when a compiled step needs more than this share of the device's memory: the allocator
 # needs some room of its own (fragmentation, the runtime's buffers).
 WARN_FRACTION = 0.90
@@ -84,8 +93,9 @@ class Plan:
   @property
   def peak_bytes(self) -> int:
     """Live at once: inputs + outputs (donated outputs reuse their inputs) + temporaries."""
-    return peak_bytes_of(self.argument_bytes, self.output_bytes, self.alias_bytes,
-                         self.temp_bytes, self.code_bytes)
+    return peak_bytes_of(
+      self.argument_bytes, self.output_bytes, self.alias_bytes, self.temp_bytes, self.code_bytes
+    )
 
   @property
   def flops_per_device(self) -> float:
@@ -99,8 +109,13 @@ def peak_bytes_of(argument, output, alias, temp, code) -> int:
 def compiled_peak_bytes(compiled) -> int:
   """Per-device peak of a compiled executable, from its compiler's memory analysis."""
   m = compiled.memory_analysis()
-  return peak_bytes_of(m.argument_size_in_bytes, m.output_size_in_bytes, m.alias_size_in_bytes,
-                       m.temp_size_in_bytes, m.generated_code_size_in_bytes)
+  return peak_bytes_of(
+    m.argument_size_in_bytes,
+    m.output_size_in_bytes,
+    m.alias_size_in_bytes,
+    m.temp_size_in_bytes,
+    m.generated_code_size_in_bytes,
+  )
 
 
 def device_memory_bytes(device) -> int | None:
@@ -118,15 +133,21 @@ def memory_report(compiled, device) -> tuple[str, bool]:
   peak = compiled_peak_bytes(compiled)
   limit = device_memory_bytes(device)
   if limit is None:
-    return (f"Memory: the compiled train step needs {_gib(peak)} per device "
-            f"({device.platform} reports no memory limit to compare with)"), False
+    return (
+      f"Memory: the compiled train step needs {_gib(peak)} per device "
+      f"({device.platform} reports no memory limit to compare with)"
+    ), False
   share = peak / limit
-  line = (f"Memory: the compiled train step needs {_gib(peak)} of {_gib(limit)} per device "
-          f"({100 * share:.0f}%, from the compiler's memory analysis)")
+  line = (
+    f"Memory: the compiled train step needs {_gib(peak)} of {_gib(limit)} per device "
+    f"({100 * share:.0f}%, from the compiler's memory analysis)"
+  )
   if share > WARN_FRACTION:
-    line += (f"; WARNING: above {100 * WARN_FRACTION:.0f}%, the allocator may run out: lower "
-             "the micro-batch (grad_accum_steps), set model.remat=dots or full, or shard more "
-             "(mesh.fsdp); `launch/plan.py --target=...` shows the effect without a run")
+    line += (
+      f"; WARNING: above {100 * WARN_FRACTION:.0f}%, the allocator may run out: lower "
+      "the micro-batch (grad_accum_steps), set model.remat=dots or full, or shard more "
+      "(mesh.fsdp); `launch/plan.py --target=...` shows the effect without a run"
+    )
   return line, share > WARN_FRACTION
 
 
@@ -143,8 +164,7 @@ def compiler_label(device) -> str:
   if device.platform == "tpu":
     return f"TPU compiler (libtpu {version('libtpu')}, jax {jax.__version__})"
   if device.platform == "gpu":
-    return (f"XLA:GPU (jax-cuda12-plugin {version('jax-cuda12-plugin')}, "
-            f"jax {jax.__version__})")
+    return f"XLA:GPU (jax-cuda12-plugin {version('jax-cuda12-plugin')}, jax {jax.__version__})"
   return f"XLA:CPU (fake devices standing in for the chips: an estimate; jax {jax.__version__})"
 
 
@@ -160,16 +180,17 @@ def bytes_per_device(abstract_tree) -> int:
 def abstract_batch(trainer: step_lib.Trainer) -> dict:
   shape = (trainer.cfg.batch_size, trainer.cfg.seq_len)
   dtypes = {"inputs": jnp.int32, "targets": jnp.int32, "weights": jnp.float32}
-  return {k: jax.ShapeDtypeStruct(shape, dtypes[k], sharding=trainer.batch_sharding)
-          for k in step_lib.BATCH_KEYS}
+  return {
+    k: jax.ShapeDtypeStruct(shape, dtypes[k], sharding=trainer.batch_sharding)
+    for k in step_lib.BATCH_KEYS
+  }
 
 
 def _remat(cfg) -> str:
   return str(cfg.model.get("remat", "n/a (no model.remat key in this version)"))
 
 
-def make_plan(cfg, devices=None, hbm_bytes: int | None = None,
-              target: str | None = None) -> Plan:
+def make_plan(cfg, devices=None, hbm_bytes: int | None = None, target: str | None = None) -> Plan:
   """Lowers and compiles `cfg`'s train step for `devices` (default: all) without allocating.
 
   `devices` may be compile-only (train/targets.py): the numbers are then the target compiler's.
@@ -189,33 +210,52 @@ def make_plan(cfg, devices=None, hbm_bytes: int | None = None,
   models = state["models"]
   n = mesh.devices.size
   return Plan(
-      devices=n, platform=device.platform, device_kind=device.device_kind,
-      compiler=compiler_label(device),
-      kernels={m: kernels.attention_impl_summary(mc, device)
-               for m, mc in model_configs(cfg).items()},
-      mesh=dict(mesh.shape), remat=_remat(cfg), hbm_bytes=hbm_bytes, target=target,
-      global_batch=cfg.batch_size, seq_len=cfg.seq_len, grad_accum_steps=cfg.grad_accum_steps,
-      micro_batch_per_device=cfg.batch_size // cfg.grad_accum_steps
-      // sharding.data_parallel_size(mesh),
-      param_count={m: sum(math.prod(x.shape) for x in jax.tree.leaves(s["params"]))
-                   for m, s in models.items()},
-      params_bytes={m: bytes_per_device(s["params"]) for m, s in models.items()},
-      opt_bytes={m: bytes_per_device(s["opt_state"]) for m, s in models.items()},
-      argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
-      alias_bytes=mem.alias_size_in_bytes, temp_bytes=mem.temp_size_in_bytes,
-      code_bytes=mem.generated_code_size_in_bytes,
-      xla_flops=float((cost or {}).get("flops", 0.0)),
-      model_flops=sum(flops_lib.flops_per_token(mc, cfg.seq_len)
-                      for mc in model_configs(cfg).values())
-      * cfg.batch_size * cfg.seq_len,
-      lower_seconds=t1 - t0, compile_seconds=t2 - t1)
+    devices=n,
+    platform=device.platform,
+    device_kind=device.device_kind,
+    compiler=compiler_label(device),
+    kernels={m: kernels.attention_impl_summary(mc, device) for m, mc in model_configs(cfg).items()},
+    mesh=dict(mesh.shape),
+    remat=_remat(cfg),
+    hbm_bytes=hbm_bytes,
+    target=target,
+    global_batch=cfg.batch_size,
+    seq_len=cfg.seq_len,
+    grad_accum_steps=cfg.grad_accum_steps,
+    micro_batch_per_device=cfg.batch_size
+    // cfg.grad_accum_steps
+    // sharding.data_parallel_size(mesh),
+    param_count={
+      m: sum(math.prod(x.shape) for x in jax.tree.leaves(s["params"])) for m, s in models.items()
+    },
+    params_bytes={m: bytes_per_device(s["params"]) for m, s in models.items()},
+    opt_bytes={m: bytes_per_device(s["opt_state"]) for m, s in models.items()},
+    argument_bytes=mem.argument_size_in_bytes,
+    output_bytes=mem.output_size_in_bytes,
+    alias_bytes=mem.alias_size_in_bytes,
+    temp_bytes=mem.temp_size_in_bytes,
+    code_bytes=mem.generated_code_size_in_bytes,
+    xla_flops=float((cost or {}).get("flops", 0.0)),
+    model_flops=sum(
+      flops_lib.flops_per_token(mc, cfg.seq_len) for mc in model_configs(cfg).values()
+    )
+    * cfg.batch_size
+    * cfg.seq_len,
+    lower_seconds=t1 - t0,
+    compile_seconds=t2 - t1,
+  )
 
 
 def to_json(plan: Plan, **extra) -> dict:
   """The plan as plain JSON, with the derived numbers a table needs."""
   out = dataclasses.asdict(plan)
-  out.update(peak_bytes=plan.peak_bytes, state_bytes=plan.state_bytes,
-             flops_per_device=plan.flops_per_device, jax_version=jax.__version__, **extra)
+  out.update(
+    peak_bytes=plan.peak_bytes,
+    state_bytes=plan.state_bytes,
+    flops_per_device=plan.flops_per_device,
+    jax_version=jax.__version__,
+    **extra,
+  )
   return out
 
 
@@ -227,8 +267,7 @@ def fits(plan: Plan, accelerator: str | None = None) -> tuple[bool, int]:
   elif accelerator in ACCELERATORS:
     hbm = ACCELERATORS[accelerator]
   else:
-    raise ValueError(f"accelerator {accelerator!r} is unknown; use one of "
-                     f"{sorted(ACCELERATORS)}.")
+    raise ValueError(f"accelerator {accelerator!r} is unknown; use one of {sorted(ACCELERATORS)}.")
   return plan.peak_bytes <= hbm, hbm
 
 
@@ -242,34 +281,41 @@ def format_plan(plan: Plan, accelerator: str | None = None) -> str:
   mesh = " x ".join(f"{k} {v}" for k, v in plan.mesh.items())
   what = f"{plan.target}: " if plan.target else ""
   lines = [
-      f"{what}devices {plan.devices} x {plan.device_kind} (mesh {mesh}), remat {plan.remat}",
-      f"batch {plan.global_batch} x {plan.seq_len} tokens: {plan.grad_accum_steps} "
-      f"micro-batch(es) of {plan.micro_batch_per_device} sequence(s) per device",
-      f"compiler: {plan.compiler}",
-      f"lower {plan.lower_seconds:.1f} s, compile {plan.compile_seconds:.1f} s",
+    f"{what}devices {plan.devices} x {plan.device_kind} (mesh {mesh}), remat {plan.remat}",
+    f"batch {plan.global_batch} x {plan.seq_len} tokens: {plan.grad_accum_steps} "
+    f"micro-batch(es) of {plan.micro_batch_per_device} sequence(s) per device",
+    f"compiler: {plan.compiler}",
+    f"lower {plan.lower_seconds:.1f} s, compile {plan.compile_seconds:.1f} s",
   ]
   lines += [f"  {m:<9} {line}" for m, line in plan.kernels.items()]
   lines.append("per device, from the state shardings (exact):")
   for m in plan.params_bytes:
-    lines.append(f"  {m:<9} params {_gib(plan.params_bytes[m]):>11}  optimizer "
-                 f"{_gib(plan.opt_bytes[m]):>11}  ({plan.param_count[m]:,} parameters)")
-  source = ("the compiler's memory_analysis" if plan.platform != "cpu" else
-            "XLA:CPU's memory_analysis (approximates the accelerator's)")
+    lines.append(
+      f"  {m:<9} params {_gib(plan.params_bytes[m]):>11}  optimizer "
+      f"{_gib(plan.opt_bytes[m]):>11}  ({plan.param_count[m]:,} parameters)"
+    )
+  source = (
+    "the compiler's memory_analysis"
+    if plan.platform != "cpu"
+    else "XLA:CPU's memory_analysis (approximates the accelerator's)"
+  )
   lines += [
-      f"  state     {_gib(plan.state_bytes):>11}",
-      f"per device, from {source}:",
-      f"  arguments {_gib(plan.argument_bytes):>11}  outputs {_gib(plan.output_bytes)}  "
-      f"donated {_gib(plan.alias_bytes)}",
-      f"  temps     {_gib(plan.temp_bytes):>11}  (activations, gradients, collectives)  "
-      f"code {_gib(plan.code_bytes)}",
-      f"  peak      {_gib(plan.peak_bytes):>11}  (arguments + outputs - donated + temps + code)",
-      "FLOPs per step:",
+    f"  state     {_gib(plan.state_bytes):>11}",
+    f"per device, from {source}:",
+    f"  arguments {_gib(plan.argument_bytes):>11}  outputs {_gib(plan.output_bytes)}  "
+    f"donated {_gib(plan.alias_bytes)}",
+    f"  temps     {_gib(plan.temp_bytes):>11}  (activations, gradients, collectives)  "
+    f"code {_gib(plan.code_bytes)}",
+    f"  peak      {_gib(plan.peak_bytes):>11}  (arguments + outputs - donated + temps + code)",
+    "FLOPs per step:",
   ]
   if plan.xla_flops:
     ratio = plan.flops_per_device * plan.devices / plan.model_flops
-    lines.append(f"  compiler cost_analysis {plan.flops_per_device:.4g} per device, "
-                 f"{plan.flops_per_device * plan.devices:.4g} in all (loop body x "
-                 f"{plan.grad_accum_steps}; {ratio:.2f}x the model FLOPs)")
+    lines.append(
+      f"  compiler cost_analysis {plan.flops_per_device:.4g} per device, "
+      f"{plan.flops_per_device * plan.devices:.4g} in all (loop body x "
+      f"{plan.grad_accum_steps}; {ratio:.2f}x the model FLOPs)"
+    )
   else:
     lines.append("  compiler cost_analysis: none given by this compiler")
   lines.append(f"  model FLOPs (train/flops.py convention) {plan.model_flops:.4g} in all")
@@ -277,8 +323,9 @@ def format_plan(plan: Plan, accelerator: str | None = None) -> str:
     ok, hbm = fits(plan, accelerator)
     chip = accelerator or plan.target
     share = plan.peak_bytes / hbm
-    headroom = (f"{100 * (1 - share):.0f}% headroom" if ok
-                else f"{_gib(plan.peak_bytes - hbm)} over")
-    lines.append(f"fits {chip} ({hbm / GIB:.0f} GiB HBM per chip): "
-                 f"{'YES' if ok else 'NO'}, peak = {100 * share:.0f}% of HBM ({headroom})")
+    headroom = f"{100 * (1 - share):.0f}% headroom" if ok else f"{_gib(plan.peak_bytes - hbm)} over"
+    lines.append(
+      f"fits {chip} ({hbm / GIB:.0f} GiB HBM per chip): "
+      f"{'YES' if ok else 'NO'}, peak = {100 * share:.0f}% of HBM ({headroom})"
+    )
   return "\n".join(lines) + "\n"

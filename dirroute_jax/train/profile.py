@@ -11,7 +11,7 @@ TensorBoard's profile plugin can write to it).
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 
@@ -20,7 +20,6 @@ from dirroute_jax.config import parse_profile_steps
 
 
 class ProfileWindow:
-
   def __init__(self, spec: str, workdir: str, say: Callable[[str], None]):
     self.window = parse_profile_steps(spec)
     self.directory = str(workdir_lib.profile(workdir))
@@ -46,5 +45,7 @@ class ProfileWindow:
     if self.active:
       jax.profiler.stop_trace()
       self.active = False
-      self.say(f"Profile of steps {self.window[0]}..{self.window[1] - 1} written to "
-               f"{self.directory} (tensorboard --logdir {self.directory}, profile tab)")
+      self.say(
+        f"Profile of steps {self.window[0]}..{self.window[1] - 1} written to "
+        f"{self.directory} (tensorboard --logdir {self.directory}, profile tab)"
+      )

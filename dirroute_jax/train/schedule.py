@@ -19,11 +19,11 @@ step.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
-from jax.experimental import multihost_utils
 import numpy as np
+from jax.experimental import multihost_utils
 
 from dirroute_jax.train.checkpoint import SavePolicy
 
@@ -77,8 +77,14 @@ class Schedule:
 
   @classmethod
   def from_config(cls, cfg, save: SavePolicy, stop_level: Callable[[], int]) -> Schedule:
-    return cls(steps=cfg.steps, log_every=cfg.log_every, eval_every=cfg.eval_every, save=save,
-               stop_level=stop_level, processes=jax.process_count())
+    return cls(
+      steps=cfg.steps,
+      log_every=cfg.log_every,
+      eval_every=cfg.eval_every,
+      save=save,
+      stop_level=stop_level,
+      processes=jax.process_count(),
+    )
 
   def log_due(self, step: int) -> bool:
     return step % self.log_every == 0 or step == self.steps
@@ -96,5 +102,9 @@ class Schedule:
     # Always in this order on every process: each is a collective when several run.
     stop = self.agree(self.stop_level()) if agree else 0
     time_due = bool(self.agree(self.save.time_due())) if agree else False
-    return StepActions(evaluate=self.eval_due(step), log=self.log_due(step) or stop > 0,
-                       save=self.save.step_due(step) or stop > 0 or time_due, stop=stop)
+    return StepActions(
+      evaluate=self.eval_due(step),
+      log=self.log_due(step) or stop > 0,
+      save=self.save.step_due(step) or stop > 0 or time_due,
+      stop=stop,
+    )

@@ -29,7 +29,8 @@ import math
 
 import flax.linen as nn
 import jax
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from dirroute_jax.config import ConfigError, validate_mesh_config
 
@@ -39,32 +40,34 @@ ICI_AXES = MESH_AXES[1:]  # inside one slice
 BATCH_AXES = ("dcn_data", "data", "fsdp")
 
 LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-    ("activation_batch", BATCH_AXES),
-    ("activation_length", None),
-    ("activation_embed", None),
-    ("activation_heads", "tensor"),
-    ("activation_head_dim", None),
-    ("activation_mlp", "tensor"),
-    ("vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("heads", "tensor"),
-    ("head_dim", None),
-    ("mlp", "tensor"),
-    # Never split: small (norm scales, the router's layers, the directions' K and Dh axes).
-    ("norm", None),
-    ("router_hidden", None),
-    ("router_hidden_in", None),
-    ("router_out", None),
-    ("directions", None),
-    ("head_dim_out", None),
+  ("activation_batch", BATCH_AXES),
+  ("activation_length", None),
+  ("activation_embed", None),
+  ("activation_heads", "tensor"),
+  ("activation_head_dim", None),
+  ("activation_mlp", "tensor"),
+  ("vocab", "tensor"),
+  ("embed", "fsdp"),
+  ("heads", "tensor"),
+  ("head_dim", None),
+  ("mlp", "tensor"),
+  # Never split: small (norm scales, the router's layers, the directions' K and Dh axes).
+  ("norm", None),
+  ("router_hidden", None),
+  ("router_hidden_in", None),
+  ("router_out", None),
+  ("directions", None),
+  ("head_dim_out", None),
 )
 
 _DIMENSIONS = {  # logical axis -> (what it is, how else to fix it)
-    "vocab": ("padded vocabulary", "or set model.vocab_pad_multiple to a multiple of {ways}"),
-    "embed": ("d_model", "or change model.d_model"),
-    "heads": ("num_heads", "or change model.num_heads"),
-    "mlp": ("MLP width d_ff", "or change model.d_ff (from which the 'matched' model derives "
-            "its own)"),
+  "vocab": ("padded vocabulary", "or set model.vocab_pad_multiple to a multiple of {ways}"),
+  "embed": ("d_model", "or change model.d_model"),
+  "heads": ("num_heads", "or change model.num_heads"),
+  "mlp": (
+    "MLP width d_ff",
+    "or change model.d_ff (from which the 'matched' model derives its own)",
+  ),
 }
 
 
@@ -79,25 +82,33 @@ def mesh_shape(mesh_cfg, num_devices: int, num_slices: int = 1) -> tuple[int, in
   dcn = int(mesh_cfg.get("dcn_data", None) or num_slices)
   sizes = [int(mesh_cfg[a]) for a in ICI_AXES]
   if dcn < 1 or (num_slices > 1 and dcn != num_slices) or num_devices % dcn:
-    raise ConfigError(f"mesh.dcn_data={dcn} does not fit {num_devices} devices in {num_slices} "
-                      f"slice(s); use mesh.dcn_data={num_slices} (the number of slices).")
+    raise ConfigError(
+      f"mesh.dcn_data={dcn} does not fit {num_devices} devices in {num_slices} "
+      f"slice(s); use mesh.dcn_data={num_slices} (the number of slices)."
+    )
   per_slice = num_devices // dcn
   if sizes.count(-1) > 1:
-    raise ConfigError(f"at most one of mesh.data/fsdp/tensor may be -1, got "
-                      f"{dict(zip(ICI_AXES, sizes))} (mesh.data defaults to -1: to give all "
-                      "devices to another axis, set mesh.data=1 too).")
+    raise ConfigError(
+      f"at most one of mesh.data/fsdp/tensor may be -1, got "
+      f"{dict(zip(ICI_AXES, sizes))} (mesh.data defaults to -1: to give all "
+      "devices to another axis, set mesh.data=1 too)."
+    )
   if any(s == 0 or s < -1 for s in sizes):
     raise ConfigError(f"mesh sizes must be positive or -1, got {dict(zip(ICI_AXES, sizes))}.")
   known = math.prod(s for s in sizes if s != -1)
   where = f"{per_slice} devices per slice" if dcn > 1 else f"{num_devices} devices"
   if -1 in sizes:
     if per_slice % known:
-      raise ConfigError(f"mesh {dict(zip(ICI_AXES, sizes))}: {where} are not divisible by the "
-                        f"fixed axes' product {known}.")
+      raise ConfigError(
+        f"mesh {dict(zip(ICI_AXES, sizes))}: {where} are not divisible by the "
+        f"fixed axes' product {known}."
+      )
     sizes[sizes.index(-1)] = per_slice // known
   if math.prod(sizes) != per_slice:
-    raise ConfigError(f"mesh {dict(zip(ICI_AXES, sizes))} needs {math.prod(sizes)} devices "
-                      f"but {where} are available; set one mesh axis to -1.")
+    raise ConfigError(
+      f"mesh {dict(zip(ICI_AXES, sizes))} needs {math.prod(sizes)} devices "
+      f"but {where} are available; set one mesh axis to -1."
+    )
   return (dcn, *sizes)
 
 
@@ -115,8 +126,10 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
   axis_types = (AxisType.Auto,) * len(MESH_AXES)
   if slices > 1:  # jax.make_mesh rejects devices of several slices
     from jax.experimental import mesh_utils
+
     grid = mesh_utils.create_hybrid_device_mesh(
-        (1, *shape[1:]), (shape[0], 1, 1, 1), devices, allow_split_physical_axes=True)
+      (1, *shape[1:]), (shape[0], 1, 1, 1), devices, allow_split_physical_axes=True
+    )
     return Mesh(grid, MESH_AXES, axis_types=axis_types)
   return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
 
@@ -128,16 +141,18 @@ def data_parallel_size(mesh: Mesh) -> int:
 def check_batch(batch_size: int, grad_accum_steps: int, mesh: Mesh) -> None:
   dp = data_parallel_size(mesh)
   if batch_size % grad_accum_steps:
-    raise ConfigError(f"batch_size={batch_size} is not divisible by "
-                      f"grad_accum_steps={grad_accum_steps}.")
+    raise ConfigError(
+      f"batch_size={batch_size} is not divisible by grad_accum_steps={grad_accum_steps}."
+    )
   micro = batch_size // grad_accum_steps
   if micro % dp:
     raise ConfigError(
-        f"the micro-batch of {micro} sequences (batch_size={batch_size} / grad_accum_steps="
-        f"{grad_accum_steps}) does not divide over the {dp} data-parallel devices "
-        f"(mesh dcn_data x data x fsdp = {mesh.shape['dcn_data']} x {mesh.shape['data']} x "
-        f"{mesh.shape['fsdp']}); use a batch_size "
-        f"that is a multiple of {dp * grad_accum_steps}.")
+      f"the micro-batch of {micro} sequences (batch_size={batch_size} / grad_accum_steps="
+      f"{grad_accum_steps}) does not divide over the {dp} data-parallel devices "
+      f"(mesh dcn_data x data x fsdp = {mesh.shape['dcn_data']} x {mesh.shape['data']} x "
+      f"{mesh.shape['fsdp']}); use a batch_size "
+      f"that is a multiple of {dp * grad_accum_steps}."
+    )
 
 
 def check_divisible(abstract_boxed_params, mesh: Mesh, model: str) -> None:
@@ -157,10 +172,11 @@ def check_divisible(abstract_boxed_params, mesh: Mesh, model: str) -> None:
         split = " x ".join(f"mesh.{a}={mesh.shape[a]}" for a in axes)
         biggest = max(axes, key=lambda a: mesh.shape[a])
         raise ConfigError(
-            f"the {model!r} model's {what} of {size} does not divide over {split} (parameter "
-            f"{jax.tree_util.keystr(path, simple=True, separator='/')}); use mesh sizes that "
-            f"divide {size} (e.g. mesh.{biggest}=1){', ' if hint else ''}"
-            f"{hint.format(ways=ways)}.")
+          f"the {model!r} model's {what} of {size} does not divide over {split} (parameter "
+          f"{jax.tree_util.keystr(path, simple=True, separator='/')}); use mesh sizes that "
+          f"divide {size} (e.g. mesh.{biggest}=1){', ' if hint else ''}"
+          f"{hint.format(ways=ways)}."
+        )
 
 
 def logical_shardings(abstract_boxed_tree, mesh: Mesh):
@@ -188,8 +204,8 @@ def optimizer_shardings(abstract_opt_state, abstract_params, param_shardings, de
   """
   by_path = {}
   for (path, sh), shape in zip(
-      jax.tree_util.tree_flatten_with_path(param_shardings)[0],
-      jax.tree.leaves(abstract_params)):
+    jax.tree_util.tree_flatten_with_path(param_shardings)[0], jax.tree.leaves(abstract_params)
+  ):
     by_path[tuple(k.key for k in path)] = (sh, shape.shape)
 
   def pick(path, leaf):

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -20,11 +21,12 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from dirroute_jax.model.variants import model_configs
 from dirroute_jax.model import kernels
 from dirroute_jax.model.losses import cross_entropy_sums
 from dirroute_jax.model.transformer import Transformer, abstract_params, build_model, forward
-from dirroute_jax.train import metrics as metrics_lib, sharding
+from dirroute_jax.model.variants import model_configs
+from dirroute_jax.train import metrics as metrics_lib
+from dirroute_jax.train import sharding
 from dirroute_jax.train.optimizer import learning_rate_schedule, make_optimizer
 
 BATCH_KEYS = ("inputs", "targets", "weights")
@@ -49,8 +51,11 @@ class Trainer:
     """ShapeDtypeStructs with target shardings: what a checkpoint restores into."""
     with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):  # shapes only: see OnMesh
       shapes = jax.eval_shape(self.init_state, jax.random.key(0))
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                        shapes, self.state_shardings)
+    return jax.tree.map(
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+      shapes,
+      self.state_shardings,
+    )
 
 
 class OnMesh:
@@ -94,12 +99,14 @@ def _router_stats(captured: dict) -> dict:
 
 class LossAux(NamedTuple):
   """What a model's loss function returns beside the summed loss of a micro-batch."""
+
   tokens: jax.Array  # real (weighted) target tokens
   router: dict  # ROUTER_STATS of the micro-batch; {} for a model without routing
 
 
 class Sums(NamedTuple):
   """One model's totals over the micro-batches of a step (the gradient-accumulation carry)."""
+
   grads: Any  # summed gradients of the summed token losses, like the params
   loss: jax.Array  # summed token losses
   tokens: jax.Array
@@ -108,21 +115,29 @@ class Sums(NamedTuple):
   @classmethod
   def zeros(cls, params, routing: bool) -> Sums:
     zero = jnp.zeros((), jnp.float32)
-    return cls(jax.tree.map(jnp.zeros_like, params), zero, zero,
-               {k: zero for k in ROUTER_STATS} if routing else {})
+    return cls(
+      jax.tree.map(jnp.zeros_like, params),
+      zero,
+      zero,
+      {k: zero for k in ROUTER_STATS} if routing else {},
+    )
 
   def add(self, grads, loss_sum, aux: LossAux, micro_batches: int) -> Sums:
-    return Sums(jax.tree.map(jnp.add, self.grads, grads), self.loss + loss_sum,
-                self.tokens + aux.tokens,
-                jax.tree.map(lambda a, b: a + b / micro_batches, self.router, aux.router))
+    return Sums(
+      jax.tree.map(jnp.add, self.grads, grads),
+      self.loss + loss_sum,
+      self.tokens + aux.tokens,
+      jax.tree.map(lambda a, b: a + b / micro_batches, self.router, aux.router),
+    )
 
 
 def make_trainer(cfg, mesh: jax.sharding.Mesh) -> Trainer:
   rules = sharding.LOGICAL_AXIS_RULES
   sharding.check_batch(cfg.batch_size, cfg.grad_accum_steps, mesh)
   # The attention kernel is decided here, once, for the devices the step is compiled for.
-  model_cfgs = {name: kernels.with_kernel(mc, mesh.devices.flat[0])
-                for name, mc in model_configs(cfg).items()}
+  model_cfgs = {
+    name: kernels.with_kernel(mc, mesh.devices.flat[0]) for name, mc in model_configs(cfg).items()
+  }
   models = {name: build_model(mc) for name, mc in model_cfgs.items()}
   optimizers = {name: make_optimizer(cfg.optim, cfg.steps) for name in models}
   schedule = learning_rate_schedule(cfg.optim, cfg.steps)
@@ -138,7 +153,8 @@ def make_trainer(cfg, mesh: jax.sharding.Mesh) -> Trainer:
     p_sh = sharding.logical_shardings(boxed, mesh)
     unboxed = nn.meta.unbox(boxed)
     opt_sh = sharding.optimizer_shardings(
-        jax.eval_shape(optimizers[name].init, unboxed), unboxed, p_sh, replicated)
+      jax.eval_shape(optimizers[name].init, unboxed), unboxed, p_sh, replicated
+    )
     state_shardings["models"][name] = {"params": p_sh, "opt_state": opt_sh}
   batch_sh = sharding.batch_sharding(mesh)
 
@@ -162,13 +178,16 @@ def make_trainer(cfg, mesh: jax.sharding.Mesh) -> Trainer:
       # Micro-batch a takes rows a, a+A, a+2A, ...: every device keeps its own rows in every
       # micro-batch, so accumulation never moves data between devices.
       micro_batches = jax.tree.map(
-          lambda x: jax.lax.with_sharding_constraint(
-              x.reshape((x.shape[0] // A, A) + x.shape[1:]).swapaxes(0, 1),
-              jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
-                  None, sharding.BATCH_AXES))), batch)
+        lambda x: jax.lax.with_sharding_constraint(
+          x.reshape((x.shape[0] // A, A) + x.shape[1:]).swapaxes(0, 1),
+          jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, sharding.BATCH_AXES)),
+        ),
+        batch,
+      )
       params = {n: s["params"] for n, s in state["models"].items()}
-      grad_fns = {n: jax.value_and_grad(lambda p, mb, n=n: loss_sums(n, p, mb), has_aux=True)
-                  for n in models}
+      grad_fns = {
+        n: jax.value_and_grad(lambda p, mb, n=n: loss_sums(n, p, mb), has_aux=True) for n in models
+      }
 
       def accumulate(carry, micro):
         out = {}
@@ -185,20 +204,27 @@ def make_trainer(cfg, mesh: jax.sharding.Mesh) -> Trainer:
       lr = schedule(state["step"])
       for n in models:
         tokens = jnp.maximum(sums[n].tokens, 1.0)
-        grads = jax.tree.map(lambda g: g / tokens, sums[n].grads)  # mean over all real tokens
-        updates, opt_state = optimizers[n].update(grads, state["models"][n]["opt_state"],
-                                                  params[n])
-        new_state["models"][n] = {"params": optax.apply_updates(params[n], updates),
-                                  "opt_state": opt_state}
+        grads = jax.tree.map(lambda g: g / tokens, sums[n].grads)  # mean over all real tokens  # noqa: B023
+        updates, opt_state = optimizers[n].update(grads, state["models"][n]["opt_state"], params[n])
+        new_state["models"][n] = {
+          "params": optax.apply_updates(params[n], updates),
+          "opt_state": opt_state,
+        }
         loss = sums[n].loss / tokens
-        per_model[n] = {"loss": loss, "perplexity": jnp.exp(loss),
-                        "grad_norm": optax.tree.norm(grads), "lr": lr, "tokens": tokens,
-                        **sums[n].router}
-      if (pair := metrics_lib.delta_pair(models)):
+        per_model[n] = {
+          "loss": loss,
+          "perplexity": jnp.exp(loss),
+          "grad_norm": optax.tree.norm(grads),
+          "lr": lr,
+          "tokens": tokens,
+          **sums[n].router,
+        }
+      if pair := metrics_lib.delta_pair(models):
         first, second = (per_model[n] for n in pair)
         per_model[metrics_lib.DELTA] = {
-            "loss": first["loss"] - second["loss"],
-            "perplexity": first["perplexity"] - second["perplexity"]}
+          "loss": first["loss"] - second["loss"],
+          "perplexity": first["perplexity"] - second["perplexity"],
+        }
       return new_state, metrics_lib.flat(per_model)
 
   def eval_step(state, batch):
@@ -211,12 +237,25 @@ def make_trainer(cfg, mesh: jax.sharding.Mesh) -> Trainer:
 
   batch_shardings = {k: batch_sh for k in BATCH_KEYS}
   return Trainer(
-      cfg=cfg, mesh=mesh, models=models, optimizers=optimizers,
-      state_shardings=state_shardings, batch_sharding=batch_sh, rules=rules,
-      init_state=OnMesh(jax.jit(init_state, out_shardings=state_shardings), mesh),
-      train_step=OnMesh(jax.jit(train_step, in_shardings=(state_shardings, batch_shardings),
-                                out_shardings=(state_shardings, replicated),
-                                donate_argnums=(0,)), mesh),
-      eval_step=OnMesh(jax.jit(eval_step, in_shardings=(state_shardings, batch_shardings),
-                               out_shardings=replicated), mesh),
+    cfg=cfg,
+    mesh=mesh,
+    models=models,
+    optimizers=optimizers,
+    state_shardings=state_shardings,
+    batch_sharding=batch_sh,
+    rules=rules,
+    init_state=OnMesh(jax.jit(init_state, out_shardings=state_shardings), mesh),
+    train_step=OnMesh(
+      jax.jit(
+        train_step,
+        in_shardings=(state_shardings, batch_shardings),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=(0,),
+      ),
+      mesh,
+    ),
+    eval_step=OnMesh(
+      jax.jit(eval_step, in_shardings=(state_shardings, batch_shardings), out_shardings=replicated),
+      mesh,
+    ),
   )
