@@ -193,8 +193,8 @@ def causality_report(
 def claim_rows(r: Causality, report: dict) -> verdicts.Rows:
   """The claims this section tests (analysis/claims.py): `causal`, the audit's verdict (not a
   claim that can hold: the paper's router is non-causal), and `prefix`: the 95% interval of the
-  prefix-only PPL reduction vs baseline lies above zero and above the untrained pair's (the
-  ablation section's `reduction_at_init`)."""
+  prefix-only PPL reduction vs baseline (the control) lies above zero and above the untrained
+  pair's (the ablation section's `reduction_at_init`); `verdicts.interval_verdict`."""
   out = {"causal": (r.models["routed"].verdict, None)}
   leak = r.leak
   if leak is None or not leak.applies:
@@ -215,7 +215,9 @@ def claim_rows(r: Causality, report: dict) -> verdicts.Rows:
       if lred is not None
       else ""
     ),
-    verdicts.interval_verdict(*lci, init_prefix) if lci else verdicts.NO_DIFF,
+    verdicts.interval_verdict(*lci, init_prefix)
+    if lci
+    else verdicts.uninformative("no interval (older report)"),
   )
   return out
 

@@ -1,10 +1,31 @@
 """The paper's claims (METHOD.md) checked against two interpretability reports: one for a pair
 trained with the paper's `sequence_mean` router, one with the causal `causal_mean` router.
 
-Each row: the claim, the paper's number, ours under each pooling, and whether the qualitative
-finding holds: "yes", "no", or "no difference" (a null result: the measurement does not
-separate from its null or control). Every criterion can fail on an untrained model and on the
-baseline; each is stated beside the code that computes its numbers, in the section's
+Each row: the claim, the paper's number, the row's control, ours under each pooling, and a
+verdict (analysis/verdicts.py): "holds", "does not hold", "no difference (within +/-M)", or
+"uninformative at this scale: <gate>", the gate saying why the row cannot be decided here (the
+capability is at chance, too few layers for a trend or a location, a control the result does
+not measure). No row can hold on the untrained pair alone: each "holds" also needs its control
+(the `control` column), a model without the capability or the baseline, and each is tested to
+return something else on such a model (tests/test_claims.py). The controls, row by row:
+
+  ppl_gain, prefix     the baseline (the reduction is vs it) and the untrained pair's reduction
+  ppl_conditions       none measured: the same-size knockout of another trained component is
+                       missing, so the row is never "holds" (uninformative, control named)
+  mean_routing         r fixed at its held-out mean (the same suppression, input-independent)
+  layer_ko             chance, 1 of L; uninformative below 4 layers
+  factual_off          the baseline's P(word); random held-out words are missing, so never
+                       "holds"; all factual rows gated on real recall (median rank <= 10)
+  dla, mover           the mean-logit null; every other head's knockout
+  induction(_ko)       the baseline's accuracy, the first block, other heads' knockouts; gated
+                       on induction above chance
+  variance             the shuffled-label permutation null and the last layer
+  classification       permutation null, majority class, an untrained router, the baseline's
+                       residuals; never "holds" (windows are not independent, no interval)
+  readout, cosine      random directions
+  spectral             the baseline's slope with depth; uninformative below 3 layers
+
+Each criterion is stated beside the code that computes its numbers, in the section's
 `claim_rows` (analysis/report.py's SECTIONS):
 
   causal, prefix                          causality.claim_rows
@@ -16,9 +37,9 @@ baseline; each is stated beside the code that computes its numbers, in the secti
   readout, cosine                         directions.claim_rows
   spectral                                spectral.claim_rows
 
-This module only assembles the table: the claims' order and wording, the paper's numbers, and
-the leak-vs-gain table. Magnitudes are not compared: our models are orders of magnitude
-smaller than the paper's.
+This module only assembles the table: the claims' order and wording, the paper's numbers, the
+controls, and the leak-vs-gain table. Magnitudes are not compared: our models are orders of
+magnitude smaller than the paper's.
 """
 
 from __future__ import annotations
@@ -26,7 +47,15 @@ from __future__ import annotations
 from dirroute_jax.analysis import report as report_lib
 from dirroute_jax.analysis.ablation import PAPER_WORST_LAYER_DEPTH, paper_layer
 from dirroute_jax.analysis.markdown import table
-from dirroute_jax.analysis.verdicts import NO, NO_DIFF, YES, interval_verdict
+from dirroute_jax.analysis.verdicts import (
+  DOES_NOT_HOLD,
+  HOLDS,
+  NO,
+  NO_DIFF,
+  UNINFORMATIVE,
+  YES,
+  interval_verdict,
+)
 from dirroute_jax.analysis.verdicts import pct_ci as _pct_ci
 from dirroute_jax.model.variants import PREFIX_ONLY as PREFIX
 
@@ -35,9 +64,12 @@ __all__ = [
   "CLAIMS",
   "claims_table",
   "leak_vs_gain",
+  "HOLDS",
+  "DOES_NOT_HOLD",
+  "NO_DIFF",
+  "UNINFORMATIVE",
   "YES",
   "NO",
-  "NO_DIFF",
   "interval_verdict",
   "paper_layer",
   "PAPER_WORST_LAYER_DEPTH",
@@ -45,8 +77,8 @@ __all__ = [
 
 
 def _rows_for(r: dict) -> dict[str, tuple[str, str | None]]:
-  """{claim id: (our value as text, holds?)} for one report (stored or in memory); holds? is
-  "yes", "no", "no difference" or None (not a claim that can hold)."""
+  """{claim id: (our value as text, verdict)} for one report (stored or in memory); the
+  verdict is one of analysis/verdicts.py's, or None (not a claim that can hold)."""
   r = report_lib.load_sections(r)
   out = {}
   for name, section in report_lib.SECTIONS.items():
@@ -122,21 +154,46 @@ CLAIMS = (
 )
 
 
+# Each row's control: what its criterion is measured against besides the untrained pair (the
+# rows' `claim_rows` give the rules; "missing" names a control the results do not measure, and
+# such a row cannot hold).
+CONTROLS = {
+  "causal": "-",
+  "prefix": "baseline; untrained pair",
+  "ppl_gain": "baseline; untrained pair; +/-1% margin",
+  "ppl_conditions": "missing: same-size knockout of another trained component",
+  "mean_routing": "r fixed at its held-out mean (input-independent)",
+  "factual_off": "gate: median first-token rank <= 10; baseline P; missing: random held-out words",
+  "dla": "gate: recall (as factual_off); mean-logit null",
+  "mover": "gate: recall (as factual_off); every other head's knockout",
+  "induction": "gate: accuracy >= 10x chance; baseline; first block",
+  "induction_ko": "gate: as induction; median other single-head knockout",
+  "layer_ko": "gate: >= 4 layers; chance 1 of L",
+  "variance": "shuffled-label null; last layer",
+  "classification": "null, majority, untrained router, baseline residuals; missing: "
+  "a test for dependent windows",
+  "readout": "random directions",
+  "cosine": "random directions",
+  "spectral": "gate: >= 3 layers; the baseline's slope",
+}
+
+
 def claims_table(reports: dict[str, dict]) -> str:
-  """Markdown: one row per claim, one (value, holds) column pair per report."""
+  """Markdown: one row per claim with its control, one (value, holds) column pair per
+  report."""
   per = {name: _rows_for(r) for name, r in reports.items()}
-  header = ["claim", "paper"]
+  header = ["claim", "paper", "control"]
   for name in reports:
     header += [f"ours: {name}", "holds?"]
   rows = []
   for key, claim, paper in CLAIMS:
-    row = [claim, paper]
+    row = [claim, paper, CONTROLS.get(key, "-")]
     for name in reports:
       value, holds = per[name].get(key, ("n/a", None))
       row += [value, "-" if holds is None else holds]
     rows.append(row)
   rows.append(
-    ["downstream multiple-choice benchmarks", "no gain"]
+    ["downstream multiple-choice benchmarks", "no gain", "-"]
     + ["not run (no benchmark data offline)", "-"] * len(reports)
   )
   return table(header, rows)

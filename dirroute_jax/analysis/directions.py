@@ -35,7 +35,7 @@ from dirroute_jax.analysis import result as result_lib
 from dirroute_jax.analysis.load import as_workdir
 from dirroute_jax.analysis.markdown import fmt, table
 from dirroute_jax.analysis.tokens import STOP_WORDS, is_function_token, token_label
-from dirroute_jax.analysis.verdicts import NO, NO_DIFF, YES
+from dirroute_jax.analysis.verdicts import DOES_NOT_HOLD, HOLDS
 from dirroute_jax.model.routing import unit_directions
 
 PAPER = {
@@ -347,17 +347,26 @@ def claim_rows(r: Directions, report: dict) -> verdicts.Rows:
     return {}
   out = {}
   share, rand = d.function_share_per_layer[-1], d.function_share_random_per_layer[-1]
-  z = (d.function_share_z_per_layer or [0.0])[-1]
+  z_L = d.function_share_z_per_layer
+  z = z_L[-1] if z_L else 0.0
   out["readout"] = (
     f"function-token share, last layer {share:.2f} (random dirs {rand:.2f}, z {z:+.1f})",
-    YES if z > 1.96 else NO if z < -1.96 else NO_DIFF,
+    verdicts.uninformative("no z against random directions (older report)")
+    if not z_L
+    else HOLDS
+    if z > 1.96
+    else DOES_NOT_HOLD
+    if z < -1.96
+    else verdicts.no_difference("+/-1.96 sd of random directions"),
   )
   cos = d.cosine
   indistinguishable = "indistinguishable" in str(cos.verdict_abs)
   out["cosine"] = (
     f"mean |cos| {_one_layer(cos.off_diagonal_abs_mean)} (random "
     f"{fmt(cos.null['analytic_abs_cos_mean'])})",
-    NO_DIFF if indistinguishable else NO,
+    verdicts.no_difference("the random-direction null's spread")
+    if indistinguishable
+    else DOES_NOT_HOLD,
   )
   return out
 

@@ -249,23 +249,61 @@ def _model_induction(
   )
 
 
+def capability_gate(r: Induction) -> str | None:
+  """Why there is no induction to test, or None: the routed model's and the baseline's
+  accuracy both within `verdicts.CAPABILITY_OVER_CHANCE` x chance. A routed model at chance
+  beside a baseline that induces is a result (routing lost the capability), not a gate."""
+  chance = r.null.chance_accuracy
+  accs = {n: m.accuracy for n, m in r.models.items() if n in ("routed", "baseline")}
+  if all(verdicts.at_chance(a, chance) for a in accs.values()):
+    return (
+      "no induction: accuracy "
+      + ", ".join(f"{n} {100 * a:.2f}%" for n, a in accs.items())
+      + f" vs chance {100 * chance:.2f}% (gate >= {verdicts.CAPABILITY_OVER_CHANCE:g}x chance)"
+    )
+  return None
+
+
 def claim_rows(r: Induction, report: dict) -> verdicts.Rows:
-  """The claims this section tests (analysis/claims.py): `induction`, accuracy > 50% with
-  routing and < 10% without; `induction_ko`, accuracy after knocking out the strongest
-  induction head >= 90% of the intact accuracy (and that > 50%)."""
+  """The claims this section tests (analysis/claims.py), both gated on induction existing
+  (`capability_gate`; below it "uninformative at this scale"):
+
+    induction     accuracy > 50% with routing and < 10% without; control: the baseline's
+                  accuracy (no router) and the first block's (nothing to copy).
+    induction_ko  accuracy after knocking out the strongest induction head >= 90% of the
+                  intact accuracy (and that > 50%); control: the median other single-head
+                  knockout."""
   del report  # every number is this section's
   ind = r.models["routed"]
+  base = r.models.get("baseline")
+  gate = capability_gate(r)
+  base_text = f"; baseline {100 * base.accuracy:.2f}%" if base is not None else ""
   return {
     "induction": (
-      f"{100 * ind.accuracy:.1f}% / {100 * ind.accuracy_routing_off:.1f}%"
+      f"{100 * ind.accuracy:.2f}% / {_pct(ind.accuracy_routing_off)}{base_text}"
       f" (chance {100 * r.null.chance_accuracy:.2f}%)",
-      yes_no(ind.accuracy > 0.5 and ind.accuracy_routing_off < 0.1),
+      verdicts.uninformative(gate)
+      if gate
+      else yes_no(
+        ind.accuracy > 0.5
+        and ind.accuracy_routing_off is not None
+        and ind.accuracy_routing_off < 0.1
+      ),
     ),
     "induction_ko": (
-      f"{100 * ind.accuracy_strongest_head_knocked_out:.1f}%",
-      yes_no(ind.accuracy_strongest_head_knocked_out >= 0.9 * ind.accuracy and ind.accuracy > 0.5),
+      f"{100 * ind.accuracy_strongest_head_knocked_out:.2f}% (median other head "
+      f"{_pct(ind.knockout_control_median_other_heads)})",
+      verdicts.uninformative(gate)
+      if gate
+      else yes_no(
+        ind.accuracy_strongest_head_knocked_out >= 0.9 * ind.accuracy and ind.accuracy > 0.5
+      ),
     ),
   }
+
+
+def _pct(x) -> str:
+  return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
 def _na(x) -> str:

@@ -295,23 +295,52 @@ def spectral(
   return Spectral(models=models, null=null, paper=dict(PAPER), protocol=protocol)
 
 
+# A trend with depth needs at least this many layers: with two, "grows" is one comparison.
+MIN_LAYERS_FOR_TREND = 3
+
+
 def claim_rows(r: Spectral, report: dict) -> verdicts.Rows:
-  """The claim this section tests (analysis/claims.py): `spectral`, the skew erank below the
-  random-weight p05 at layer 0 and growing with depth."""
+  """The claim this section tests (analysis/claims.py): `spectral`, the skew erank grows with
+  depth *because of routing*: comparative, with the baseline (no router, same data and steps)
+  as the control. Any trained transformer's skew erank may grow with depth, so growth alone
+  says nothing about routing; the row holds only where the routed model's erank is below the
+  random-weight p05 at layer 0, never decreases, and its slope per layer exceeds the
+  baseline's. It does not hold where the routed slope is at or below the baseline's (or not
+  positive). Gates (uninformative): fewer than MIN_LAYERS_FOR_TREND layers (two layers are one
+  comparison, not a trend), or no baseline measured."""
   del report  # every number is this section's
   sp = result_lib.model(r)
   if not sp:
     return {}
+  base = result_lib.model(r, "baseline")
   c = sp.offset0.cascade
+  L = len(sp.offset0.per_layer["skew_erank"])
   p05 = r.null.offset0["skew_erank"].p05
+  slope = c.slope_per_layer
+  base_slope = base.offset0.cascade.slope_per_layer if base else None
+  text = (
+    f"skew erank {c.skew_erank_first_layer:.1f} -> {c.skew_erank_last_layer:.1f}, slope "
+    f"{_slope(slope)}/layer vs baseline {_slope(base_slope)} (random-weight p05 {fmt(p05)})"
+  )
+  if L < MIN_LAYERS_FOR_TREND:
+    return {
+      "spectral": (
+        text,
+        verdicts.uninformative(
+          f"{L} layers: one comparison, a trend with depth needs >= {MIN_LAYERS_FOR_TREND}"
+        ),
+      )
+    }
+  if base_slope is None or slope is None:
+    return {"spectral": (text, verdicts.uninformative("no baseline slope to compare with"))}
   return {
     "spectral": (
-      f"skew erank {c.skew_erank_first_layer:.1f} -> "
-      f"{c.skew_erank_last_layer:.1f} (random-weight p05 {fmt(p05)})",
+      text,
       yes_no(
         bool(c.non_decreasing)
         and c.skew_erank_first_layer < p05
-        and c.skew_erank_last_layer > c.skew_erank_first_layer
+        and slope > 0
+        and slope > base_slope
       ),
     )
   }
