@@ -2,7 +2,10 @@
 
 The untrained-model tests build a workdir view with the trained fixture's data and config but
 freshly initialised parameters (and the paper's sequence_mean router, so the leak row is
-scored too): no "holds?" may read "yes" for a model that learned nothing.
+scored too): no "holds?" may read "holds" for a model that learned nothing. Beyond that, every
+row that can hold is fed a baseline-like result or one without the capability (typed results
+edited in memory) and must return something else, and each gate ("uninformative at this
+scale") is tested with the reason it names.
 """
 
 import copy
