@@ -48,6 +48,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from dirroute_jax.cli import parse_flags
+from dirroute_jax.model import flops as model_flops
 from dirroute_jax.model.variants import model_variant
 from dirroute_jax.train import flops, sharding, step
 
@@ -224,7 +225,7 @@ def _fmt_bytes(b) -> str:
 
 def _flops_per_token(cfg, name: str) -> float:
   models = [m for models in VARIANTS[name] for m in models.split(",")]
-  return sum(flops.flops_per_token(model_variant(cfg.model, m), cfg.seq_len) for m in models)
+  return sum(model_flops.flops_per_token(model_variant(cfg.model, m), cfg.seq_len) for m in models)
 
 
 def main(argv):
@@ -302,7 +303,7 @@ def main(argv):
     )
 
   print(
-    "\n| pooling | routed / baseline | same, CPU time | model-FLOP ratio (train/flops.py) | "
+    "\n| pooling | routed / baseline | same, CPU time | model-FLOP ratio (model/flops.py) | "
     "pair / separate | same, CPU time | compiles per variant | pair step / input pipeline |"
   )
   print("|---|---|---|---|---|---|---|---|")

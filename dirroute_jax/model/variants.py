@@ -39,7 +39,7 @@ def _matched_d_ff(model_json: str) -> int:
   return min((below, above), key=lambda f: (abs(at_1 + (f - 1) * per_unit - target), f))
 
 
-def matched_d_ff(model_cfg) -> int:
+def matched_d_ff(model_cfg, seq_len: int | None = None) -> int:
   """d_ff of the parameter-matched baseline ("matched" in MODEL_VARIANTS).
 
   The rule: the baseline (routing off) with the integer d_ff whose parameter count, vocab
@@ -47,24 +47,65 @@ def matched_d_ff(model_cfg) -> int:
   widens (every block by the same amount), so the residual mismatch is at most half of one
   unit of d_ff, 1.5 * d_model * num_layers parameters (`params.format_table` prints it).
   """
+  del seq_len  # a parameter count does not depend on the sequence length
   return _matched_d_ff(model_cfg.to_json())
 
 
+@functools.lru_cache(maxsize=64)
+def _flops_matched_d_ff(model_json: str, seq_len: int) -> int:
+  from dirroute_jax.model.flops import flops_per_token  # the model: jax, flax
+
+  model_cfg = ml_collections.ConfigDict(json.loads(model_json))
+  target = flops_per_token(model_variant(model_cfg, "routed"), seq_len)
+  base_cfg = model_variant(model_cfg, "baseline")
+  base_cfg.d_ff = 1
+  at_1 = flops_per_token(base_cfg, seq_len)
+  base_cfg.d_ff = 2
+  per_unit = flops_per_token(base_cfg, seq_len) - at_1  # 18 * d_model * num_layers (SwiGLU)
+  exact = 1 + (target - at_1) / per_unit
+  below, above = max(1, math.floor(exact)), max(1, math.ceil(exact))
+  return min((below, above), key=lambda f: (abs(at_1 + (f - 1) * per_unit - target), f))
+
+
+def flops_matched_d_ff(model_cfg, seq_len: int | None = None) -> int:
+  """d_ff of the compute-matched baseline ("flops_matched" in MODEL_VARIANTS).
+
+  The rule: the baseline (routing off) with the integer d_ff whose training FLOPs per token at
+  `seq_len` (model/flops.py's convention) are closest to the routed model's; a tie goes to the
+  smaller d_ff. The parameter-matched baseline spends more compute than the routed model when
+  the router runs once per sequence (sequence_mean: its parameters cost FLOPs / T per token),
+  so for that pooling the two controls differ; for causal_mean they nearly coincide.
+  """
+  if seq_len is None:
+    raise ConfigError(
+      "the compute-matched baseline (flops_matched) needs the training sequence length: "
+      "build it with model_configs(cfg), or model_variant(..., seq_len=cfg.seq_len)."
+    )
+  return _flops_matched_d_ff(model_cfg.to_json(), int(seq_len))
+
+
 # The models a run can train side by side (`models`), each `model` with these keys overridden;
-# a callable value is computed from `model`. "matched" is the baseline with its MLP widened so
-# that its parameter count matches the routed model's (the rule: `matched_d_ff`).
+# a callable value is computed from `model` and the training length. "matched" is the baseline
+# with its MLP widened so that its parameter count matches the routed model's (the rule:
+# `matched_d_ff`); "flops_matched" so that its training FLOPs per token do (`flops_matched_d_ff`).
 MODEL_VARIANTS = {
   "routed": {"routing": True},
   "baseline": {"routing": False},
   "sd": {"routing": False, "attention": "sd"},
   "matched": {"routing": False, "d_ff": matched_d_ff},
+  "flops_matched": {"routing": False, "d_ff": flops_matched_d_ff},
 }
 
 
-def model_variant(model_cfg: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
-  """A copy of `model_cfg` as the named variant (e.g. "baseline": routing off)."""
+def model_variant(
+  model_cfg: ml_collections.ConfigDict, name: str, *, seq_len: int | None = None
+) -> ml_collections.ConfigDict:
+  """A copy of `model_cfg` as the named variant (e.g. "baseline": routing off). `seq_len`: the
+  training length, which only the compute-matched variant needs."""
   out = copy.deepcopy(model_cfg)
-  out.update({k: v(model_cfg) if callable(v) else v for k, v in MODEL_VARIANTS[name].items()})
+  out.update(
+    {k: v(model_cfg, seq_len) if callable(v) else v for k, v in MODEL_VARIANTS[name].items()}
+  )
   return out
 
 
@@ -76,7 +117,7 @@ def model_configs(cfg) -> dict[str, ml_collections.ConfigDict]:
     raise ConfigError(
       f"models={cfg.models!r}: give distinct names from {sorted(MODEL_VARIANTS)}, comma-separated."
     )
-  return {name: model_variant(cfg.model, name) for name in names}
+  return {name: model_variant(cfg.model, name, seq_len=cfg.seq_len) for name in names}
 
 
 def count_pair(model_cfg, names=("routed", "baseline", "matched")) -> dict:

@@ -27,6 +27,7 @@ from dirroute_jax import workdir as workdir_lib
 from dirroute_jax.config import ConfigError, default_config, flatten, validate_config
 from dirroute_jax.data import tokenizers
 from dirroute_jax.data.pipeline import make_data
+from dirroute_jax.model import flops as model_flops
 from dirroute_jax.model import kernels
 from dirroute_jax.model.variants import PREFIX_ONLY as PREFIX
 from dirroute_jax.model.variants import model_configs
@@ -439,7 +440,7 @@ class _Run:
     tokens_per_step = cfg.batch_size * cfg.seq_len
     # Model FLOPs of the whole set per step, convention in train/flops.py.
     flops_per_step = tokens_per_step * sum(
-      flops.flops_per_token(mc, cfg.seq_len) for mc in model_configs(cfg).values()
+      model_flops.flops_per_token(mc, cfg.seq_len) for mc in model_configs(cfg).values()
     )
     self.throughput = _Throughput(
       start,

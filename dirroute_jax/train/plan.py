@@ -35,9 +35,9 @@ import time
 import jax
 import jax.numpy as jnp
 
+from dirroute_jax.model import flops as model_flops
 from dirroute_jax.model import kernels
 from dirroute_jax.model.variants import model_configs
-from dirroute_jax.train import flops as flops_lib
 from dirroute_jax.train import sharding
 from dirroute_jax.train import step as step_lib
 
@@ -237,7 +237,7 @@ def make_plan(cfg, devices=None, hbm_bytes: int | None = None, target: str | Non
     code_bytes=mem.generated_code_size_in_bytes,
     xla_flops=float((cost or {}).get("flops", 0.0)),
     model_flops=sum(
-      flops_lib.flops_per_token(mc, cfg.seq_len) for mc in model_configs(cfg).values()
+      model_flops.flops_per_token(mc, cfg.seq_len) for mc in model_configs(cfg).values()
     )
     * cfg.batch_size
     * cfg.seq_len,
