@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from dirroute_jax.analysis import verdicts
+from dirroute_jax.analysis.forward import ppl_by_position
 from dirroute_jax.analysis.markdown import fmt, pct_ci, sample, table
 from dirroute_jax.analysis.stats import paired_bootstrap_reduction
 from dirroute_jax.model.transformer import Transformer, forward
@@ -115,6 +116,9 @@ class Causality:
   all_causal: bool
   note: str
   leak: Leak | None = None  # None in reports from before the leak was measured
+  # {model (and PREFIX for a sequence_mean routed model): {"0-7", "8-63", "64+": PPL}}, the
+  # held-out perplexity by position in the window; None in reports from before it was measured.
+  ppl_by_position: dict[str, dict[str, float]] | None = None
 
 
 def measure_leak(models: dict[str, Transformer], params: dict, batches, domains) -> Leak:
@@ -179,6 +183,16 @@ def causality_report(
   leak = measure_leak(run.models, run.params, run.data.eval_batches(n or None), run.data.domains)
   if leak.applies:
     leak = dataclasses.replace(leak, eval_stride=run.data.eval_stride(n or None))
+  by_position = {
+    name: ppl_by_position(model, run.params[name], run.data.eval_batches(n or None))
+    for name, model in run.models.items()
+  }
+  if leak.applies:  # the same routed params, pooling the prefix only
+    by_position[PREFIX_ONLY] = ppl_by_position(
+      evaluate.prefix_model(run.models["routed"].cfg),
+      run.params["routed"],
+      run.data.eval_batches(n or None),
+    )
   note = (
     "All models are causal: perplexities are comparable with a causal LM."
     if all_causal
@@ -187,7 +201,9 @@ def causality_report(
     "leak is measured, not bounded: the routed model's perplexity with prefix-only "
     "routing (what it sees when generating) is its causal number."
   )
-  return Causality(models=models, all_causal=all_causal, note=note, leak=leak)
+  return Causality(
+    models=models, all_causal=all_causal, note=note, leak=leak, ppl_by_position=by_position
+  )
 
 
 def claim_rows(r: Causality, report: dict) -> verdicts.Rows:
@@ -259,4 +275,15 @@ def markdown(r: Causality) -> str:
         + pct_ci(red[PREFIX_ONLY]["all"], ci.get(PREFIX_ONLY))
         + ".",
       ]
+  if r.ppl_by_position:
+    cols = list(next(iter(r.ppl_by_position.values())))
+    out += [
+      "",
+      "Held-out perplexity by position in the window (token-weighted within each bucket):",
+      "",
+      table(
+        ["model"] + [f"PPL positions {c}" for c in cols],
+        [[name] + [by[c] for c in cols] for name, by in r.ppl_by_position.items()],
+      ),
+    ]
   return "\n".join(out)

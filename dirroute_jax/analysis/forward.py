@@ -9,6 +9,7 @@ module then imports only what it computes with, never another section.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Iterable
 
 import jax
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dirroute_jax.model import interventions as iv_lib
-from dirroute_jax.model.losses import cross_entropy_sums
+from dirroute_jax.model.losses import cross_entropy_sums, token_cross_entropy
 from dirroute_jax.model.transformer import Transformer, forward
 
 
@@ -78,3 +79,40 @@ def mean_routing(model: Transformer, params, batches: Iterable[dict]) -> np.ndar
     batches,
   )
   return np.asarray(mean).astype(np.float32)
+
+
+# Position buckets of position-resolved perplexity: the first positions, where a prefix mean
+# over a few tokens differs most from the whole window's (the leak's damage sits there), then
+# the middle and the rest of a 128-token window.
+POSITION_BUCKETS = ((0, 8), (8, 64), (64, None))
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _position_loss_sums(model: Transformer, params, inputs_BxT, targets_BxT, weights_BxT):
+  """(loss_sum_T, tokens_T): summed over the batch, per position."""
+  logits_BxTxV, _ = forward(model, params, inputs_BxT)
+  ce_BxT = token_cross_entropy(logits_BxTxV, targets_BxT)
+  return (ce_BxT * weights_BxT).sum(axis=0), weights_BxT.sum(axis=0)
+
+
+def bucket_label(lo: int, hi: int | None) -> str:
+  return f"{lo}-{hi - 1}" if hi is not None else f"{lo}+"
+
+
+def ppl_by_position(
+  model: Transformer, params, batches: Iterable[dict], buckets=POSITION_BUCKETS
+) -> dict[str, float]:
+  """Held-out perplexity per bucket of positions in the window ({"0-7": PPL, ...}), token-
+  weighted within each bucket; NaN for a bucket with no real tokens (windows shorter than it)."""
+  loss_T, tokens_T = 0.0, 0.0
+  for batch in batches:
+    l_T, t_T = jax.device_get(
+      _position_loss_sums(model, params, batch["inputs"], batch["targets"], batch["weights"])
+    )
+    loss_T = loss_T + np.asarray(l_T, np.float64)
+    tokens_T = tokens_T + np.asarray(t_T, np.float64)
+  out = {}
+  for lo, hi in buckets:
+    n = float(np.sum(tokens_T[lo:hi])) if np.ndim(tokens_T) else 0.0
+    out[bucket_label(lo, hi)] = math.exp(float(np.sum(loss_T[lo:hi])) / n) if n else math.nan
+  return out
