@@ -166,6 +166,8 @@ RESULTS = [
   "results/seeds/causal_mean/seed_0/report",
   "results/seeds/sequence_mean/seed_0/report",
   "results/sd_tiny/report",
+  "results/leak_by_position/sequence_mean/seed_5",
+  "results/leak_by_position/causal_mean/seed_5",
 ]
 
 
