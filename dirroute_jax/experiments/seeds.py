@@ -354,6 +354,10 @@ def _pct(x: float) -> str:
   return f"{100 * x:+.2f}%" if x is not None and math.isfinite(x) else "n/a"
 
 
+# The columns `_row_cells` fills after the mean, in both interval tables.
+_INTERVAL_COLUMNS = ("95% CI", "t-test p", "sign-flip p", "seeds", "verdict")
+
+
 def _row_cells(entry: dict) -> list:
   if "missing" in entry:
     return [
@@ -415,11 +419,7 @@ def to_markdown(results: dict) -> str:
         "comparison (a vs b)",
         "held-out scope",
         "mean PPL reduction 1 - PPL_a/PPL_b",
-        "95% CI",
-        "t-test p",
-        "sign-flip p",
-        "seeds",
-        "verdict",
+        *_INTERVAL_COLUMNS,
       ],
       rows,
     ),
@@ -438,11 +438,7 @@ def to_markdown(results: dict) -> str:
           "gain",
           "held-out scope",
           "mean difference (as a PPL reduction)",
-          "95% CI",
-          "t-test p",
-          "sign-flip p",
-          "seeds",
-          "verdict",
+          *_INTERVAL_COLUMNS,
         ],
         rows,
       ),

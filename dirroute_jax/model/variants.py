@@ -22,21 +22,29 @@ from dirroute_jax.config import ConfigError
 PREFIX_ONLY = "routed_prefix"
 
 
+def _closest_baseline_d_ff(model_cfg, measure) -> int:
+  """The integer d_ff at which `measure(baseline config)` is closest to `measure(routed)`; a
+  tie goes to the smaller. Both measures used here (parameters, FLOPs per token) are affine in
+  d_ff, so two evaluations give the line and the closest integer is one of the two around the
+  exact solution."""
+  target = measure(model_variant(model_cfg, "routed"))
+  base_cfg = model_variant(model_cfg, "baseline")
+  base_cfg.d_ff = 1
+  at_1 = measure(base_cfg)
+  base_cfg.d_ff = 2
+  per_unit = measure(base_cfg) - at_1  # SwiGLU: 3 * d_model * num_layers parameters
+  exact = 1 + (target - at_1) / per_unit
+  below, above = max(1, math.floor(exact)), max(1, math.ceil(exact))
+  return min((below, above), key=lambda f: (abs(at_1 + (f - 1) * per_unit - target), f))
+
+
 @functools.lru_cache(maxsize=64)
 def _matched_d_ff(model_json: str) -> int:
   from dirroute_jax.model.params import count_params  # the model: jax, flax
 
-  model_cfg = ml_collections.ConfigDict(json.loads(model_json))
-  target = count_params(model_variant(model_cfg, "routed")).total_unpadded
-  base_cfg = model_variant(model_cfg, "baseline")
-  base_cfg.d_ff = 1
-  at_1 = count_params(base_cfg).total_unpadded
-  base_cfg.d_ff = 2
-  per_unit = count_params(base_cfg).total_unpadded - at_1  # 3 * d_model * num_layers (SwiGLU)
-  # The count is affine in d_ff, so the closest integer is one of the two around the solution.
-  exact = 1 + (target - at_1) / per_unit
-  below, above = max(1, math.floor(exact)), max(1, math.ceil(exact))
-  return min((below, above), key=lambda f: (abs(at_1 + (f - 1) * per_unit - target), f))
+  return _closest_baseline_d_ff(
+    ml_collections.ConfigDict(json.loads(model_json)), lambda m: count_params(m).total_unpadded
+  )
 
 
 def matched_d_ff(model_cfg, seq_len: int | None = None) -> int:
@@ -55,16 +63,9 @@ def matched_d_ff(model_cfg, seq_len: int | None = None) -> int:
 def _flops_matched_d_ff(model_json: str, seq_len: int) -> int:
   from dirroute_jax.model.flops import flops_per_token  # the model: jax, flax
 
-  model_cfg = ml_collections.ConfigDict(json.loads(model_json))
-  target = flops_per_token(model_variant(model_cfg, "routed"), seq_len)
-  base_cfg = model_variant(model_cfg, "baseline")
-  base_cfg.d_ff = 1
-  at_1 = flops_per_token(base_cfg, seq_len)
-  base_cfg.d_ff = 2
-  per_unit = flops_per_token(base_cfg, seq_len) - at_1  # 18 * d_model * num_layers (SwiGLU)
-  exact = 1 + (target - at_1) / per_unit
-  below, above = max(1, math.floor(exact)), max(1, math.ceil(exact))
-  return min((below, above), key=lambda f: (abs(at_1 + (f - 1) * per_unit - target), f))
+  return _closest_baseline_d_ff(
+    ml_collections.ConfigDict(json.loads(model_json)), lambda m: flops_per_token(m, seq_len)
+  )
 
 
 def flops_matched_d_ff(model_cfg, seq_len: int | None = None) -> int:
