@@ -438,7 +438,7 @@ class _Run:
     # restored one has not been yet).
     self.trusted_before = start
     tokens_per_step = cfg.batch_size * cfg.seq_len
-    # Model FLOPs of the whole set per step, convention in train/flops.py.
+    # Model FLOPs of the whole set per step, convention in model/flops.py.
     flops_per_step = tokens_per_step * sum(
       model_flops.flops_per_token(mc, cfg.seq_len) for mc in model_configs(cfg).values()
     )

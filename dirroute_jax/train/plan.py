@@ -80,7 +80,7 @@ class Plan:
   temp_bytes: int
   code_bytes: int
   xla_flops: float  # cost_analysis(), per device, loop bodies counted once; 0: none given
-  model_flops: float  # train/flops.py's convention, all models, all devices
+  model_flops: float  # model/flops.py's convention, all models, all devices
   lower_seconds: float
   compile_seconds: float
   hbm_bytes: int | None = None  # per device, when the target is known
@@ -318,7 +318,7 @@ def format_plan(plan: Plan, accelerator: str | None = None) -> str:
     )
   else:
     lines.append("  compiler cost_analysis: none given by this compiler")
-  lines.append(f"  model FLOPs (train/flops.py convention) {plan.model_flops:.4g} in all")
+  lines.append(f"  model FLOPs (model/flops.py convention) {plan.model_flops:.4g} in all")
   if accelerator or plan.hbm_bytes:
     ok, hbm = fits(plan, accelerator)
     chip = accelerator or plan.target
