@@ -26,11 +26,12 @@ from ml_collections import config_flags
 from dirroute_jax.cli import exit_if_stopped, exit_on_train_error, fail, parse_flags
 from dirroute_jax.config import ConfigError
 from dirroute_jax.experiments import seeds
+from dirroute_jax.model.variants import MODEL_VARIANTS
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config",
   os.path.join(os.path.dirname(__file__), "..", "configs", "seeds.py"),
-  "configs/*.py file (its `models` is set to routed,baseline,matched).",
+  "configs/*.py file (its `models` is set by --models).",
   lock_config=True,
 )
 _OUT = flags.DEFINE_string(
@@ -41,6 +42,12 @@ _OUT = flags.DEFINE_string(
 )
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Seeds, comma-separated.")
 _POOLINGS = flags.DEFINE_list("poolings", list(seeds.POOLINGS), "Router poolings.")
+_MODELS = flags.DEFINE_list(
+  "models",
+  list(seeds.MODELS),
+  "Models each run trains in its one jitted step (model/variants.py), e.g. "
+  "routed,flops_matched for the compute-matched control; a new set needs an --out of its own.",
+)
 _COMPILE_CACHE = flags.DEFINE_string(
   "compilation_cache",
   os.path.expanduser("~/.cache/dirroute_jax/jax_compilation_cache"),
@@ -73,6 +80,12 @@ def _seed_list() -> list[int]:
     raise ConfigError(
       f"--poolings={','.join(_POOLINGS.value)}: use {','.join(seeds.POOLINGS)} (or one of them)."
     )
+  bad = [m for m in _MODELS.value if m not in MODEL_VARIANTS]
+  if bad or "routed" not in _MODELS.value or len(set(_MODELS.value)) != len(_MODELS.value):
+    raise ConfigError(
+      f"--models={','.join(_MODELS.value)}: name routed and others of "
+      f"{','.join(MODEL_VARIANTS)}, each once (the comparisons are against routed)."
+    )
   return seed_list
 
 
@@ -87,7 +100,9 @@ def main(argv):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   if not _AGGREGATE_ONLY.value:
     with exit_on_train_error():  # launch/train.py's exit statuses (dirroute_jax/exit_codes.py)
-      stopped = seeds.run_seeds(_CONFIG.value, _OUT.value, seed_list, _POOLINGS.value)
+      stopped = seeds.run_seeds(
+        _CONFIG.value, _OUT.value, seed_list, _POOLINGS.value, models=_MODELS.value
+      )
     if stopped is not None:  # finished seeds are kept; SIGTERM exits PREEMPTED
       exit_if_stopped(stopped, skipped="the remaining seeds and the aggregation")
   try:

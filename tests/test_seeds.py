@@ -150,6 +150,32 @@ def test_pooling_difference_uses_only_seeds_run_under_both():
   assert res["pooling_difference"] == {} and "no seed" in res["checks"]["pooling_difference"]
 
 
+def test_a_routed_and_flops_matched_experiment_compares_only_what_it_trained():
+  """The compute-matched control trains routed and flops_matched (--models) in an OUT of its
+  own: its table has their comparisons (and the prefix-only twin's), none against models it
+  did not train, and no pooling difference."""
+  finals = {"sequence_mean": {}}
+  for i, seed in enumerate((0, 1, 2)):
+    ppl = {"routed": 100.0 * math.exp(-_SEQ[i]), "flops_matched": 100.0, seeds.PREFIX: 103.0}
+    finals["sequence_mean"][seed] = {"seed": seed, "step": 10, "eval": _metrics(ppl, {"code": 1})}
+  res = seeds.aggregate(finals)
+  seq = res["poolings"]["sequence_mean"]
+  assert seq["models"] == ["routed", "flops_matched"]
+  assert list(seq["comparisons"]) == [
+    "leak: routed as trained vs prefix-only routing",
+    "routed vs flops_matched",
+    "routed, prefix-only routing, vs flops_matched",
+  ]
+  assert seq["comparisons"]["routed vs flops_matched"]["all"]["mean_log_ratio"] == pytest.approx(
+    0.12
+  )
+  assert res["pooling_difference"] == {}
+  md = seeds.to_markdown(res)
+  assert "| pooling | seed | routed | flops_matched | routed, prefix-only routing |" in md
+  rows = [l for l in md.splitlines() if l.startswith("| sequence_mean |")]
+  assert rows and not any("vs baseline" in r or "vs matched" in r or "missing" in r for r in rows)
+
+
 def test_finished_seeds_are_skipped_only_under_the_same_config(tiny_cfg, tmp_path):
   out = str(tmp_path)
   for pooling in seeds.POOLINGS:
@@ -171,6 +197,9 @@ def test_finished_seeds_are_skipped_only_under_the_same_config(tiny_cfg, tmp_pat
   tiny_cfg.steps += 1
   with pytest.raises(ConfigError, match="different config .steps: 300 there, 301 now"):
     seeds.run_seeds(tiny_cfg, out, [7], log=logs.append)
+  tiny_cfg.steps -= 1
+  with pytest.raises(ConfigError, match="models: 'routed,baseline,matched' there, 'routed,flo"):
+    seeds.run_seeds(tiny_cfg, out, [7], models=("routed", "flops_matched"), log=logs.append)
 
 
 @pytest.mark.slow

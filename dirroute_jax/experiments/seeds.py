@@ -36,6 +36,8 @@ from dirroute_jax.analysis.markdown import fmt, table  # noqa: E402
 from dirroute_jax.config import ConfigError, flatten  # noqa: E402
 from dirroute_jax.model.variants import PREFIX_ONLY as PREFIX  # noqa: E402
 
+# What a run trains by default; `--models` may name others of model/variants.py (e.g.
+# routed,flops_matched for the compute-matched control, in an OUT of its own).
 MODELS = ("routed", "baseline", "matched")
 POOLINGS = ("sequence_mean", "causal_mean")
 FINAL = "final.json"
@@ -49,7 +51,11 @@ COMPARISONS = (
   ("routed, prefix-only routing, vs baseline", PREFIX, "baseline", ("sequence_mean",)),
   ("routed, prefix-only routing, vs matched", PREFIX, "matched", ("sequence_mean",)),
   ("leak: routed as trained vs prefix-only routing", "routed", PREFIX, ("sequence_mean",)),
+  ("routed vs flops_matched", "routed", "flops_matched", None),
+  ("routed, prefix-only routing, vs flops_matched", PREFIX, "flops_matched", ("sequence_mean",)),
 )
+# A comparison is made where the runs trained both of its models (the prefix-only twin is the
+# routed model's parameters, evaluated with prefix pooling).
 # The gain whose difference between the poolings is reported (sequence_mean minus causal_mean).
 # The same against `matched`: under one seed both poolings train identical baselines (checked).
 POOLING_DIFFERENCES = ("routed vs baseline",)
@@ -83,12 +89,12 @@ METHOD = (
 )
 
 
-def run_config(base_cfg, pooling: str, seed: int):
-  """The config of one run: `base_cfg` with this pooling and seed, training all of MODELS."""
+def run_config(base_cfg, pooling: str, seed: int, models: Iterable[str] = MODELS):
+  """The config of one run: `base_cfg` with this pooling and seed, training `models`."""
   cfg = copy.deepcopy(base_cfg)
   cfg.model.pooling = pooling
   cfg.seed = int(seed)
-  cfg.models = ",".join(MODELS)
+  cfg.models = ",".join(models)
   return cfg
 
 
@@ -126,6 +132,7 @@ def run_seeds(
   seeds: Iterable[int],
   poolings: Iterable[str] = POOLINGS,
   *,
+  models: Iterable[str] = MODELS,
   log: Callable[..., None] = print,
 ):
   """Trains every (seed, pooling) not finished yet; a rerun skips finished seeds and resumes a
@@ -134,13 +141,13 @@ def run_seeds(
   interrupted run's RunSummary (Ctrl-C or SIGTERM: its checkpoint is saved)."""
   from dirroute_jax.train.loop import train  # here: aggregation alone needs no training stack
 
-  seeds, poolings = [int(s) for s in seeds], list(poolings)
+  seeds, poolings, models = [int(s) for s in seeds], list(poolings), tuple(models)
   todo = []
   for s in seeds:
     for p in poolings:
       path = os.path.join(workdir_of(out_dir, p, s), FINAL)
       if os.path.exists(path):
-        _check_same_config(path, run_config(base_cfg, p, s))
+        _check_same_config(path, run_config(base_cfg, p, s, models))
       else:
         todo.append((s, p))
   log(
@@ -152,7 +159,7 @@ def run_seeds(
     workdir = workdir_of(out_dir, pooling, seed)
     log(f"=== run {i + 1}/{len(todo)}: pooling {pooling}, seed {seed} -> {workdir}")
     t = time.time()
-    summary = train(run_config(base_cfg, pooling, seed), workdir, log=log)
+    summary = train(run_config(base_cfg, pooling, seed, models), workdir, log=log)
     if summary.interrupted:
       return summary
     final = {
@@ -161,7 +168,7 @@ def run_seeds(
       "step": summary.last_step,
       "train_sec": round(time.time() - t, 1),
       "eval": summary.eval_metrics,
-      "config": _flat_config(run_config(base_cfg, pooling, seed)),
+      "config": _flat_config(run_config(base_cfg, pooling, seed, models)),
     }
     tmp = os.path.join(workdir, FINAL + ".tmp")
     with open(tmp, "w") as f:
@@ -205,19 +212,33 @@ def _key(model: str, scope: str) -> str:
 
 
 def _domains(finals: dict[str, dict[int, dict]]) -> list[str]:
+  """The held-out domains every run's evaluation has (eval/<model>/<domain>/perplexity)."""
   found = set()
   for runs in finals.values():
     for final in runs.values():
       for k in final["eval"]:
         parts = k.split("/")
-        if (
-          len(parts) == 4
-          and parts[0] == "eval"
-          and parts[1] == "baseline"
-          and parts[3] == "perplexity"
-        ):
+        if len(parts) == 4 and parts[0] == "eval" and parts[3] == "perplexity":
           found.add(parts[2])
   return sorted(found)
+
+
+def trained_models(runs: dict[int, dict]) -> tuple[str, ...]:
+  """The models `runs` ({seed: final.json}) evaluated (eval/<model>/perplexity), MODELS first;
+  the prefix-only twin is not one (it is the routed model's parameters)."""
+  found = {
+    k.split("/")[1]
+    for final in runs.values()
+    for k in final["eval"]
+    if k.startswith("eval/") and k.endswith("/perplexity") and k.count("/") == 2
+  } - {PREFIX}
+  return tuple(m for m in MODELS if m in found) + tuple(sorted(found - set(MODELS)))
+
+
+def _shown_models(trained: Iterable[str], pooling: str) -> tuple[str, ...]:
+  """The trained models plus, for a sequence_mean routed model, its prefix-only twin."""
+  trained = tuple(trained)
+  return trained + ((PREFIX,) if pooling == "sequence_mean" and "routed" in trained else ())
 
 
 def _interval_entry(per_seed: dict[int, float], missing: list[str]) -> dict:
@@ -286,16 +307,14 @@ def aggregate(finals: dict[str, dict[int, dict]]) -> dict:
     ),
   }
   for pooling, runs in finals.items():
+    shown = _shown_models(trained_models(runs), pooling)
     per_seed_ppl = {
-      str(s): {
-        m: {sc: final["eval"].get(_key(m, sc)) for sc in scopes}
-        for m in MODELS + ((PREFIX,) if pooling == "sequence_mean" else ())
-      }
+      str(s): {m: {sc: final["eval"].get(_key(m, sc)) for sc in scopes} for m in shown}
       for s, final in runs.items()
     }
     comparisons = {}
     for label, a, b, applies in COMPARISONS:
-      if applies is not None and pooling not in applies:
+      if (applies is not None and pooling not in applies) or not {a, b} <= set(shown):
         continue
       comparisons[label] = {}
       for scope in scopes:
@@ -310,6 +329,7 @@ def aggregate(finals: dict[str, dict[int, dict]]) -> dict:
         comparisons[label][scope] = _interval_entry(diffs, missing)
     out["poolings"][pooling] = {
       "seeds": sorted(runs),
+      "models": list(trained_models(runs)),
       "steps": sorted({final["step"] for final in runs.values()}),
       "train_sec": {str(s): final.get("train_sec") for s, final in runs.items()},
       "perplexity": per_seed_ppl,
@@ -318,10 +338,17 @@ def aggregate(finals: dict[str, dict[int, dict]]) -> dict:
 
   seq, causal = out["poolings"].get("sequence_mean"), out["poolings"].get("causal_mean")
   both = set(seq["perplexity"]) & set(causal["perplexity"]) if seq and causal else set()
-  if not both:
-    out["checks"]["pooling_difference"] = "not computed: no seed finished under both poolings"
+  labels = [
+    label
+    for label in POOLING_DIFFERENCES
+    if both and label in seq["comparisons"] and label in causal["comparisons"]
+  ]
+  if not labels:
+    out["checks"]["pooling_difference"] = (
+      "not computed: no seed finished under both poolings with the same comparisons"
+    )
   else:
-    for label in POOLING_DIFFERENCES:
+    for label in labels:
       out["pooling_difference"][label] = {}
       for scope in scopes:
         a = seq["comparisons"][label][scope]["per_seed_log_ratio"]
@@ -340,6 +367,7 @@ def aggregate(finals: dict[str, dict[int, dict]]) -> dict:
     pairs = [
       (seq["perplexity"][s]["baseline"]["all"], causal["perplexity"][s]["baseline"]["all"])
       for s in both
+      if "baseline" in seq["perplexity"][s] and "baseline" in causal["perplexity"][s]
     ]
     gaps = [abs(math.log(a) - math.log(b)) for a, b in pairs if a and b]
     out["checks"]["baseline_max_abs_log_ppl_gap_between_poolings"] = max(gaps) if gaps else None
@@ -445,6 +473,10 @@ def to_markdown(results: dict) -> str:
       "",
     ]
   lines += ["### Per seed: held-out perplexity (all domains)", ""]
+  columns = []  # every model of any pooling, in first-seen order
+  for p in results["poolings"].values():
+    for by_model in p["perplexity"].values():
+      columns += [m for m in by_model if m not in columns]
   rows = []
   for pooling, p in results["poolings"].items():
     for seed, by_model in p["perplexity"].items():
@@ -452,10 +484,11 @@ def to_markdown(results: dict) -> str:
         [pooling, seed]
         + [
           fmt(by_model[m]["all"]) if m in by_model and by_model[m]["all"] is not None else "-"
-          for m in MODELS + (PREFIX,)
+          for m in columns
         ]
       )
-  lines += [table(["pooling", "seed", *MODELS, "routed, prefix-only routing"], rows), ""]
+  names = ["routed, prefix-only routing" if m == PREFIX else m for m in columns]
+  lines += [table(["pooling", "seed", *names], rows), ""]
   lines.append(
     f"Training time of these runs, summed: {results['train_sec_total'] / 60:.1f} min "
     "(per run: seeds.json, `train_sec`)."
@@ -479,7 +512,7 @@ def read_curves(workdir: str) -> dict[str, tuple[list[int], list[float]]]:
         row = json.loads(line)
         rows.setdefault(row["step"], {}).update(row)
   curves = {}
-  for model in MODELS + (PREFIX,):
+  for model in sorted({k.split("/")[1] for r in rows.values() for k in r if k.startswith("eval/")}):
     pts = [
       (s, r[f"eval/{model}/perplexity"])
       for s, r in sorted(rows.items())
@@ -492,7 +525,12 @@ def read_curves(workdir: str) -> dict[str, tuple[list[int], list[float]]]:
 
 def plot_curves(out_dir: str, finals: dict[str, dict[int, dict]], path: str) -> str:
   """Held-out PPL versus step, one panel per pooling, one line per seed and model."""
-  colors = {"routed": "tab:red", "baseline": "tab:blue", "matched": "tab:green"}
+  colors = {
+    "routed": "tab:red",
+    "baseline": "tab:blue",
+    "matched": "tab:green",
+    "flops_matched": "tab:purple",
+  }
   fig, axes = plt.subplots(
     1, len(finals), figsize=(5.5 * len(finals), 3.8), squeeze=False, sharey=True
   )
