@@ -22,7 +22,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import matplotlib
 
@@ -241,10 +241,12 @@ def _shown_models(trained: Iterable[str], pooling: str) -> tuple[str, ...]:
   return trained + ((PREFIX,) if pooling == "sequence_mean" and "routed" in trained else ())
 
 
-def _interval_entry(per_seed: dict[int, float], missing: list[str]) -> dict:
+def interval_entry(per_seed: dict[int, float], missing: Sequence[str] = ()) -> dict:
+  """The paired interval, its p values and verdict from per-seed log-ratios (positive: a is
+  better); with `missing` metrics, only those are listed."""
   entry = {"per_seed_log_ratio": {str(s): v for s, v in per_seed.items()}}
   if missing:
-    entry["missing"] = missing
+    entry["missing"] = list(missing)
     return entry
   ci = stats.t_interval(list(per_seed.values()))
   entry.update(
@@ -326,7 +328,7 @@ def aggregate(finals: dict[str, dict[int, dict]]) -> dict:
             missing += [f"seed {seed}: {k}" for k in absent]
           else:
             diffs[seed] = math.log(final["eval"][kb]) - math.log(final["eval"][ka])
-        comparisons[label][scope] = _interval_entry(diffs, missing)
+        comparisons[label][scope] = interval_entry(diffs, missing)
     out["poolings"][pooling] = {
       "seeds": sorted(runs),
       "models": list(trained_models(runs)),
@@ -355,7 +357,7 @@ def aggregate(finals: dict[str, dict[int, dict]]) -> dict:
         b = causal["comparisons"][label][scope]["per_seed_log_ratio"]
         common = sorted(set(a) & set(b), key=int)
         only = sorted(set(a) ^ set(b), key=int)
-        entry = _interval_entry(
+        entry = interval_entry(
           {int(s): a[s] - b[s] for s in common},
           missing=[] if common else ["no seed under both poolings"],
         )
@@ -382,11 +384,11 @@ def _pct(x: float) -> str:
   return f"{100 * x:+.2f}%" if x is not None and math.isfinite(x) else "n/a"
 
 
-# The columns `_row_cells` fills after the mean, in both interval tables.
-_INTERVAL_COLUMNS = ("95% CI", "t-test p", "sign-flip p", "seeds", "verdict")
+# The columns `row_cells` fills after the mean, in both interval tables.
+INTERVAL_COLUMNS = ("95% CI", "t-test p", "sign-flip p", "seeds", "verdict")
 
 
-def _row_cells(entry: dict) -> list:
+def row_cells(entry: dict) -> list:
   if "missing" in entry:
     return [
       "missing",
@@ -429,7 +431,7 @@ def _rows(by_scope: dict, prefix: list) -> list[list]:
       ]
     ]
   return [
-    prefix + [scope if scope != PRIMARY_SCOPE else f"{scope} (primary)"] + _row_cells(entry)
+    prefix + [scope if scope != PRIMARY_SCOPE else f"{scope} (primary)"] + row_cells(entry)
     for scope, entry in by_scope.items()
   ]
 
@@ -447,7 +449,7 @@ def to_markdown(results: dict) -> str:
         "comparison (a vs b)",
         "held-out scope",
         "mean PPL reduction 1 - PPL_a/PPL_b",
-        *_INTERVAL_COLUMNS,
+        *INTERVAL_COLUMNS,
       ],
       rows,
     ),
@@ -466,7 +468,7 @@ def to_markdown(results: dict) -> str:
           "gain",
           "held-out scope",
           "mean difference (as a PPL reduction)",
-          *_INTERVAL_COLUMNS,
+          *INTERVAL_COLUMNS,
         ],
         rows,
       ),
