@@ -51,3 +51,11 @@ def test_a_missing_report_is_named(tmp_path):
   shutil.copytree(ROOT, root)
   with pytest.raises(FileNotFoundError, match="seed_4/report.json missing: run launch/interpret"):
     leak_by_position.load(str(root), [4, 5])
+
+
+def test_the_committed_table_is_what_the_command_writes():
+  with open(os.path.join(ROOT, "leak_by_position.json")) as f:
+    seed_list = json.load(f)["seeds"]
+  res = leak_by_position.aggregate(leak_by_position.load(ROOT, seed_list))
+  with open(os.path.join(ROOT, "leak_by_position.md")) as f:
+    assert f.read() == leak_by_position.to_markdown(res)
