@@ -261,3 +261,17 @@ def test_seeds_command_rejects_bad_seeds(tmp_path):
   )
   assert out.returncode == 2 and "--seeds=0,x: give distinct integers" in out.stderr
   assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("experiment", ["seeds", "flops_matched"])
+def test_committed_tables_are_what_aggregate_only_writes(experiment):
+  """results/<experiment>/seeds.md and seeds.json come from the committed final.json files
+  (`launch/seeds.py --aggregate_only`), nothing edited by hand."""
+  out = os.path.join(REPO, "results", experiment)
+  with open(os.path.join(out, "seeds.json")) as f:
+    committed = json.load(f)
+  wanted = sorted({int(s) for p in committed["poolings"].values() for s in p["seeds"]})
+  res = seeds.aggregate(seeds.collect(out, seeds=wanted))
+  assert json.loads(json.dumps(res)) == committed
+  with open(os.path.join(out, "seeds.md")) as f:
+    assert f.read() == seeds.to_markdown(res)
