@@ -85,3 +85,16 @@ def test_launcher_writes_the_table_or_one_line(tmp_path):
   bad = run("--runs=" + ",".join(dirs), "--seeds=0,x", f"--out={tmp_path / 'check'}")
   assert bad.returncode != 0 and bad.stderr.strip().startswith("error: ")
   assert len(bad.stderr.strip().splitlines()) == 1 and "--seeds=0,x" in bad.stderr
+
+
+def test_the_committed_check_is_what_the_command_writes():
+  """results/lr_check: the peak-LR 1e-3 and 1e-2 runs beside the seeds' 3e-3 runs."""
+  with open(os.path.join(REPO, "results", "lr_check", "lr_check.json")) as f:
+    committed = json.load(f)
+  dirs = [
+    os.path.join(REPO, "results", d) for d in ("seeds", "lr_check/lr_1e-3", "lr_check/lr_1e-2")
+  ]
+  res = lr_check.check(lr_check.collect(dirs, committed["pooling"], committed["seeds"]))
+  assert json.loads(json.dumps(res)) == committed
+  with open(os.path.join(REPO, "results", "lr_check", "lr_check.md")) as f:
+    assert f.read() == lr_check.to_markdown(res)
