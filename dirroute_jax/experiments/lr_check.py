@@ -53,7 +53,7 @@ def collect(out_dirs: Iterable[str], pooling: str, seeds: Iterable[int]) -> dict
 
 
 def _log_ppl(final: dict, model: str) -> float:
-  return math.log(final["eval"][seeds_lib._key(model, seeds_lib.PRIMARY_SCOPE)])
+  return math.log(final["eval"][seeds_lib.metric_key(model, seeds_lib.PRIMARY_SCOPE)])
 
 
 def check(by_lr: dict[float, dict]) -> dict:

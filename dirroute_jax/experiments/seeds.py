@@ -1,6 +1,7 @@
 """Seeds: each router pooling trained with N seeds, every run training the routed model, its
-baseline and the parameter-matched baseline in one jitted step on the same batches; held-out
-perplexity compared with paired confidence intervals over seeds.
+baseline and the parameter-matched baseline (or the variants named by `models`) in one jitted
+step on the same batches; held-out perplexity compared with paired confidence intervals over
+seeds.
 
 Layout of the output directory OUT:
   OUT/<pooling>/seed_<s>/             the run's workdir (metrics.jsonl, checkpoints, tokenizer)
@@ -44,7 +45,9 @@ FINAL = "final.json"
 
 
 # (label, model a, model b, poolings it applies to (None: all)); each is "a lowers held-out
-# PPL relative to b", the paper's side (+1) being a gain from routing.
+# PPL relative to b", the paper's side (+1) being a gain from routing. A comparison is made where
+# the runs trained both of its models (the prefix-only twin is the routed model's parameters,
+# evaluated with prefix pooling).
 COMPARISONS = (
   ("routed vs baseline", "routed", "baseline", None),
   ("routed vs matched", "routed", "matched", None),
@@ -54,8 +57,6 @@ COMPARISONS = (
   ("routed vs flops_matched", "routed", "flops_matched", None),
   ("routed, prefix-only routing, vs flops_matched", PREFIX, "flops_matched", ("sequence_mean",)),
 )
-# A comparison is made where the runs trained both of its models (the prefix-only twin is the
-# routed model's parameters, evaluated with prefix pooling).
 # The gain whose difference between the poolings is reported (sequence_mean minus causal_mean).
 # The same against `matched`: under one seed both poolings train identical baselines (checked).
 POOLING_DIFFERENCES = ("routed vs baseline",)
@@ -207,12 +208,13 @@ def collect(
   return out
 
 
-def _key(model: str, scope: str) -> str:
+def metric_key(model: str, scope: str) -> str:
+  """The final.json key of `model`'s held-out perplexity in `scope` ("all" or a domain)."""
   return f"eval/{model}/perplexity" if scope == "all" else f"eval/{model}/{scope}/perplexity"
 
 
 def _domains(finals: dict[str, dict[int, dict]]) -> list[str]:
-  """The held-out domains every run's evaluation has (eval/<model>/<domain>/perplexity)."""
+  """The held-out domains named in any run's evaluation (eval/<model>/<domain>/perplexity)."""
   found = set()
   for runs in finals.values():
     for final in runs.values():
@@ -311,7 +313,7 @@ def aggregate(finals: dict[str, dict[int, dict]]) -> dict:
   for pooling, runs in finals.items():
     shown = _shown_models(trained_models(runs), pooling)
     per_seed_ppl = {
-      str(s): {m: {sc: final["eval"].get(_key(m, sc)) for sc in scopes} for m in shown}
+      str(s): {m: {sc: final["eval"].get(metric_key(m, sc)) for sc in scopes} for m in shown}
       for s, final in runs.items()
     }
     comparisons = {}
@@ -322,7 +324,7 @@ def aggregate(finals: dict[str, dict[int, dict]]) -> dict:
       for scope in scopes:
         diffs, missing = {}, []
         for seed, final in runs.items():
-          ka, kb = _key(a, scope), _key(b, scope)
+          ka, kb = metric_key(a, scope), metric_key(b, scope)
           absent = [k for k in (ka, kb) if k not in final["eval"]]
           if absent:
             missing += [f"seed {seed}: {k}" for k in absent]
