@@ -24,15 +24,21 @@ _PPL = {
 _SEED_FACTOR = {0: 1.0, 1: 1.1}
 
 
-def _write(root, lr, seed_list=(0, 1), pooling="causal_mean"):
-  out = str(root / f"lr_{lr:g}")
+def _write(root, lr, seed_list=(0, 1), pooling="causal_mean", final_ratio=0.1):
+  out = str(root / f"lr_{lr:g}{'' if final_ratio == 0.1 else '_other_final'}")
   for s in seed_list:
     wd = seeds.workdir_of(out, pooling, s)
     os.makedirs(wd)
     ev = {f"eval/{m}/perplexity": p * _SEED_FACTOR[s] for m, p in _PPL[lr].items()}
     with open(os.path.join(wd, seeds.FINAL), "w") as f:
       json.dump(
-        {"pooling": pooling, "seed": s, "step": 10, "eval": ev, "config": {lr_check.LR_KEY: lr}},
+        {
+          "pooling": pooling,
+          "seed": s,
+          "step": 10,
+          "eval": ev,
+          "config": {lr_check.LR_KEY: lr, lr_check.FINAL_LR_KEY: lr * final_ratio},
+        },
         f,
       )
   return out
@@ -69,6 +75,9 @@ def test_directories_that_cannot_be_paired_are_refused(tmp_path):
     lr_check.collect([a, b], "causal_mean", [0, 1])
   with pytest.raises(ValueError, match="peak LR 0.001 is already given"):
     lr_check.collect([a, a], "causal_mean", [0, 1])
+  c = _write(tmp_path, 1e-2, final_ratio=0.5)
+  with pytest.raises(ValueError, match="final LR / peak LR differs between the directories"):
+    lr_check.collect([a, c], "causal_mean", [0, 1])
 
 
 def test_launcher_writes_the_table_or_one_line(tmp_path):

@@ -23,6 +23,7 @@ from dirroute_jax.analysis.markdown import table
 from dirroute_jax.experiments import seeds as seeds_lib
 
 LR_KEY = "optim.peak_lr"
+FINAL_LR_KEY = "optim.final_lr"  # the cosine schedule's end; its ratio to the peak must be one
 AGAINST = ("baseline", "matched")  # each compared with "routed", the paper's side
 
 
@@ -30,7 +31,7 @@ def collect(out_dirs: Iterable[str], pooling: str, seeds: Iterable[int]) -> dict
   """{peak LR: {seed: final.json}} for `seeds` under `pooling` in every one of `out_dirs`.
 
   Every LR must have finished every seed (a best-LR choice over different seeds would not be
-  paired); two directories with one LR are an error.
+  paired), with the same final/peak LR ratio; two directories with one LR are an error.
   """
   seeds = sorted(int(s) for s in seeds)
   by_lr: dict[float, dict] = {}
@@ -46,10 +47,23 @@ def collect(out_dirs: Iterable[str], pooling: str, seeds: Iterable[int]) -> dict
     if len(lrs) != 1:
       raise ValueError(f"{out_dir}: its runs have different peak LRs {sorted(lrs)}.")
     lr = lrs.pop()
+    ratios = {float(final["config"][FINAL_LR_KEY]) / lr for final in runs.values()}
+    if by_lr:
+      ratios.add(_final_over_peak(by_lr))
+    if max(ratios) - min(ratios) > 1e-9 * max(ratios):
+      raise ValueError(
+        f"{out_dir}: final LR / peak LR differs between the directories ({sorted(ratios)}); "
+        "scale --config.optim.final_lr with the peak."
+      )
     if lr in by_lr:
       raise ValueError(f"{out_dir}: peak LR {lr:g} is already given by another directory.")
     by_lr[lr] = runs
   return dict(sorted(by_lr.items()))
+
+
+def _final_over_peak(by_lr: dict[float, dict]) -> float:
+  lr, runs = next(iter(by_lr.items()))
+  return float(next(iter(runs.values()))["config"][FINAL_LR_KEY]) / lr
 
 
 def _log_ppl(final: dict, model: str) -> float:
@@ -81,7 +95,8 @@ def check(by_lr: dict[float, dict]) -> dict:
   return {
     "method": (
       "Each arm's peak LR is the one with the lowest mean held-out log-perplexity (all "
-      "domains) over the seeds; the final LR is a tenth of the peak. Routed vs each other arm "
+      f"domains) over the seeds; the final LR is {_final_over_peak(by_lr):.3g} x the peak in every "
+      "run. Routed vs each other arm "
       "at its own best LR, paired by seed: the seeds' interval, p values and verdict "
       f"(experiments/seeds.py, margin +/-{100 * seeds_lib.EQUIVALENCE_MARGIN:g}%), and the "
       "same at each shared LR."
