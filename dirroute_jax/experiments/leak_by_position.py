@@ -60,6 +60,8 @@ def load(root: str, seeds: Iterable[int]) -> dict[str, dict[int, dict]]:
 
 
 def aggregate(by_pooling: dict[str, dict[int, dict]]) -> dict:
+  """Every ESTIMATE per position bucket over the seeds both poolings have, and the baseline
+  pairing check."""
   seeds = sorted(set.intersection(*(set(r) for r in by_pooling.values())))
   buckets = list(next(iter(by_pooling["sequence_mean"][seeds[0]].values())))
   estimates = {}
@@ -111,6 +113,7 @@ def to_markdown(res: dict) -> str:
 
 
 def write_outputs(root: str, seeds: Iterable[int]) -> dict[str, str]:
+  """leak_by_position.json and leak_by_position.md in ROOT, from its reports of `seeds`."""
   res = aggregate(load(root, seeds))
   paths = {
     "json": os.path.join(root, "leak_by_position.json"),
