@@ -26,6 +26,21 @@ def fail(message: str, code: int = exit_codes.USAGE):
   sys.exit(code)
 
 
+def int_list(flag: str, values: list[str], example: str) -> list[int]:
+  """A list flag's values as integers, or a one-line error naming the flag and an example."""
+  try:
+    return [int(v) for v in values]
+  except ValueError:
+    fail(f"--{flag}={','.join(values)}: give integers, e.g. --{flag}={example}.")
+
+
+def print_outputs(paths: dict[str, str]) -> None:
+  """What an experiment launcher ends with: its markdown on stdout, then the files written."""
+  with open(paths["markdown"]) as f:
+    print(f.read())
+  print("Wrote " + ", ".join(paths.values()))
+
+
 def _train_exit_codes() -> tuple[tuple[type[BaseException], int], ...]:
   """What each failure of train() exits with (the table is in dirroute_jax/exit_codes.py).
   Order matters: the first matching class wins. Imported here, not at the top: launch/tpu.py

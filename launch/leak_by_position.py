@@ -12,7 +12,7 @@ Writes ROOT/leak_by_position.json and ROOT/leak_by_position.md.
 
 from absl import app, flags
 
-from dirroute_jax.cli import fail, parse_flags
+from dirroute_jax.cli import fail, int_list, parse_flags, print_outputs
 from dirroute_jax.experiments import leak_by_position
 
 _ROOT = flags.DEFINE_string("root", None, "ROOT/<pooling>/seed_<s>/report.json, both poolings.")
@@ -22,19 +22,14 @@ flags.mark_flags_as_required(["root", "seeds"])
 
 def main(argv):
   del argv
-  try:
-    seed_list = [int(s) for s in _SEEDS.value]
-  except ValueError:
-    fail(f"--seeds={','.join(_SEEDS.value)}: give integers, e.g. --seeds=5,6,7.")
+  seed_list = int_list("seeds", _SEEDS.value, "5,6,7")
   if len(seed_list) < 2:
     fail(f"--seeds={','.join(_SEEDS.value)}: an interval needs at least two seeds.")
   try:
     paths = leak_by_position.write_outputs(_ROOT.value, seed_list)
   except (FileNotFoundError, ValueError) as e:  # a missing or older report
     fail(str(e))
-  with open(paths["markdown"]) as f:
-    print(f.read())
-  print("Wrote " + ", ".join(paths.values()))
+  print_outputs(paths)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ final.json); writes OUT/lr_check.json and OUT/lr_check.md.
 
 from absl import app, flags
 
-from dirroute_jax.cli import fail, parse_flags
+from dirroute_jax.cli import fail, int_list, parse_flags, print_outputs
 from dirroute_jax.experiments import lr_check, seeds
 
 _RUNS = flags.DEFINE_list("runs", None, "launch/seeds.py output directories, one per peak LR.")
@@ -25,17 +25,12 @@ flags.mark_flags_as_required(["runs", "out"])
 
 def main(argv):
   del argv
-  try:
-    seed_list = [int(s) for s in _SEEDS.value]
-  except ValueError:
-    fail(f"--seeds={','.join(_SEEDS.value)}: give integers, e.g. --seeds=0,1.")
+  seed_list = int_list("seeds", _SEEDS.value, "0,1")
   try:
     paths = lr_check.write_outputs(_RUNS.value, _POOLING.value, seed_list, _OUT.value)
   except (FileNotFoundError, ValueError) as e:  # unfinished seeds, or runs that do not pair
     fail(str(e))
-  with open(paths["markdown"]) as f:
-    print(f.read())
-  print("Wrote " + ", ".join(paths.values()))
+  print_outputs(paths)
 
 
 if __name__ == "__main__":

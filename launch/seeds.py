@@ -23,7 +23,13 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from dirroute_jax.cli import exit_if_stopped, exit_on_train_error, fail, parse_flags
+from dirroute_jax.cli import (
+  exit_if_stopped,
+  exit_on_train_error,
+  fail,
+  parse_flags,
+  print_outputs,
+)
 from dirroute_jax.config import ConfigError
 from dirroute_jax.experiments import seeds
 from dirroute_jax.model.variants import MODEL_VARIANTS
@@ -111,9 +117,7 @@ def main(argv):
       paths.update(seeds.write_claims(_OUT.value, _CLAIMS_SEED.value, _POOLINGS.value))
   except (FileNotFoundError, ValueError) as e:  # nothing finished yet, or unusable results
     fail(str(e))
-  with open(paths["markdown"]) as f:
-    print(f.read())
-  print("Wrote " + ", ".join(paths.values()))
+  print_outputs(paths)
 
 
 if __name__ == "__main__":
